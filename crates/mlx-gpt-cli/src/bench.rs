@@ -1,0 +1,127 @@
+//! `mlx-gpt bench`: programs that print figures. Nothing here passes or fails on speed;
+//! docs/performance.md records what they printed, with the machine and the command.
+
+use crate::DeviceArgs;
+use anyhow::{bail, Context};
+use mlx_gpt_model::runtime;
+use mlx_rs::Array;
+use std::ffi::CString;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand)]
+enum What {
+    /// f32 matmul GFLOP/s through MLX, next to a direct OpenBLAS `cblas_sgemm` in the same run.
+    Matmul(MatmulArgs),
+}
+
+#[derive(clap::Args)]
+struct MatmulArgs {
+    /// Square sizes n (an n×n by n×n product is 2n³ FLOPs).
+    #[arg(long, value_delimiter = ',', default_values_t = [1024, 2048])]
+    sizes: Vec<i32>,
+    /// Timed repetitions per size and implementation (after 2 warm-up runs).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Shared library to call `cblas_sgemm` from directly, as the reference.
+    #[arg(long, default_value = "libopenblas.so.0")]
+    reference_lib: String,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.what {
+        What::Matmul(a) => matmul(a),
+    }
+}
+
+/// `cblas_sgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`.
+type Sgemm = unsafe extern "C" fn(
+    i32, i32, i32, i32, i32, i32, f32, *const f32, i32, *const f32, i32, f32, *mut f32, i32,
+);
+const CBLAS_ROW_MAJOR: i32 = 101;
+const CBLAS_NO_TRANS: i32 = 111;
+
+fn load_sgemm(lib: &str) -> anyhow::Result<Sgemm> {
+    let name = CString::new(lib)?;
+    // SAFETY: dlopen/dlsym with valid C strings; the handle is kept for the process's life.
+    unsafe {
+        let handle = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if handle.is_null() {
+            bail!("--reference-lib {lib}: cannot load it (install OpenBLAS or name another BLAS)");
+        }
+        let sym = libc::dlsym(handle, c"cblas_sgemm".as_ptr());
+        if sym.is_null() {
+            bail!("--reference-lib {lib}: has no cblas_sgemm");
+        }
+        Ok(std::mem::transmute::<*mut libc::c_void, Sgemm>(sym))
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
+    let device = args.device.select()?;
+    if args.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let blas = runtime::blas();
+    let sgemm = load_sgemm(&args.reference_lib)?;
+    println!(
+        "f32 matmul, {} timed runs each, MLX on {device} with {} vs direct cblas_sgemm from {}",
+        args.reps,
+        blas.name(),
+        args.reference_lib
+    );
+    println!("{:>6} {:>14} {:>14} {:>14} {:>8}", "n", "MLX GFLOP/s", "MLX best", "sgemm GFLOP/s", "ratio");
+    let key = mlx_rs::random::key(0)?;
+    for &n in &args.sizes {
+        if n <= 0 {
+            bail!("--sizes: {n} is not a positive size");
+        }
+        let a = mlx_rs::random::normal::<f32>(&[n, n][..], None, None, &key)?;
+        let b = mlx_rs::random::normal::<f32>(&[n, n][..], None, None, &key)?;
+        mlx_rs::transforms::eval([&a, &b])?;
+        let (ha, hb) = (a.as_slice::<f32>().to_vec(), b.as_slice::<f32>().to_vec());
+        let mut hc = vec![0f32; (n * n) as usize];
+        let flops = 2.0 * (n as f64).powi(3);
+        let run_mlx = || -> anyhow::Result<f64> {
+            let t = Instant::now();
+            let c: Array = a.matmul(&b)?;
+            c.eval().context("MLX matmul")?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        let mut run_sgemm = || {
+            let t = Instant::now();
+            // SAFETY: the buffers hold n*n floats each; row-major with leading dimension n.
+            unsafe {
+                sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, n, n, n, 1.0, ha.as_ptr(), n,
+                    hb.as_ptr(), n, 0.0, hc.as_mut_ptr(), n)
+            };
+            t.elapsed().as_secs_f64()
+        };
+        for _ in 0..2 {
+            run_mlx()?;
+            run_sgemm();
+        }
+        // Interleaved, so a disturbance of the machine hits both sides alike.
+        let (mut tm, mut ts) = (Vec::new(), Vec::new());
+        for _ in 0..args.reps {
+            tm.push(run_mlx()?);
+            ts.push(run_sgemm());
+        }
+        let best = tm.iter().cloned().fold(f64::INFINITY, f64::min);
+        let (gm, gs) = (flops / median(&mut tm) / 1e9, flops / median(&mut ts) / 1e9);
+        println!("{n:>6} {gm:>14.1} {:>14.1} {gs:>14.1} {:>8.2}", flops / best / 1e9, gm / gs);
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! `mlx-gpt info`: what this build of mlx-gpt will compute with.
+
+use crate::DeviceArgs;
+use mlx_gpt_model::device::{self, DeviceKind};
+use mlx_gpt_model::runtime::{self, BlasKind};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let selected = args.device.select()?;
+    println!("mlx-gpt {}", env!("CARGO_PKG_VERSION"));
+    println!("MLX {} ({})", runtime::mlx_version(), runtime::mlx_origin());
+    println!("  libmlx: {}", runtime::mlx_lib_dir());
+    println!("devices:");
+    for kind in [DeviceKind::Cpu, DeviceKind::Gpu] {
+        let n = device::count(kind);
+        let state = if device::is_available(kind) { "available" } else { "not in this build" };
+        println!("  {kind}: {n} ({state})");
+    }
+    println!("default device: {}", device::best_available());
+    println!("selected device: {selected}");
+    let blas = runtime::blas();
+    let lib = blas.library.as_ref().map(|p| p.display().to_string());
+    println!("BLAS: {} ({})", blas.name(), lib.as_deref().unwrap_or("no cblas_sgemm bound"));
+    if let BlasKind::OpenBlas { config, threads } = &blas.kind {
+        println!("  {config}, {threads} threads");
+    }
+    if !blas.is_optimized() {
+        println!(
+            "  warning: matmuls will be ~30x slower than with OpenBLAS; install it \
+             (apt-get install libopenblas0-pthread) and rebuild"
+        );
+    }
+    println!("CPU: {} ({} logical cores)", cpu_model(), available_cores());
+    println!("  features: {}", cpu_features().join(" "));
+    match memory_bytes() {
+        Some(b) => println!("memory: {:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        None => println!("memory: unknown"),
+    }
+    Ok(())
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The vector extensions that matter for MLX's CPU kernels and BLAS.
+fn cpu_features() -> Vec<&'static str> {
+    let mut found = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! probe {
+            ($($f:tt),*) => { $( if std::is_x86_feature_detected!($f) { found.push($f); } )* };
+        }
+        probe!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512bf16");
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        macro_rules! probe {
+            ($($f:tt),*) => { $( if std::arch::is_aarch64_feature_detected!($f) { found.push($f); } )* };
+        }
+        probe!("neon", "fp16", "bf16", "dotprod", "sve");
+    }
+    found
+}
+
+fn memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,64 @@
+//! `mlx-gpt`: nanoGPT's workflow on MLX. A tiny `main` that parses flags, installs the log
+//! subscriber and runs one subcommand; each subcommand lives in its own file.
+
+mod bench;
+mod info;
+
+use clap::{Parser, Subcommand};
+use mlx_gpt_model::device::{self, DeviceKind};
+
+#[derive(Parser)]
+#[command(name = "mlx-gpt", version, about = "Train and sample GPTs on MLX, nanoGPT style")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print versions, devices, the BLAS library in use, CPU features and memory.
+    Info(info::Args),
+    /// Benchmarks that print figures (no pass/fail).
+    Bench(bench::Args),
+}
+
+/// `--device`, shared by every command that computes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Where to compute: cpu or gpu [default: the best available]
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<DeviceKind>,
+}
+
+fn parse_device(s: &str) -> Result<DeviceKind, String> {
+    s.parse().map_err(|e: device::DeviceError| e.to_string())
+}
+
+impl DeviceArgs {
+    /// Check the device and make it MLX's default.
+    pub fn select(&self) -> anyhow::Result<DeviceKind> {
+        Ok(device::select(self.device)?)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    if let Err(err) = run(cli) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Info(args) => info::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
