@@ -1,0 +1,212 @@
+//! `Gpt`: token and position embeddings, `n_layer` blocks, a final LayerNorm, and an output
+//! head tied to the token embedding.
+//!
+//! Shape legend: B batch, T time (positions), C n_embd, V vocab_size.
+
+use crate::attention::LayerKv;
+use crate::block::Block;
+use crate::config::GptConfig;
+use crate::layer_norm::LayerNorm;
+use crate::loss::cross_entropy;
+use crate::ModelError;
+use mlx_rs::error::Exception;
+use mlx_rs::macros::ModuleParameters;
+use mlx_rs::module::{Module, ModuleParameters as _, Param};
+use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::{nn, ops, random, Array, Dtype};
+
+/// nanoGPT's `GPT`. Parameter names are Hugging Face GPT-2's without the `transformer.`
+/// prefix (`wte.weight`, `h.0.attn.c_attn.weight`, ..., `ln_f.bias`).
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct Gpt {
+    /// Token embedding (V, C); also the output head (tied).
+    #[param]
+    pub wte: nn::Embedding,
+    /// Position embedding (block_size, C).
+    #[param]
+    pub wpe: nn::Embedding,
+    /// Dropout on the summed embeddings.
+    pub drop: nn::Dropout,
+    /// The transformer blocks.
+    #[param]
+    pub h: Vec<Block>,
+    /// Final LayerNorm.
+    #[param]
+    pub ln_f: LayerNorm,
+    /// The shape this model was built with.
+    pub config: GptConfig,
+}
+
+fn embedding(rows: usize, c: usize) -> Result<nn::Embedding, Exception> {
+    Ok(nn::Embedding { weight: Param::new(ops::zeros::<f32>(&[rows as i32, c as i32])?) })
+}
+
+impl Gpt {
+    /// A model initialised as nanoGPT does, reproducibly from `seed`: every weight
+    /// N(0, 0.02), each residual projection (`c_proj.weight`) N(0, 0.02/√(2·n_layer)),
+    /// biases 0, LayerNorm gains 1. Parameters are float32.
+    pub fn new(config: GptConfig, seed: u64) -> Result<Gpt, ModelError> {
+        let mut model = Gpt::zeros(config)?;
+        model.init_weights(seed)?;
+        Ok(model)
+    }
+
+    /// The model's structure with every parameter zero (gains one); for loading weights.
+    pub fn zeros(config: GptConfig) -> Result<Gpt, ModelError> {
+        config.validate()?;
+        let c = &config;
+        let model = Gpt {
+            wte: embedding(c.vocab_size, c.n_embd)?,
+            wpe: embedding(c.block_size, c.n_embd)?,
+            drop: crate::dropout::dropout(c.dropout),
+            h: (0..c.n_layer).map(|_| Block::new(c)).collect::<Result<_, _>>()?,
+            ln_f: LayerNorm::new(c.n_embd, c.bias, c.layer_norm_epsilon)?,
+            config,
+        };
+        Ok(model)
+    }
+
+    fn init_weights(&mut self, seed: u64) -> Result<(), Exception> {
+        let proj_std = 0.02 / (2.0 * self.config.n_layer as f32).sqrt();
+        let mut params = self.parameters_mut().flatten();
+        let mut names: Vec<_> = params.keys().cloned().collect();
+        names.sort(); // a fixed order, so the same seed gives the same weights
+        let mut key = random::key(seed)?;
+        for name in names {
+            let p = params.get_mut(&name).expect("listed above");
+            let shape = p.shape().to_vec();
+            **p = if name.contains("ln_") {
+                if name.ends_with(".weight") { ops::ones::<f32>(&shape)? } else { ops::zeros::<f32>(&shape)? }
+            } else if name.ends_with(".bias") {
+                ops::zeros::<f32>(&shape)?
+            } else {
+                let (next, sub) = random::split(&key, 2)?;
+                key = next;
+                let std = if name.ends_with("c_proj.weight") { proj_std } else { 0.02 };
+                random::normal::<f32>(&shape[..], None, std, &sub)?
+            };
+        }
+        drop(params);
+        mlx_rs::transforms::eval_params(self.parameters())?;
+        Ok(())
+    }
+
+    /// Dropout on (training) or off (evaluation and generation).
+    pub fn set_training(&mut self, training: bool) {
+        self.drop.training = training;
+        for b in &mut self.h {
+            b.set_training(training);
+        }
+    }
+
+    /// Cast every parameter to `dtype` (float32, bfloat16 or float16); activations follow.
+    pub fn set_dtype(&mut self, dtype: Dtype) -> Result<(), Exception> {
+        for (_, p) in self.parameters_mut().flatten() {
+            *p = p.as_dtype(dtype)?;
+        }
+        mlx_rs::transforms::eval_params(self.parameters())
+    }
+
+    /// The parameters' dtype.
+    pub fn dtype(&self) -> Dtype {
+        self.wte.weight.dtype()
+    }
+
+    fn check_len(&self, t: usize, past: usize) -> Result<(), Exception> {
+        if past + t > self.config.block_size {
+            return Err(Exception::custom(format!(
+                "cannot forward a sequence of length {}: block_size is only {}",
+                past + t,
+                self.config.block_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The final hidden states: idx (B, T) token ids → (B, T, C). `kv`, one entry per layer,
+    /// holds the keys and values of earlier positions (generation); positions continue
+    /// after them.
+    pub fn hidden(&mut self, idx: &Array, mut kv: Option<&mut [LayerKv]>) -> Result<Array, Exception> {
+        if idx.ndim() != 2 {
+            return Err(Exception::custom(format!("idx must be (B, T), got shape {:?}", idx.shape())));
+        }
+        let t = idx.shape()[1];
+        let past = kv.as_ref().and_then(|kv| kv.first()).map_or(0, |l| l.len());
+        self.check_len(t as usize, past)?;
+        let past = past as i32;
+        let pos = ops::arange::<_, i32>(past, past + t, None)?; // (T,)
+        let tok_emb = self.wte.weight.take_axis(idx, 0)?; // (B, T, C)
+        let pos_emb = self.wpe.weight.take_axis(&pos, 0)?; // (T, C)
+        let mut x = self.drop.forward(&tok_emb.add(&pos_emb)?)?;
+        for (i, block) in self.h.iter_mut().enumerate() {
+            let layer_kv = kv.as_mut().map(|kv| &mut kv[i]);
+            x = block.forward(&x, layer_kv)?;
+        }
+        self.ln_f.forward(&x)
+    }
+
+    /// Logits from hidden states through the tied head: x (..., C) → (..., V).
+    pub fn lm_head(&self, x: &Array) -> Result<Array, Exception> {
+        x.matmul(self.wte.weight.t())
+    }
+
+    /// nanoGPT's `forward`: with targets (B, T), logits (B, T, V) and the mean cross-entropy
+    /// (targets of −1 ignored); without, logits (B, 1, V) of the last position only.
+    pub fn forward(&mut self, idx: &Array, targets: Option<&Array>) -> Result<(Array, Option<Array>), Exception> {
+        let x = self.hidden(idx, None)?; // (B, T, C)
+        match targets {
+            Some(targets) => {
+                let logits = self.lm_head(&x)?; // (B, T, V)
+                let loss = cross_entropy(&logits, targets)?;
+                Ok((logits, Some(loss)))
+            }
+            None => {
+                let t = x.shape()[1];
+                let last = x.take_axis(Array::from_slice(&[t - 1], &[1]), 1)?; // (B, 1, C)
+                Ok((self.lm_head(&last)?, None))
+            }
+        }
+    }
+
+    /// The mean cross-entropy alone, for training steps.
+    pub fn loss(&mut self, idx: &Array, targets: &Array) -> Result<Array, Exception> {
+        Ok(self.forward(idx, Some(targets))?.1.expect("targets given"))
+    }
+
+    /// Shrink the context to `block_size` positions (e.g. to finetune GPT-2 on shorter
+    /// sequences), keeping the first rows of `wpe`.
+    pub fn crop_block_size(&mut self, block_size: usize) -> Result<(), ModelError> {
+        if block_size == 0 || block_size > self.config.block_size {
+            return Err(ModelError::CropBlockSize { requested: block_size, block_size: self.config.block_size });
+        }
+        let w = self.wpe.weight.value.index(..block_size as i32);
+        *self.wpe.weight = w;
+        self.config.block_size = block_size;
+        Ok(())
+    }
+
+    /// Number of parameters. nanoGPT reports it without the position embedding
+    /// (`non_embedding = true`): the token embedding counts once, as the tied head.
+    pub fn num_params(&self, non_embedding: bool) -> usize {
+        let total: usize = self.parameters().flatten().values().map(|a| a.size()).sum();
+        if non_embedding {
+            total - self.wpe.weight.size()
+        } else {
+            total
+        }
+    }
+
+    /// Training FLOPs per token (forward + backward), PaLM's estimate as nanoGPT uses it:
+    /// `6N + 12·L·H·Q·T` with N the non-embedding parameters, Q the head size and T the
+    /// sequence length.
+    pub fn flops_per_token(&self, seq_len: usize) -> f64 {
+        let c = &self.config;
+        6.0 * self.num_params(true) as f64 + 12.0 * (c.n_layer * c.n_head * c.head_size() * seq_len) as f64
+    }
+
+    /// Model FLOPs utilisation: achieved training FLOP/s over `peak_flops` (the device's
+    /// peak, supplied by the caller).
+    pub fn estimate_mfu(&self, tokens_per_second: f64, seq_len: usize, peak_flops: f64) -> f64 {
+        self.flops_per_token(seq_len) * tokens_per_second / peak_flops
+    }
+}

@@ -1,0 +1,36 @@
+//! `LayerNorm` with an optional bias (PyTorch's has none-or-both; nanoGPT needs bias-free).
+
+use mlx_rs::error::Exception;
+use mlx_rs::module::Param;
+use mlx_rs::{fast, ops, Array};
+use mlx_rs::macros::ModuleParameters;
+
+/// Normalises each position's C features to zero mean and unit variance, then scales by
+/// `weight` (gain) and shifts by `bias`.
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct LayerNorm {
+    /// (C,), initialised to 1
+    #[param]
+    pub weight: Param<Array>,
+    /// (C,), initialised to 0, absent when the model has no biases
+    #[param]
+    pub bias: Param<Option<Array>>,
+    /// ε added to the variance
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Gain 1, bias 0.
+    pub fn new(n_embd: usize, bias: bool, eps: f32) -> Result<Self, Exception> {
+        Ok(LayerNorm {
+            weight: Param::new(ops::ones::<f32>(&[n_embd as i32])?),
+            bias: Param::new(if bias { Some(ops::zeros::<f32>(&[n_embd as i32])?) } else { None }),
+            eps,
+        })
+    }
+
+    /// x (..., C) → (..., C)
+    pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
+        fast::layer_norm(x, Some(&*self.weight), self.bias.as_ref(), self.eps)
+    }
+}

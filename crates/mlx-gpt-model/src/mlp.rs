@@ -1,0 +1,45 @@
+//! `Mlp`: the position-wise feed-forward network, C → 4C → GELU → C.
+
+use crate::config::{Activation, GptConfig};
+use crate::linear::Linear;
+use mlx_rs::error::Exception;
+use mlx_rs::macros::ModuleParameters;
+use mlx_rs::module::Module;
+use mlx_rs::{nn, Array};
+
+/// nanoGPT's `MLP`, with GPT-2's parameter names.
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct Mlp {
+    /// (C, 4C)
+    #[param]
+    pub c_fc: Linear,
+    /// (4C, C)
+    #[param]
+    pub c_proj: Linear,
+    /// Dropout on the output (the residual branch).
+    pub dropout: nn::Dropout,
+    /// Exact or tanh GELU.
+    pub activation: Activation,
+}
+
+impl Mlp {
+    /// Zero-initialised layer.
+    pub fn new(c: &GptConfig) -> Result<Self, Exception> {
+        Ok(Mlp {
+            c_fc: Linear::new(c.n_embd, 4 * c.n_embd, c.bias)?,
+            c_proj: Linear::new(4 * c.n_embd, c.n_embd, c.bias)?,
+            dropout: crate::dropout::dropout(c.dropout),
+            activation: c.activation,
+        })
+    }
+
+    /// x (B, T, C) → (B, T, C)
+    pub fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
+        let h = self.c_fc.forward(x)?; // (B, T, 4C)
+        let h = match self.activation {
+            Activation::Gelu => nn::gelu(&h)?,
+            Activation::GeluNew => nn::gelu_approximate(&h)?,
+        };
+        self.dropout.forward(&self.c_proj.forward(&h)?)
+    }
+}
