@@ -292,8 +292,9 @@ impl GptConfig {
             "initializer_range": 0.02,
             "scale_attn_weights": true,
             "tie_word_embeddings": true,
-            "bos_token_id": 50256,
-            "eos_token_id": 50256,
+            // GPT-2's <|endoftext|>; only meaningful with GPT-2's vocabulary.
+            "bos_token_id": (self.vocab_size > 50256).then_some(50256),
+            "eos_token_id": (self.vocab_size > 50256).then_some(50256),
             "bias": self.bias,
         })
     }

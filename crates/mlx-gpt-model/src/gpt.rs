@@ -210,3 +210,156 @@ impl Gpt {
         self.flops_per_token(seq_len) * tokens_per_second / peak_flops
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Activation;
+    use proptest::prelude::*;
+
+    fn config(n_layer: usize, n_head: usize, hs: usize, vocab: usize, block: usize, bias: bool) -> GptConfig {
+        GptConfig {
+            block_size: block,
+            vocab_size: vocab,
+            n_layer,
+            n_head,
+            n_embd: n_head * hs,
+            dropout: 0.0,
+            bias,
+            activation: Activation::Gelu,
+            layer_norm_epsilon: 1e-5,
+        }
+    }
+
+    fn ids(v: &[i32], b: i32) -> Array {
+        Array::from_slice(v, &[b, v.len() as i32 / b])
+    }
+
+    #[test]
+    fn init_follows_nanogpt() {
+        let c = config(4, 4, 32, 500, 64, true);
+        let m = Gpt::new(c.clone(), 0).unwrap();
+        let std = |a: &Array| {
+            let v = a.as_slice::<f32>();
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+            (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        let proj = 0.02 / (2.0f64 * 4.0).sqrt();
+        assert!((std(&m.h[0].attn.c_proj.weight) - proj).abs() < 0.1 * proj);
+        assert!((std(&m.h[3].mlp.c_proj.weight) - proj).abs() < 0.1 * proj);
+        assert!((std(&m.h[1].mlp.c_fc.weight) - 0.02).abs() < 0.002);
+        assert!((std(&m.wte.weight) - 0.02).abs() < 0.002);
+        assert!(m.h[2].attn.c_attn.bias.value.as_ref().unwrap().as_slice::<f32>().iter().all(|&x| x == 0.0));
+        assert!(m.ln_f.weight.as_slice::<f32>().iter().all(|&x| x == 1.0));
+        // Seeded: the same seed gives the same weights, another seed others.
+        let again = Gpt::new(c.clone(), 0).unwrap();
+        assert_eq!(m.wte.weight.as_slice::<f32>(), again.wte.weight.as_slice::<f32>());
+        let other = Gpt::new(c, 1).unwrap();
+        assert_ne!(m.wte.weight.as_slice::<f32>(), other.wte.weight.as_slice::<f32>());
+    }
+
+    #[test]
+    fn parameter_count_matches_the_formula() {
+        let (l, c, v, t) = (3usize, 48usize, 101usize, 20usize);
+        for bias in [true, false] {
+            let m = Gpt::new(config(l, 4, 12, v, t, bias), 0).unwrap();
+            let per_block = 12 * c * c + if bias { 13 * c } else { 2 * c }; // attn 4C², mlp 8C², LN gains 2C (+ 11C of biases)
+            let want = v * c + t * c + l * per_block + if bias { 2 * c } else { c };
+            assert_eq!(m.num_params(false), want, "bias={bias}");
+            assert_eq!(m.num_params(true), want - t * c);
+        }
+        let gpt2 = Gpt::zeros(GptConfig::gpt2()).unwrap();
+        assert_eq!(gpt2.num_params(true), 123_653_376); // nanoGPT prints "123.65M"
+    }
+
+    #[test]
+    fn too_long_sequence_names_both_lengths() {
+        let mut m = Gpt::new(config(1, 2, 8, 10, 4, false), 0).unwrap();
+        let err = m.forward(&ids(&[1, 2, 3, 4, 5], 1), None).unwrap_err();
+        assert_eq!(err.what(), "cannot forward a sequence of length 5: block_size is only 4");
+    }
+
+    #[test]
+    fn crop_shrinks_the_context() {
+        let mut m = Gpt::new(config(1, 2, 8, 10, 16, false), 0).unwrap();
+        let (before, _) = m.forward(&ids(&[1, 2, 3], 1), None).unwrap();
+        m.crop_block_size(8).unwrap();
+        assert_eq!(m.wpe.weight.shape(), &[8, 16]);
+        let (after, _) = m.forward(&ids(&[1, 2, 3], 1), None).unwrap();
+        assert_eq!(before.as_slice::<f32>(), after.as_slice::<f32>());
+        assert!(m.crop_block_size(9).is_err());
+    }
+
+    #[test]
+    fn dtypes_are_selectable() {
+        let mut m = Gpt::new(config(1, 2, 8, 10, 8, true), 0).unwrap();
+        let (f32_logits, _) = m.forward(&ids(&[1, 2, 3], 1), Some(&ids(&[2, 3, 4], 1))).unwrap();
+        for dtype in [Dtype::Bfloat16, Dtype::Float16] {
+            let mut low = m.clone();
+            low.set_dtype(dtype).unwrap();
+            assert_eq!(low.dtype(), dtype);
+            let (logits, loss) = low.forward(&ids(&[1, 2, 3], 1), Some(&ids(&[2, 3, 4], 1))).unwrap();
+            assert_eq!(logits.dtype(), dtype);
+            assert_eq!(loss.unwrap().dtype(), Dtype::Float32);
+            let diff = logits.as_dtype(Dtype::Float32).unwrap().subtract(&f32_logits).unwrap().abs().unwrap();
+            let d = diff.max(None).unwrap().item_exact::<f32>(); let mag = f32_logits.abs().unwrap().max(None).unwrap().item_exact::<f32>(); assert!(d < 0.05 * mag.max(1.0), "{dtype:?}: max diff {d}, max |logit| {mag}");
+        }
+        m.set_training(true); // dropout 0: still deterministic
+    }
+
+    #[test]
+    fn dropout_is_active_only_in_training() {
+        let mut c = config(2, 2, 8, 10, 8, true);
+        c.dropout = 0.5;
+        let mut m = Gpt::new(c, 0).unwrap();
+        let x = ids(&[1, 2, 3, 4], 1);
+        let eval = |m: &mut Gpt| m.forward(&x, Some(&x)).unwrap().0.as_slice::<f32>().to_vec();
+        assert_eq!(eval(&mut m), eval(&mut m));
+        m.set_training(true);
+        assert_ne!(eval(&mut m), eval(&mut m));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+        #[test]
+        fn shapes_and_causality(n_layer in 1usize..3, n_head in 1usize..4, hs in 1usize..6, vocab in 2usize..40,
+                                block in 2usize..12, bias: bool, b in 1i32..3, seed in 0u64..100,
+                                dropout_path: bool) {
+            let mut c = config(n_layer, n_head, hs, vocab, block, bias);
+            if dropout_path {
+                c.dropout = 1e-9; // exercises the explicit softmax path with (almost) no dropout
+            }
+            let mut m = Gpt::new(c, seed).unwrap();
+            m.set_training(dropout_path);
+            let t = block as i32;
+            let n = (b * t) as usize;
+            let tokens: Vec<i32> = (0..n).map(|i| ((i as u64 * 7 + seed) % vocab as u64) as i32).collect();
+            let (logits, loss) = m.forward(&ids(&tokens, b), Some(&ids(&tokens, b))).unwrap();
+            prop_assert_eq!(logits.shape(), &[b, t, vocab as i32]);
+            prop_assert!(loss.unwrap().item_exact::<f32>().is_finite());
+            let (last, _) = m.forward(&ids(&tokens, b), None).unwrap();
+            prop_assert_eq!(last.shape(), &[b, 1, vocab as i32]);
+            // Changing tokens after position `cut` never changes logits at positions ≤ cut.
+            let cut = (seed as i32) % t;
+            let mut changed = tokens.clone();
+            for row in 0..b {
+                for pos in (cut + 1)..t {
+                    let i = (row * t + pos) as usize;
+                    changed[i] = (changed[i] + 1) % vocab as i32;
+                }
+            }
+            let (other, _) = m.forward(&ids(&changed, b), Some(&ids(&changed, b))).unwrap();
+            let (a, o) = (logits.as_slice::<f32>(), other.as_slice::<f32>());
+            let v = vocab;
+            for row in 0..b as usize {
+                for pos in 0..=cut as usize {
+                    let at = (row * t as usize + pos) * v;
+                    for k in 0..v {
+                        prop_assert!((a[at + k] - o[at + k]).abs() <= 1e-5, "row {} pos {} changed", row, pos);
+                    }
+                }
+            }
+        }
+    }
+}

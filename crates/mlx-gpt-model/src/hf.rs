@@ -194,14 +194,15 @@ pub fn load_weights(model: &mut Gpt, path: &Path) -> Result<(), LoadError> {
         // safetensors parser); MLX copies them.
         let make = || unsafe { Array::from_raw_data(view.data().as_ptr().cast(), &shape, dtype) };
         match expected.get(name) {
-            Some(want) if *want != shape => wrong_shape.push(format!("{key}: {shape:?} vs model {want:?}")),
-            Some(_) => {
+            Some(want) => {
                 if seen.insert(name.to_string(), key.clone()).is_some() {
                     unexpected.push(format!("{key} (duplicate of {name})"));
-                    continue;
+                } else if *want != shape {
+                    wrong_shape.push(format!("{key}: {shape:?} vs model {want:?}"));
+                } else {
+                    // Parameters take the file's dtype; `Gpt::set_dtype` converts afterwards.
+                    **params.get_mut(name).expect("expected comes from params") = make();
                 }
-                let target = params.get_mut(name).expect("expected comes from params");
-                **target = make().as_dtype(target.dtype())?;
             }
             None if bias_free && name.ends_with(".bias") => {
                 let a = make();

@@ -5,7 +5,7 @@ use crate::linear::Linear;
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Module;
-use mlx_rs::{nn, Array};
+use mlx_rs::{nn, ops, Array};
 
 /// nanoGPT's `MLP`, with GPT-2's parameter names.
 #[derive(Debug, Clone, ModuleParameters)]
@@ -36,10 +36,54 @@ impl Mlp {
     /// x (B, T, C) → (B, T, C)
     pub fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
         let h = self.c_fc.forward(x)?; // (B, T, 4C)
-        let h = match self.activation {
-            Activation::Gelu => nn::gelu(&h)?,
-            Activation::GeluNew => nn::gelu_approximate(&h)?,
-        };
+        let h = gelu(&h, self.activation)?;
         self.dropout.forward(&self.c_proj.forward(&h)?)
+    }
+}
+
+/// GELU in the input's dtype (mlx-rs's own promotes bfloat16/float16 inputs to float32).
+/// Exact: `x·½(1 + erf(x/√2))`; tanh: `x·½(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+pub fn gelu(x: &Array, activation: Activation) -> Result<Array, Exception> {
+    let k = |v: f32| Array::from_f32(v).as_dtype(x.dtype());
+    let inner = match activation {
+        Activation::Gelu => ops::erf(x.multiply(k(std::f32::consts::FRAC_1_SQRT_2)?)?)?,
+        Activation::GeluNew => {
+            let cube = x.multiply(x)?.multiply(x)?;
+            let arg = x.add(cube.multiply(k(0.044715)?)?)?.multiply(k((2.0 / std::f32::consts::PI).sqrt())?)?;
+            ops::tanh(&arg)?
+        }
+    };
+    x.multiply(k(0.5)?)?.multiply(inner.add(k(1.0)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_matches_its_formulas_and_keeps_dtype() {
+        let xs = [-3.0f32, -1.0, -0.1, 0.0, 0.5, 2.0];
+        let x = Array::from_slice(&xs, &[6]);
+        let exact = gelu(&x, Activation::Gelu).unwrap();
+        let tanh = gelu(&x, Activation::GeluNew).unwrap();
+        for (i, &v) in xs.iter().enumerate() {
+            let v = v as f64;
+            // erf through its relation to the normal CDF, via a high-precision series.
+            let erf = |z: f64| {
+                let mut sum = 0.0;
+                let mut term = z;
+                for n in 0..60 {
+                    sum += term / (2 * n + 1) as f64;
+                    term *= -z * z / (n + 1) as f64;
+                }
+                sum * 2.0 / std::f64::consts::PI.sqrt()
+            };
+            let want_exact = 0.5 * v * (1.0 + erf(v / 2f64.sqrt()));
+            let want_tanh = 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh());
+            assert!((exact.as_slice::<f32>()[i] as f64 - want_exact).abs() < 1e-6, "gelu({v})");
+            assert!((tanh.as_slice::<f32>()[i] as f64 - want_tanh).abs() < 1e-6, "gelu_new({v})");
+        }
+        let half = x.as_dtype(mlx_rs::Dtype::Bfloat16).unwrap();
+        assert_eq!(gelu(&half, Activation::Gelu).unwrap().dtype(), mlx_rs::Dtype::Bfloat16);
     }
 }
