@@ -1,4 +1,26 @@
-//! Datasets for mlx-gpt: download, extraction, tokenisation, token files and batches.
+//! Datasets for mlx-gpt: download, extraction, tokenisation, nanoGPT token files, batches.
 //!
-//! Crate map (start here): filled in by the data issue — `download`, `extract`,
-//! `tokenizer`, `token_file`, `batches`, `datasets`. See docs/data.md once it lands.
+//! Crate map (start here), in the order data flows:
+//! - [`download`]: resumable, checksummed HTTP(S) downloads with retries and a mirror;
+//! - [`extract`]: gzip / xz / zip / tar sources;
+//! - [`tokenizer`]: character vocabularies and GPT-2's byte-level BPE;
+//! - [`token_file`]: nanoGPT's `train.bin`/`val.bin` (uint16) and the `meta.json` sidecar;
+//! - [`datasets`]: the dataset manifests and `prepare` (shakespeare_char, shakespeare,
+//!   local text files);
+//! - [`openwebtext`]: streaming preparation of Hugging Face parquet text datasets;
+//! - [`batches`]: the seeded, resumable `(x, y)` batch sampler.
+//!
+//! docs/data.md describes the datasets, the file formats and working offline.
+#![warn(missing_docs)]
+
+pub mod batches;
+pub mod datasets;
+pub mod download;
+mod error;
+pub mod extract;
+pub mod openwebtext;
+pub mod progress;
+pub mod token_file;
+pub mod tokenizer;
+
+pub use error::{DataError, Result};

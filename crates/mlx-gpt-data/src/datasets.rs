@@ -1,0 +1,315 @@
+//! Dataset manifests and `prepare`: from sources (downloaded, or local files) to
+//! `train.bin`, `val.bin` and `meta.json` in `<data_dir>/<name>/`.
+//!
+//! A manifest (`datasets/<name>/manifest.json`, committed) names the sources with their
+//! size and sha256, the tokenizer and the split. The built-in ones are compiled in, so the
+//! data directory can live anywhere (`--data-dir` or `MLX_GPT_DATA_DIR`); a folder in the
+//! data directory with its own `manifest.json` adds a dataset.
+
+use crate::download::Downloader;
+use crate::error::{DataError, Result};
+use crate::token_file::{write_tokens, FileEntry, Meta, TokenFile, META_FILE, META_VERSION};
+use crate::tokenizer::{CharTokenizer, Tokenizer, TokenizerSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One file a dataset is made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    /// Where to download it.
+    pub url: String,
+    /// Its name in the dataset folder.
+    pub file: String,
+    /// Size in bytes, when known.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// sha256, when it was actually obtained from a trusted copy.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// A Hugging Face dataset read through its parquet export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubParquet {
+    /// `owner/name` on the hub.
+    pub repo: String,
+    /// Dataset configuration (subset).
+    pub config: String,
+    /// Split to read.
+    pub split: String,
+    /// Column holding the text.
+    pub column: String,
+}
+
+/// Which tokenizer a dataset uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    /// Character vocabulary of the corpus.
+    Char,
+    /// GPT-2 byte-level BPE.
+    Gpt2,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Folder name.
+    pub name: String,
+    /// One line for humans.
+    pub description: String,
+    /// Text files (concatenated in order), for text datasets.
+    #[serde(default)]
+    pub sources: Vec<SourceFile>,
+    /// A hub parquet dataset, for document datasets.
+    #[serde(default)]
+    pub hub_parquet: Option<HubParquet>,
+    /// Tokenizer.
+    pub tokenizer: TokenizerKind,
+    /// Text datasets: the first `train_fraction` of the characters is train, the rest val
+    /// (nanoGPT's 0.9).
+    #[serde(default)]
+    pub train_fraction: Option<f64>,
+    /// Document datasets: the fraction of documents that goes to val (nanoGPT's 0.0005).
+    #[serde(default)]
+    pub val_fraction: Option<f64>,
+    /// Document datasets: seed of the split.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+const BUILTIN: &[(&str, &str)] = &[
+    ("shakespeare_char", include_str!("../../../datasets/shakespeare_char/manifest.json")),
+    ("shakespeare", include_str!("../../../datasets/shakespeare/manifest.json")),
+    ("openwebtext", include_str!("../../../datasets/openwebtext/manifest.json")),
+];
+
+impl Manifest {
+    /// The manifest of `name`: `<data_dir>/<name>/manifest.json` if present, else a
+    /// built-in one.
+    pub fn find(name: &str, data_dir: &Path) -> Result<Option<Manifest>> {
+        let local = data_dir.join(name).join("manifest.json");
+        let text = if local.is_file() {
+            std::fs::read_to_string(&local).map_err(DataError::io(&local))?
+        } else if let Some((_, t)) = BUILTIN.iter().find(|(n, _)| *n == name) {
+            t.to_string()
+        } else {
+            return Ok(None);
+        };
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| DataError::Invalid { path: local.clone(), what: format!("not a valid manifest: {e}") })?;
+        Ok(Some(m))
+    }
+
+    /// Names of the built-in datasets.
+    pub fn builtin_names() -> Vec<&'static str> {
+        BUILTIN.iter().map(|(n, _)| *n).collect()
+    }
+}
+
+/// Options of [`prepare`].
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    /// Parent of the dataset folders.
+    pub data_dir: PathBuf,
+    /// Downloads (with its mirror, if any).
+    pub downloader: Downloader,
+    /// GPT-2 BPE files (a `tokenizer.json`, or a folder); see [`Tokenizer::gpt2_from`].
+    pub tokenizer: Option<PathBuf>,
+    /// Local text instead of downloading: a file, or a folder of `.txt` files.
+    pub from: Option<PathBuf>,
+}
+
+/// What [`prepare`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// The dataset folder.
+    pub dir: PathBuf,
+    /// Its meta.json.
+    pub meta: Meta,
+    /// Whether it was already there.
+    pub already: bool,
+}
+
+/// `1234567` → `1,234,567`, as nanoGPT prints counts.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Whether `dir` holds a complete, consistent preparation.
+pub fn is_prepared(dir: &Path) -> Option<Meta> {
+    let meta = Meta::read(&dir.join(META_FILE)).ok()?;
+    let ok = meta.files.keys().all(|split| TokenFile::open(dir, split).is_ok());
+    ok.then_some(meta)
+}
+
+/// Prepare dataset `name` (a manifest's, or a new one made `--from` local text).
+pub fn prepare(name: &str, opts: &PrepareOptions) -> Result<Prepared> {
+    let dir = opts.data_dir.join(name);
+    if opts.from.is_none() {
+        if let Some(meta) = is_prepared(&dir) {
+            return Ok(Prepared { dir, meta, already: true });
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(DataError::io(&dir))?;
+    let manifest = Manifest::find(name, &opts.data_dir)?;
+    let manifest = match (manifest, &opts.from) {
+        (Some(m), _) => m,
+        (None, Some(_)) => Manifest {
+            name: name.into(),
+            description: "local text".into(),
+            sources: vec![],
+            hub_parquet: None,
+            tokenizer: if opts.tokenizer.is_some() { TokenizerKind::Gpt2 } else { TokenizerKind::Char },
+            train_fraction: Some(0.9),
+            val_fraction: None,
+            seed: None,
+        },
+        (None, None) => {
+            return Err(DataError::UnknownDataset {
+                name: name.into(),
+                known: format!("{} (or --from PATH for your own text)", Manifest::builtin_names().join(", ")),
+            })
+        }
+    };
+    if manifest.hub_parquet.is_some() {
+        return crate::openwebtext::prepare_hub(&manifest, &dir, opts);
+    }
+    let text = read_sources(&manifest, &dir, opts)?;
+    let tokenizer = match manifest.tokenizer {
+        TokenizerKind::Char => Tokenizer::Char(CharTokenizer::from_corpus(&text)),
+        TokenizerKind::Gpt2 => Tokenizer::gpt2_from(opts.tokenizer.as_deref().ok_or_else(|| {
+            DataError::Tokenizer(format!(
+                "dataset '{name}' uses GPT-2's BPE: pass --tokenizer PATH (a tokenizer.json, or a folder with \
+                 vocab.json + merges.txt or encoder.json + vocab.bpe), e.g. models/gpt2 after `cargo xtask fetch-gpt2`"
+            ))
+        })?)?,
+    };
+    let meta = write_split(&dir, &text, manifest.train_fraction.unwrap_or(0.9), &tokenizer)?;
+    Ok(Prepared { dir, meta, already: false })
+}
+
+/// The dataset's text: local files (`--from`), or its sources, downloaded and verified.
+fn read_sources(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Result<String> {
+    let mut files = Vec::new();
+    if let Some(from) = &opts.from {
+        if from.is_dir() {
+            let mut txt: Vec<PathBuf> = std::fs::read_dir(from)
+                .map_err(DataError::io(from))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "txt"))
+                .collect();
+            txt.sort();
+            if txt.is_empty() {
+                return Err(DataError::Invalid { path: from.clone(), what: "holds no .txt file".into() });
+            }
+            files = txt;
+        } else {
+            // A local copy of a manifest's single source must be that very file.
+            if let [src] = &manifest.sources[..] {
+                if let Some(want) = &src.sha256 {
+                    let got = crate::token_file::sha256_file(from)?;
+                    if &got != want {
+                        return Err(DataError::Checksum { path: from.clone(), expected: want.clone(), actual: got });
+                    }
+                }
+            }
+            files.push(from.clone());
+        }
+    } else {
+        for src in &manifest.sources {
+            let dest = dir.join(&src.file);
+            let dest = if crate::extract::is_archive(&src.file) {
+                opts.downloader.fetch(&src.url, &dest, src.sha256.as_deref())?;
+                crate::extract::extract(&dest, &dir.join("extracted"))?.into_iter().next().ok_or_else(|| {
+                    DataError::Invalid { path: dest.clone(), what: "archive holds no file".into() }
+                })?
+            } else {
+                opts.downloader.fetch(&src.url, &dest, src.sha256.as_deref())?;
+                dest
+            };
+            files.push(dest);
+        }
+    }
+    let mut text = String::new();
+    for f in &files {
+        let bytes = std::fs::read(f).map_err(DataError::io(f))?;
+        let t = String::from_utf8(bytes)
+            .map_err(|e| DataError::Invalid { path: f.clone(), what: format!("not UTF-8 text: {e}") })?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&t);
+    }
+    Ok(text)
+}
+
+/// nanoGPT's split: the first `train_fraction` of the characters is train, the rest val;
+/// each part is encoded on its own.
+fn write_split(dir: &Path, text: &str, train_fraction: f64, tokenizer: &Tokenizer) -> Result<Meta> {
+    // A stale meta.json must not vouch for the files rewritten below.
+    let _ = std::fs::remove_file(dir.join(META_FILE));
+    let n_chars = text.chars().count();
+    let cut_chars = (n_chars as f64 * train_fraction) as usize;
+    let cut = text.char_indices().nth(cut_chars).map_or(text.len(), |(i, _)| i);
+    let mut files = BTreeMap::new();
+    for (split, part) in [("train", &text[..cut]), ("val", &text[cut..])] {
+        let tokens = tokenizer.encode_parallel(part)?;
+        let entry: FileEntry = write_tokens(&dir.join(format!("{split}.bin")), &tokens)?;
+        tracing::info!("{split} has {} tokens", thousands(entry.tokens));
+        files.insert(split.to_string(), entry);
+    }
+    let meta = Meta {
+        format_version: META_VERSION,
+        dtype: "uint16-le".into(),
+        vocab_size: tokenizer.vocab_size(),
+        tokenizer: tokenizer.spec(),
+        files,
+    };
+    // meta.json last: its presence marks a complete preparation.
+    meta.write(&dir.join(META_FILE))?;
+    Ok(meta)
+}
+
+/// The tokenizer a prepared dataset was made with (GPT-2 needs its files).
+pub fn tokenizer_of(meta: &Meta, bpe: Option<&Path>) -> Result<Tokenizer> {
+    Tokenizer::from_spec(&meta.tokenizer, bpe)
+}
+
+impl TokenizerSpec {
+    /// Short name: `char` or `gpt2`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            TokenizerSpec::Char { .. } => "char",
+            TokenizerSpec::Gpt2 => "gpt2",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_manifests_parse() {
+        for name in Manifest::builtin_names() {
+            let m = Manifest::find(name, Path::new("/nonexistent")).unwrap().unwrap();
+            assert_eq!(m.name, name);
+        }
+        assert!(Manifest::find("nope", Path::new("/nonexistent")).unwrap().is_none());
+        assert_eq!(thousands(1003854), "1,003,854");
+        assert_eq!(thousands(65), "65");
+    }
+}

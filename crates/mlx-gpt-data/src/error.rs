@@ -1,0 +1,90 @@
+//! `DataError`: everything that can go wrong between a URL and a batch, each naming the
+//! file, URL or flag involved.
+
+use std::path::PathBuf;
+
+/// Errors of the data pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An HTTP request failed for good (after retries where retrying makes sense).
+    #[error("{url}: {reason}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The server has no such file.
+    #[error("{url}: not found (HTTP 404)")]
+    NotFound {
+        /// The URL.
+        url: String,
+    },
+    /// A download's content is not what the manifest promised; the file was removed.
+    #[error("{path}: sha256 mismatch: expected {expected}, got {actual} (the file was removed; download again)")]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// From the manifest.
+        expected: String,
+        /// Of the bytes received.
+        actual: String,
+    },
+    /// A file has the wrong size.
+    #[error("{path}: {what}")]
+    Size {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// Text the tokenizer cannot encode, or a tokenizer that cannot be loaded.
+    #[error("{0}")]
+    Tokenizer(String),
+    /// A malformed or inconsistent `meta.json`, manifest or token file.
+    #[error("{path}: {what}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A dataset name no manifest describes.
+    #[error("unknown dataset '{name}' (known: {known})")]
+    UnknownDataset {
+        /// Asked for.
+        name: String,
+        /// Names with a manifest.
+        known: String,
+    },
+    /// A parquet file could not be read.
+    #[error("{path}: parquet: {reason}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The reader's message.
+        reason: String,
+    },
+    /// MLX failed while building a batch.
+    #[error("MLX: {}", .0.what())]
+    Mlx(#[from] mlx_rs::error::Exception),
+}
+
+impl DataError {
+    /// An I/O error about `path`.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> DataError {
+        let path = path.into();
+        move |source| DataError::Io { path, source }
+    }
+}
+
+/// Result with [`DataError`].
+pub type Result<T, E = DataError> = std::result::Result<T, E>;

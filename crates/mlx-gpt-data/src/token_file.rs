@@ -1,0 +1,285 @@
+//! nanoGPT's token files (`train.bin`, `val.bin`: little-endian uint16, no header) and the
+//! `meta.json` sidecar that makes them checkable. Layout: docs/data.md.
+
+use crate::error::{DataError, Result};
+use crate::tokenizer::TokenizerSpec;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Version of the `meta.json` layout.
+pub const META_VERSION: u32 = 1;
+/// Name of the sidecar file.
+pub const META_FILE: &str = "meta.json";
+
+/// One token file as recorded in `meta.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Number of tokens.
+    pub tokens: u64,
+    /// Size in bytes (2 × tokens).
+    pub bytes: u64,
+    /// sha256 of the file, lowercase hex.
+    pub sha256: String,
+}
+
+/// `meta.json`: what the token files in a dataset folder hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    /// Layout version ([`META_VERSION`]).
+    pub format_version: u32,
+    /// Always `"uint16-le"`: nanoGPT's `np.uint16` memmap layout.
+    pub dtype: String,
+    /// Number of token ids; every token is below it.
+    pub vocab_size: usize,
+    /// The tokenizer (with the character table for character vocabularies).
+    pub tokenizer: TokenizerSpec,
+    /// Token files by split name (`train`, `val`).
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+impl Meta {
+    /// Read and check a `meta.json`.
+    pub fn read(path: &Path) -> Result<Meta> {
+        let text = std::fs::read_to_string(path).map_err(DataError::io(path))?;
+        let meta: Meta = serde_json::from_str(&text)
+            .map_err(|e| DataError::Invalid { path: path.into(), what: format!("not a valid meta.json: {e}") })?;
+        let bad = |what: String| Err(DataError::Invalid { path: path.into(), what });
+        if meta.format_version != META_VERSION {
+            return bad(format!("format_version {} is not supported (expected {META_VERSION})", meta.format_version));
+        }
+        if meta.dtype != "uint16-le" {
+            return bad(format!("dtype {:?} is not supported (expected \"uint16-le\")", meta.dtype));
+        }
+        if meta.vocab_size == 0 || meta.vocab_size > 1 << 16 {
+            return bad(format!("vocab_size {} does not fit uint16 token files", meta.vocab_size));
+        }
+        if let TokenizerSpec::Char { itos } = &meta.tokenizer {
+            if itos.len() != meta.vocab_size {
+                return bad(format!("itos has {} characters but vocab_size is {}", itos.len(), meta.vocab_size));
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Write atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("meta serializes");
+        write_atomic(path, |w| w.write_all(text.as_bytes()))
+    }
+}
+
+/// Write a file through a temporary name in the same folder, then rename.
+pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let res = (|| {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map_err(DataError::io(path))
+}
+
+/// Encode tokens as nanoGPT's uint16 little-endian bytes; a token ≥ 65536 is an error.
+pub fn to_bytes(tokens: &[u32]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(tokens.len() * 2);
+    for (i, &t) in tokens.iter().enumerate() {
+        let t = u16::try_from(t)
+            .map_err(|_| DataError::Tokenizer(format!("token {t} at index {i} does not fit a uint16 token file")))?;
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// Write `tokens` as a token file, atomically; returns its `meta.json` entry.
+pub fn write_tokens(path: &Path, tokens: &[u32]) -> Result<FileEntry> {
+    let bytes = to_bytes(tokens)?;
+    write_atomic(path, |w| w.write_all(&bytes))?;
+    Ok(FileEntry { tokens: tokens.len() as u64, bytes: bytes.len() as u64, sha256: hex(&Sha256::digest(&bytes)) })
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(DataError::io(path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(DataError::io(path))?;
+    Ok(hex(&h.finalize()))
+}
+
+/// A token file opened read-only through a memory map and checked against `meta.json`.
+#[derive(Debug)]
+pub struct TokenFile {
+    map: memmap2::Mmap,
+    path: PathBuf,
+}
+
+impl TokenFile {
+    /// Open `dir/<split>.bin`, checking it against `dir/meta.json`: the split is listed,
+    /// the size matches, and every token is below the vocabulary size.
+    pub fn open(dir: &Path, split: &str) -> Result<(TokenFile, Meta)> {
+        let meta = Meta::read(&dir.join(META_FILE))?;
+        let path = dir.join(format!("{split}.bin"));
+        let entry = meta.files.get(split).ok_or_else(|| DataError::Invalid {
+            path: dir.join(META_FILE),
+            what: format!("lists no '{split}' file (has: {})", meta.files.keys().cloned().collect::<Vec<_>>().join(", ")),
+        })?;
+        let file = Self::open_unchecked(&path)?;
+        if file.map.len() as u64 != entry.bytes || entry.bytes != 2 * entry.tokens {
+            return Err(DataError::Size {
+                path,
+                what: format!(
+                    "{} bytes, but meta.json records {} tokens in {} bytes; prepare the dataset again",
+                    file.map.len(),
+                    entry.tokens,
+                    entry.bytes
+                ),
+            });
+        }
+        if let Some((i, t)) = file.first_out_of_range(meta.vocab_size) {
+            return Err(DataError::Invalid {
+                path,
+                what: format!("token {t} at index {i} is not below vocab_size {}", meta.vocab_size),
+            });
+        }
+        Ok((file, meta))
+    }
+
+    /// Map a token file without a `meta.json` (e.g. one nanoGPT prepared).
+    pub fn open_unchecked(path: &Path) -> Result<TokenFile> {
+        let f = std::fs::File::open(path).map_err(DataError::io(path))?;
+        // SAFETY: read-only map; token files are written once (atomically) and never
+        // modified in place.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(DataError::io(path))?;
+        if map.len() % 2 != 0 {
+            return Err(DataError::Size { path: path.into(), what: format!("{} bytes is not a whole number of uint16 tokens", map.len()) });
+        }
+        Ok(TokenFile { map, path: path.into() })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.map.len() / 2
+    }
+
+    /// Whether the file holds no token.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Token `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> u16 {
+        u16::from_le_bytes([self.map[2 * i], self.map[2 * i + 1]])
+    }
+
+    /// Copy tokens `start..start + out.len()` into `out` as i32 (MLX's index type).
+    #[inline]
+    pub fn copy_i32(&self, start: usize, out: &mut [i32]) {
+        let bytes = &self.map[2 * start..2 * (start + out.len())];
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o = u16::from_le_bytes([b[0], b[1]]) as i32;
+        }
+    }
+
+    fn first_out_of_range(&self, vocab: usize) -> Option<(usize, u16)> {
+        use rayon::prelude::*;
+        if vocab >= 1 << 16 {
+            return None;
+        }
+        self.map.par_chunks(1 << 20).enumerate().find_map_first(|(c, chunk)| {
+            chunk.chunks_exact(2).enumerate().find_map(|(i, b)| {
+                let t = u16::from_le_bytes([b[0], b[1]]);
+                (t as usize >= vocab).then_some((c * (1 << 19) + i, t))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("mlx-gpt-tf-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn prepare(d: &Path, tokens: &[u32], vocab: usize) -> Meta {
+        let entry = write_tokens(&d.join("train.bin"), tokens).unwrap();
+        let meta = Meta {
+            format_version: META_VERSION,
+            dtype: "uint16-le".into(),
+            vocab_size: vocab,
+            tokenizer: TokenizerSpec::Char { itos: (0..vocab as u32).map(|i| char::from_u32(0x41 + i).unwrap()).collect() },
+            files: [("train".to_string(), entry)].into(),
+        };
+        meta.write(&d.join(META_FILE)).unwrap();
+        meta
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+        #[test]
+        fn token_file_round_trip(tokens in proptest::collection::vec(0u32..500, 0..2000), case in 0u32..1000) {
+            let d = dir(&format!("rt{case}"));
+            let meta = prepare(&d, &tokens, 500);
+            let (f, back) = TokenFile::open(&d, "train").unwrap();
+            prop_assert_eq!(back, meta);
+            prop_assert_eq!(f.len(), tokens.len());
+            let got: Vec<u32> = (0..f.len()).map(|i| f.get(i) as u32).collect();
+            prop_assert_eq!(got, tokens);
+            std::fs::remove_dir_all(&d).unwrap();
+        }
+
+        #[test]
+        fn corrupted_meta_or_files_are_rejected(cut in 1usize..10, flip in 0usize..100, case in 0u32..1000) {
+            let d = dir(&format!("bad{case}"));
+            prepare(&d, &(0..100u32).map(|i| i % 50).collect::<Vec<_>>(), 50);
+            let bin = d.join("train.bin");
+            let bytes = std::fs::read(&bin).unwrap();
+            // A truncated file.
+            std::fs::write(&bin, &bytes[..bytes.len() - 2 * cut]).unwrap();
+            let e = TokenFile::open(&d, "train").unwrap_err().to_string();
+            prop_assert!(e.contains("train.bin") && e.contains("meta.json records"), "{}", e);
+            // A token beyond the vocabulary.
+            let mut bad = bytes.clone();
+            bad[2 * flip] = 200;
+            std::fs::write(&bin, &bad).unwrap();
+            let e = TokenFile::open(&d, "train").unwrap_err().to_string();
+            prop_assert!(e.contains(&format!("token 200 at index {flip}")), "{}", e);
+            // A meta.json that is not JSON, or lies about its vocabulary.
+            std::fs::write(&bin, &bytes).unwrap();
+            let meta_path = d.join(META_FILE);
+            let text = std::fs::read_to_string(&meta_path).unwrap();
+            std::fs::write(&meta_path, &text[..text.len() / 2]).unwrap();
+            prop_assert!(TokenFile::open(&d, "train").unwrap_err().to_string().contains("not a valid meta.json"));
+            std::fs::write(&meta_path, text.replace("\"vocab_size\": 50", "\"vocab_size\": 70000")).unwrap();
+            prop_assert!(TokenFile::open(&d, "train").unwrap_err().to_string().contains("vocab_size 70000"));
+            prop_assert!(TokenFile::open(&d, "val").is_err());
+            std::fs::remove_dir_all(&d).unwrap();
+        }
+    }
+}

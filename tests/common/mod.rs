@@ -1,0 +1,50 @@
+//! Shared helpers of the end-to-end tests: the `../shared` data, a real HTTP server on
+//! 127.0.0.1, and scratch folders.
+#![allow(dead_code)]
+
+pub mod gpt2_ref;
+pub mod http;
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    // Tests are attached to crates two levels down (crates/<name>).
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// `../shared` (or `MLX_GPT_SHARED`), holding the Tiny Shakespeare corpus and GPT-2's BPE
+/// files. Missing: a failure in CI (`CI=true`), else `None` with a note saying why the
+/// caller skips.
+pub fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("MLX_GPT_SHARED").map(PathBuf::from).unwrap_or_else(|| root().join("../shared"));
+    if dir.join("datasets/tinyshakespeare/input.txt").is_file() && dir.join("tokenizers/gpt2/encoder.json").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI: the shared test data is missing at {} (set MLX_GPT_SHARED)", dir.display());
+    }
+    eprintln!("skipped: shared test data not found at {} (set MLX_GPT_SHARED to run this test)", dir.display());
+    None
+}
+
+/// A fresh, empty scratch folder, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("mlx-gpt-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
