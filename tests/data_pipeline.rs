@@ -329,3 +329,40 @@ fn unknown_dataset_and_missing_tokenizer_are_named() {
     let err = prepare("shakespeare", &options(&server, data.path(), None)).unwrap_err().to_string();
     assert!(err.contains("--tokenizer"), "{err}");
 }
+
+#[test]
+fn fetch_gpt2_verifies_what_the_hub_publishes_and_skips_what_is_complete() {
+    let server = Server::start();
+    let weights = b"pretend safetensors bytes".repeat(1000);
+    let base = "/openai-community/gpt2/resolve/main";
+    for f in mlx_gpt_data::pretrained::GPT2_FILES {
+        let body = if *f == "model.safetensors" { weights.clone() } else { format!("{{\"file\": \"{f}\"}}").into_bytes() };
+        server.add(&format!("{base}/{f}"), body);
+    }
+    // Only the LFS file has a published sha256 (as on the hub).
+    server.header(&format!("{base}/model.safetensors"), "X-Linked-Etag", &format!("\"{}\"", sha256_hex(&weights)));
+    server.header(&format!("{base}/model.safetensors"), "X-Linked-Size", &weights.len().to_string());
+    let models = Scratch::new("gpt2");
+    let d = downloader(&server);
+    let files = mlx_gpt_data::pretrained::fetch_gpt2("gpt2", models.path(), &d).unwrap();
+    assert_eq!(files.len(), 5);
+    let st = files.iter().find(|f| f.file == "model.safetensors").unwrap();
+    assert_eq!(st.sha256.as_deref(), Some(sha256_hex(&weights).as_str()));
+    assert!(files.iter().filter(|f| f.file != "model.safetensors").all(|f| f.sha256.is_none()));
+    assert_eq!(std::fs::read(models.path().join("gpt2/model.safetensors")).unwrap(), weights);
+    // Again: everything is complete and verified, nothing is requested.
+    let n = server.log().len();
+    mlx_gpt_data::pretrained::fetch_gpt2("gpt2", models.path(), &d).unwrap();
+    assert_eq!(server.log().len(), n);
+    // A damaged local copy is fetched again.
+    std::fs::write(models.path().join("gpt2/model.safetensors"), b"damaged").unwrap();
+    mlx_gpt_data::pretrained::fetch_gpt2("gpt2", models.path(), &d).unwrap();
+    assert_eq!(std::fs::read(models.path().join("gpt2/model.safetensors")).unwrap(), weights);
+    // A hub hash that does not match the bytes: refused, nothing kept.
+    server.header(&format!("{base}/model.safetensors"), "X-Linked-Etag", "ignored-second-value");
+    let other = Scratch::new("gpt2-bad");
+    server.add(&format!("{base}/model.safetensors"), b"different bytes".to_vec());
+    let err = mlx_gpt_data::pretrained::fetch_gpt2("gpt2", other.path(), &d).unwrap_err();
+    assert!(matches!(err, DataError::Checksum { .. }), "{err}");
+    assert!(!other.path().join("gpt2/model.safetensors").exists());
+}

@@ -1,11 +1,147 @@
-//! `cargo xtask <task>`: project chores (dataset and GPT-2 downloads arrive with the data
-//! issue). Thin on purpose: the logic lives in mlx-gpt-data so other programs can call it.
+//! `cargo xtask <task>`: project chores. Thin on purpose: the logic lives in
+//! mlx-gpt-data so other programs can call it.
+//!
+//! - `cargo xtask fetch-data [NAME…] [--from PATH] [--mirror URL] [--tokenizer PATH]`
+//! - `cargo xtask fetch-gpt2 [gpt2|gpt2-medium|gpt2-large|gpt2-xl] [--mirror URL]`
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use mlx_gpt_data::datasets::{prepare, thousands, HubParquet, Manifest, PrepareOptions, TokenizerKind};
+use mlx_gpt_data::download::Downloader;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "mlx-gpt project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Download and prepare datasets into train.bin / val.bin / meta.json.
+    FetchData(FetchData),
+    /// Download OpenAI's GPT-2 weights and tokenizer from the Hugging Face hub into models/NAME/.
+    FetchGpt2(FetchGpt2),
+}
+
+#[derive(clap::Args)]
+struct FetchData {
+    /// Datasets to prepare (shakespeare_char, shakespeare, openwebtext, or a new name with --from / --hf-dataset).
+    #[arg(default_value = "shakespeare_char")]
+    names: Vec<String>,
+    /// Use local text instead of downloading: a file, or a folder of .txt files.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Fetch every URL from this base instead (its path is kept), e.g. http://127.0.0.1:8000 or file:///srv/mirror.
+    #[arg(long)]
+    mirror: Option<String>,
+    /// GPT-2 BPE files: a tokenizer.json, or a folder with vocab.json + merges.txt or encoder.json + vocab.bpe
+    /// [default: models/gpt2 when present].
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Where dataset folders live [default: $MLX_GPT_DATA_DIR, else datasets/].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Prepare a Hugging Face parquet text dataset (owner/name) under the given NAME.
+    #[arg(long)]
+    hf_dataset: Option<String>,
+    /// Column holding the text, with --hf-dataset.
+    #[arg(long, default_value = "text")]
+    column: String,
+    /// Dataset configuration, with --hf-dataset.
+    #[arg(long, default_value = "default")]
+    config: String,
+    /// Split to read, with --hf-dataset.
+    #[arg(long, default_value = "train")]
+    split: String,
+}
+
+#[derive(clap::Args)]
+struct FetchGpt2 {
+    /// Which checkpoint.
+    #[arg(default_value = "gpt2", value_parser = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])]
+    name: String,
+    /// Fetch from this base URL instead of the hub (its path is kept); HF_ENDPOINT also works.
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Where model folders live [default: models/].
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+}
+
+/// The repository root (xtask lives one level below it).
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+}
 
 fn main() {
-    let task = std::env::args().nth(1);
-    eprintln!(
-        "xtask: {} is not available yet; tasks arrive with the data issue",
-        task.as_deref().unwrap_or("(no task)")
-    );
-    std::process::exit(2);
+    tracing_subscriber::fmt().with_target(false).without_time().init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.task {
+        Task::FetchData(a) => fetch_data(a),
+        Task::FetchGpt2(a) => fetch_gpt2(a),
+    }
+}
+
+fn fetch_data(a: FetchData) -> anyhow::Result<()> {
+    let data_dir = a
+        .data_dir
+        .or_else(|| std::env::var_os("MLX_GPT_DATA_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| project_root().join("datasets"));
+    let default_bpe = project_root().join("models/gpt2");
+    let tokenizer = a.tokenizer.or_else(|| default_bpe.join("vocab.json").is_file().then_some(default_bpe));
+    if a.from.is_some() && a.names.len() > 1 {
+        bail!("--from gives the text of one dataset; name only one");
+    }
+    for name in &a.names {
+        if let Some(repo) = &a.hf_dataset {
+            // A hub dataset under a name of the user's: write its manifest, then prepare.
+            let manifest = Manifest {
+                name: name.clone(),
+                description: format!("Hugging Face dataset {repo}, column {}", a.column),
+                sources: vec![],
+                hub_parquet: Some(HubParquet { repo: repo.clone(), config: a.config.clone(), split: a.split.clone(), column: a.column.clone() }),
+                tokenizer: TokenizerKind::Gpt2,
+                train_fraction: None,
+                val_fraction: Some(0.0005),
+                seed: Some(2357),
+            };
+            manifest.write(&data_dir)?;
+        }
+        let opts = PrepareOptions {
+            data_dir: data_dir.clone(),
+            downloader: Downloader::new().with_mirror(a.mirror.clone()),
+            tokenizer: tokenizer.clone(),
+            from: a.from.clone(),
+        };
+        let p = prepare(name, &opts).with_context(|| format!("preparing dataset '{name}'"))?;
+        let verb = if p.already { "already prepared" } else { "prepared" };
+        println!(
+            "{name}: {verb} in {} — vocab {}, train {} tokens, val {} tokens ({} tokenizer)",
+            p.dir.display(),
+            thousands(p.meta.vocab_size as u64),
+            thousands(p.meta.files["train"].tokens),
+            thousands(p.meta.files["val"].tokens),
+            p.meta.tokenizer.kind_name()
+        );
+    }
+    Ok(())
+}
+
+fn fetch_gpt2(a: FetchGpt2) -> anyhow::Result<()> {
+    let models = a.models_dir.unwrap_or_else(|| project_root().join("models"));
+    let files = mlx_gpt_data::pretrained::fetch_gpt2(&a.name, &models, &Downloader::new().with_mirror(a.mirror))
+        .with_context(|| format!("fetching {}", a.name))?;
+    for f in files {
+        let hash = f.sha256.as_deref().map(|h| format!("sha256 {h} (verified)")).unwrap_or_else(|| "no published sha256".into());
+        println!("{}/{}: {} bytes, {hash}", a.name, f.file, thousands(f.size));
+    }
+    Ok(())
 }

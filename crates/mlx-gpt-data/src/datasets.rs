@@ -105,6 +105,14 @@ impl Manifest {
         Ok(Some(m))
     }
 
+    /// Write as `<data_dir>/<name>/manifest.json`, so `prepare` finds it.
+    pub fn write(&self, data_dir: &Path) -> Result<()> {
+        let dir = data_dir.join(&self.name);
+        std::fs::create_dir_all(&dir).map_err(DataError::io(&dir))?;
+        let text = serde_json::to_string_pretty(self).expect("manifest serializes");
+        crate::token_file::write_atomic(&dir.join("manifest.json"), |w| std::io::Write::write_all(w, text.as_bytes()))
+    }
+
     /// Names of the built-in datasets.
     pub fn builtin_names() -> Vec<&'static str> {
         BUILTIN.iter().map(|(n, _)| *n).collect()

@@ -8,6 +8,7 @@
 //! - [`datasets`]: the dataset manifests and `prepare` (shakespeare_char, shakespeare,
 //!   local text files);
 //! - [`openwebtext`]: streaming preparation of Hugging Face parquet text datasets;
+//! - [`pretrained`]: OpenAI's GPT-2 checkpoints from the Hugging Face hub;
 //! - [`batches`]: the seeded, resumable `(x, y)` batch sampler.
 //!
 //! docs/data.md describes the datasets, the file formats and working offline.
@@ -19,6 +20,7 @@ pub mod download;
 mod error;
 pub mod extract;
 pub mod openwebtext;
+pub mod pretrained;
 pub mod progress;
 pub mod token_file;
 pub mod tokenizer;
