@@ -3,6 +3,9 @@
 
 mod bench;
 mod info;
+mod overrides;
+mod sample;
+mod train;
 
 use clap::{Parser, Subcommand};
 use mlx_gpt_model::device::{self, DeviceKind};
@@ -18,6 +21,12 @@ struct Cli {
 enum Command {
     /// Print versions, devices, the BLAS library in use, CPU features and memory.
     Info(info::Args),
+    /// Train a GPT (nanoGPT's train.py): mlx-gpt train [CONFIG] [--key value]...
+    Train(train::Args),
+    /// Sample text from a training run or from GPT-2 (nanoGPT's sample.py).
+    Sample(sample::Args),
+    /// Train and val loss of a checkpoint or of GPT-2: mlx-gpt eval [CONFIG] [--key value]...
+    Eval(train::Args),
     /// Benchmarks that print figures (no pass/fail).
     Bench(bench::Args),
 }
@@ -59,6 +68,9 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args),
+        Command::Train(args) => train::run_cmd(args, false),
+        Command::Sample(args) => sample::run(args),
+        Command::Eval(args) => train::run_cmd(args, true),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -1,4 +1,100 @@
-//! Training GPTs with MLX the way nanoGPT's `train.py` does.
+//! Training GPTs with MLX the way nanoGPT's `train.py` does, and more dependably.
 //!
-//! Crate map (start here): filled in by the training issue — `config`, `schedule`,
-//! `optimizer`, `step`, `eval`, `checkpoint`, `train`. See docs/training.md once it lands.
+//! Crate map (start here), in the order one iteration uses it:
+//! - [`config`]: [`TrainConfig`] — nanoGPT's knobs and defaults, TOML presets, overrides;
+//! - [`schedule`]: warmup + cosine learning rate;
+//! - [`step`]: micro-batches with gradient accumulation, clipping, AdamW;
+//! - [`optimizer`]: AdamW as PyTorch's (bias correction, decay on ≥ 2-D weights only);
+//! - [`eval`]: `estimate_loss` over both splits;
+//! - [`checkpoint`]: atomic checkpoints with a DONE marker, strict loading, pruning;
+//! - [`metrics`]: `metrics.jsonl` and the `loss.svg` plot;
+//! - [`peak`]: the measured FLOP/s that MFU divides by;
+//! - [`train`]: the loop itself, [`train::run`].
+//!
+//! docs/training.md walks through a run.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+pub mod eval;
+pub mod metrics;
+pub mod optimizer;
+pub mod peak;
+pub mod schedule;
+pub mod step;
+pub mod train;
+
+pub use config::TrainConfig;
+
+use std::path::PathBuf;
+
+/// Why training could not start or continue.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The dataset is not prepared.
+    #[error("dataset '{name}' is not prepared in {dir} ({why}); run `cargo xtask fetch-data {name}`")]
+    MissingDataset {
+        /// Dataset name.
+        name: String,
+        /// Where it was looked for.
+        dir: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
+    /// A GPT-2 checkpoint is not downloaded.
+    #[error("{name} is not in {dir}; run `cargo xtask fetch-gpt2 {name}`")]
+    MissingModel {
+        /// Model name.
+        name: String,
+        /// Where it was looked for.
+        dir: PathBuf,
+    },
+    /// `init_from = resume` without a checkpoint.
+    #[error("nothing to resume: no complete checkpoint in {}/checkpoints", .out_dir.display())]
+    NoCheckpoint {
+        /// The run directory.
+        out_dir: PathBuf,
+    },
+    /// The checkpoint and the configuration disagree on the model.
+    #[error("cannot resume from {}: the configuration differs from the checkpoint: {}", .checkpoint.display(), .differences.join("; "))]
+    Incompatible {
+        /// The checkpoint.
+        checkpoint: PathBuf,
+        /// What differs.
+        differences: Vec<String>,
+    },
+    /// A damaged or inconsistent checkpoint.
+    #[error("checkpoint {}: {what}", .path.display())]
+    Checkpoint {
+        /// The checkpoint (folder or file).
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A file could not be read or written.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Data problems (token files, batches).
+    #[error(transparent)]
+    Data(#[from] mlx_gpt_data::DataError),
+    /// Weights could not be loaded or saved.
+    #[error(transparent)]
+    Weights(#[from] mlx_gpt_model::LoadError),
+    /// Model errors.
+    #[error(transparent)]
+    Model(#[from] mlx_gpt_model::ModelError),
+    /// Device selection failed.
+    #[error(transparent)]
+    Device(#[from] mlx_gpt_model::DeviceError),
+    /// MLX failed.
+    #[error("MLX: {}", .0.what())]
+    Mlx(#[from] mlx_rs::error::Exception),
+}

@@ -1,0 +1,50 @@
+//! `mlx-gpt train [CONFIG] [--key value …]`: nanoGPT's `train.py`.
+
+use anyhow::Context;
+use mlx_gpt_train::train::{run, RunOptions};
+use mlx_gpt_train::TrainConfig;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+#[command(after_help = "CONFIG is a preset (train_shakespeare_char, baby_shakespeare_char, train_gpt2, \
+finetune_shakespeare, eval_gpt2, eval_gpt2_medium, eval_gpt2_large, eval_gpt2_xl) or a TOML file; \
+--key value pairs override it, e.g. `mlx-gpt train baby_shakespeare_char --max_iters 500`. \
+Ctrl-C finishes the current step, saves a checkpoint and exits; continue with --init_from resume.")]
+pub struct Args {
+    /// [CONFIG] [--key value]…
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+/// Resolve a configuration from raw arguments.
+pub fn config(args: &[String]) -> anyhow::Result<TrainConfig> {
+    let (base, pairs) = crate::overrides::parse(args)?;
+    Ok(TrainConfig::resolve(base.as_deref(), &pairs)?)
+}
+
+pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
+    let mut c = config(&args.args)?;
+    if eval_only {
+        c.eval_only = true;
+    }
+    println!("# resolved configuration\n{}", c.to_toml());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to abort)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let summary = run(&c, &RunOptions { stop, progress: true })?;
+    if let Some(l) = summary.last_eval {
+        println!("final: iter {}, train loss {:.4}, val loss {:.4}, best val loss {:.4}, {:.1} s", summary.iter, l.train, l.val, summary.best_val_loss, summary.wall_s);
+    }
+    if summary.interrupted {
+        println!("interrupted; resume with: mlx-gpt train {} --init_from resume", args.args.join(" "));
+    }
+    Ok(())
+}

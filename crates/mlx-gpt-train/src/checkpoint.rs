@@ -1,0 +1,202 @@
+//! Checkpoints: `out_dir/checkpoints/iter-NNNNNNN/` holding the weights in Hugging Face
+//! GPT-2 layout (`model.safetensors`, `config.json`), the optimizer moments
+//! (`optimizer.safetensors`), and `state.json` (iteration, best val loss, model and
+//! training configuration, batch-sampler state, tokenizer), then a `DONE` marker.
+//!
+//! A checkpoint is written into a temporary folder and renamed into place only once whole,
+//! so a crash or kill at any moment leaves the previous checkpoints usable; folders without
+//! `DONE` are ignored. The newest complete checkpoint is the one `resume` loads; the oldest
+//! beyond `keep_last` are deleted after a new one is in place.
+
+use crate::config::TrainConfig;
+use crate::optimizer::{AdamW, AdamWConfig};
+use crate::TrainError;
+use mlx_gpt_data::batches::SamplerState;
+use mlx_gpt_data::tokenizer::TokenizerSpec;
+use mlx_gpt_model::{hf, Gpt, GptConfig};
+use mlx_rs::{Array, Dtype};
+use safetensors::tensor::TensorView;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Layout version of `state.json`.
+pub const STATE_VERSION: u32 = 1;
+
+/// `state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Layout version.
+    pub version: u32,
+    /// Optimizer steps completed.
+    pub iter: usize,
+    /// Best validation loss seen.
+    pub best_val_loss: f64,
+    /// The model's shape.
+    pub model: GptConfig,
+    /// The training configuration of the run that wrote it.
+    pub train: TrainConfig,
+    /// Where the training batch sampler stood.
+    pub sampler: SamplerState,
+    /// The dataset's tokenizer, for sampling.
+    pub tokenizer: TokenizerSpec,
+}
+
+/// The folder of checkpoints inside a run directory.
+pub fn checkpoints_dir(out_dir: &Path) -> PathBuf {
+    out_dir.join("checkpoints")
+}
+
+/// Complete checkpoints in `out_dir`, oldest first.
+pub fn list(out_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(checkpoints_dir(out_dir))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let iter = p.file_name()?.to_str()?.strip_prefix("iter-")?.parse().ok()?;
+            p.join("DONE").is_file().then_some((iter, p))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The newest complete checkpoint.
+pub fn latest(out_dir: &Path) -> Option<PathBuf> {
+    list(out_dir).pop().map(|(_, p)| p)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.into(), source }
+}
+
+fn f32_bytes(a: &Array) -> &[u8] {
+    let s = a.as_slice::<f32>();
+    // SAFETY: reinterpreting an f32 slice as its bytes; the lifetime stays tied to `a`.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+}
+
+/// Write a checkpoint of iteration `state.iter`; returns its folder.
+pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Result<PathBuf, TrainError> {
+    let root = checkpoints_dir(out_dir);
+    std::fs::create_dir_all(&root).map_err(io(&root))?;
+    let name = format!("iter-{:07}", state.iter);
+    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+
+    hf::save_pretrained(model, &tmp)?;
+    // Optimizer moments, float32, as m.<param> and v.<param>.
+    let arrays: Vec<(String, &Array)> = opt
+        .m
+        .iter()
+        .map(|(k, a)| (format!("m.{k}"), a))
+        .chain(opt.v.iter().map(|(k, a)| (format!("v.{k}"), a)))
+        .collect();
+    mlx_rs::transforms::eval(arrays.iter().map(|(_, a)| *a))?;
+    let views: Vec<(String, TensorView)> = arrays
+        .iter()
+        .map(|(k, a)| {
+            let shape = a.shape().iter().map(|&d| d as usize).collect();
+            (k.clone(), TensorView::new(safetensors::Dtype::F32, shape, f32_bytes(a)).expect("consistent view"))
+        })
+        .collect();
+    let meta = HashMap::from([("step".to_string(), opt.step.to_string())]);
+    let opt_path = tmp.join("optimizer.safetensors");
+    safetensors::serialize_to_file(views, Some(meta), &opt_path)
+        .map_err(|e| TrainError::Checkpoint { path: opt_path.clone(), what: e.to_string() })?;
+    let state_path = tmp.join("state.json");
+    std::fs::write(&state_path, serde_json::to_string_pretty(state).expect("state serializes")).map_err(io(&state_path))?;
+    // Make the contents durable before DONE vouches for them, and DONE before the rename.
+    for f in ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"] {
+        std::fs::File::open(tmp.join(f)).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
+    }
+    let done = tmp.join("DONE");
+    std::fs::write(&done, state.iter.to_string()).and_then(|_| std::fs::File::open(&done)?.sync_all()).map_err(io(&done))?;
+    let dest = root.join(&name);
+    if dest.exists() {
+        // Re-saving the same iteration (after a resume): replace it.
+        std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
+    }
+    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    Ok(dest)
+}
+
+/// Delete the oldest complete checkpoints beyond `keep`, and abandoned temporary folders.
+pub fn prune(out_dir: &Path, keep: usize) -> Result<(), TrainError> {
+    let all = list(out_dir);
+    let keep = keep.max(1);
+    for (_, p) in all.iter().take(all.len().saturating_sub(keep)) {
+        std::fs::remove_dir_all(p).map_err(io(p))?;
+    }
+    for e in std::fs::read_dir(checkpoints_dir(out_dir)).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(".iter-") && !n.ends_with(&format!(".tmp-{}", std::process::id())) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// What a checkpoint restores.
+pub struct Loaded {
+    /// The model, with the checkpoint's weights.
+    pub model: Gpt,
+    /// The optimizer with its moments and step count.
+    pub optimizer: AdamW,
+    /// `state.json`.
+    pub state: TrainState,
+}
+
+/// Load a checkpoint folder, strictly: every file must be present and consistent.
+pub fn load(dir: &Path, adamw: AdamWConfig) -> Result<Loaded, TrainError> {
+    let damaged = |what: String| TrainError::Checkpoint { path: dir.into(), what };
+    if !dir.join("DONE").is_file() {
+        return Err(damaged("incomplete (no DONE marker): it was being written when the run stopped".into()));
+    }
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| damaged(format!("state.json is not valid: {e}")))?;
+    if state.version != STATE_VERSION {
+        return Err(damaged(format!("state.json version {} (expected {STATE_VERSION})", state.version)));
+    }
+    let model = hf::load_pretrained(dir).map_err(|e| damaged(format!("weights: {e}")))?;
+    if model.config != state.model {
+        return Err(damaged("config.json and state.json describe different models".into()));
+    }
+    let opt_path = dir.join("optimizer.safetensors");
+    let bytes = std::fs::read(&opt_path).map_err(io(&opt_path))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| damaged(format!("optimizer.safetensors: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| damaged(format!("optimizer.safetensors: {e}")))?;
+    let step = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("step"))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| damaged("optimizer.safetensors has no step count".into()))?;
+    let mut optimizer = AdamW::new(adamw);
+    optimizer.step = step;
+    let params: BTreeMap<String, Vec<i32>> = {
+        use mlx_rs::module::ModuleParameters;
+        model.parameters().flatten().iter().map(|(k, v)| (k.to_string(), v.shape().to_vec())).collect()
+    };
+    for (name, view) in st.tensors() {
+        let shape: Vec<i32> = view.shape().iter().map(|&d| d as i32).collect();
+        let (kind, param) = name.split_once('.').ok_or_else(|| damaged(format!("unexpected optimizer tensor {name}")))?;
+        if params.get(param) != Some(&shape) || view.dtype() != safetensors::Dtype::F32 {
+            return Err(damaged(format!("optimizer tensor {name} does not match the model")));
+        }
+        // SAFETY: F32 data of `shape`, checked by the parser; MLX copies it.
+        let a = unsafe { Array::from_raw_data(view.data().as_ptr().cast(), &shape, Dtype::Float32) };
+        match kind {
+            "m" => optimizer.m.insert(param.to_string(), a),
+            "v" => optimizer.v.insert(param.to_string(), a),
+            _ => return Err(damaged(format!("unexpected optimizer tensor {name}"))),
+        };
+    }
+    if step > 0 && (optimizer.m.len() != params.len() || optimizer.v.len() != params.len()) {
+        return Err(damaged(format!("optimizer state covers {} of {} parameters", optimizer.m.len(), params.len())));
+    }
+    Ok(Loaded { model, optimizer, state })
+}

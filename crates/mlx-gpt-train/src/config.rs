@@ -1,0 +1,345 @@
+//! `TrainConfig`: every knob of nanoGPT's `train.py`, with its defaults and names, read
+//! from TOML presets (`config/*.toml`) and `--key value` overrides.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the initial weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitFrom {
+    /// nanoGPT's initialisation.
+    Scratch,
+    /// The latest checkpoint in `out_dir`.
+    Resume,
+    /// OpenAI's GPT-2 (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`) from `models/<name>`.
+    Gpt2(String),
+    /// A Hugging Face GPT-2 directory.
+    Dir(PathBuf),
+}
+
+impl InitFrom {
+    /// Parse nanoGPT's `init_from` value.
+    pub fn parse(s: &str) -> InitFrom {
+        match s {
+            "scratch" => InitFrom::Scratch,
+            "resume" => InitFrom::Resume,
+            "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl" => InitFrom::Gpt2(s.to_string()),
+            path => InitFrom::Dir(PathBuf::from(path)),
+        }
+    }
+}
+
+/// nanoGPT's training configuration. Defaults are `train.py`'s (GPT-2 124M on
+/// OpenWebText), except `dtype` (float32: MLX's CPU backend has no fast half matmul).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    // I/O
+    /// Run directory: checkpoints, metrics, plot, resolved config.
+    pub out_dir: PathBuf,
+    /// Evaluate (and maybe checkpoint) every this many iterations.
+    pub eval_interval: usize,
+    /// Log every this many iterations.
+    pub log_interval: usize,
+    /// Batches per split in each evaluation.
+    pub eval_iters: usize,
+    /// Evaluate once and exit.
+    pub eval_only: bool,
+    /// Checkpoint at every evaluation, not only when val loss improves.
+    pub always_save_checkpoint: bool,
+    /// `scratch`, `resume`, `gpt2`…`gpt2-xl`, or a Hugging Face GPT-2 directory.
+    pub init_from: String,
+    /// Checkpoints kept in `out_dir/checkpoints` (oldest removed first).
+    pub keep_last: usize,
+    // data
+    /// Dataset folder name under `data_dir`.
+    pub dataset: String,
+    /// Where datasets live.
+    pub data_dir: PathBuf,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation_steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Sequence length.
+    pub block_size: usize,
+    // model
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Attention heads.
+    pub n_head: usize,
+    /// Width.
+    pub n_embd: usize,
+    /// Dropout (0 for pretraining, 0.1+ for finetuning).
+    pub dropout: f32,
+    /// Biases in Linear and LayerNorm layers.
+    pub bias: bool,
+    // AdamW
+    /// Maximum learning rate.
+    pub learning_rate: f64,
+    /// Total optimizer steps.
+    pub max_iters: usize,
+    /// Decoupled weight decay, on ≥ 2-D parameters only.
+    pub weight_decay: f64,
+    /// Adam β1.
+    pub beta1: f64,
+    /// Adam β2.
+    pub beta2: f64,
+    /// Clip gradients to this global norm (0 disables).
+    pub grad_clip: f64,
+    // learning rate schedule
+    /// Cosine decay after warmup (else constant).
+    pub decay_lr: bool,
+    /// Linear warmup steps.
+    pub warmup_iters: usize,
+    /// Steps to reach `min_lr` (≈ max_iters per Chinchilla).
+    pub lr_decay_iters: usize,
+    /// Final learning rate (≈ learning_rate / 10).
+    pub min_lr: f64,
+    // system
+    /// `cpu`, `gpu`, or `auto` (the best available).
+    pub device: String,
+    /// `float32`, `bfloat16` or `float16`.
+    pub dtype: String,
+    /// Compile the training step with MLX.
+    pub compile: bool,
+    /// Seed of initialisation, batches and dropout.
+    pub seed: u64,
+    /// Peak FLOP/s for MFU; 0 measures the device's matmul peak at start.
+    pub peak_flops: f64,
+    /// GPT-2 BPE files for sampling BPE datasets (default: models/gpt2).
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            out_dir: "out".into(),
+            eval_interval: 2000,
+            log_interval: 1,
+            eval_iters: 200,
+            eval_only: false,
+            always_save_checkpoint: true,
+            init_from: "scratch".into(),
+            keep_last: 2,
+            dataset: "openwebtext".into(),
+            data_dir: "datasets".into(),
+            gradient_accumulation_steps: 5 * 8, // used to simulate larger batch sizes
+            batch_size: 12,
+            block_size: 1024,
+            n_layer: 12,
+            n_head: 12,
+            n_embd: 768,
+            dropout: 0.0,
+            bias: false, // nanoGPT: no biases inside LayerNorm and Linear layers
+            learning_rate: 6e-4,
+            max_iters: 600_000,
+            weight_decay: 1e-1,
+            beta1: 0.9,
+            beta2: 0.95,
+            grad_clip: 1.0,
+            decay_lr: true,
+            warmup_iters: 2000,
+            lr_decay_iters: 600_000,
+            min_lr: 6e-5,
+            device: "auto".into(),
+            dtype: "float32".into(),
+            compile: true,
+            seed: 1337,
+            peak_flops: 0.0,
+            tokenizer: None,
+        }
+    }
+}
+
+/// A configuration problem, naming the key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Unknown key, wrong type, bad syntax (TOML's message names the key).
+    #[error("{origin}: {message}\nvalid keys: {}", valid_keys().join(", "))]
+    Parse {
+        /// The file or `command line`.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Values that do not fit together.
+    #[error("invalid configuration: {0}")]
+    Inconsistent(String),
+    /// No preset by that name.
+    #[error("unknown config '{0}': not a file, and not a preset ({presets})", presets = PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", "))]
+    UnknownPreset(String),
+}
+
+/// Every key a config accepts.
+pub fn valid_keys() -> Vec<String> {
+    match toml::Value::try_from(TrainConfig::default()) {
+        Ok(toml::Value::Table(t)) => {
+            let mut keys: Vec<String> = t.keys().cloned().collect();
+            keys.push("tokenizer".into()); // optional, absent from the default table
+            keys.sort();
+            keys
+        }
+        _ => vec![],
+    }
+}
+
+/// The presets shipped in `config/`, compiled in so they work from any directory.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("train_shakespeare_char", include_str!("../../../config/train_shakespeare_char.toml")),
+    ("baby_shakespeare_char", include_str!("../../../config/baby_shakespeare_char.toml")),
+    ("train_gpt2", include_str!("../../../config/train_gpt2.toml")),
+    ("finetune_shakespeare", include_str!("../../../config/finetune_shakespeare.toml")),
+    ("eval_gpt2", include_str!("../../../config/eval_gpt2.toml")),
+    ("eval_gpt2_medium", include_str!("../../../config/eval_gpt2_medium.toml")),
+    ("eval_gpt2_large", include_str!("../../../config/eval_gpt2_large.toml")),
+    ("eval_gpt2_xl", include_str!("../../../config/eval_gpt2_xl.toml")),
+];
+
+/// Parse a `--key value` value as TOML when it is a TOML literal (number, bool, quoted
+/// string, array), else as a bare string.
+fn override_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+impl TrainConfig {
+    /// Build a configuration: defaults, then the preset or file `base` (if any), then the
+    /// `(key, value)` overrides, then validation.
+    pub fn resolve(base: Option<&str>, overrides: &[(String, String)]) -> Result<TrainConfig, ConfigError> {
+        let mut table = toml::Table::new();
+        let mut origin = "defaults".to_string();
+        if let Some(base) = base {
+            let (text, from) = if Path::new(base).is_file() {
+                let text = std::fs::read_to_string(base).map_err(|source| ConfigError::Io { path: base.into(), source })?;
+                (text, base.to_string())
+            } else if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == base) {
+                (text.to_string(), format!("preset {base}"))
+            } else {
+                return Err(ConfigError::UnknownPreset(base.to_string()));
+            };
+            table = text.parse::<toml::Table>().map_err(|e| ConfigError::Parse { origin: from.clone(), message: e.to_string() })?;
+            // Check the file on its own first, so errors name it.
+            Self::from_table(table.clone(), &from)?;
+            origin = from;
+        }
+        for (key, value) in overrides {
+            let key = key.trim_start_matches("--").replace('-', "_");
+            table.insert(key, override_value(value));
+        }
+        if !overrides.is_empty() {
+            origin = format!("{origin} + command line");
+        }
+        let config = Self::from_table(table, &origin)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_table(table: toml::Table, origin: &str) -> Result<TrainConfig, ConfigError> {
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.to_string(), message: e.message().to_string() })
+    }
+
+    /// Check values that must fit together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Inconsistent(m));
+        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+            return bad(format!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head));
+        }
+        for (k, v) in [("batch_size", self.batch_size), ("block_size", self.block_size), ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+                       ("n_layer", self.n_layer), ("n_embd", self.n_embd), ("eval_interval", self.eval_interval), ("log_interval", self.log_interval)] {
+            if v == 0 {
+                return bad(format!("{k} must be at least 1"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if self.decay_lr && self.min_lr > self.learning_rate {
+            return bad(format!("min_lr ({}) must not exceed learning_rate ({})", self.min_lr, self.learning_rate));
+        }
+        if self.decay_lr && self.lr_decay_iters <= self.warmup_iters {
+            return bad(format!("lr_decay_iters ({}) must exceed warmup_iters ({})", self.lr_decay_iters, self.warmup_iters));
+        }
+        if !["float32", "bfloat16", "float16"].contains(&self.dtype.as_str()) {
+            return bad(format!("dtype must be float32, bfloat16 or float16, got '{}'", self.dtype));
+        }
+        if !["auto", "cpu", "gpu"].contains(&self.device.as_str()) {
+            return bad(format!("device must be auto, cpu or gpu, got '{}'", self.device));
+        }
+        if let InitFrom::Dir(d) = self.init_from() {
+            if !d.join("config.json").is_file() {
+                return bad(format!(
+                    "init_from '{}' is not scratch, resume, gpt2…gpt2-xl, or a Hugging Face GPT-2 directory (no config.json there)",
+                    d.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `init_from`, parsed.
+    pub fn init_from(&self) -> InitFrom {
+        InitFrom::parse(&self.init_from)
+    }
+
+    /// Tokens per optimizer step.
+    pub fn tokens_per_iter(&self) -> usize {
+        self.gradient_accumulation_steps * self.batch_size * self.block_size
+    }
+
+    /// The resolved configuration as TOML, for the log and the run directory.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn presets_load_and_flags_override() {
+        for (name, _) in PRESETS {
+            TrainConfig::resolve(Some(name), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let c = TrainConfig::resolve(Some("baby_shakespeare_char"), &kv(&[("--max_iters", "10"), ("dropout", "0.1"), ("--out-dir", "x")])).unwrap();
+        assert_eq!((c.n_layer, c.block_size, c.max_iters, c.dropout), (4, 64, 10, 0.1));
+        assert_eq!(c.out_dir, PathBuf::from("x"));
+        assert_eq!(c.beta2, 0.99);
+        let d = TrainConfig::resolve(None, &[]).unwrap();
+        assert_eq!(d, TrainConfig::default());
+        // The resolved config round-trips through its TOML.
+        let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = TrainConfig::resolve(None, &kv(&[("learning_rat", "1")])).unwrap_err().to_string();
+        assert!(e.contains("learning_rat") && e.contains("valid keys") && e.contains("learning_rate"), "{e}");
+        let e = TrainConfig::resolve(None, &kv(&[("max_iters", "many")])).unwrap_err().to_string();
+        assert!(e.contains("max_iters"), "{e}");
+        let e = TrainConfig::resolve(None, &kv(&[("n_head", "5")])).unwrap_err().to_string();
+        assert!(e.contains("n_embd (768) must be divisible by n_head (5)"), "{e}");
+        let e = TrainConfig::resolve(Some("no_such_preset"), &[]).unwrap_err().to_string();
+        assert!(e.contains("no_such_preset") && e.contains("baby_shakespeare_char"), "{e}");
+        let e = TrainConfig::resolve(None, &kv(&[("init_from", "/nonexistent/model")])).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/model"), "{e}");
+    }
+}

@@ -1,0 +1,90 @@
+//! One optimizer step: gradient accumulation over micro-batches, clipping by global norm,
+//! AdamW, then a single `eval` of everything the step produced.
+
+use crate::optimizer::AdamW;
+use mlx_gpt_model::Gpt;
+use mlx_rs::error::Exception;
+use mlx_rs::module::ModuleParameters;
+use mlx_rs::{nn, random, Array};
+use std::collections::BTreeMap;
+
+/// What a step reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean loss over the micro-batches.
+    pub loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+}
+
+/// The dropout key of micro-batch `micro` of iteration `iter`: a function of the seed and
+/// the position in training, so a resumed run draws the same dropout masks.
+pub fn dropout_seed(seed: u64, iter: usize, micro: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((iter as u64) << 16) ^ micro as u64
+}
+
+/// Global L2 norm of all gradients.
+pub fn global_norm(grads: &BTreeMap<String, Array>) -> Result<Array, Exception> {
+    let mut total = Array::from_f32(0.0);
+    for g in grads.values() {
+        total = total.add(g.square()?.sum(None)?)?;
+    }
+    total.sqrt()
+}
+
+/// Run one optimizer step of `accum` micro-batches, each `(x, y)` from `next_batch`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    model: &mut Gpt,
+    opt: &mut AdamW,
+    next_batch: &mut dyn FnMut() -> (Array, Array),
+    accum: usize,
+    lr: f32,
+    grad_clip: f32,
+    seed: u64,
+    iter: usize,
+) -> Result<StepStats, Exception> {
+    let loss_fn = |m: &mut Gpt, (x, y): (&Array, &Array)| -> Result<Array, Exception> { m.loss(x, y) };
+    let mut value_and_grad = nn::value_and_grad(loss_fn);
+    let mut acc: BTreeMap<String, Array> = BTreeMap::new();
+    let mut loss_sum = Array::from_f32(0.0);
+    let scale = Array::from_f32(1.0 / accum as f32);
+    for micro in 0..accum {
+        random::seed(dropout_seed(seed, iter, micro))?;
+        let (x, y) = next_batch();
+        let (loss, grads) = value_and_grad(model, (&x, &y))?;
+        for (k, g) in grads {
+            let g = g.multiply(&scale)?;
+            let entry = match acc.remove(k.as_ref()) {
+                Some(prev) => prev.add(&g)?,
+                None => g,
+            };
+            acc.insert(k.to_string(), entry);
+        }
+        loss_sum = loss_sum.add(&loss)?;
+        if accum > 1 {
+            // Bound the graph: materialise the running sums before the next micro-batch.
+            mlx_rs::transforms::eval(acc.values().chain([&loss_sum]))?;
+        }
+    }
+    let norm = global_norm(&acc)?;
+    if grad_clip > 0.0 {
+        // PyTorch's clip_grad_norm_: scale by clip / (norm + 1e-6), never up.
+        let coef = Array::from_f32(grad_clip).divide(norm.add(Array::from_f32(1e-6))?)?;
+        let coef = mlx_rs::ops::minimum(&coef, Array::from_f32(1.0))?;
+        for g in acc.values_mut() {
+            *g = g.multiply(&coef)?;
+        }
+    }
+    let params: BTreeMap<String, Array> =
+        model.parameters().flatten().into_iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let new = opt.update(&params, &acc, lr)?;
+    model.update_flattened(new.into_iter().map(|(k, v)| (k.as_str().into(), v)).collect());
+    let mean_loss = loss_sum.multiply(&scale)?;
+    let mut outputs: Vec<&Array> = vec![&mean_loss, &norm];
+    let model_params = model.parameters().flatten();
+    outputs.extend(model_params.values().copied());
+    outputs.extend(opt.arrays());
+    mlx_rs::transforms::eval(outputs)?;
+    Ok(StepStats { loss: mean_loss.item_exact::<f32>(), grad_norm: norm.item_exact::<f32>() })
+}

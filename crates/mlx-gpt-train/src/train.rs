@@ -1,0 +1,277 @@
+//! The training loop, in nanoGPT's order: learning rate → evaluation and checkpoint →
+//! micro-steps → clip → AdamW → log → stop.
+
+use crate::checkpoint::{self, TrainState, STATE_VERSION};
+use crate::config::{InitFrom, TrainConfig};
+use crate::eval::{estimate_loss, Losses};
+use crate::metrics::{self, Record};
+use crate::optimizer::{AdamW, AdamWConfig};
+use crate::schedule::get_lr;
+use crate::step::train_step;
+use crate::TrainError;
+use mlx_gpt_data::batches::{BatchSampler, Order};
+use mlx_gpt_data::token_file::{Meta, TokenFile, META_FILE};
+use mlx_gpt_model::{device, hf, DeviceKind, Gpt, GptConfig};
+use mlx_rs::Dtype;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How a run is driven from outside.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Set (e.g. by Ctrl-C) to finish the current step, checkpoint, and return.
+    pub stop: Arc<AtomicBool>,
+    /// Draw a progress bar when stderr is a terminal.
+    pub progress: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Iterations completed.
+    pub iter: usize,
+    /// The last evaluation.
+    pub last_eval: Option<Losses>,
+    /// Best validation loss.
+    pub best_val_loss: f64,
+    /// Wall-clock seconds.
+    pub wall_s: f64,
+    /// Whether it stopped early because `stop` was set.
+    pub interrupted: bool,
+    /// Where the last checkpoint went, if one was written.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Parse `dtype`.
+pub fn dtype_of(name: &str) -> Dtype {
+    match name {
+        "bfloat16" => Dtype::Bfloat16,
+        "float16" => Dtype::Float16,
+        _ => Dtype::Float32,
+    }
+}
+
+/// Select the configured device.
+pub fn select_device(name: &str) -> Result<DeviceKind, TrainError> {
+    let requested = match name {
+        "auto" => None,
+        other => Some(other.parse::<DeviceKind>()?),
+    };
+    Ok(device::select(requested)?)
+}
+
+/// The dataset folder, checked.
+pub fn dataset_dir(c: &TrainConfig) -> Result<(PathBuf, Meta), TrainError> {
+    let dir = c.data_dir.join(&c.dataset);
+    let meta = Meta::read(&dir.join(META_FILE)).map_err(|e| TrainError::MissingDataset {
+        name: c.dataset.clone(),
+        dir: dir.clone(),
+        why: e.to_string(),
+    })?;
+    Ok((dir, meta))
+}
+
+/// Load OpenAI's GPT-2 `name` from `models/<name>`.
+pub fn load_gpt2(name: &str) -> Result<Gpt, TrainError> {
+    let dir = Path::new("models").join(name);
+    if !dir.join(hf::CONFIG_FILE).is_file() {
+        return Err(TrainError::MissingModel { name: name.into(), dir });
+    }
+    Ok(hf::load_pretrained(&dir)?)
+}
+
+fn model_differences(a: &GptConfig, b: &GptConfig) -> Vec<String> {
+    let mut d = Vec::new();
+    macro_rules! cmp {
+        ($($f:ident),*) => { $( if a.$f != b.$f { d.push(format!("{}: checkpoint {:?}, config {:?}", stringify!($f), a.$f, b.$f)); } )* };
+    }
+    cmp!(n_layer, n_head, n_embd, block_size, bias, vocab_size);
+    d
+}
+
+/// Build the model and optimizer the configuration asks for (and the state to resume).
+pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, AdamW, Option<TrainState>), TrainError> {
+    let wanted = GptConfig {
+        block_size: c.block_size,
+        vocab_size: meta.vocab_size,
+        n_layer: c.n_layer,
+        n_head: c.n_head,
+        n_embd: c.n_embd,
+        dropout: c.dropout,
+        bias: c.bias,
+        ..GptConfig::baby(meta.vocab_size)
+    };
+    let (mut model, opt, state) = match c.init_from() {
+        InitFrom::Scratch => (Gpt::new(wanted, c.seed)?, AdamW::new(adamw), None),
+        InitFrom::Resume => {
+            let dir = checkpoint::latest(&c.out_dir).ok_or_else(|| TrainError::NoCheckpoint { out_dir: c.out_dir.clone() })?;
+            let loaded = checkpoint::load(&dir, adamw)?;
+            let diff = model_differences(&loaded.state.model, &wanted);
+            if !diff.is_empty() {
+                return Err(TrainError::Incompatible { checkpoint: dir, differences: diff });
+            }
+            tracing::info!(checkpoint = %dir.display(), iter = loaded.state.iter, "resuming");
+            (loaded.model, loaded.optimizer, Some(loaded.state))
+        }
+        InitFrom::Gpt2(name) => (load_gpt2(&name)?, AdamW::new(adamw), None),
+        InitFrom::Dir(d) => (hf::load_pretrained(&d)?, AdamW::new(adamw), None),
+    };
+    if state.is_none() && c.init_from() != InitFrom::Scratch {
+        // Pretrained: the architecture comes from the checkpoint; block_size may shrink.
+        if c.block_size < model.config.block_size {
+            model.crop_block_size(c.block_size)?;
+        } else if c.block_size > model.config.block_size {
+            return Err(TrainError::Config(crate::config::ConfigError::Inconsistent(format!(
+                "block_size {} is larger than the pretrained model's {}",
+                c.block_size, model.config.block_size
+            ))));
+        }
+        if meta.vocab_size > model.config.vocab_size {
+            return Err(TrainError::Config(crate::config::ConfigError::Inconsistent(format!(
+                "the dataset's vocabulary ({}) is larger than the model's ({})",
+                meta.vocab_size, model.config.vocab_size
+            ))));
+        }
+    }
+    // Dropout is a training choice, not part of the weights: the config decides.
+    model.config.dropout = c.dropout;
+    for b in &mut model.h {
+        b.attn.attn_dropout.one_minus_p = 1.0 - c.dropout;
+        b.attn.resid_dropout.one_minus_p = 1.0 - c.dropout;
+        b.mlp.dropout.one_minus_p = 1.0 - c.dropout;
+    }
+    model.drop.one_minus_p = 1.0 - c.dropout;
+    Ok((model, opt, state))
+}
+
+/// Rough training memory: weights, gradients and two Adam moments (4 × N × 4 bytes), plus
+/// activations kept for the backward pass, ≈ B·T·L·(34·C + 5·nh·T) × 2 bytes in float32
+/// (Korthikanti et al., 2022, counted for 16-bit activations, doubled here).
+pub fn estimate_memory_bytes(c: &TrainConfig, n_params: usize) -> f64 {
+    let (b, t, l, ch, nh) = (c.batch_size as f64, c.block_size as f64, c.n_layer as f64, c.n_embd as f64, c.n_head as f64);
+    16.0 * n_params as f64 + b * t * l * (34.0 * ch + 5.0 * nh * t) * 2.0
+}
+
+/// Train (or evaluate, with `eval_only`) as configured.
+pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
+    let started = Instant::now();
+    let device = select_device(&c.device)?;
+    let (data, meta) = dataset_dir(c)?;
+    let adamw = AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 };
+    let (mut model, mut opt, state) = init(c, &meta, adamw)?;
+    model.set_dtype(dtype_of(&c.dtype))?;
+    let block = model.config.block_size.min(c.block_size);
+
+    let (train_file, _) = TokenFile::open(&data, "train")?;
+    let mut sampler = match &state {
+        Some(s) => BatchSampler::with_state(train_file, c.batch_size, block, s.sampler.clone())?,
+        None => BatchSampler::new(train_file, c.batch_size, block, Order::Random, c.seed)?,
+    };
+    let mut iter = state.as_ref().map_or(0, |s| s.iter);
+    let mut best_val_loss = state.as_ref().map_or(f64::INFINITY, |s| s.best_val_loss);
+
+    let n_params = model.num_params(true);
+    let tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * block;
+    let flops_per_iter = model.flops_per_token(block) * tokens_per_iter as f64;
+    let peak = if c.peak_flops > 0.0 { c.peak_flops } else { crate::peak::measure_matmul_flops()? };
+    tracing::info!(
+        device = %device,
+        params = n_params,
+        tokens_per_iter,
+        gflop_per_iter = flops_per_iter / 1e9,
+        est_memory_mib = estimate_memory_bytes(c, model.num_params(false)) / (1u64 << 20) as f64,
+        peak_gflops = peak / 1e9,
+        "number of parameters: {:.2}M; tokens per iteration will be: {tokens_per_iter}",
+        n_params as f64 / 1e6
+    );
+    std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
+    let resolved = c.out_dir.join("config.toml");
+    mlx_gpt_model::write_atomic(&resolved, c.to_toml().as_bytes()).map_err(|source| TrainError::Io { path: resolved, source })?;
+    let metrics_path = c.out_dir.join("metrics.jsonl");
+    if state.is_some() {
+        metrics::truncate_after(&metrics_path, iter).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
+    } else {
+        let _ = std::fs::remove_file(&metrics_path);
+    }
+    let record = |r: Record| -> Result<(), TrainError> {
+        metrics::append(&metrics_path, &r).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })
+    };
+
+    let bar = if opts.progress && std::io::stderr().is_terminal() && !c.eval_only {
+        let b = indicatif::ProgressBar::new(c.max_iters as u64).with_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} iters, {per_sec}, ETA {eta} {msg}").expect("template"),
+        );
+        b.set_position(iter as u64);
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let say = |f: &dyn Fn()| bar.suspend(f);
+
+    let mut last_eval = None;
+    let mut checkpoint_path = None;
+    let mut interrupted = false;
+    let save = |model: &Gpt, opt: &AdamW, sampler: &BatchSampler, iter: usize, best: f64| -> Result<PathBuf, TrainError> {
+        let st = TrainState {
+            version: STATE_VERSION,
+            iter,
+            best_val_loss: best,
+            model: model.config.clone(),
+            train: c.clone(),
+            sampler: sampler.state().clone(),
+            tokenizer: meta.tokenizer.clone(),
+        };
+        let p = checkpoint::save(&c.out_dir, model, opt, &st)?;
+        checkpoint::prune(&c.out_dir, c.keep_last)?;
+        Ok(p)
+    };
+    loop {
+        let lr = get_lr(iter, c);
+        if iter % c.eval_interval == 0 || c.eval_only || iter == c.max_iters {
+            let losses = estimate_loss(&mut model, &data, c.eval_iters, c.batch_size, block, c.seed ^ (iter as u64).wrapping_mul(0x2545_F491_4F6C_DD1D))?;
+            say(&|| tracing::info!(iter, train_loss = losses.train, val_loss = losses.val, "step {iter}: train loss {:.4}, val loss {:.4}", losses.train, losses.val));
+            record(Record::Eval { iter, train_loss: losses.train, val_loss: losses.val })?;
+            let svg = c.out_dir.join("loss.svg");
+            mlx_gpt_model::write_atomic(&svg, metrics::plot_svg(&metrics::read(&metrics_path)).as_bytes())
+                .map_err(|source| TrainError::Io { path: svg, source })?;
+            last_eval = Some(losses);
+            if losses.val < best_val_loss || c.always_save_checkpoint {
+                best_val_loss = best_val_loss.min(losses.val);
+                if iter > 0 && !c.eval_only {
+                    let p = save(&model, &opt, &sampler, iter, best_val_loss)?;
+                    say(&|| tracing::info!(checkpoint = %p.display(), "saving checkpoint to {}", p.display()));
+                    checkpoint_path = Some(p);
+                }
+            }
+        }
+        if c.eval_only || iter >= c.max_iters {
+            break;
+        }
+        model.set_training(true);
+        let t0 = Instant::now();
+        let stats = train_step(&mut model, &mut opt, &mut || sampler.next_batch(), c.gradient_accumulation_steps, lr as f32, c.grad_clip as f32, c.seed, iter)?;
+        let secs = t0.elapsed().as_secs_f64();
+        if iter % c.log_interval == 0 {
+            let tok_per_s = tokens_per_iter as f64 / secs;
+            let mfu = flops_per_iter / secs / peak;
+            say(&|| tracing::info!(iter, loss = stats.loss, lr, ms = secs * 1e3, tok_per_s, mfu, grad_norm = stats.grad_norm,
+                "iter {iter}: loss {:.4}, time {:.2}ms, mfu {:.2}%", stats.loss, secs * 1e3, mfu * 100.0));
+            record(Record::Train { iter, loss: stats.loss as f64, lr, ms: secs * 1e3, tok_per_s, mfu, grad_norm: stats.grad_norm as f64 })?;
+        }
+        iter += 1;
+        bar.set_position(iter as u64);
+        bar.set_message(format!("loss {:.4}", stats.loss));
+        if opts.stop.load(Ordering::SeqCst) {
+            let p = save(&model, &opt, &sampler, iter, best_val_loss)?;
+            say(&|| tracing::info!(checkpoint = %p.display(), iter, "interrupted: saved a checkpoint; continue with --init_from resume"));
+            checkpoint_path = Some(p);
+            interrupted = true;
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Summary { iter, last_eval, best_val_loss, wall_s: started.elapsed().as_secs_f64(), interrupted, checkpoint: checkpoint_path })
+}
