@@ -19,10 +19,33 @@ pub struct Args {
 enum What {
     /// f32 matmul GFLOP/s through MLX, next to a direct OpenBLAS `cblas_sgemm` in the same run.
     Matmul(MatmulArgs),
+    /// Training-step time of a preset (nanoGPT's bench.py): warm-up, then timed steps.
+    Train(TrainBenchArgs),
     /// Tokenisation MB/s on one core and on all cores.
     Tokenize(TokenizeArgs),
     /// Microseconds to draw a training batch from a prepared dataset.
     Batches(BatchesArgs),
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "CONFIG and --key value pairs as for `mlx-gpt train`, e.g. \
+`mlx-gpt bench train baby_shakespeare_char --iters 50`.")]
+struct TrainBenchArgs {
+    /// Timed steps.
+    #[arg(long, default_value_t = 30)]
+    iters: usize,
+    /// Untimed steps first (MLX compiles kernels on first use).
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Draw batches from the prepared dataset instead of random tokens.
+    #[arg(long)]
+    real_data: bool,
+    /// Vocabulary of the synthetic data (and the model) when not --real-data.
+    #[arg(long, default_value_t = 65)]
+    vocab_size: usize,
+    /// [CONFIG] [--key value]...
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    args: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -70,6 +93,7 @@ struct MatmulArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
         What::Matmul(a) => matmul(a),
+        What::Train(a) => train_step(a),
         What::Tokenize(a) => tokenize(a),
         What::Batches(a) => batches(a),
     }
@@ -206,5 +230,59 @@ fn batches(args: BatchesArgs) -> anyhow::Result<()> {
     let med = median(&mut times);
     println!("batch B={} T={}: median {med:.1} µs, min {:.1} µs over {} batches (x and y as MLX int32 arrays)",
         args.batch_size, args.block_size, times[0], args.count);
+    Ok(())
+}
+
+fn train_step(args: TrainBenchArgs) -> anyhow::Result<()> {
+    use mlx_gpt_data::batches::{BatchSampler, Order};
+    use mlx_gpt_data::token_file::TokenFile;
+    use mlx_gpt_model::{Gpt, GptConfig};
+    use mlx_gpt_train::optimizer::{AdamW, AdamWConfig};
+    use mlx_gpt_train::train::{dataset_dir, dtype_of, select_device};
+    let c = crate::train::config(&args.args)?;
+    let device = select_device(&c.device)?;
+    let vocab = if args.real_data { dataset_dir(&c)?.1.vocab_size } else { args.vocab_size };
+    let gc = GptConfig { block_size: c.block_size, vocab_size: vocab, n_layer: c.n_layer, n_head: c.n_head, n_embd: c.n_embd,
+        dropout: c.dropout, bias: c.bias, ..GptConfig::baby(vocab) };
+    let mut model = Gpt::new(gc, c.seed)?;
+    model.set_dtype(dtype_of(&c.dtype))?;
+    model.set_training(true);
+    let mut opt = AdamW::new(AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 });
+    let shape = [c.batch_size as i32, c.block_size as i32];
+    let mut sampler = if args.real_data {
+        let (f, _) = TokenFile::open(&dataset_dir(&c)?.0, "train")?;
+        Some(BatchSampler::new(f, c.batch_size, c.block_size, Order::Random, c.seed)?)
+    } else {
+        None
+    };
+    let mut draw = 0u64;
+    let mut next = || -> (Array, Array) {
+        if let Some(s) = sampler.as_mut() {
+            return s.next_batch();
+        }
+        draw += 1;
+        let key = mlx_rs::random::key(draw).expect("key");
+        let t = mlx_rs::random::randint::<_, i32>(0, vocab as i32, &shape[..], &key).expect("randint");
+        let x = t.clone();
+        (x, t)
+    };
+    let peak = mlx_gpt_train::peak::measure_matmul_flops()?;
+    let tokens = c.tokens_per_iter() as f64;
+    let flops = model.flops_per_token(c.block_size) * tokens;
+    println!("bench train: {} layers, {} heads, {} wide, block {}, batch {} x {} accum, {} on {device}; {:.2}M parameters, {:.2} GFLOP/iter",
+        c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size, c.gradient_accumulation_steps, c.dtype, model.num_params(true) as f64 / 1e6, flops / 1e9);
+    let mut times = Vec::new();
+    for i in 0..args.warmup + args.iters.max(1) {
+        let t = Instant::now();
+        mlx_gpt_train::step::train_step(&mut model, &mut opt, &mut next, c.gradient_accumulation_steps, 1e-4, 1.0, c.seed, i)?;
+        if i >= args.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let med = median(&mut times);
+    let (min, max) = (times[0], times[times.len() - 1]);
+    println!("{:>10} {:>10} {:>10} {:>12} {:>8}", "median ms", "min ms", "max ms", "tokens/s", "MFU");
+    println!("{:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>7.2}%", med * 1e3, min * 1e3, max * 1e3, tokens / med, flops / med / peak * 100.0);
+    println!("(MFU against this device's measured f32 matmul peak: {:.1} GFLOP/s)", peak / 1e9);
     Ok(())
 }

@@ -62,12 +62,10 @@ pub fn append(path: &Path, r: &Record) -> std::io::Result<()> {
     writeln!(f, "{}", serde_json::to_string(r).expect("record serializes"))
 }
 
-/// Keep only the records up to iteration `iter` (a resumed run rewrites what follows).
+/// Keep only the records before iteration `iter`: a run resumed there evaluates and logs
+/// from `iter` on again.
 pub fn truncate_after(path: &Path, iter: usize) -> std::io::Result<()> {
-    let kept: Vec<Record> = read(path).into_iter().filter(|r| match r {
-        Record::Train { iter: i, .. } => *i < iter,
-        Record::Eval { iter: i, .. } => *i <= iter,
-    }).collect();
+    let kept: Vec<Record> = read(path).into_iter().filter(|r| r.iter() < iter).collect();
     let text: String = kept.iter().map(|r| serde_json::to_string(r).expect("serializes") + "\n").collect();
     mlx_gpt_model::write_atomic(path, text.as_bytes())
 }
