@@ -28,24 +28,42 @@ enum What {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "CONFIG and --key value pairs as for `mlx-gpt train`, e.g. \
-`mlx-gpt bench train baby_shakespeare_char --iters 50`.")]
+#[command(after_help = "ARGS: [CONFIG] [--key value]... as for `mlx-gpt train`, plus the benchmark's own \
+--iters N (timed steps, default 30), --warmup N (untimed steps first, default 5: MLX compiles kernels on \
+first use), --real-data (batches from the prepared dataset instead of random tokens) and --vocab-size N \
+(vocabulary of the synthetic data, default 65). Example: `mlx-gpt bench train baby_shakespeare_char --iters 50`.")]
 struct TrainBenchArgs {
-    /// Timed steps.
-    #[arg(long, default_value_t = 30)]
-    iters: usize,
-    /// Untimed steps first (MLX compiles kernels on first use).
-    #[arg(long, default_value_t = 5)]
-    warmup: usize,
-    /// Draw batches from the prepared dataset instead of random tokens.
-    #[arg(long)]
-    real_data: bool,
-    /// Vocabulary of the synthetic data (and the model) when not --real-data.
-    #[arg(long, default_value_t = 65)]
-    vocab_size: usize,
     /// [CONFIG] [--key value]...
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
     args: Vec<String>,
+}
+
+/// The benchmark's own options, taken out of the train-style arguments.
+struct TrainBenchOptions {
+    iters: usize,
+    warmup: usize,
+    real_data: bool,
+    vocab_size: usize,
+}
+
+fn split_bench_options(args: &[String]) -> anyhow::Result<(TrainBenchOptions, Vec<String>)> {
+    let mut o = TrainBenchOptions { iters: 30, warmup: 5, real_data: false, vocab_size: 65 };
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> anyhow::Result<usize> {
+            let v = it.next().with_context(|| format!("{name} needs a number"))?;
+            v.parse().with_context(|| format!("{name} {v}: not a number"))
+        };
+        match a.as_str() {
+            "--iters" => o.iters = num("--iters")?.max(1),
+            "--warmup" => o.warmup = num("--warmup")?,
+            "--vocab-size" | "--vocab_size" => o.vocab_size = num("--vocab-size")?,
+            "--real-data" | "--real_data" => o.real_data = true,
+            _ => rest.push(a.clone()),
+        }
+    }
+    Ok((o, rest))
 }
 
 #[derive(clap::Args)]
@@ -239,7 +257,8 @@ fn train_step(args: TrainBenchArgs) -> anyhow::Result<()> {
     use mlx_gpt_model::{Gpt, GptConfig};
     use mlx_gpt_train::optimizer::{AdamW, AdamWConfig};
     use mlx_gpt_train::train::{dataset_dir, dtype_of, select_device};
-    let c = crate::train::config(&args.args)?;
+    let (args, rest) = split_bench_options(&args.args)?;
+    let c = crate::train::config(&rest)?;
     let device = select_device(&c.device)?;
     let vocab = if args.real_data { dataset_dir(&c)?.1.vocab_size } else { args.vocab_size };
     let gc = GptConfig { block_size: c.block_size, vocab_size: vocab, n_layer: c.n_layer, n_head: c.n_head, n_embd: c.n_embd,

@@ -188,16 +188,30 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         n_params as f64 / 1e6
     );
     std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
-    let resolved = c.out_dir.join("config.toml");
-    mlx_gpt_model::write_atomic(&resolved, c.to_toml().as_bytes()).map_err(|source| TrainError::Io { path: resolved, source })?;
+    if !c.eval_only {
+        let resolved = c.out_dir.join("config.toml");
+        mlx_gpt_model::write_atomic(&resolved, c.to_toml().as_bytes()).map_err(|source| TrainError::Io { path: resolved, source })?;
+    }
     let metrics_path = c.out_dir.join("metrics.jsonl");
-    if state.is_some() {
-        metrics::truncate_after(&metrics_path, iter).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
-    } else {
-        let _ = std::fs::remove_file(&metrics_path);
+    // An evaluation-only run reports; it leaves the run's records as they are.
+    if !c.eval_only {
+        if state.is_some() {
+            metrics::truncate_after(&metrics_path, iter).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
+        } else {
+            let _ = std::fs::remove_file(&metrics_path);
+        }
     }
     let record = |r: Record| -> Result<(), TrainError> {
-        metrics::append(&metrics_path, &r).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })
+        if c.eval_only {
+            return Ok(());
+        }
+        metrics::append(&metrics_path, &r).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
+        if matches!(r, Record::Eval { .. }) {
+            let svg = c.out_dir.join("loss.svg");
+            mlx_gpt_model::write_atomic(&svg, metrics::plot_svg(&metrics::read(&metrics_path)).as_bytes())
+                .map_err(|source| TrainError::Io { path: svg, source })?;
+        }
+        Ok(())
     };
 
     let bar = if opts.progress && std::io::stderr().is_terminal() && !c.eval_only {
@@ -234,9 +248,6 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
             let losses = estimate_loss(&mut model, &data, c.eval_iters, c.batch_size, block, c.seed ^ (iter as u64).wrapping_mul(0x2545_F491_4F6C_DD1D))?;
             say(&|| tracing::info!(iter, train_loss = losses.train, val_loss = losses.val, "step {iter}: train loss {:.4}, val loss {:.4}", losses.train, losses.val));
             record(Record::Eval { iter, train_loss: losses.train, val_loss: losses.val })?;
-            let svg = c.out_dir.join("loss.svg");
-            mlx_gpt_model::write_atomic(&svg, metrics::plot_svg(&metrics::read(&metrics_path)).as_bytes())
-                .map_err(|source| TrainError::Io { path: svg, source })?;
             last_eval = Some(losses);
             if losses.val < best_val_loss || c.always_save_checkpoint {
                 best_val_loss = best_val_loss.min(losses.val);
