@@ -108,10 +108,10 @@ struct MatmulArgs {
     device: DeviceArgs,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Result<()> {
     match args.what {
         What::Matmul(a) => matmul(a),
-        What::Train(a) => train_step(a),
+        What::Train(a) => train_step(a, jit),
         What::Tokenize(a) => tokenize(a),
         What::Batches(a) => batches(a),
     }
@@ -251,7 +251,7 @@ fn batches(args: BatchesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn train_step(args: TrainBenchArgs) -> anyhow::Result<()> {
+fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Result<()> {
     use mlx_gpt_data::batches::{BatchSampler, Order};
     use mlx_gpt_data::token_file::TokenFile;
     use mlx_gpt_model::{Gpt, GptConfig};
@@ -290,10 +290,13 @@ fn train_step(args: TrainBenchArgs) -> anyhow::Result<()> {
     let flops = model.flops_per_token(c.block_size) * tokens;
     println!("bench train: {} layers, {} heads, {} wide, block {}, batch {} x {} accum, {} on {device}; {:.2}M parameters, {:.2} GFLOP/iter",
         c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size, c.gradient_accumulation_steps, c.dtype, model.num_params(true) as f64 / 1e6, flops / 1e9);
+    let mut compiled = (c.compile && c.dropout == 0.0).then(|| mlx_gpt_train::step::CompiledGrad::new(&model));
+    println!("step: {}, MLX JIT: {}", if compiled.is_some() { "compiled" } else { "eager" },
+        match &jit { Some(j) => format!("native ({})", j.flags), None => "MLX's default flags".into() });
     let mut times = Vec::new();
     for i in 0..args.warmup + args.iters.max(1) {
         let t = Instant::now();
-        mlx_gpt_train::step::train_step(&mut model, &mut opt, &mut next, c.gradient_accumulation_steps, 1e-4, 1.0, c.seed, i)?;
+        mlx_gpt_train::step::train_step(&mut model, &mut opt, &mut next, c.gradient_accumulation_steps, 1e-4, 1.0, c.seed, i, compiled.as_mut())?;
         if i >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
         }

@@ -10,7 +10,7 @@ pub struct Args {
     device: DeviceArgs,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Result<()> {
     let selected = args.device.select()?;
     println!("mlx-gpt {}", env!("CARGO_PKG_VERSION"));
     println!("MLX {} ({})", runtime::mlx_version(), runtime::mlx_origin());
@@ -34,6 +34,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "  warning: matmuls will be ~30x slower than with OpenBLAS; install it \
              (apt-get install libopenblas0-pthread) and rebuild"
         );
+    }
+    match &jit {
+        Some(j) => println!("CPU JIT: {} {} (kernel cache {})", j.compiler.display(), j.flags, j.dir.display()),
+        None => println!("CPU JIT: MLX's default flags (native JIT off)"),
     }
     println!("CPU: {} ({} logical cores)", cpu_model(), available_cores());
     println!("  features: {}", cpu_features().join(" "));

@@ -13,6 +13,10 @@ use mlx_gpt_model::device::{self, DeviceKind};
 #[derive(Parser)]
 #[command(name = "mlx-gpt", version, about = "Train and sample GPTs on MLX, nanoGPT style")]
 struct Cli {
+    /// Leave MLX's CPU JIT with its default (scalar) compiler flags; same as
+    /// MLX_GPT_NATIVE_JIT=0. See docs/performance.md.
+    #[arg(long, global = true)]
+    no_native_jit: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +56,18 @@ impl DeviceArgs {
 
 fn main() {
     let cli = Cli::parse();
+    // Before any thread exists and before MLX compiles anything (it sets PATH and TMPDIR).
+    let jit = if cli.no_native_jit {
+        None
+    } else {
+        match mlx_gpt_model::jit::configure() {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -59,18 +75,18 @@ fn main() {
         )
         .with_target(false)
         .init();
-    if let Err(err) = run(cli) {
+    if let Err(err) = run(cli, jit) {
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Info(args) => info::run(args),
+        Command::Info(args) => info::run(args, jit),
         Command::Train(args) => train::run_cmd(args, false),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => train::run_cmd(args, true),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(args, jit),
     }
 }

@@ -86,12 +86,15 @@ impl CausalSelfAttention {
             kv.v = Some(v.clone());
         }
         let scale = 1.0 / (hs as f32).sqrt();
-        let y = if self.attn_dropout.training && self.attn_dropout.one_minus_p < 1.0 {
-            // Dropout acts on the attention weights, which the fused kernel never exposes.
-            let att = q.matmul(k.swap_axes(-2, -1)?)?.multiply(Array::from_f32(scale))?; // (B, nh, T, S)
-            let att = att.add(causal_mask(t, past, att.dtype())?)?;
-            let att = ops::softmax_axis(&att, -1, true)?;
-            let att = self.attn_dropout.forward(&att)?;
+        let dropout = self.attn_dropout.training && self.attn_dropout.one_minus_p < 1.0;
+        let y = if dropout || crate::kernels::plain_ops() {
+            // Explicit attention: dropout acts on the weights, which the fused kernel never
+            // exposes; and under compile these ops fuse (see kernels.rs).
+            let scale = Array::from_f32(scale).as_dtype(q.dtype())?;
+            let att = q.multiply(&scale)?.matmul(k.swap_axes(-2, -1)?)?; // (B, nh, T, S)
+            let att = if t > 1 { att.add(causal_mask(t, past, att.dtype())?)? } else { att };
+            let att = crate::kernels::softmax_last(&att)?;
+            let att = if dropout { self.attn_dropout.forward(&att)? } else { att };
             att.matmul(&v)? // (B, nh, T, hs)
         } else if t == 1 {
             // One new query sees every held position: no mask needed.

@@ -2,7 +2,7 @@
 
 use mlx_rs::error::Exception;
 use mlx_rs::module::Param;
-use mlx_rs::{fast, ops, Array};
+use mlx_rs::{ops, Array};
 use mlx_rs::macros::ModuleParameters;
 
 /// Normalises each position's C features to zero mean and unit variance, then scales by
@@ -31,6 +31,6 @@ impl LayerNorm {
 
     /// x (..., C) → (..., C)
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
-        fast::layer_norm(x, Some(&*self.weight), self.bias.as_ref(), self.eps)
+        crate::kernels::layer_norm(x, &self.weight, self.bias.value.as_ref(), self.eps)
     }
 }

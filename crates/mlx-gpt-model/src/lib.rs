@@ -7,7 +7,8 @@
 //! - [`loss`]: cross-entropy with an ignore index;
 //! - [`generate`]: sampling (temperature, top-k, top-p) with a per-layer KV cache;
 //! - [`hf`]: safetensors in Hugging Face GPT-2 layout — every checkpoint quirk lives there;
-//! - [`device`], [`runtime`]: choosing `cpu`/`gpu`, and the BLAS MLX is bound to.
+//! - [`device`], [`runtime`], [`jit`]: choosing `cpu`/`gpu`, the BLAS MLX is bound to, and
+//!   native code for MLX's CPU compile.
 //!
 //! docs/model.md explains the architecture with the shapes at each step.
 //!
@@ -42,6 +43,8 @@ mod fs_util;
 pub mod generate;
 pub mod gpt;
 pub mod hf;
+pub mod jit;
+pub mod kernels;
 pub mod layer_norm;
 pub mod linear;
 pub mod loss;

@@ -16,7 +16,7 @@ pub fn cross_entropy(logits: &Array, targets: &Array) -> Result<Array, Exception
     let keep = targets.ne(Array::from_int(IGNORE_INDEX))?; // (N,)
     // An ignored target is replaced by 0 only to make the gather valid; it is masked below.
     let safe = mlx_rs::ops::select(&keep, &targets, Array::from_int(0))?;
-    let lse = logits.logsumexp_axis(-1, None)?; // (N,)
+    let lse = crate::kernels::logsumexp_last(&logits)?; // (N,)
     let picked = logits.take_along_axis(safe.reshape(&[-1, 1])?, -1)?.reshape(&[-1])?; // (N,)
     let keep = keep.as_dtype(Dtype::Float32)?;
     let nll = lse.subtract(&picked)?.multiply(&keep)?;

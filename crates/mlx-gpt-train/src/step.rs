@@ -32,7 +32,54 @@ pub fn global_norm(grads: &BTreeMap<String, Array>) -> Result<Array, Exception> 
     total.sqrt()
 }
 
+type GradFn = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
+
+/// Loss and gradients of a model, as one MLX-compiled function of explicit arrays:
+/// `[params (sorted by name)…, x, y] → [loss, grads (same order)…]`. MLX traces it once per
+/// input shape and fuses its element-wise chains into generated kernels (see
+/// `mlx_gpt_model::jit`). Random operations inside a compiled function would replay
+/// the traced key, so models with active dropout take the eager path.
+pub struct CompiledGrad {
+    names: Vec<String>,
+    f: GradFn,
+}
+
+impl CompiledGrad {
+    /// Compile for models shaped like `template` (its weights are not used).
+    pub fn new(template: &Gpt) -> Self {
+        let mut names: Vec<String> = template.parameters().flatten().keys().map(|k| k.to_string()).collect();
+        names.sort();
+        let mut model = template.clone();
+        let keys = names.clone();
+        let f = move |inputs: &[Array]| -> Result<Vec<Array>, Exception> {
+            let n = keys.len();
+            model.update_flattened(keys.iter().zip(&inputs[..n]).map(|(k, a)| (k.as_str().into(), a.clone())).collect());
+            let loss_fn = |m: &mut Gpt, (x, y): (&Array, &Array)| -> Result<Array, Exception> { m.loss(x, y) };
+            let (loss, grads) = nn::value_and_grad(loss_fn)(&mut model, (&inputs[n], &inputs[n + 1]))?;
+            let mut out = Vec::with_capacity(n + 1);
+            out.push(loss);
+            for k in &keys {
+                out.push(grads.get(k.as_str()).cloned().ok_or_else(|| Exception::custom(format!("no gradient for {k}")))?);
+            }
+            Ok(out)
+        };
+        CompiledGrad { names, f: Box::new(mlx_rs::transforms::compile::compile(f, false)) }
+    }
+
+    fn call(&mut self, model: &Gpt, x: &Array, y: &Array) -> Result<(Array, Vec<(String, Array)>), Exception> {
+        let params = model.parameters().flatten();
+        let mut inputs: Vec<Array> = self.names.iter().map(|k| (*params[k.as_str()]).clone()).collect();
+        inputs.push(x.clone());
+        inputs.push(y.clone());
+        let mut out = (self.f)(&inputs)?;
+        let grads = self.names.iter().cloned().zip(out.drain(1..)).collect();
+        Ok((out.pop().expect("loss"), grads))
+    }
+}
+
 /// Run one optimizer step of `accum` micro-batches, each `(x, y)` from `next_batch`.
+/// With `compiled`, loss and gradients come from the compiled function (only valid while
+/// dropout is off).
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &mut Gpt,
@@ -43,6 +90,7 @@ pub fn train_step(
     grad_clip: f32,
     seed: u64,
     iter: usize,
+    mut compiled: Option<&mut CompiledGrad>,
 ) -> Result<StepStats, Exception> {
     let loss_fn = |m: &mut Gpt, (x, y): (&Array, &Array)| -> Result<Array, Exception> { m.loss(x, y) };
     let mut value_and_grad = nn::value_and_grad(loss_fn);
@@ -52,14 +100,20 @@ pub fn train_step(
     for micro in 0..accum {
         random::seed(dropout_seed(seed, iter, micro))?;
         let (x, y) = next_batch();
-        let (loss, grads) = value_and_grad(model, (&x, &y))?;
+        let (loss, grads): (Array, Vec<(String, Array)>) = match compiled.as_deref_mut() {
+            Some(c) => c.call(model, &x, &y)?,
+            None => {
+                let (loss, grads) = value_and_grad(model, (&x, &y))?;
+                (loss, grads.into_iter().map(|(k, g)| (k.to_string(), g)).collect())
+            }
+        };
         for (k, g) in grads {
             let g = g.multiply(&scale)?;
-            let entry = match acc.remove(k.as_ref()) {
+            let entry = match acc.remove(&k) {
                 Some(prev) => prev.add(&g)?,
                 None => g,
             };
-            acc.insert(k.to_string(), entry);
+            acc.insert(k, entry);
         }
         loss_sum = loss_sum.add(&loss)?;
         if accum > 1 {

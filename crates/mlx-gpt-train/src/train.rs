@@ -7,7 +7,7 @@ use crate::eval::{estimate_loss, Losses};
 use crate::metrics::{self, Record};
 use crate::optimizer::{AdamW, AdamWConfig};
 use crate::schedule::get_lr;
-use crate::step::train_step;
+use crate::step::{train_step, CompiledGrad};
 use crate::TrainError;
 use mlx_gpt_data::batches::{BatchSampler, Order};
 use mlx_gpt_data::token_file::{Meta, TokenFile, META_FILE};
@@ -225,6 +225,11 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     };
     let say = |f: &dyn Fn()| bar.suspend(f);
 
+    // MLX compile for the step when asked and safe (no active dropout: see CompiledGrad).
+    let mut compiled = (c.compile && c.dropout == 0.0).then(|| CompiledGrad::new(&model));
+    if c.compile && compiled.is_none() {
+        tracing::info!("dropout {} > 0: the step runs uncompiled", c.dropout);
+    }
     let mut last_eval = None;
     let mut checkpoint_path = None;
     let mut interrupted = false;
@@ -263,7 +268,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
         model.set_training(true);
         let t0 = Instant::now();
-        let stats = train_step(&mut model, &mut opt, &mut || sampler.next_batch(), c.gradient_accumulation_steps, lr as f32, c.grad_clip as f32, c.seed, iter)?;
+        let stats = train_step(&mut model, &mut opt, &mut || sampler.next_batch(), c.gradient_accumulation_steps, lr as f32, c.grad_clip as f32, c.seed, iter, compiled.as_mut())?;
         let secs = t0.elapsed().as_secs_f64();
         if iter % c.log_interval == 0 {
             let tok_per_s = tokens_per_iter as f64 / secs;

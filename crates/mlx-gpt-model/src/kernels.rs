@@ -1,0 +1,102 @@
+//! How a few operations are expressed: as MLX's dedicated primitives (`softmax`,
+//! `logsumexp`, `fast::layer_norm`, `fast::scaled_dot_product_attention`), or as plain
+//! element-wise and reduction ops.
+//!
+//! Under `compile`, MLX fuses chains of plain ops into generated kernels (vectorised with
+//! the native JIT, see [`crate::jit`]), while a dedicated primitive stays a separate,
+//! unfused call — on the CPU these primitives are scalar loops or fall back to the same
+//! ops anyway. Plain ops are therefore the default; `MLX_GPT_PLAIN_OPS=0` (or
+//! [`set_plain_ops`]) switches back for comparison. Results agree to float rounding
+//! (tested in this module).
+
+use mlx_rs::error::Exception;
+use mlx_rs::{ops, Array};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+// 0 = not yet read from the environment, 1 = primitives, 2 = plain ops.
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Use plain ops (`true`, the default) or MLX's dedicated primitives.
+pub fn set_plain_ops(plain: bool) {
+    MODE.store(if plain { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// Whether plain ops are in use.
+pub fn plain_ops() -> bool {
+    match MODE.load(Ordering::Relaxed) {
+        0 => {
+            let plain = !std::env::var("MLX_GPT_PLAIN_OPS").is_ok_and(|v| v == "0" || v.eq_ignore_ascii_case("off"));
+            set_plain_ops(plain);
+            plain
+        }
+        m => m == 2,
+    }
+}
+
+/// Softmax over the last axis: `exp(x − max) / Σ exp(x − max)`.
+pub fn softmax_last(x: &Array) -> Result<Array, Exception> {
+    if !plain_ops() {
+        return ops::softmax_axis(x, -1, true);
+    }
+    let m = x.max_axis(-1, true)?;
+    let e = x.subtract(&m)?.exp()?;
+    e.divide(e.sum_axis(-1, true)?)
+}
+
+/// log Σ exp over the last axis, without keeping the axis.
+pub fn logsumexp_last(x: &Array) -> Result<Array, Exception> {
+    if !plain_ops() {
+        return x.logsumexp_axis(-1, None);
+    }
+    let m = x.max_axis(-1, true)?;
+    let s = x.subtract(&m)?.exp()?.sum_axis(-1, true)?;
+    s.log()?.add(&m)?.squeeze_axes(&[-1])
+}
+
+/// LayerNorm over the last axis with gain `w` and optional bias `b`.
+pub fn layer_norm(x: &Array, w: &Array, b: Option<&Array>, eps: f32) -> Result<Array, Exception> {
+    if !plain_ops() {
+        return mlx_rs::fast::layer_norm(x, Some(w), b, eps);
+    }
+    let mean = x.mean_axis(-1, true)?;
+    let xc = x.subtract(&mean)?;
+    let var = xc.square()?.mean_axis(-1, true)?;
+    let y = xc.multiply(var.add(Array::from_f32(eps).as_dtype(x.dtype())?)?.rsqrt()?)?.multiply(w)?;
+    match b {
+        Some(b) => y.add(b),
+        None => Ok(y),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn both(f: impl Fn() -> Array) -> (Vec<f32>, Vec<f32>) {
+        set_plain_ops(true);
+        let plain = f().as_slice::<f32>().to_vec();
+        set_plain_ops(false);
+        let prim = f().as_slice::<f32>().to_vec();
+        set_plain_ops(true);
+        (plain, prim)
+    }
+
+    #[test]
+    fn plain_ops_match_the_primitives() {
+        let key = mlx_rs::random::key(3).unwrap();
+        let x = mlx_rs::random::normal::<f32>(&[4, 7, 33][..], None, 3.0, &key).unwrap();
+        let w = mlx_rs::random::normal::<f32>(&[33][..], None, None, &key).unwrap();
+        let b = mlx_rs::random::normal::<f32>(&[33][..], None, None, &key).unwrap();
+        for (name, (p, q)) in [
+            ("softmax", both(|| softmax_last(&x).unwrap())),
+            ("logsumexp", both(|| logsumexp_last(&x).unwrap())),
+            ("layer_norm", both(|| layer_norm(&x, &w, Some(&b), 1e-5).unwrap())),
+            ("layer_norm without bias", both(|| layer_norm(&x, &w, None, 1e-5).unwrap())),
+        ] {
+            assert_eq!(p.len(), q.len(), "{name}");
+            for (a, b) in p.iter().zip(&q) {
+                assert!((a - b).abs() <= 2e-5 * (1.0 + b.abs()), "{name}: {a} vs {b}");
+            }
+        }
+    }
+}
