@@ -21,6 +21,8 @@ enum What {
     Matmul(MatmulArgs),
     /// Training-step time of a preset (nanoGPT's bench.py): warm-up, then timed steps.
     Train(TrainBenchArgs),
+    /// Generation tokens/s with and without the KV cache (GPT-2 124M shape, random weights).
+    Generate(GenerateArgs),
     /// Tokenisation MB/s on one core and on all cores.
     Tokenize(TokenizeArgs),
     /// Microseconds to draw a training batch from a prepared dataset.
@@ -64,6 +66,24 @@ fn split_bench_options(args: &[String]) -> anyhow::Result<(TrainBenchOptions, Ve
         }
     }
     Ok((o, rest))
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Model shape: gpt2, gpt2-medium, gpt2-large or gpt2-xl (random weights).
+    #[arg(long, default_value = "gpt2")]
+    model: String,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 16)]
+    prompt_len: usize,
+    /// Tokens generated with the cache.
+    #[arg(long, default_value_t = 256)]
+    new_tokens: usize,
+    /// Tokens generated without the cache (each a full forward; slow).
+    #[arg(long, default_value_t = 32)]
+    uncached_tokens: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(clap::Args)]
@@ -112,6 +132,7 @@ pub fn run(args: Args, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Res
     match args.what {
         What::Matmul(a) => matmul(a),
         What::Train(a) => train_step(a, jit),
+        What::Generate(a) => generate_bench(a),
         What::Tokenize(a) => tokenize(a),
         What::Batches(a) => batches(a),
     }
@@ -290,13 +311,13 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
     let flops = model.flops_per_token(c.block_size) * tokens;
     println!("bench train: {} layers, {} heads, {} wide, block {}, batch {} x {} accum, {} on {device}; {:.2}M parameters, {:.2} GFLOP/iter",
         c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size, c.gradient_accumulation_steps, c.dtype, model.num_params(true) as f64 / 1e6, flops / 1e9);
-    let mut compiled = (c.compile && c.dropout == 0.0).then(|| mlx_gpt_train::step::CompiledGrad::new(&model));
-    println!("step: {}, MLX JIT: {}", if compiled.is_some() { "compiled" } else { "eager" },
+    let mut engine = mlx_gpt_train::train::GradEngine::new(&c, &model);
+    println!("step: {}, MLX JIT: {}", engine.describe(),
         match &jit { Some(j) => format!("native ({})", j.flags), None => "MLX's default flags".into() });
     let mut times = Vec::new();
     for i in 0..args.warmup + args.iters.max(1) {
         let t = Instant::now();
-        mlx_gpt_train::step::train_step(&mut model, &mut opt, &mut next, c.gradient_accumulation_steps, 1e-4, 1.0, c.seed, i, compiled.as_mut())?;
+        mlx_gpt_train::step::train_step(&mut model, &mut opt, &mut next, c.gradient_accumulation_steps, 1e-4, 1.0, c.seed, i, engine.path())?;
         if i >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -306,5 +327,79 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
     println!("{:>10} {:>10} {:>10} {:>12} {:>8}", "median ms", "min ms", "max ms", "tokens/s", "MFU");
     println!("{:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>7.2}%", med * 1e3, min * 1e3, max * 1e3, tokens / med, flops / med / peak * 100.0);
     println!("(MFU against this device's measured f32 matmul peak: {:.1} GFLOP/s)", peak / 1e9);
+    torch_reference(&c, vocab, args.iters, args.warmup, med);
+    Ok(())
+}
+
+/// Time the same model and step in PyTorch (scripts/bench_torch.py) when a Python with
+/// torch is available (`MLX_GPT_TORCH_PYTHON`, else `python3`), and print the ratio.
+fn torch_reference(c: &mlx_gpt_train::TrainConfig, vocab: usize, iters: usize, warmup: usize, mlx_median_s: f64) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
+    let python = std::env::var("MLX_GPT_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    if c.gradient_accumulation_steps != 1 || !script.is_file() {
+        println!("PyTorch reference: skipped (needs gradient_accumulation_steps = 1 and {})", script.display());
+        return;
+    }
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .args(["--n-layer", &c.n_layer.to_string(), "--n-head", &c.n_head.to_string(), "--n-embd", &c.n_embd.to_string()])
+        .args(["--block-size", &c.block_size.to_string(), "--batch-size", &c.batch_size.to_string(), "--vocab-size", &vocab.to_string()])
+        .args(["--iters", &iters.to_string(), "--warmup", &warmup.to_string(), "--dropout", &c.dropout.to_string()])
+        .args(if c.bias { vec!["--bias"] } else { vec![] })
+        .output();
+    let parsed = out.ok().filter(|o| o.status.success()).and_then(|o| {
+        let line = String::from_utf8_lossy(&o.stdout).lines().last()?.to_string();
+        serde_json::from_str::<serde_json::Value>(&line).ok()
+    });
+    match parsed {
+        Some(v) => {
+            let t = v["median_ms"].as_f64().unwrap_or(f64::NAN);
+            println!("PyTorch {} ({} threads), same model and step: median {:.2} ms, min {:.2}, max {:.2}",
+                v["torch"].as_str().unwrap_or("?"), v["threads"], t, v["min_ms"].as_f64().unwrap_or(f64::NAN), v["max_ms"].as_f64().unwrap_or(f64::NAN));
+            println!("speed-up over PyTorch: {:.2}x", t / (mlx_median_s * 1e3));
+        }
+        None => println!("PyTorch reference: not run ({python} with torch not found; set MLX_GPT_TORCH_PYTHON)"),
+    }
+}
+
+fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
+    use mlx_gpt_model::generate::{generate, SamplingParams};
+    use mlx_gpt_model::{Gpt, GptConfig};
+    let device = args.device.select()?;
+    let config = GptConfig::gpt2_preset(&args.model)?;
+    let mut model = Gpt::new(config.clone(), 0)?;
+    let prompt: Vec<u32> = (0..args.prompt_len as u32).map(|i| (i * 7919) % config.vocab_size as u32).collect();
+    println!("generate: {} shape ({:.0}M parameters, random weights) on {device}, prompt {} tokens",
+        args.model, model.num_params(false) as f64 / 1e6, prompt.len());
+    let mut rate = |n: usize, cache: bool| -> anyhow::Result<f64> {
+        let params = SamplingParams { temperature: 1.0, top_k: Some(200), use_kv_cache: cache, ..Default::default() };
+        generate(&mut model, &prompt, 2, &params, |_| true)?; // warm-up
+        let t = Instant::now();
+        let out = generate(&mut model, &prompt, n, &params, |_| true)?;
+        Ok(out.len() as f64 / t.elapsed().as_secs_f64())
+    };
+    let cached = rate(args.new_tokens, true)?;
+    let uncached = rate(args.uncached_tokens, false)?;
+    println!("{:>28} {:>10}", "", "tokens/s");
+    println!("{:>28} {:>10.2}", format!("KV cache, {} tokens", args.new_tokens), cached);
+    println!("{:>28} {:>10.2}", format!("no cache, {} tokens", args.uncached_tokens), uncached);
+    println!("cache speed-up: {:.1}x", cached / uncached);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
+    let python = std::env::var("MLX_GPT_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .args(["--generate", "--n-layer", &config.n_layer.to_string(), "--n-head", &config.n_head.to_string()])
+        .args(["--n-embd", &config.n_embd.to_string(), "--block-size", &config.block_size.to_string()])
+        .args(["--vocab-size", &config.vocab_size.to_string(), "--prompt-len", &args.prompt_len.to_string()])
+        .args(["--new-tokens", &args.uncached_tokens.to_string()])
+        .output();
+    let parsed = out.ok().filter(|o| o.status.success()).and_then(|o| {
+        serde_json::from_str::<serde_json::Value>(String::from_utf8_lossy(&o.stdout).lines().last()?).ok()
+    });
+    match parsed.and_then(|v| v["tokens_per_s"].as_f64()) {
+        Some(t) => println!("PyTorch, nanoGPT-style generate (full forward per token), {} tokens: {t:.2} tokens/s; KV cache is {:.1}x that",
+            args.uncached_tokens, cached / t),
+        None => println!("PyTorch reference: not run ({python} with torch not found; set MLX_GPT_TORCH_PYTHON)"),
+    }
     Ok(())
 }

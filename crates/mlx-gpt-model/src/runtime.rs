@@ -114,6 +114,21 @@ pub fn blas() -> BlasInfo {
     BlasInfo { kind, library }
 }
 
+/// Ask OpenBLAS to use `n` threads (no effect with another BLAS). Returns whether an
+/// OpenBLAS took the setting.
+pub fn set_blas_threads(n: i32) -> bool {
+    let f = lookup("openblas_set_num_threads");
+    if f.is_null() {
+        return false;
+    }
+    // SAFETY: OpenBLAS's `void openblas_set_num_threads(int)`.
+    unsafe {
+        let f: extern "C" fn(libc::c_int) = std::mem::transmute(f);
+        f(n);
+    }
+    true
+}
+
 /// MLX's version as reported by the loaded library (`mlx_version`).
 pub fn mlx_version() -> String {
     // SAFETY: mlx_string is created, read and freed here.

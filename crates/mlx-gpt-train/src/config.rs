@@ -102,6 +102,8 @@ pub struct TrainConfig {
     pub dtype: String,
     /// Compile the training step with MLX.
     pub compile: bool,
+    /// CPU streams the batch is split across (each on its own core); 1 disables.
+    pub streams: usize,
     /// Seed of initialisation, batches and dropout.
     pub seed: u64,
     /// Peak FLOP/s for MFU; 0 measures the device's matmul peak at start.
@@ -144,6 +146,7 @@ impl Default for TrainConfig {
             device: "auto".into(),
             dtype: "float32".into(),
             compile: true,
+            streams: 1, // 2 splits the batch across two CPU streams; no gain measured yet (docs/performance.md)
             seed: 1337,
             peak_flops: 0.0,
             tokenizer: None,

@@ -77,9 +77,70 @@ impl CompiledGrad {
     }
 }
 
+/// Data parallelism inside one process: the micro-batch is cut into `n` equal parts, each
+/// part's loss and gradients computed by its own compiled function on its own MLX CPU
+/// stream. MLX runs each stream's kernels on one worker thread, so this is the only way
+/// to put a second core to work on the non-matmul part of the step; BLAS should then use
+/// one thread per stream (see `mlx_gpt_model::runtime::set_blas_threads`). The parts'
+/// losses and gradients are averaged (each part's loss is a mean over equal halves, so
+/// the average is the whole batch's mean).
+pub struct StreamSplit {
+    parts: Vec<(mlx_rs::Stream, CompiledGrad)>,
+}
+
+impl StreamSplit {
+    /// `n` streams with one compiled function each.
+    pub fn new(template: &Gpt, n: usize) -> Self {
+        let parts = (0..n)
+            .map(|_| (mlx_rs::Stream::new_with_device(&mlx_rs::Device::cpu()), CompiledGrad::new(template)))
+            .collect();
+        StreamSplit { parts }
+    }
+
+    /// Number of parts.
+    pub fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Whether there is no part.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn call(&mut self, model: &Gpt, x: &Array, y: &Array) -> Result<(Array, Vec<(String, Array)>), Exception> {
+        let n = self.parts.len() as i32;
+        let (xs, ys) = (x.split_equal(n, 0)?, y.split_equal(n, 0)?);
+        let mut loss = Array::from_f32(0.0);
+        let mut sum: Vec<(String, Array)> = Vec::new();
+        for (i, (stream, grad)) in self.parts.iter_mut().enumerate() {
+            let (l, g) = mlx_rs::with_stream(stream, || grad.call(model, &xs[i], &ys[i]))?;
+            loss = loss.add(&l)?;
+            if sum.is_empty() {
+                sum = g;
+            } else {
+                for ((_, acc), (_, gi)) in sum.iter_mut().zip(g) {
+                    *acc = acc.add(&gi)?;
+                }
+            }
+        }
+        let inv = Array::from_f32(1.0 / n as f32);
+        let grads = sum.into_iter().map(|(k, g)| Ok((k, g.multiply(&inv)?))).collect::<Result<_, Exception>>()?;
+        Ok((loss.multiply(&inv)?, grads))
+    }
+}
+
+/// How a step computes loss and gradients.
+pub enum GradPath<'a> {
+    /// `nn::value_and_grad`, op by op.
+    Eager,
+    /// One compiled function.
+    Compiled(&'a mut CompiledGrad),
+    /// Compiled functions on several streams (the batch must divide evenly).
+    Streams(&'a mut StreamSplit),
+}
+
 /// Run one optimizer step of `accum` micro-batches, each `(x, y)` from `next_batch`.
-/// With `compiled`, loss and gradients come from the compiled function (only valid while
-/// dropout is off).
+/// Compiled paths are only valid while dropout is off.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &mut Gpt,
@@ -90,7 +151,7 @@ pub fn train_step(
     grad_clip: f32,
     seed: u64,
     iter: usize,
-    mut compiled: Option<&mut CompiledGrad>,
+    mut path: GradPath<'_>,
 ) -> Result<StepStats, Exception> {
     let loss_fn = |m: &mut Gpt, (x, y): (&Array, &Array)| -> Result<Array, Exception> { m.loss(x, y) };
     let mut value_and_grad = nn::value_and_grad(loss_fn);
@@ -100,9 +161,10 @@ pub fn train_step(
     for micro in 0..accum {
         random::seed(dropout_seed(seed, iter, micro))?;
         let (x, y) = next_batch();
-        let (loss, grads): (Array, Vec<(String, Array)>) = match compiled.as_deref_mut() {
-            Some(c) => c.call(model, &x, &y)?,
-            None => {
+        let (loss, grads): (Array, Vec<(String, Array)>) = match &mut path {
+            GradPath::Compiled(c) => c.call(model, &x, &y)?,
+            GradPath::Streams(s) => s.call(model, &x, &y)?,
+            GradPath::Eager => {
                 let (loss, grads) = value_and_grad(model, (&x, &y))?;
                 (loss, grads.into_iter().map(|(k, g)| (k.to_string(), g)).collect())
             }

@@ -7,7 +7,7 @@ use crate::eval::{estimate_loss, Losses};
 use crate::metrics::{self, Record};
 use crate::optimizer::{AdamW, AdamWConfig};
 use crate::schedule::get_lr;
-use crate::step::{train_step, CompiledGrad};
+use crate::step::{train_step, CompiledGrad, GradPath, StreamSplit};
 use crate::TrainError;
 use mlx_gpt_data::batches::{BatchSampler, Order};
 use mlx_gpt_data::token_file::{Meta, TokenFile, META_FILE};
@@ -147,6 +147,59 @@ pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, Ad
     Ok((model, opt, state))
 }
 
+/// The loss-and-gradient machinery a configuration asks for: MLX compile when asked and
+/// safe (no active dropout: see `CompiledGrad`), on `streams` CPU streams when the batch
+/// divides evenly.
+pub enum GradEngine {
+    /// Op by op.
+    Eager,
+    /// One compiled function.
+    Compiled(CompiledGrad),
+    /// Several streams.
+    Streams(StreamSplit),
+}
+
+impl GradEngine {
+    /// Choose for `c` and `model`, logging why a faster path is not taken.
+    pub fn new(c: &TrainConfig, model: &Gpt) -> GradEngine {
+        if !c.compile {
+            return GradEngine::Eager;
+        }
+        if c.dropout > 0.0 {
+            tracing::info!("dropout {} > 0: the step runs uncompiled", c.dropout);
+            return GradEngine::Eager;
+        }
+        let streams = c.streams.max(1);
+        if streams > 1 && c.batch_size % streams == 0 && device::default_device() == Some(DeviceKind::Cpu) {
+            // Each stream's matmuls run on its own core: BLAS must not also fan out.
+            mlx_gpt_model::runtime::set_blas_threads(1);
+            return GradEngine::Streams(StreamSplit::new(model, streams));
+        }
+        if streams > 1 {
+            tracing::info!(streams, batch_size = c.batch_size, "one stream: the batch does not split evenly (or not on the CPU)");
+        }
+        GradEngine::Compiled(CompiledGrad::new(model))
+    }
+
+    /// The path for `train_step`.
+    pub fn path(&mut self) -> GradPath<'_> {
+        match self {
+            GradEngine::Eager => GradPath::Eager,
+            GradEngine::Compiled(c) => GradPath::Compiled(c),
+            GradEngine::Streams(s) => GradPath::Streams(s),
+        }
+    }
+
+    /// A short description for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            GradEngine::Eager => "eager".into(),
+            GradEngine::Compiled(_) => "compiled".into(),
+            GradEngine::Streams(s) => format!("compiled on {} CPU streams, BLAS on 1 thread each", s.len()),
+        }
+    }
+}
+
 /// Rough training memory: weights, gradients and two Adam moments (4 × N × 4 bytes), plus
 /// activations kept for the backward pass, ≈ B·T·L·(34·C + 5·nh·T) × 2 bytes in float32
 /// (Korthikanti et al., 2022, counted for 16-bit activations, doubled here).
@@ -225,11 +278,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     };
     let say = |f: &dyn Fn()| bar.suspend(f);
 
-    // MLX compile for the step when asked and safe (no active dropout: see CompiledGrad).
-    let mut compiled = (c.compile && c.dropout == 0.0).then(|| CompiledGrad::new(&model));
-    if c.compile && compiled.is_none() {
-        tracing::info!("dropout {} > 0: the step runs uncompiled", c.dropout);
-    }
+    let mut engine = GradEngine::new(c, &model);
     let mut last_eval = None;
     let mut checkpoint_path = None;
     let mut interrupted = false;
@@ -268,7 +317,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
         model.set_training(true);
         let t0 = Instant::now();
-        let stats = train_step(&mut model, &mut opt, &mut || sampler.next_batch(), c.gradient_accumulation_steps, lr as f32, c.grad_clip as f32, c.seed, iter, compiled.as_mut())?;
+        let stats = train_step(&mut model, &mut opt, &mut || sampler.next_batch(), c.gradient_accumulation_steps, lr as f32, c.grad_clip as f32, c.seed, iter, engine.path())?;
         let secs = t0.elapsed().as_secs_f64();
         if iter % c.log_interval == 0 {
             let tok_per_s = tokens_per_iter as f64 / secs;
