@@ -391,14 +391,14 @@ fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
         .args(["--generate", "--n-layer", &config.n_layer.to_string(), "--n-head", &config.n_head.to_string()])
         .args(["--n-embd", &config.n_embd.to_string(), "--block-size", &config.block_size.to_string()])
         .args(["--vocab-size", &config.vocab_size.to_string(), "--prompt-len", &args.prompt_len.to_string()])
-        .args(["--new-tokens", &args.uncached_tokens.to_string()])
+        .args(["--new-tokens", &args.new_tokens.to_string()])
         .output();
     let parsed = out.ok().filter(|o| o.status.success()).and_then(|o| {
         serde_json::from_str::<serde_json::Value>(String::from_utf8_lossy(&o.stdout).lines().last()?).ok()
     });
     match parsed.and_then(|v| v["tokens_per_s"].as_f64()) {
         Some(t) => println!("PyTorch, nanoGPT-style generate (full forward per token), {} tokens: {t:.2} tokens/s; KV cache is {:.1}x that",
-            args.uncached_tokens, cached / t),
+            args.new_tokens, cached / t),
         None => println!("PyTorch reference: not run ({python} with torch not found; set MLX_GPT_TORCH_PYTHON)"),
     }
     Ok(())

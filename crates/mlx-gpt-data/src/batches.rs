@@ -36,8 +36,8 @@ pub struct SamplerState {
     pub cursor: u64,
 }
 
-/// SplitMix64 step.
-fn splitmix(state: &mut u64) -> u64 {
+/// SplitMix64 step: advances `state` and returns 64 well-mixed bits.
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -8,7 +8,7 @@
 
 use crate::download::Downloader;
 use crate::error::{DataError, Result};
-use crate::token_file::{write_tokens, FileEntry, Meta, TokenFile, META_FILE, META_VERSION};
+use crate::token_file::{write_tokens, FileEntry, Meta, TokenFile, META_FILE};
 use crate::tokenizer::{CharTokenizer, Tokenizer, TokenizerSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -279,13 +279,7 @@ fn write_split(dir: &Path, text: &str, train_fraction: f64, tokenizer: &Tokenize
         tracing::info!("{split} has {} tokens", thousands(entry.tokens));
         files.insert(split.to_string(), entry);
     }
-    let meta = Meta {
-        format_version: META_VERSION,
-        dtype: "uint16-le".into(),
-        vocab_size: tokenizer.vocab_size(),
-        tokenizer: tokenizer.spec(),
-        files,
-    };
+    let meta = Meta::new(tokenizer, files);
     // meta.json last: its presence marks a complete preparation.
     meta.write(&dir.join(META_FILE))?;
     Ok(meta)

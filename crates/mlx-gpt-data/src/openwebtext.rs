@@ -19,7 +19,7 @@
 
 use crate::datasets::{thousands, HubParquet, Manifest, PrepareOptions, Prepared};
 use crate::error::{DataError, Result};
-use crate::token_file::{hex, to_bytes, write_atomic, FileEntry, Meta, META_FILE, META_VERSION};
+use crate::token_file::{hex, to_bytes, write_atomic, FileEntry, Meta, META_FILE};
 use crate::tokenizer::{Tokenizer, GPT2_EOT};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
@@ -46,16 +46,9 @@ pub struct Shard {
     pub sha256: Option<String>,
 }
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Whether document `row` of shard `shard` belongs to the validation split.
 pub fn is_val(seed: u64, shard: u64, row: u64, val_fraction: f64) -> bool {
-    let h = splitmix(seed ^ (shard << 32) ^ row);
+    let h = crate::batches::splitmix(&mut (seed ^ (shard << 32) ^ row));
     (h as f64) / 18_446_744_073_709_551_616.0 < val_fraction
 }
 
@@ -126,13 +119,7 @@ pub fn prepare_hub(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Re
         tracing::info!("{split} has {} tokens", thousands(entry.tokens));
         files.insert(split.to_string(), entry);
     }
-    let meta = Meta {
-        format_version: META_VERSION,
-        dtype: "uint16-le".into(),
-        vocab_size: tokenizer.vocab_size(),
-        tokenizer: tokenizer.spec(),
-        files,
-    };
+    let meta = Meta::new(&tokenizer, files);
     meta.write(&dir.join(META_FILE))?;
     std::fs::remove_dir_all(&shard_dir).map_err(DataError::io(&shard_dir))?;
     Ok(Prepared { dir: dir.into(), meta, already: false })

@@ -42,6 +42,17 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// The sidecar for token files made with `tokenizer`.
+    pub fn new(tokenizer: &crate::tokenizer::Tokenizer, files: BTreeMap<String, FileEntry>) -> Meta {
+        Meta {
+            format_version: META_VERSION,
+            dtype: "uint16-le".into(),
+            vocab_size: tokenizer.vocab_size(),
+            tokenizer: tokenizer.spec(),
+            files,
+        }
+    }
+
     /// Read and check a `meta.json`.
     pub fn read(path: &Path) -> Result<Meta> {
         let text = std::fs::read_to_string(path).map_err(DataError::io(path))?;

@@ -95,9 +95,10 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SampleRng) -> u
     let mut scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / params.temperature as f64).collect();
     if let Some(k) = params.top_k.filter(|&k| k < scaled.len()) {
         // As nanoGPT: everything below the k-th largest logit is removed (ties kept).
-        let mut sorted = scaled.clone();
-        sorted.sort_by(|a, b| b.total_cmp(a));
-        let kth = sorted[k - 1];
+        // A selection, not a sort: O(V) per token.
+        let mut work = scaled.clone();
+        let (_, kth, _) = work.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        let kth = *kth;
         scaled.iter_mut().filter(|l| **l < kth).for_each(|l| *l = f64::NEG_INFINITY);
     }
     let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
