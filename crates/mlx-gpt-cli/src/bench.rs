@@ -317,7 +317,7 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
     let mut times = Vec::new();
     for i in 0..args.warmup + args.iters.max(1) {
         let t = Instant::now();
-        mlx_gpt_train::step::train_step(&mut model, &mut opt, &mut next, c.gradient_accumulation_steps, 1e-4, 1.0, c.seed, i, engine.path())?;
+        mlx_gpt_train::step::train_step(&mut model, &mut opt, &mut next, c.gradient_accumulation_steps, 1e-4, 1.0, c.seed, i, engine.path(), None)?;
         if i >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
         }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod info;
+mod launch;
 mod overrides;
 mod sample;
 mod train;
@@ -31,6 +32,8 @@ enum Command {
     Sample(sample::Args),
     /// Train and val loss of a checkpoint or of GPT-2: mlx-gpt eval [CONFIG] [--key value]...
     Eval(train::Args),
+    /// Start N local processes that train together (MLX distributed, ring backend).
+    Launch(launch::Args),
     /// Benchmarks that print figures (no pass/fail).
     Bench(bench::Args),
 }
@@ -87,6 +90,7 @@ fn run(cli: Cli, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Result<()
         Command::Train(args) => train::run_cmd(args, false),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => train::run_cmd(args, true),
+        Command::Launch(args) => launch::run(args),
         Command::Bench(args) => bench::run(args, jit),
     }
 }

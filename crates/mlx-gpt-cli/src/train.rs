@@ -28,7 +28,11 @@ pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
     if eval_only {
         c.eval_only = true;
     }
-    println!("# resolved configuration\n{}", c.to_toml());
+    // Under `mlx-gpt launch` (or MLX_RANK set by hand) only rank 0 reports.
+    let master = std::env::var("MLX_RANK").map_or(true, |r| r.trim() == "0");
+    if master {
+        println!("# resolved configuration\n{}", c.to_toml());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {
@@ -40,6 +44,9 @@ pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
     })
     .context("installing the Ctrl-C handler")?;
     let summary = run(&c, &RunOptions { stop, progress: true })?;
+    if !master {
+        return Ok(());
+    }
     if let Some(l) = summary.last_eval {
         println!("final: iter {}, train loss {:.4}, val loss {:.4}, best val loss {:.4}, {:.1} s", summary.iter, l.train, l.val, summary.best_val_loss, summary.wall_s);
     }

@@ -36,8 +36,10 @@ pub struct TrainState {
     pub model: GptConfig,
     /// The training configuration of the run that wrote it.
     pub train: TrainConfig,
-    /// Where the training batch sampler stood.
-    pub sampler: SamplerState,
+    /// Processes that trained (1 without distribution).
+    pub world_size: usize,
+    /// Where each rank's training batch sampler stood, in rank order.
+    pub samplers: Vec<SamplerState>,
     /// The dataset's tokenizer, for sampling.
     pub tokenizer: TokenizerSpec,
 }

@@ -102,6 +102,12 @@ pub struct TrainConfig {
     pub dtype: String,
     /// Compile the training step with MLX.
     pub compile: bool,
+    /// Distributed backend: `auto` (ring when MLX_HOSTFILE is set, MPI under mpirun, else a
+    /// single process), `ring`, `mpi`, or `none`.
+    pub backend: String,
+    /// Seconds without a finished step after which a distributed rank gives up (a peer
+    /// died or cannot connect) instead of hanging.
+    pub dist_timeout: f64,
     /// CPU streams the batch is split across (each on its own core); 1 disables.
     pub streams: usize,
     /// Seed of initialisation, batches and dropout.
@@ -146,6 +152,8 @@ impl Default for TrainConfig {
             device: "auto".into(),
             dtype: "float32".into(),
             compile: true,
+            backend: "auto".into(),
+            dist_timeout: 600.0,
             streams: 1, // 2 splits the batch across two CPU streams; no gain measured yet (docs/performance.md)
             seed: 1337,
             peak_flops: 0.0,
@@ -277,6 +285,9 @@ impl TrainConfig {
         }
         if !["float32", "bfloat16", "float16"].contains(&self.dtype.as_str()) {
             return bad(format!("dtype must be float32, bfloat16 or float16, got '{}'", self.dtype));
+        }
+        if !["auto", "ring", "mpi", "none"].contains(&self.backend.as_str()) {
+            return bad(format!("backend must be auto, ring, mpi or none, got '{}'", self.backend));
         }
         if !["auto", "cpu", "gpu"].contains(&self.device.as_str()) {
             return bad(format!("device must be auto, cpu or gpu, got '{}'", self.device));

@@ -9,6 +9,7 @@
 //! - [`checkpoint`]: atomic checkpoints with a DONE marker, strict loading, pruning;
 //! - [`metrics`]: `metrics.jsonl` and the `loss.svg` plot;
 //! - [`peak`]: the measured FLOP/s that MFU divides by;
+//! - [`distributed`]: MLX's process groups and collectives, for data-parallel training;
 //! - [`train`]: the loop itself, [`train::run`].
 //!
 //! docs/training.md walks through a run.
@@ -16,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 pub mod eval;
 pub mod metrics;
 pub mod optimizer;
@@ -94,6 +96,9 @@ pub enum TrainError {
     /// Device selection failed.
     #[error(transparent)]
     Device(#[from] mlx_gpt_model::DeviceError),
+    /// The process group could not be formed.
+    #[error(transparent)]
+    Distributed(#[from] distributed::DistError),
     /// MLX failed.
     #[error("MLX: {}", .0.what())]
     Mlx(#[from] mlx_rs::error::Exception),

@@ -5,6 +5,7 @@ use crate::optimizer::AdamW;
 use mlx_gpt_model::Gpt;
 use mlx_rs::error::Exception;
 use mlx_rs::module::ModuleParameters;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{nn, random, Array};
 use std::collections::BTreeMap;
 
@@ -21,6 +22,38 @@ pub struct StepStats {
 /// the position in training, so a resumed run draws the same dropout masks.
 pub fn dropout_seed(seed: u64, iter: usize, micro: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((iter as u64) << 16) ^ micro as u64
+}
+
+/// Largest number of elements reduced in one collective call.
+const BUCKET: usize = 1 << 24;
+
+/// Replace every gradient by its mean over the ranks of `g`: gradients are flattened
+/// into a few large buffers (up to 16M elements each), each reduced with one `all_sum`,
+/// then cut back into the parameters' shapes.
+pub fn average_across(g: &crate::distributed::Group, grads: &mut BTreeMap<String, Array>) -> Result<(), Exception> {
+    let inv = Array::from_f32(1.0 / g.size() as f32);
+    let names: Vec<String> = grads.keys().cloned().collect();
+    let mut start = 0;
+    while start < names.len() {
+        let mut end = start;
+        let mut total = 0;
+        while end < names.len() && (end == start || total + grads[&names[end]].size() <= BUCKET) {
+            total += grads[&names[end]].size();
+            end += 1;
+        }
+        let flat: Vec<Array> = names[start..end].iter().map(|n| grads[n].reshape(&[-1])).collect::<Result<_, _>>()?;
+        let summed = g.all_sum(&mlx_rs::ops::concatenate(&flat, 0)?)?.multiply(&inv)?;
+        let mut offset = 0i32;
+        for n in &names[start..end] {
+            let shape = grads[n].shape().to_vec();
+            let len = grads[n].size() as i32;
+            let part = summed.index(offset..offset + len).reshape(&shape)?;
+            grads.insert(n.clone(), part);
+            offset += len;
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 /// Global L2 norm of all gradients.
@@ -152,6 +185,7 @@ pub fn train_step(
     seed: u64,
     iter: usize,
     mut path: GradPath<'_>,
+    world: Option<&crate::distributed::Group>,
 ) -> Result<StepStats, Exception> {
     let loss_fn = |m: &mut Gpt, (x, y): (&Array, &Array)| -> Result<Array, Exception> { m.loss(x, y) };
     let mut value_and_grad = nn::value_and_grad(loss_fn);
@@ -183,6 +217,11 @@ pub fn train_step(
             mlx_rs::transforms::eval(acc.values().chain([&loss_sum]))?;
         }
     }
+    let mut mean_loss = loss_sum.multiply(&scale)?;
+    if let Some(g) = world.filter(|g| g.size() > 1) {
+        average_across(g, &mut acc)?;
+        mean_loss = g.all_sum(&mean_loss)?.multiply(Array::from_f32(1.0 / g.size() as f32))?;
+    }
     let norm = global_norm(&acc)?;
     if grad_clip > 0.0 {
         // PyTorch's clip_grad_norm_: scale by clip / (norm + 1e-6), never up.
@@ -196,7 +235,6 @@ pub fn train_step(
         model.parameters().flatten().into_iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     let new = opt.update(&params, &acc, lr)?;
     model.update_flattened(new.into_iter().map(|(k, v)| (k.as_str().into(), v)).collect());
-    let mean_loss = loss_sum.multiply(&scale)?;
     let mut outputs: Vec<&Array> = vec![&mean_loss, &norm];
     let model_params = model.parameters().flatten();
     outputs.extend(model_params.values().copied());

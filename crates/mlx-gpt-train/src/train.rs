@@ -3,13 +3,14 @@
 
 use crate::checkpoint::{self, TrainState, STATE_VERSION};
 use crate::config::{InitFrom, TrainConfig};
+use crate::distributed::{check_hostfile, DistError, Group};
 use crate::eval::{estimate_loss, Losses};
 use crate::metrics::{self, Record};
 use crate::optimizer::{AdamW, AdamWConfig};
 use crate::schedule::get_lr;
 use crate::step::{train_step, CompiledGrad, GradPath, StreamSplit};
 use crate::TrainError;
-use mlx_gpt_data::batches::{BatchSampler, Order};
+use mlx_gpt_data::batches::{BatchSampler, Order, SamplerState};
 use mlx_gpt_data::token_file::{Meta, TokenFile, META_FILE};
 use mlx_gpt_model::{device, hf, DeviceKind, Gpt, GptConfig};
 use mlx_rs::Dtype;
@@ -208,10 +209,96 @@ pub fn estimate_memory_bytes(c: &TrainConfig, n_params: usize) -> f64 {
     16.0 * n_params as f64 + b * t * l * (34.0 * ch + 5.0 * nh * t) * 2.0
 }
 
+/// Join the process group the configuration and environment describe, if any.
+pub fn init_world(c: &TrainConfig) -> Result<Option<Group>, TrainError> {
+    let hostfile = std::env::var("MLX_HOSTFILE").ok();
+    let under_mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().any(|v| std::env::var_os(v).is_some());
+    let backend = match c.backend.as_str() {
+        "none" => return Ok(None),
+        "auto" if hostfile.is_some() => "ring",
+        "auto" if under_mpi => "mpi",
+        "auto" => return Ok(None),
+        other => other,
+    };
+    if backend == "ring" {
+        let path = hostfile.ok_or_else(|| {
+            TrainError::Config(crate::config::ConfigError::Inconsistent("backend ring needs MLX_HOSTFILE and MLX_RANK (see docs/distributed.md)".into()))
+        })?;
+        let ranks = check_hostfile(&path)?;
+        let rank: usize = std::env::var("MLX_RANK").ok().and_then(|r| r.parse().ok()).ok_or_else(|| {
+            TrainError::Config(crate::config::ConfigError::Inconsistent("MLX_RANK must be set to this process's rank".into()))
+        })?;
+        if rank >= ranks {
+            return Err(DistError::Hostfile { path, what: format!("MLX_RANK {rank} but only {ranks} ranks are listed") }.into());
+        }
+    }
+    let group = Group::init(backend, true)?;
+    Ok((group.size() > 1).then_some(group))
+}
+
+/// Stops this process if no step finishes within a timeout: in a distributed run a dead
+/// or unreachable peer would otherwise leave the survivors waiting forever.
+struct Heartbeat {
+    t0: Instant,
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Heartbeat {
+    fn start(rank: usize, timeout: f64) -> Heartbeat {
+        let t0 = Instant::now();
+        let last_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = last_ms.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            let idle = t0.elapsed().as_secs_f64() - seen.load(Ordering::Relaxed) as f64 / 1e3;
+            if idle > timeout {
+                eprintln!(
+                    "error: rank {rank}: no training step finished for {idle:.0} s (dist_timeout {timeout} s): \
+                     a peer rank has probably died or cannot connect; stopping. The last checkpoint is intact."
+                );
+                std::process::exit(3);
+            }
+        });
+        Heartbeat { t0, last_ms }
+    }
+
+    fn beat(&self) {
+        self.last_ms.store(self.t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// All ranks' sampler states, in rank order (every rank must call it).
+fn gather_samplers(world: Option<&Group>, mine: &SamplerState) -> Result<Vec<SamplerState>, TrainError> {
+    let Some(g) = world else { return Ok(vec![mine.clone()]) };
+    let words = |x: u64| [(x & 0xffff_ffff) as u32, (x >> 32) as u32];
+    let order = match mine.order { Order::Random => 0u64, Order::Epoch => 1 };
+    let fields = [mine.seed, mine.rng, mine.epoch, mine.cursor, order];
+    let flat: Vec<u32> = fields.iter().flat_map(|&x| words(x)).collect();
+    let all = g.all_gather(&mlx_rs::Array::from_slice(&flat, &[1, flat.len() as i32]))?;
+    let v = all.as_slice::<u32>();
+    Ok(v.chunks(flat.len())
+        .map(|c| {
+            let w = |i: usize| c[2 * i] as u64 | ((c[2 * i + 1] as u64) << 32);
+            SamplerState { seed: w(0), rng: w(1), epoch: w(2), cursor: w(3), order: if w(4) == 1 { Order::Epoch } else { Order::Random } }
+        })
+        .collect())
+}
+
 /// Train (or evaluate, with `eval_only`) as configured.
 pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let started = Instant::now();
     let device = select_device(&c.device)?;
+    let world = init_world(c)?;
+    let (rank, world_size) = world.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
+    let master = rank == 0;
+    if c.gradient_accumulation_steps % world_size != 0 {
+        return Err(TrainError::Config(crate::config::ConfigError::Inconsistent(format!(
+            "gradient_accumulation_steps ({}) must be divisible by the number of processes ({world_size})",
+            c.gradient_accumulation_steps
+        ))));
+    }
+    let accum = c.gradient_accumulation_steps / world_size;
+    let heartbeat = (world_size > 1).then(|| Heartbeat::start(rank, c.dist_timeout));
     let (data, meta) = dataset_dir(c)?;
     let adamw = AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 };
     let (mut model, mut opt, state) = init(c, &meta, adamw)?;
@@ -219,18 +306,27 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let block = model.config.block_size.min(c.block_size);
 
     let (train_file, _) = TokenFile::open(&data, "train")?;
+    // Each rank draws its own batches (nanoGPT's seed offset per rank).
     let mut sampler = match &state {
-        Some(s) => BatchSampler::with_state(train_file, c.batch_size, block, s.sampler.clone())?,
-        None => BatchSampler::new(train_file, c.batch_size, block, Order::Random, c.seed)?,
+        Some(s) if s.world_size != world_size => {
+            return Err(TrainError::Config(crate::config::ConfigError::Inconsistent(format!(
+                "the checkpoint was written by {} process(es) and this run has {world_size}: resume with the same number",
+                s.world_size
+            ))))
+        }
+        Some(s) => BatchSampler::with_state(train_file, c.batch_size, block, s.samplers[rank].clone())?,
+        None => BatchSampler::new(train_file, c.batch_size, block, Order::Random, c.seed + rank as u64)?,
     };
     let mut iter = state.as_ref().map_or(0, |s| s.iter);
     let mut best_val_loss = state.as_ref().map_or(f64::INFINITY, |s| s.best_val_loss);
 
     let n_params = model.num_params(true);
-    let tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * block;
+    let tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * block; // all ranks together
     let flops_per_iter = model.flops_per_token(block) * tokens_per_iter as f64;
     let peak = if c.peak_flops > 0.0 { c.peak_flops } else { crate::peak::measure_matmul_flops()? };
-    tracing::info!(
+    if master {
+        tracing::info!(
+        world_size,
         device = %device,
         params = n_params,
         tokens_per_iter,
@@ -240,14 +336,17 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         "number of parameters: {:.2}M; tokens per iteration will be: {tokens_per_iter}",
         n_params as f64 / 1e6
     );
+    }
+    // Rank 0 writes the run directory; the others only compute.
+    let writes = master && !c.eval_only;
     std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
-    if !c.eval_only {
+    if writes {
         let resolved = c.out_dir.join("config.toml");
         mlx_gpt_model::write_atomic(&resolved, c.to_toml().as_bytes()).map_err(|source| TrainError::Io { path: resolved, source })?;
     }
     let metrics_path = c.out_dir.join("metrics.jsonl");
     // An evaluation-only run reports; it leaves the run's records as they are.
-    if !c.eval_only {
+    if writes {
         if state.is_some() {
             metrics::truncate_after(&metrics_path, iter).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
         } else {
@@ -255,7 +354,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
     }
     let record = |r: Record| -> Result<(), TrainError> {
-        if c.eval_only {
+        if !writes {
             return Ok(());
         }
         metrics::append(&metrics_path, &r).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
@@ -267,7 +366,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         Ok(())
     };
 
-    let bar = if opts.progress && std::io::stderr().is_terminal() && !c.eval_only {
+    let bar = if opts.progress && std::io::stderr().is_terminal() && writes {
         let b = indicatif::ProgressBar::new(c.max_iters as u64).with_style(
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} iters, {per_sec}, ETA {eta} {msg}").expect("template"),
         );
@@ -276,39 +375,57 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let say = |f: &dyn Fn()| bar.suspend(f);
+    let say = |f: &dyn Fn()| {
+        if master {
+            bar.suspend(f)
+        }
+    };
 
     let mut engine = GradEngine::new(c, &model);
     let mut last_eval = None;
     let mut checkpoint_path = None;
     let mut interrupted = false;
-    let save = |model: &Gpt, opt: &AdamW, sampler: &BatchSampler, iter: usize, best: f64| -> Result<PathBuf, TrainError> {
+    // Every rank calls it (the sampler states are gathered); rank 0 writes.
+    let save = |model: &Gpt, opt: &AdamW, sampler: &BatchSampler, iter: usize, best: f64| -> Result<Option<PathBuf>, TrainError> {
+        let samplers = gather_samplers(world.as_ref(), sampler.state())?;
+        if !master {
+            return Ok(None);
+        }
         let st = TrainState {
             version: STATE_VERSION,
             iter,
             best_val_loss: best,
             model: model.config.clone(),
             train: c.clone(),
-            sampler: sampler.state().clone(),
+            world_size,
+            samplers,
             tokenizer: meta.tokenizer.clone(),
         };
         let p = checkpoint::save(&c.out_dir, model, opt, &st)?;
         checkpoint::prune(&c.out_dir, c.keep_last)?;
-        Ok(p)
+        Ok(Some(p))
     };
     loop {
         let lr = get_lr(iter, c);
         if iter % c.eval_interval == 0 || c.eval_only || iter == c.max_iters {
-            let losses = estimate_loss(&mut model, &data, c.eval_iters, c.batch_size, block, c.seed ^ (iter as u64).wrapping_mul(0x2545_F491_4F6C_DD1D))?;
+            let eval_seed = (c.seed + rank as u64) ^ (iter as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
+            let mut losses = estimate_loss(&mut model, &data, c.eval_iters, c.batch_size, block, eval_seed)?;
+            if let Some(g) = &world {
+                // Every rank evaluated its own batches: average, so all ranks decide alike.
+                let both = g.all_sum(&mlx_rs::Array::from_slice(&[losses.train as f32, losses.val as f32], &[2]))?;
+                let v = both.as_slice::<f32>();
+                losses = Losses { train: v[0] as f64 / world_size as f64, val: v[1] as f64 / world_size as f64 };
+            }
             say(&|| tracing::info!(iter, train_loss = losses.train, val_loss = losses.val, "step {iter}: train loss {:.4}, val loss {:.4}", losses.train, losses.val));
             record(Record::Eval { iter, train_loss: losses.train, val_loss: losses.val })?;
             last_eval = Some(losses);
             if losses.val < best_val_loss || c.always_save_checkpoint {
                 best_val_loss = best_val_loss.min(losses.val);
                 if iter > 0 && !c.eval_only {
-                    let p = save(&model, &opt, &sampler, iter, best_val_loss)?;
-                    say(&|| tracing::info!(checkpoint = %p.display(), "saving checkpoint to {}", p.display()));
-                    checkpoint_path = Some(p);
+                    if let Some(p) = save(&model, &opt, &sampler, iter, best_val_loss)? {
+                        say(&|| tracing::info!(checkpoint = %p.display(), "saving checkpoint to {}", p.display()));
+                        checkpoint_path = Some(p);
+                    }
                 }
             }
         }
@@ -317,7 +434,10 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
         model.set_training(true);
         let t0 = Instant::now();
-        let stats = train_step(&mut model, &mut opt, &mut || sampler.next_batch(), c.gradient_accumulation_steps, lr as f32, c.grad_clip as f32, c.seed, iter, engine.path())?;
+        let stats = train_step(&mut model, &mut opt, &mut || sampler.next_batch(), accum, lr as f32, c.grad_clip as f32, c.seed + rank as u64, iter, engine.path(), world.as_ref())?;
+        if let Some(h) = &heartbeat {
+            h.beat();
+        }
         let secs = t0.elapsed().as_secs_f64();
         if iter % c.log_interval == 0 {
             let tok_per_s = tokens_per_iter as f64 / secs;
@@ -329,10 +449,17 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         iter += 1;
         bar.set_position(iter as u64);
         bar.set_message(format!("loss {:.4}", stats.loss));
-        if opts.stop.load(Ordering::SeqCst) {
-            let p = save(&model, &opt, &sampler, iter, best_val_loss)?;
-            say(&|| tracing::info!(checkpoint = %p.display(), iter, "interrupted: saved a checkpoint; continue with --init_from resume"));
-            checkpoint_path = Some(p);
+        let mut stop = opts.stop.load(Ordering::SeqCst);
+        if let Some(g) = &world {
+            // Stop together: any rank's Ctrl-C stops every rank after the same step.
+            let any = g.all_sum(&mlx_rs::Array::from_f32(stop as u8 as f32))?;
+            stop = any.item_exact::<f32>() > 0.0;
+        }
+        if stop {
+            if let Some(p) = save(&model, &opt, &sampler, iter, best_val_loss)? {
+                say(&|| tracing::info!(checkpoint = %p.display(), iter, "interrupted: saved a checkpoint; continue with --init_from resume"));
+                checkpoint_path = Some(p);
+            }
             interrupted = true;
             break;
         }

@@ -1,0 +1,105 @@
+//! `mlx-gpt launch -n N -- train …`: start N local processes that train together through
+//! MLX's `ring` backend (the way `torchrun` starts nanoGPT's DDP ranks). Each gets
+//! `MLX_RANK` and `MLX_HOSTFILE` (MLX's own convention; for several machines, run
+//! `mlx-gpt train` on each with those two variables set: docs/distributed.md). If one rank
+//! fails, the others are stopped and the failing rank is named.
+
+use anyhow::{bail, Context};
+use std::net::TcpListener;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+#[command(after_help = "Example: mlx-gpt launch -n 2 -- train baby_shakespeare_char --gradient_accumulation_steps 2")]
+pub struct Args {
+    /// Processes to start on this machine.
+    #[arg(short = 'n', long, default_value_t = 2)]
+    n: usize,
+    /// First TCP port of the ranks' listeners on 127.0.0.1 (consecutive ports); default:
+    /// free ports chosen by the system.
+    #[arg(long)]
+    port: Option<u16>,
+    /// The mlx-gpt command every rank runs (after `--`).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn ports(n: usize, first: Option<u16>) -> anyhow::Result<Vec<u16>> {
+    match first {
+        Some(p) => (0..n)
+            .map(|i| {
+                let port = p.checked_add(i as u16).context("--port: ports past 65535")?;
+                // Probe it now, so a busy port is named here rather than deep inside MLX.
+                TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("port {port} is in use (from --port {p})"))?;
+                Ok(port)
+            })
+            .collect(),
+        None => (0..n)
+            .map(|_| Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port()))
+            .collect(),
+    }
+}
+
+fn stop_all(children: &mut [(usize, Child)]) {
+    for (_, c) in children.iter_mut() {
+        // SAFETY: signalling our own child processes.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (_, c) in children.iter_mut() {
+        while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.n == 0 {
+        bail!("-n must be at least 1");
+    }
+    let ports = ports(args.n, args.port)?;
+    let hosts: Vec<Vec<String>> = ports.iter().map(|p| vec![format!("127.0.0.1:{p}")]).collect();
+    let hostfile = std::env::temp_dir().join(format!("mlx-gpt-hosts-{}.json", std::process::id()));
+    std::fs::write(&hostfile, serde_json::to_string(&hosts)?).with_context(|| hostfile.display().to_string())?;
+    // Ctrl-C reaches every rank through the terminal; the ranks checkpoint and stop together.
+    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+    let exe = std::env::current_exe()?;
+    // Ranks share this machine's cores: unless told otherwise, each rank's BLAS gets its share.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let blas_threads = std::env::var("OPENBLAS_NUM_THREADS").unwrap_or_else(|_| (cores / args.n).max(1).to_string());
+    let mut children = Vec::new();
+    for rank in 0..args.n {
+        let child = Command::new(&exe)
+            .args(&args.command)
+            .env("OPENBLAS_NUM_THREADS", &blas_threads)
+            .env("MLX_RANK", rank.to_string())
+            .env("MLX_HOSTFILE", &hostfile)
+            .spawn()
+            .with_context(|| format!("starting rank {rank}"))?;
+        children.push((rank, child));
+    }
+    let result = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut running = 0;
+        let mut failed = None;
+        for (rank, c) in children.iter_mut() {
+            match c.try_wait()? {
+                None => running += 1,
+                Some(s) if !s.success() => failed = Some((*rank, s)),
+                Some(_) => {}
+            }
+        }
+        if let Some((rank, status)) = failed {
+            eprintln!("error: rank {rank} exited with {status}; stopping the other ranks");
+            stop_all(&mut children);
+            break Err(anyhow::anyhow!("rank {rank} of {} failed ({status})", args.n));
+        }
+        if running == 0 {
+            break Ok(());
+        }
+    };
+    let _ = std::fs::remove_file(&hostfile);
+    result
+}
