@@ -144,7 +144,7 @@ fn a_killed_rank_stops_the_other_with_an_error_and_the_checkpoint_survives() {
     let _ = r1.wait();
     let killed = Instant::now();
     let out0 = loop {
-        if let Some(_) = r0.try_wait().unwrap() {
+        if r0.try_wait().unwrap().is_some() {
             break r0.wait_with_output().unwrap();
         }
         assert!(killed.elapsed() < Duration::from_secs(90), "rank 0 still running 90 s after its peer died");

@@ -143,7 +143,7 @@ fn variant(name: &str, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, V
 
 fn f32_tensor(name: &str, shape: &[usize], value: f32) -> (String, safetensors::Dtype, Vec<usize>, Vec<u8>) {
     let n: usize = shape.iter().product();
-    let data = std::iter::repeat(value.to_le_bytes()).take(n).flatten().collect();
+    let data = std::iter::repeat_n(value.to_le_bytes(), n).flatten().collect();
     (name.to_string(), safetensors::Dtype::F32, shape.to_vec(), data)
 }
 
@@ -166,7 +166,7 @@ fn checkpoint_quirks_are_handled() {
 }
 
 fn load_err(dir: &Path) -> String {
-    let err = hf::load_pretrained(dir).err().expect("load must fail");
+    let err = hf::load_pretrained(dir).expect_err("load must fail");
     std::fs::remove_dir_all(dir).unwrap();
     err.to_string()
 }

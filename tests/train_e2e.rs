@@ -134,7 +134,7 @@ fn resume_after_sigkill_continues_exactly() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while train_losses(&b).last().map_or(true, |l| l.0 < 23) {
+    while train_losses(&b).last().is_none_or(|l| l.0 < 23) {
         assert!(Instant::now() < deadline, "run b made no progress");
         assert!(child.try_wait().unwrap().is_none(), "run b ended before it was killed");
         std::thread::sleep(Duration::from_millis(20));

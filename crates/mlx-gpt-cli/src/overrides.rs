@@ -3,8 +3,11 @@
 
 use anyhow::bail;
 
+/// `(key, value)` pairs, in command-line order.
+pub type Overrides = Vec<(String, String)>;
+
 /// Split raw arguments into the optional config (a preset name or a file) and overrides.
-pub fn parse(args: &[String]) -> anyhow::Result<(Option<String>, Vec<(String, String)>)> {
+pub fn parse(args: &[String]) -> anyhow::Result<(Option<String>, Overrides)> {
     let mut config = None;
     let mut pairs = Vec::new();
     let mut i = 0;

@@ -120,7 +120,7 @@ impl GptConfig {
                 return Err(ConfigError::Zero(name));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ConfigError::HeadsDoNotDivide { n_embd: self.n_embd, n_head: self.n_head });
         }
         if !(0.0..1.0).contains(&self.dropout) {

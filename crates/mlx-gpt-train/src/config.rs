@@ -265,7 +265,7 @@ impl TrainConfig {
     /// Check values that must fit together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Inconsistent(m));
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head));
         }
         for (k, v) in [("batch_size", self.batch_size), ("block_size", self.block_size), ("gradient_accumulation_steps", self.gradient_accumulation_steps),

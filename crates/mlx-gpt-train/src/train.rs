@@ -171,7 +171,7 @@ impl GradEngine {
             return GradEngine::Eager;
         }
         let streams = c.streams.max(1);
-        if streams > 1 && c.batch_size % streams == 0 && device::default_device() == Some(DeviceKind::Cpu) {
+        if streams > 1 && c.batch_size.is_multiple_of(streams) && device::default_device() == Some(DeviceKind::Cpu) {
             // Each stream's matmuls run on its own core: BLAS must not also fan out.
             mlx_gpt_model::runtime::set_blas_threads(1);
             return GradEngine::Streams(StreamSplit::new(model, streams));
@@ -291,7 +291,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let world = init_world(c)?;
     let (rank, world_size) = world.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
     let master = rank == 0;
-    if c.gradient_accumulation_steps % world_size != 0 {
+    if !c.gradient_accumulation_steps.is_multiple_of(world_size) {
         return Err(TrainError::Config(crate::config::ConfigError::Inconsistent(format!(
             "gradient_accumulation_steps ({}) must be divisible by the number of processes ({world_size})",
             c.gradient_accumulation_steps
