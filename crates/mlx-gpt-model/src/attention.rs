@@ -4,12 +4,12 @@
 //! hs = C / nh head size.
 
 use crate::config::GptConfig;
+use crate::dropout::Dropout;
 use crate::linear::Linear;
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::macros::ModuleParameters;
-use mlx_rs::module::Module;
-use mlx_rs::{nn, ops, Array};
+use mlx_rs::{ops, Array};
 
 /// Keys and values of the positions already processed by one layer, for generation.
 #[derive(Debug, Clone, Default)]
@@ -41,9 +41,9 @@ pub struct CausalSelfAttention {
     #[param]
     pub c_proj: Linear,
     /// Dropout on the attention weights.
-    pub attn_dropout: nn::Dropout,
+    pub attn_dropout: Dropout,
     /// Dropout on the output (the residual branch).
-    pub resid_dropout: nn::Dropout,
+    pub resid_dropout: Dropout,
     /// Number of heads.
     pub n_head: usize,
 }
@@ -54,16 +54,16 @@ impl CausalSelfAttention {
         Ok(CausalSelfAttention {
             c_attn: Linear::new(c.n_embd, 3 * c.n_embd, c.bias)?,
             c_proj: Linear::new(c.n_embd, c.n_embd, c.bias)?,
-            attn_dropout: crate::dropout::dropout(c.dropout),
-            resid_dropout: crate::dropout::dropout(c.dropout),
+            attn_dropout: Dropout::new(c.dropout),
+            resid_dropout: Dropout::new(c.dropout),
             n_head: c.n_head,
         })
     }
 
     /// Switch dropout on (training) or off (evaluation, generation).
     pub fn set_training(&mut self, training: bool) {
-        self.attn_dropout.training_mode(training);
-        self.resid_dropout.training_mode(training);
+        self.attn_dropout.training = training;
+        self.resid_dropout.training = training;
     }
 
     /// x (B, T, C) → (B, T, C). With `kv`, the new keys and values are appended to it and
@@ -86,7 +86,7 @@ impl CausalSelfAttention {
             kv.v = Some(v.clone());
         }
         let scale = 1.0 / (hs as f32).sqrt();
-        let dropout = self.attn_dropout.training && self.attn_dropout.one_minus_p < 1.0;
+        let dropout = self.attn_dropout.active();
         let y = if dropout || crate::kernels::plain_ops() {
             // Explicit attention: dropout acts on the weights, which the fused kernel never
             // exposes; and under compile these ops fuse (see kernels.rs).

@@ -6,12 +6,13 @@
 use crate::attention::LayerKv;
 use crate::block::Block;
 use crate::config::GptConfig;
+use crate::dropout::Dropout;
 use crate::layer_norm::LayerNorm;
 use crate::loss::cross_entropy;
 use crate::ModelError;
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;
-use mlx_rs::module::{Module, ModuleParameters as _, Param};
+use mlx_rs::module::{ModuleParameters as _, Param};
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{nn, ops, random, Array, Dtype};
 
@@ -26,7 +27,7 @@ pub struct Gpt {
     #[param]
     pub wpe: nn::Embedding,
     /// Dropout on the summed embeddings.
-    pub drop: nn::Dropout,
+    pub drop: Dropout,
     /// The transformer blocks.
     #[param]
     pub h: Vec<Block>,
@@ -58,7 +59,7 @@ impl Gpt {
         let model = Gpt {
             wte: embedding(c.vocab_size, c.n_embd)?,
             wpe: embedding(c.block_size, c.n_embd)?,
-            drop: crate::dropout::dropout(c.dropout),
+            drop: Dropout::new(c.dropout),
             h: (0..c.n_layer).map(|_| Block::new(c)).collect::<Result<_, _>>()?,
             ln_f: LayerNorm::new(c.n_embd, c.bias, c.layer_norm_epsilon)?,
             config,

@@ -38,7 +38,7 @@ pub mod attention;
 pub mod block;
 pub mod config;
 pub mod device;
-mod dropout;
+pub mod dropout;
 mod fs_util;
 pub mod generate;
 pub mod gpt;

@@ -1,11 +1,11 @@
 //! `Mlp`: the position-wise feed-forward network, C → 4C → GELU → C.
 
 use crate::config::{Activation, GptConfig};
+use crate::dropout::Dropout;
 use crate::linear::Linear;
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;
-use mlx_rs::module::Module;
-use mlx_rs::{nn, ops, Array};
+use mlx_rs::{ops, Array};
 
 /// nanoGPT's `MLP`, with GPT-2's parameter names.
 #[derive(Debug, Clone, ModuleParameters)]
@@ -17,7 +17,7 @@ pub struct Mlp {
     #[param]
     pub c_proj: Linear,
     /// Dropout on the output (the residual branch).
-    pub dropout: nn::Dropout,
+    pub dropout: Dropout,
     /// Exact or tanh GELU.
     pub activation: Activation,
 }
@@ -28,7 +28,7 @@ impl Mlp {
         Ok(Mlp {
             c_fc: Linear::new(c.n_embd, 4 * c.n_embd, c.bias)?,
             c_proj: Linear::new(4 * c.n_embd, c.n_embd, c.bias)?,
-            dropout: crate::dropout::dropout(c.dropout),
+            dropout: Dropout::new(c.dropout),
             activation: c.activation,
         })
     }

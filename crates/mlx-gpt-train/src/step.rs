@@ -2,7 +2,7 @@
 //! AdamW, then a single `eval` of everything the step produced.
 
 use crate::optimizer::AdamW;
-use mlx_gpt_model::Gpt;
+use mlx_gpt_model::{dropout, Gpt};
 use mlx_rs::error::Exception;
 use mlx_rs::module::ModuleParameters;
 use mlx_rs::ops::indexing::IndexOp;
@@ -68,10 +68,10 @@ pub fn global_norm(grads: &BTreeMap<String, Array>) -> Result<Array, Exception> 
 type GradFn = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
 
 /// Loss and gradients of a model, as one MLX-compiled function of explicit arrays:
-/// `[params (sorted by name)…, x, y] → [loss, grads (same order)…]`. MLX traces it once per
-/// input shape and fuses its element-wise chains into generated kernels (see
-/// `mlx_gpt_model::jit`). Random operations inside a compiled function would replay
-/// the traced key, so models with active dropout take the eager path.
+/// `[params (sorted by name)…, x, y, dropout key] → [loss, grads (same order)…]`. MLX
+/// traces it once per input shape and fuses its element-wise chains into generated
+/// kernels (see `mlx_gpt_model::jit`). The dropout key is an input, so each call draws
+/// new masks (`mlx_gpt_model::dropout`).
 pub struct CompiledGrad {
     names: Vec<String>,
     f: GradFn,
@@ -88,7 +88,7 @@ impl CompiledGrad {
             let n = keys.len();
             model.update_flattened(keys.iter().zip(&inputs[..n]).map(|(k, a)| (k.as_str().into(), a.clone())).collect());
             let loss_fn = |m: &mut Gpt, (x, y): (&Array, &Array)| -> Result<Array, Exception> { m.loss(x, y) };
-            let (loss, grads) = nn::value_and_grad(loss_fn)(&mut model, (&inputs[n], &inputs[n + 1]))?;
+            let (loss, grads) = dropout::with_key(&inputs[n + 2], || nn::value_and_grad(loss_fn)(&mut model, (&inputs[n], &inputs[n + 1])))?;
             let mut out = Vec::with_capacity(n + 1);
             out.push(loss);
             for k in &keys {
@@ -99,11 +99,12 @@ impl CompiledGrad {
         CompiledGrad { names, f: Box::new(mlx_rs::transforms::compile::compile(f, false)) }
     }
 
-    fn call(&mut self, model: &Gpt, x: &Array, y: &Array) -> Result<(Array, Vec<(String, Array)>), Exception> {
+    fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<(Array, Vec<(String, Array)>), Exception> {
         let params = model.parameters().flatten();
         let mut inputs: Vec<Array> = self.names.iter().map(|k| (*params[k.as_str()]).clone()).collect();
         inputs.push(x.clone());
         inputs.push(y.clone());
+        inputs.push(key.clone());
         let mut out = (self.f)(&inputs)?;
         let grads = self.names.iter().cloned().zip(out.drain(1..)).collect();
         Ok((out.pop().expect("loss"), grads))
@@ -140,13 +141,16 @@ impl StreamSplit {
         self.parts.is_empty()
     }
 
-    fn call(&mut self, model: &Gpt, x: &Array, y: &Array) -> Result<(Array, Vec<(String, Array)>), Exception> {
+    fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<(Array, Vec<(String, Array)>), Exception> {
         let n = self.parts.len() as i32;
+        let mut next_key = key.clone();
         let (xs, ys) = (x.split_equal(n, 0)?, y.split_equal(n, 0)?);
         let mut loss = Array::from_f32(0.0);
         let mut sum: Vec<(String, Array)> = Vec::new();
         for (i, (stream, grad)) in self.parts.iter_mut().enumerate() {
-            let (l, g) = mlx_rs::with_stream(stream, || grad.call(model, &xs[i], &ys[i]))?;
+            let (rest, part_key) = random::split(&next_key, 2)?;
+            next_key = rest;
+            let (l, g) = mlx_rs::with_stream(stream, || grad.call(model, &xs[i], &ys[i], &part_key))?;
             loss = loss.add(&l)?;
             if sum.is_empty() {
                 sum = g;
@@ -173,7 +177,6 @@ pub enum GradPath<'a> {
 }
 
 /// Run one optimizer step of `accum` micro-batches, each `(x, y)` from `next_batch`.
-/// Compiled paths are only valid while dropout is off.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &mut Gpt,
@@ -193,13 +196,13 @@ pub fn train_step(
     let mut loss_sum = Array::from_f32(0.0);
     let scale = Array::from_f32(1.0 / accum as f32);
     for micro in 0..accum {
-        random::seed(dropout_seed(seed, iter, micro))?;
+        let key = random::key(dropout_seed(seed, iter, micro))?;
         let (x, y) = next_batch();
         let (loss, grads): (Array, Vec<(String, Array)>) = match &mut path {
-            GradPath::Compiled(c) => c.call(model, &x, &y)?,
-            GradPath::Streams(s) => s.call(model, &x, &y)?,
+            GradPath::Compiled(c) => c.call(model, &x, &y, &key)?,
+            GradPath::Streams(s) => s.call(model, &x, &y, &key)?,
             GradPath::Eager => {
-                let (loss, grads) = value_and_grad(model, (&x, &y))?;
+                let (loss, grads) = dropout::with_key(&key, || value_and_grad(model, (&x, &y)))?;
                 (loss, grads.into_iter().map(|(k, g)| (k.to_string(), g)).collect())
             }
         };

@@ -140,17 +140,16 @@ pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, Ad
     // Dropout is a training choice, not part of the weights: the config decides.
     model.config.dropout = c.dropout;
     for b in &mut model.h {
-        b.attn.attn_dropout.one_minus_p = 1.0 - c.dropout;
-        b.attn.resid_dropout.one_minus_p = 1.0 - c.dropout;
-        b.mlp.dropout.one_minus_p = 1.0 - c.dropout;
+        b.attn.attn_dropout.p = c.dropout;
+        b.attn.resid_dropout.p = c.dropout;
+        b.mlp.dropout.p = c.dropout;
     }
-    model.drop.one_minus_p = 1.0 - c.dropout;
+    model.drop.p = c.dropout;
     Ok((model, opt, state))
 }
 
-/// The loss-and-gradient machinery a configuration asks for: MLX compile when asked and
-/// safe (no active dropout: see `CompiledGrad`), on `streams` CPU streams when the batch
-/// divides evenly.
+/// The loss-and-gradient machinery a configuration asks for: MLX compile when asked, on
+/// `streams` CPU streams when the batch divides evenly.
 pub enum GradEngine {
     /// Op by op.
     Eager,
@@ -164,10 +163,6 @@ impl GradEngine {
     /// Choose for `c` and `model`, logging why a faster path is not taken.
     pub fn new(c: &TrainConfig, model: &Gpt) -> GradEngine {
         if !c.compile {
-            return GradEngine::Eager;
-        }
-        if c.dropout > 0.0 {
-            tracing::info!("dropout {} > 0: the step runs uncompiled", c.dropout);
             return GradEngine::Eager;
         }
         let streams = c.streams.max(1);
