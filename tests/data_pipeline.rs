@@ -10,7 +10,7 @@ use mlx_gpt_data::datasets::{prepare, PrepareOptions};
 use mlx_gpt_data::download::{sha256_hex, Downloader};
 use mlx_gpt_data::token_file::{Meta, TokenFile};
 use mlx_gpt_data::tokenizer::{Tokenizer, TokenizerSpec};
-use mlx_gpt_data::{DataError, openwebtext};
+use mlx_gpt_data::{openwebtext, DataError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -135,7 +135,10 @@ fn shakespeare_char_matches_nanogpt() {
     assert_eq!(server.gets(SHAKESPEARE_PATH).len(), gets);
     // The same from a local file, no server involved.
     let local = Scratch::new("char-local");
-    let opts = PrepareOptions { from: Some(shared.join("datasets/tinyshakespeare/input.txt")), ..options(&server, local.path(), None) };
+    let opts = PrepareOptions {
+        from: Some(shared.join("datasets/tinyshakespeare/input.txt")),
+        ..options(&server, local.path(), None)
+    };
     let q = prepare("shakespeare_char", &opts).unwrap();
     assert_eq!(q.meta, p.meta);
 }
@@ -199,7 +202,9 @@ fn write_parquet(path: &Path, docs: &[String], per_group: usize) {
     use parquet::file::properties::WriterProperties;
     use parquet::file::writer::SerializedFileWriter;
     use std::sync::Arc;
-    let schema = Arc::new(parquet::schema::parser::parse_message_type("message schema { REQUIRED BYTE_ARRAY text (UTF8); }").unwrap());
+    let schema = Arc::new(
+        parquet::schema::parser::parse_message_type("message schema { REQUIRED BYTE_ARRAY text (UTF8); }").unwrap(),
+    );
     let props = Arc::new(WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build());
     let mut w = SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
     for chunk in docs.chunks(per_group) {
@@ -336,7 +341,8 @@ fn fetch_gpt2_verifies_what_the_hub_publishes_and_skips_what_is_complete() {
     let weights = b"pretend safetensors bytes".repeat(1000);
     let base = "/openai-community/gpt2/resolve/main";
     for f in mlx_gpt_data::pretrained::GPT2_FILES {
-        let body = if *f == "model.safetensors" { weights.clone() } else { format!("{{\"file\": \"{f}\"}}").into_bytes() };
+        let body =
+            if *f == "model.safetensors" { weights.clone() } else { format!("{{\"file\": \"{f}\"}}").into_bytes() };
         server.add(&format!("{base}/{f}"), body);
     }
     // Only the LFS file has a published sha256 (as on the hub).

@@ -34,8 +34,26 @@ fn data_dir() -> Option<PathBuf> {
     .clone()
 }
 
-const TINY: &[&str] = &["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "16", "--batch_size", "4",
-    "--eval_iters", "2", "--log_interval", "1", "--warmup_iters", "2", "--peak_flops", "1e11"];
+const TINY: &[&str] = &[
+    "--n_layer",
+    "2",
+    "--n_head",
+    "2",
+    "--n_embd",
+    "32",
+    "--block_size",
+    "16",
+    "--batch_size",
+    "4",
+    "--eval_iters",
+    "2",
+    "--log_interval",
+    "1",
+    "--warmup_iters",
+    "2",
+    "--peak_flops",
+    "1e11",
+];
 
 fn args(cmd: &[&str], data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
@@ -56,8 +74,20 @@ fn two_ranks_equal_one_process_on_both_ranks_batches() {
     let run = common::Scratch::new("dist-eq");
     let out = run.path().join("out");
     let steps = 4;
-    let extra = ["--max_iters", "4", "--lr_decay_iters", "4", "--eval_interval", "4", "--always_save_checkpoint", "true",
-        "--gradient_accumulation_steps", "2", "--learning_rate", "1e-3"];
+    let extra = [
+        "--max_iters",
+        "4",
+        "--lr_decay_iters",
+        "4",
+        "--eval_interval",
+        "4",
+        "--always_save_checkpoint",
+        "true",
+        "--gradient_accumulation_steps",
+        "2",
+        "--learning_rate",
+        "1e-3",
+    ];
     let o = mlx_gpt(&args(&["launch", "-n", "2", "--"], &data, &out, &extra));
     assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -74,16 +104,38 @@ fn two_ranks_equal_one_process_on_both_ranks_batches() {
     });
     let c = TrainConfig::resolve(args_cfg, &pairs).unwrap();
     let meta_vocab = 65;
-    let config = GptConfig { block_size: c.block_size, vocab_size: meta_vocab, n_layer: c.n_layer, n_head: c.n_head, n_embd: c.n_embd,
-        dropout: 0.0, bias: c.bias, ..GptConfig::baby(meta_vocab) };
+    let config = GptConfig {
+        block_size: c.block_size,
+        vocab_size: meta_vocab,
+        n_layer: c.n_layer,
+        n_head: c.n_head,
+        n_embd: c.n_embd,
+        dropout: 0.0,
+        bias: c.bias,
+        ..GptConfig::baby(meta_vocab)
+    };
     let dataset = data.join("shakespeare_char");
     // `ranks`: which samplers feed the two micro-batches of each step.
     let single = |ranks: [u64; 2]| -> Gpt {
         let mut model = Gpt::new(config.clone(), c.seed).unwrap();
-        let mut opt = AdamW::new(AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 });
+        let mut opt = AdamW::new(AdamWConfig {
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            eps: 1e-8,
+            weight_decay: c.weight_decay as f32,
+        });
         let mut samplers: Vec<BatchSampler> = ranks
             .iter()
-            .map(|r| BatchSampler::new(TokenFile::open(&dataset, "train").unwrap().0, c.batch_size, c.block_size, Order::Random, c.seed + r).unwrap())
+            .map(|r| {
+                BatchSampler::new(
+                    TokenFile::open(&dataset, "train").unwrap().0,
+                    c.batch_size,
+                    c.block_size,
+                    Order::Random,
+                    c.seed + r,
+                )
+                .unwrap()
+            })
             .collect();
         let mut turn = 0;
         for iter in 0..steps {
@@ -92,15 +144,18 @@ fn two_ranks_equal_one_process_on_both_ranks_batches() {
                 turn += 1;
                 samplers[(turn - 1) % 2].next_batch()
             };
-            train_step(&mut model, &mut opt, &mut next, 2, lr, c.grad_clip as f32, c.seed, iter, GradPath::Eager, None).unwrap();
+            train_step(&mut model, &mut opt, &mut next, 2, lr, c.grad_clip as f32, c.seed, iter, GradPath::Eager, None)
+                .unwrap();
         }
         model
     };
     let largest_difference = |m: &Gpt| {
         let theirs = distributed.parameters().flatten();
-        m.parameters().flatten().iter().map(|(k, a)| {
-            a.subtract(theirs[k]).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>()
-        }).fold(0f32, f32::max)
+        m.parameters()
+            .flatten()
+            .iter()
+            .map(|(k, a)| a.subtract(theirs[k]).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>())
+            .fold(0f32, f32::max)
     };
     let same = largest_difference(&single([0, 1]));
     // Float tolerance: the two runs sum gradients in different orders (and one is
@@ -116,11 +171,22 @@ fn a_killed_rank_stops_the_other_with_an_error_and_the_checkpoint_survives() {
     let Some(data) = data_dir() else { return };
     let run = common::Scratch::new("dist-kill");
     let out = run.path().join("out");
-    let ports: Vec<u16> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let ports: Vec<u16> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
     let hostfile = run.path().join("hosts.json");
     std::fs::write(&hostfile, format!("[[\"127.0.0.1:{}\"], [\"127.0.0.1:{}\"]]", ports[0], ports[1])).unwrap();
-    let extra = ["--max_iters", "100000", "--eval_interval", "5", "--always_save_checkpoint", "true", "--gradient_accumulation_steps", "2",
-        "--dist_timeout", "30"];
+    let extra = [
+        "--max_iters",
+        "100000",
+        "--eval_interval",
+        "5",
+        "--always_save_checkpoint",
+        "true",
+        "--gradient_accumulation_steps",
+        "2",
+        "--dist_timeout",
+        "30",
+    ];
     let spawn = |rank: usize| {
         Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
             .args(args(&[], &data, &out, &extra))
@@ -189,8 +255,17 @@ fn bad_hostfiles_busy_ports_and_indivisible_accumulation_are_named() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains(&format!("port {port} is in use")), "{err}");
     let Some(data) = data_dir() else { return };
-    let o = mlx_gpt(&args(&["launch", "-n", "2", "--"], &data, &out, &["--gradient_accumulation_steps", "3", "--max_iters", "1"]));
+    let o = mlx_gpt(&args(
+        &["launch", "-n", "2", "--"],
+        &data,
+        &out,
+        &["--gradient_accumulation_steps", "3", "--max_iters", "1"],
+    ));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("gradient_accumulation_steps (3) must be divisible by the number of processes (2)"), "{err}");
+    assert!(
+        !o.status.success()
+            && err.contains("gradient_accumulation_steps (3) must be divisible by the number of processes (2)"),
+        "{err}"
+    );
     assert!(err.contains("rank") && err.contains("stopping the other ranks"), "{err}");
 }

@@ -35,7 +35,8 @@ fn expected(dir: &Path) -> Expected {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let grid = |key: &str| {
         let rows = v[key].as_array().unwrap();
-        let flat: Vec<i32> = rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32)).collect();
+        let flat: Vec<i32> =
+            rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32)).collect();
         Array::from_slice(&flat, &[rows.len() as i32, (flat.len() / rows.len()) as i32])
     };
     Expected {
@@ -69,8 +70,17 @@ fn transformers_model_loads_with_the_same_logits() {
 
 /// The model mlx-gpt writes for the reverse direction: bias-free, exact GELU (nanoGPT's).
 fn mlx_fixture_model() -> Gpt {
-    let config = GptConfig { block_size: 32, vocab_size: 80, n_layer: 2, n_head: 2, n_embd: 24, dropout: 0.0, bias: false,
-        activation: Activation::Gelu, layer_norm_epsilon: 1e-5 };
+    let config = GptConfig {
+        block_size: 32,
+        vocab_size: 80,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 24,
+        dropout: 0.0,
+        bias: false,
+        activation: Activation::Gelu,
+        layer_norm_epsilon: 1e-5,
+    };
     let mut m = Gpt::new(config, 42).unwrap();
     // nanoGPT's init leaves LayerNorm gains at 1; perturb them so the fixture covers them.
     for b in &mut m.h {
@@ -118,7 +128,10 @@ fn half_precision_round_trip() {
     let e = expected(&fixtures().join("gpt2_tiny_hf"));
     let (a, _) = model.forward(&e.idx, None).unwrap();
     let (b, _) = back.forward(&e.idx, None).unwrap();
-    assert_eq!(a.as_dtype(Dtype::Float32).unwrap().as_slice::<f32>(), b.as_dtype(Dtype::Float32).unwrap().as_slice::<f32>());
+    assert_eq!(
+        a.as_dtype(Dtype::Float32).unwrap().as_slice::<f32>(),
+        b.as_dtype(Dtype::Float32).unwrap().as_slice::<f32>()
+    );
     std::fs::remove_dir_all(out).unwrap();
 }
 
@@ -127,16 +140,14 @@ fn variant(name: &str, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, V
     let src = fixtures().join("gpt2_tiny_hf");
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
+    let mut tensors: Vec<_> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     edit(&mut tensors);
     let dir = scratch(name);
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-    let views: Vec<_> = tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<_> =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
     dir
 }
@@ -189,7 +200,11 @@ fn strict_loader_names_missing_unexpected_and_misshapen_tensors() {
 fn damaged_files_are_clear_errors() {
     let src = fixtures().join("gpt2_tiny_hf");
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
-    for (name, content) in [("truncated", bytes[..bytes.len() / 2].to_vec()), ("garbage", b"not a checkpoint at all".to_vec()), ("empty", vec![])] {
+    for (name, content) in [
+        ("truncated", bytes[..bytes.len() / 2].to_vec()),
+        ("garbage", b"not a checkpoint at all".to_vec()),
+        ("empty", vec![]),
+    ] {
         let dir = scratch(name);
         std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
         std::fs::write(dir.join("model.safetensors"), content).unwrap();
@@ -209,10 +224,12 @@ fn bias_free_checkpoints_must_have_zero_biases() {
     hf::save_pretrained(&mlx_fixture_model(), &out).unwrap();
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    let mut tensors: Vec<_> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     let bias = tensors.iter_mut().find(|t| t.0 == "transformer.h.0.mlp.c_fc.bias").unwrap();
     *bias = f32_tensor("transformer.h.0.mlp.c_fc.bias", &[96], 0.5);
-    let views: Vec<_> = tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<_> =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize_to_file(views, None, &out.join("model.safetensors")).unwrap();
     let err = hf::load_pretrained(&out).err().unwrap();
     assert!(matches!(err, LoadError::NonZeroBias { .. }), "{err}");

@@ -46,9 +46,7 @@ fn matmul_matches_reference() {
             want[i * n + j] = acc as f32;
         }
     }
-    let c = Array::from_slice(&a, &[m as i32, k as i32])
-        .matmul(Array::from_slice(&b, &[k as i32, n as i32]))
-        .unwrap();
+    let c = Array::from_slice(&a, &[m as i32, k as i32]).matmul(Array::from_slice(&b, &[k as i32, n as i32])).unwrap();
     assert_eq!(c.shape(), &[m as i32, n as i32]);
     assert_close(c.as_slice::<f32>(), &want, 1e-4, "matmul");
 }
@@ -59,9 +57,7 @@ fn large_matmul_goes_through_blas_correctly() {
     let n = 256usize;
     let mut rng = Rng(2);
     let (a, b) = (rng.vec(n * n, 1.0), rng.vec(n * n, 1.0));
-    let c = Array::from_slice(&a, &[n as i32, n as i32])
-        .matmul(Array::from_slice(&b, &[n as i32, n as i32]))
-        .unwrap();
+    let c = Array::from_slice(&a, &[n as i32, n as i32]).matmul(Array::from_slice(&b, &[n as i32, n as i32])).unwrap();
     let c = c.as_slice::<f32>();
     for &(i, j) in &[(0, 0), (17, 201), (255, 255), (128, 3)] {
         let want: f64 = (0..n).map(|p| a[i * n + p] as f64 * b[p * n + j] as f64).sum();
@@ -92,9 +88,8 @@ fn reductions_match_reference() {
     let x = Rng(4).vec(rows * cols, 3.0);
     let arr = Array::from_slice(&x, &[rows as i32, cols as i32]);
     let sums: Vec<f32> = (0..cols).map(|c| (0..rows).map(|r| x[r * cols + c]).sum()).collect();
-    let maxes: Vec<f32> = (0..rows)
-        .map(|r| x[r * cols..(r + 1) * cols].iter().cloned().fold(f32::NEG_INFINITY, f32::max))
-        .collect();
+    let maxes: Vec<f32> =
+        (0..rows).map(|r| x[r * cols..(r + 1) * cols].iter().cloned().fold(f32::NEG_INFINITY, f32::max)).collect();
     let total: f64 = x.iter().map(|&v| v as f64).sum();
     assert_close(arr.sum_axis(0, None).unwrap().as_slice::<f32>(), &sums, 1e-5, "sum over rows");
     assert_close(arr.max_axis(1, None).unwrap().as_slice::<f32>(), &maxes, 0.0, "max over columns");
@@ -176,7 +171,9 @@ fn safetensors_round_trip_keeps_values_and_dtypes() {
     Array::save_safetensors(&arrays, None, &path).unwrap();
     let loaded = Array::load_safetensors(&path).unwrap();
     assert_eq!(loaded.len(), 3);
-    for (name, dtype, tol) in [("f32", Dtype::Float32, 0.0), ("bf16", Dtype::Bfloat16, 1e-2), ("f16", Dtype::Float16, 1e-3)] {
+    for (name, dtype, tol) in
+        [("f32", Dtype::Float32, 0.0), ("bf16", Dtype::Bfloat16, 1e-2), ("f16", Dtype::Float16, 1e-3)]
+    {
         let a = &loaded[name];
         assert_eq!(a.dtype(), dtype, "{name}");
         assert_eq!(a.shape(), &[2, 3, 5], "{name}");

@@ -31,9 +31,30 @@ fn data_dir() -> Option<PathBuf> {
 /// A model small enough for CI: 2 layers, 64 wide, context 32.
 fn tiny(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
-        "train", "baby_shakespeare_char", "--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "32",
-        "--batch_size", "16", "--eval_iters", "10", "--log_interval", "1", "--learning_rate", "3e-3", "--min_lr", "3e-4",
-        "--warmup_iters", "20", "--peak_flops", "1e11",
+        "train",
+        "baby_shakespeare_char",
+        "--n_layer",
+        "2",
+        "--n_head",
+        "2",
+        "--n_embd",
+        "64",
+        "--block_size",
+        "32",
+        "--batch_size",
+        "16",
+        "--eval_iters",
+        "10",
+        "--log_interval",
+        "1",
+        "--learning_rate",
+        "3e-3",
+        "--min_lr",
+        "3e-4",
+        "--warmup_iters",
+        "20",
+        "--peak_flops",
+        "1e11",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -84,7 +105,8 @@ fn a_small_model_learns_and_can_be_sampled_and_evaluated() {
     let Some(data) = data_dir() else { return };
     let run = common::Scratch::new("learn");
     let out = run.path().join("out");
-    let stdout = ok(&mlx_gpt(&tiny(&data, &out, &["--max_iters", "300", "--lr_decay_iters", "300", "--eval_interval", "100"])));
+    let stdout =
+        ok(&mlx_gpt(&tiny(&data, &out, &["--max_iters", "300", "--lr_decay_iters", "300", "--eval_interval", "100"])));
     assert!(stdout.contains("final: iter 300"), "{stdout}");
     let evals = eval_losses(&out);
     assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 100, 200, 300]);
@@ -97,8 +119,20 @@ fn a_small_model_learns_and_can_be_sampled_and_evaluated() {
 
     // Sampling: deterministic for a seed, starts from the prompt, same with and without the cache.
     let sample = |extra: &[&str]| {
-        let mut a: Vec<String> = ["sample", "--out-dir", &out.display().to_string(), "--start", "ROMEO:", "--num-samples", "1",
-            "--max-new-tokens", "60"].iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> = [
+            "sample",
+            "--out-dir",
+            &out.display().to_string(),
+            "--start",
+            "ROMEO:",
+            "--num-samples",
+            "1",
+            "--max-new-tokens",
+            "60",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         a.extend(extra.iter().map(|s| s.to_string()));
         ok(&mlx_gpt(&a))
     };
@@ -123,7 +157,18 @@ fn resume_after_sigkill_continues_exactly() {
     let Some(data) = data_dir() else { return };
     let run = common::Scratch::new("resume");
     let (a, b) = (run.path().join("a"), run.path().join("b"));
-    let cfg = ["--max_iters", "40", "--lr_decay_iters", "40", "--eval_interval", "10", "--always_save_checkpoint", "true", "--dropout", "0.1"];
+    let cfg = [
+        "--max_iters",
+        "40",
+        "--lr_decay_iters",
+        "40",
+        "--eval_interval",
+        "10",
+        "--always_save_checkpoint",
+        "true",
+        "--dropout",
+        "0.1",
+    ];
     ok(&mlx_gpt(&tiny(&data, &a, &cfg)));
 
     // The same run, killed without warning once it is past its checkpoint at 10.

@@ -132,7 +132,11 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         Some(s) => ("206 Partial Content", &body[s..], format!("Content-Range: bytes {s}-{}/{len}\r\n", len - 1)),
         None => ("200 OK", &body[..], String::new()),
     };
-    write!(conn, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{cr}{extra}Accept-Ranges: bytes\r\nConnection: close\r\n\r\n", slice.len())?;
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{cr}{extra}Accept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+        slice.len()
+    )?;
     if method == "HEAD" {
         return Ok(());
     }

@@ -107,7 +107,12 @@ fn fetch_data(a: FetchData) -> anyhow::Result<()> {
                 name: name.clone(),
                 description: format!("Hugging Face dataset {repo}, column {}", a.column),
                 sources: vec![],
-                hub_parquet: Some(HubParquet { repo: repo.clone(), config: a.config.clone(), split: a.split.clone(), column: a.column.clone() }),
+                hub_parquet: Some(HubParquet {
+                    repo: repo.clone(),
+                    config: a.config.clone(),
+                    split: a.split.clone(),
+                    column: a.column.clone(),
+                }),
                 tokenizer: TokenizerKind::Gpt2,
                 train_fraction: None,
                 val_fraction: Some(0.0005),
@@ -140,7 +145,11 @@ fn fetch_gpt2(a: FetchGpt2) -> anyhow::Result<()> {
     let files = mlx_gpt_data::pretrained::fetch_gpt2(&a.name, &models, &Downloader::new().with_mirror(a.mirror))
         .with_context(|| format!("fetching {}", a.name))?;
     for f in files {
-        let hash = f.sha256.as_deref().map(|h| format!("sha256 {h} (verified)")).unwrap_or_else(|| "no published sha256".into());
+        let hash = f
+            .sha256
+            .as_deref()
+            .map(|h| format!("sha256 {h} (verified)"))
+            .unwrap_or_else(|| "no published sha256".into());
         println!("{}/{}: {} bytes, {hash}", a.name, f.file, thousands(f.size));
     }
     Ok(())

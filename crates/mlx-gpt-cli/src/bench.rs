@@ -139,9 +139,8 @@ pub fn run(args: Args, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Res
 }
 
 /// `cblas_sgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`.
-type Sgemm = unsafe extern "C" fn(
-    i32, i32, i32, i32, i32, i32, f32, *const f32, i32, *const f32, i32, f32, *mut f32, i32,
-);
+type Sgemm =
+    unsafe extern "C" fn(i32, i32, i32, i32, i32, i32, f32, *const f32, i32, *const f32, i32, f32, *mut f32, i32);
 const CBLAS_ROW_MAJOR: i32 = 101;
 const CBLAS_NO_TRANS: i32 = 111;
 
@@ -201,8 +200,22 @@ fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
             let t = Instant::now();
             // SAFETY: the buffers hold n*n floats each; row-major with leading dimension n.
             unsafe {
-                sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, n, n, n, 1.0, ha.as_ptr(), n,
-                    hb.as_ptr(), n, 0.0, hc.as_mut_ptr(), n)
+                sgemm(
+                    CBLAS_ROW_MAJOR,
+                    CBLAS_NO_TRANS,
+                    CBLAS_NO_TRANS,
+                    n,
+                    n,
+                    n,
+                    1.0,
+                    ha.as_ptr(),
+                    n,
+                    hb.as_ptr(),
+                    n,
+                    0.0,
+                    hc.as_mut_ptr(),
+                    n,
+                )
             };
             t.elapsed().as_secs_f64()
         };
@@ -232,7 +245,12 @@ fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     };
     let mb = text.len() as f64 / 1e6;
     let cores = rayon::current_num_threads();
-    println!("{:.2} MB of text, {} tokenizer, {} reps (best)", mb, if args.tokenizer.is_some() { "GPT-2 BPE" } else { "char" }, args.reps);
+    println!(
+        "{:.2} MB of text, {} tokenizer, {} reps (best)",
+        mb,
+        if args.tokenizer.is_some() { "GPT-2 BPE" } else { "char" },
+        args.reps
+    );
     let time = |f: &dyn Fn() -> anyhow::Result<usize>| -> anyhow::Result<(f64, usize)> {
         let mut best = f64::INFINITY;
         let mut n = 0;
@@ -244,7 +262,12 @@ fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
         Ok((best, n))
     };
     // One core: the same piecewise encoding, run on the calling thread.
-    let (one, n1) = time(&|| Ok(mlx_gpt_data::tokenizer::split_for_parallel(&text, 1 << 16).iter().map(|p| tok.encode(p).map(|v| v.len())).sum::<Result<usize, _>>()?))?;
+    let (one, n1) = time(&|| {
+        Ok(mlx_gpt_data::tokenizer::split_for_parallel(&text, 1 << 16)
+            .iter()
+            .map(|p| tok.encode(p).map(|v| v.len()))
+            .sum::<Result<usize, _>>()?)
+    })?;
     let (all, n2) = time(&|| Ok(tok.encode_parallel(&text)?.len()))?;
     anyhow::ensure!(n1 == n2, "serial and parallel encodings differ in length");
     println!("{:>10} {:>12} {:>12}", "cores", "MB/s", "Mtokens/s");
@@ -267,8 +290,10 @@ fn batches(args: BatchesArgs) -> anyhow::Result<()> {
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let med = median(&mut times);
-    println!("batch B={} T={}: median {med:.1} µs, min {:.1} µs over {} batches (x and y as MLX int32 arrays)",
-        args.batch_size, args.block_size, times[0], args.count);
+    println!(
+        "batch B={} T={}: median {med:.1} µs, min {:.1} µs over {} batches (x and y as MLX int32 arrays)",
+        args.batch_size, args.block_size, times[0], args.count
+    );
     Ok(())
 }
 
@@ -282,12 +307,25 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
     let c = crate::train::config(&rest)?;
     let device = select_device(&c.device)?;
     let vocab = if args.real_data { dataset_dir(&c)?.1.vocab_size } else { args.vocab_size };
-    let gc = GptConfig { block_size: c.block_size, vocab_size: vocab, n_layer: c.n_layer, n_head: c.n_head, n_embd: c.n_embd,
-        dropout: c.dropout, bias: c.bias, ..GptConfig::baby(vocab) };
+    let gc = GptConfig {
+        block_size: c.block_size,
+        vocab_size: vocab,
+        n_layer: c.n_layer,
+        n_head: c.n_head,
+        n_embd: c.n_embd,
+        dropout: c.dropout,
+        bias: c.bias,
+        ..GptConfig::baby(vocab)
+    };
     let mut model = Gpt::new(gc, c.seed)?;
     model.set_dtype(dtype_of(&c.dtype))?;
     model.set_training(true);
-    let mut opt = AdamW::new(AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 });
+    let mut opt = AdamW::new(AdamWConfig {
+        beta1: c.beta1 as f32,
+        beta2: c.beta2 as f32,
+        eps: 1e-8,
+        weight_decay: c.weight_decay as f32,
+    });
     let shape = [c.batch_size as i32, c.block_size as i32];
     let mut sampler = if args.real_data {
         let (f, _) = TokenFile::open(&dataset_dir(&c)?.0, "train")?;
@@ -312,12 +350,29 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
     println!("bench train: {} layers, {} heads, {} wide, block {}, batch {} x {} accum, {} on {device}; {:.2}M parameters, {:.2} GFLOP/iter",
         c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size, c.gradient_accumulation_steps, c.dtype, model.num_params(true) as f64 / 1e6, flops / 1e9);
     let mut engine = mlx_gpt_train::train::GradEngine::new(&c, &model);
-    println!("step: {}, MLX JIT: {}", engine.describe(),
-        match &jit { Some(j) => format!("native ({})", j.flags), None => "MLX's default flags".into() });
+    println!(
+        "step: {}, MLX JIT: {}",
+        engine.describe(),
+        match &jit {
+            Some(j) => format!("native ({})", j.flags),
+            None => "MLX's default flags".into(),
+        }
+    );
     let mut times = Vec::new();
     for i in 0..args.warmup + args.iters.max(1) {
         let t = Instant::now();
-        mlx_gpt_train::step::train_step(&mut model, &mut opt, &mut next, c.gradient_accumulation_steps, 1e-4, 1.0, c.seed, i, engine.path(), None)?;
+        mlx_gpt_train::step::train_step(
+            &mut model,
+            &mut opt,
+            &mut next,
+            c.gradient_accumulation_steps,
+            1e-4,
+            1.0,
+            c.seed,
+            i,
+            engine.path(),
+            None,
+        )?;
         if i >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -325,7 +380,14 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
     let med = median(&mut times);
     let (min, max) = (times[0], times[times.len() - 1]);
     println!("{:>10} {:>10} {:>10} {:>12} {:>8}", "median ms", "min ms", "max ms", "tokens/s", "MFU");
-    println!("{:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>7.2}%", med * 1e3, min * 1e3, max * 1e3, tokens / med, flops / med / peak * 100.0);
+    println!(
+        "{:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>7.2}%",
+        med * 1e3,
+        min * 1e3,
+        max * 1e3,
+        tokens / med,
+        flops / med / peak * 100.0
+    );
     println!("(MFU against this device's measured f32 matmul peak: {:.1} GFLOP/s)", peak / 1e9);
     torch_reference(&c, vocab, args.iters, args.warmup, med);
     Ok(())
@@ -342,8 +404,22 @@ fn torch_reference(c: &mlx_gpt_train::TrainConfig, vocab: usize, iters: usize, w
     }
     let out = std::process::Command::new(&python)
         .arg(&script)
-        .args(["--n-layer", &c.n_layer.to_string(), "--n-head", &c.n_head.to_string(), "--n-embd", &c.n_embd.to_string()])
-        .args(["--block-size", &c.block_size.to_string(), "--batch-size", &c.batch_size.to_string(), "--vocab-size", &vocab.to_string()])
+        .args([
+            "--n-layer",
+            &c.n_layer.to_string(),
+            "--n-head",
+            &c.n_head.to_string(),
+            "--n-embd",
+            &c.n_embd.to_string(),
+        ])
+        .args([
+            "--block-size",
+            &c.block_size.to_string(),
+            "--batch-size",
+            &c.batch_size.to_string(),
+            "--vocab-size",
+            &vocab.to_string(),
+        ])
         .args(["--iters", &iters.to_string(), "--warmup", &warmup.to_string(), "--dropout", &c.dropout.to_string()])
         .args(if c.bias { vec!["--bias"] } else { vec![] })
         .output();
@@ -354,8 +430,14 @@ fn torch_reference(c: &mlx_gpt_train::TrainConfig, vocab: usize, iters: usize, w
     match parsed {
         Some(v) => {
             let t = v["median_ms"].as_f64().unwrap_or(f64::NAN);
-            println!("PyTorch {} ({} threads), same model and step: median {:.2} ms, min {:.2}, max {:.2}",
-                v["torch"].as_str().unwrap_or("?"), v["threads"], t, v["min_ms"].as_f64().unwrap_or(f64::NAN), v["max_ms"].as_f64().unwrap_or(f64::NAN));
+            println!(
+                "PyTorch {} ({} threads), same model and step: median {:.2} ms, min {:.2}, max {:.2}",
+                v["torch"].as_str().unwrap_or("?"),
+                v["threads"],
+                t,
+                v["min_ms"].as_f64().unwrap_or(f64::NAN),
+                v["max_ms"].as_f64().unwrap_or(f64::NAN)
+            );
             println!("speed-up over PyTorch: {:.2}x", t / (mlx_median_s * 1e3));
         }
         None => println!("PyTorch reference: not run ({python} with torch not found; set MLX_GPT_TORCH_PYTHON)"),
@@ -369,8 +451,12 @@ fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
     let config = GptConfig::gpt2_preset(&args.model)?;
     let mut model = Gpt::new(config.clone(), 0)?;
     let prompt: Vec<u32> = (0..args.prompt_len as u32).map(|i| (i * 7919) % config.vocab_size as u32).collect();
-    println!("generate: {} shape ({:.0}M parameters, random weights) on {device}, prompt {} tokens",
-        args.model, model.num_params(false) as f64 / 1e6, prompt.len());
+    println!(
+        "generate: {} shape ({:.0}M parameters, random weights) on {device}, prompt {} tokens",
+        args.model,
+        model.num_params(false) as f64 / 1e6,
+        prompt.len()
+    );
     let mut rate = |n: usize, cache: bool| -> anyhow::Result<f64> {
         let params = SamplingParams { temperature: 1.0, top_k: Some(200), use_kv_cache: cache, ..Default::default() };
         generate(&mut model, &prompt, 2, &params, |_| true)?; // warm-up

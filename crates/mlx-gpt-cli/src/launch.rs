@@ -30,13 +30,12 @@ fn ports(n: usize, first: Option<u16>) -> anyhow::Result<Vec<u16>> {
             .map(|i| {
                 let port = p.checked_add(i as u16).context("--port: ports past 65535")?;
                 // Probe it now, so a busy port is named here rather than deep inside MLX.
-                TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("port {port} is in use (from --port {p})"))?;
+                TcpListener::bind(("127.0.0.1", port))
+                    .with_context(|| format!("port {port} is in use (from --port {p})"))?;
                 Ok(port)
             })
             .collect(),
-        None => (0..n)
-            .map(|_| Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port()))
-            .collect(),
+        None => (0..n).map(|_| Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())).collect(),
     }
 }
 

@@ -38,7 +38,8 @@ mod tests {
 
     #[test]
     fn config_then_pairs() {
-        let args: Vec<String> = ["baby_shakespeare_char", "--max_iters", "10", "--dropout=0.1"].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> =
+            ["baby_shakespeare_char", "--max_iters", "10", "--dropout=0.1"].iter().map(|s| s.to_string()).collect();
         let (c, p) = parse(&args).unwrap();
         assert_eq!(c.as_deref(), Some("baby_shakespeare_char"));
         assert_eq!(p, vec![("max_iters".into(), "10".into()), ("dropout".into(), "0.1".into())]);

@@ -67,7 +67,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     args.device.select()?;
     let (mut model, tokenizer): (Gpt, Tokenizer) = match (&args.out_dir, &args.init_from) {
         (Some(dir), _) => {
-            let ckpt = checkpoint::latest(dir).with_context(|| format!("--out-dir {}: no complete checkpoint in {}/checkpoints", dir.display(), dir.display()))?;
+            let ckpt = checkpoint::latest(dir).with_context(|| {
+                format!("--out-dir {}: no complete checkpoint in {}/checkpoints", dir.display(), dir.display())
+            })?;
             let state: checkpoint::TrainState = serde_json::from_str(
                 &std::fs::read_to_string(ckpt.join("state.json")).with_context(|| ckpt.display().to_string())?,
             )

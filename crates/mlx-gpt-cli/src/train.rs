@@ -48,7 +48,10 @@ pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(l) = summary.last_eval {
-        println!("final: iter {}, train loss {:.4}, val loss {:.4}, best val loss {:.4}, {:.1} s", summary.iter, l.train, l.val, summary.best_val_loss, summary.wall_s);
+        println!(
+            "final: iter {}, train loss {:.4}, val loss {:.4}, best val loss {:.4}, {:.1} s",
+            summary.iter, l.train, l.val, summary.best_val_loss, summary.wall_s
+        );
     }
     if summary.interrupted {
         println!("interrupted; resume with: mlx-gpt train {} --init_from resume", args.args.join(" "));

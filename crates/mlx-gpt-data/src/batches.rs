@@ -83,7 +83,11 @@ impl BatchSampler {
         if file.len() < block_size + 1 {
             return Err(DataError::Size {
                 path: file.path().into(),
-                what: format!("{} tokens is too few for block_size {block_size} (need at least {})", file.len(), block_size + 1),
+                what: format!(
+                    "{} tokens is too few for block_size {block_size} (need at least {})",
+                    file.len(),
+                    block_size + 1
+                ),
             });
         }
         let mut s = BatchSampler { file, batch_size, block_size, state, perm: Vec::new() };

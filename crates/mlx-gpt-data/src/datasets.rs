@@ -241,9 +241,10 @@ fn read_sources(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Resul
             let dest = dir.join(&src.file);
             let dest = if crate::extract::is_archive(&src.file) {
                 opts.downloader.fetch(&src.url, &dest, src.sha256.as_deref())?;
-                crate::extract::extract(&dest, &dir.join("extracted"))?.into_iter().next().ok_or_else(|| {
-                    DataError::Invalid { path: dest.clone(), what: "archive holds no file".into() }
-                })?
+                crate::extract::extract(&dest, &dir.join("extracted"))?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| DataError::Invalid { path: dest.clone(), what: "archive holds no file".into() })?
             } else {
                 opts.downloader.fetch(&src.url, &dest, src.sha256.as_deref())?;
                 dest

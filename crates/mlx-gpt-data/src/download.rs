@@ -108,7 +108,9 @@ impl Downloader {
         if status >= 400 {
             return Err(DataError::Http { url, reason: format!("HTTP {status}") });
         }
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim_matches('"').to_string());
+        let header = |name: &str| {
+            resp.headers().get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim_matches('"').to_string())
+        };
         let sha256 = header("x-linked-etag").filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
         let size = header("x-linked-size").or_else(|| header("content-length")).and_then(|v| v.parse().ok());
         Ok(RemoteInfo { size, sha256 })
@@ -194,7 +196,10 @@ impl Downloader {
                     let _ = std::fs::remove_file(partial);
                     return Err(Attempt::Retry(format!("server resumed at {from:?}, not byte {have}")));
                 }
-                let f = std::fs::OpenOptions::new().append(true).open(partial).map_err(|e| Attempt::fatal_io(partial, e))?;
+                let f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(partial)
+                    .map_err(|e| Attempt::fatal_io(partial, e))?;
                 (f, have)
             }
             416 => {
@@ -212,7 +217,11 @@ impl Downloader {
         };
         let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let bar = if self.quiet { indicatif::ProgressBar::hidden() } else { crate::progress::bytes(length.map(|l| l + start), name) };
+        let bar = if self.quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            crate::progress::bytes(length.map(|l| l + start), name)
+        };
         bar.set_position(start);
         let mut body = resp.into_body().into_reader();
         let mut buf = vec![0u8; 1 << 16];

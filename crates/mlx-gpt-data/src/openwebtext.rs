@@ -87,7 +87,9 @@ pub fn prepare_hub(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Re
     let _ = std::fs::remove_file(dir.join(META_FILE));
     let list_path = dir.join("shards.json");
     let shards: Vec<Shard> = match std::fs::read_to_string(&list_path) {
-        Ok(t) => serde_json::from_str(&t).map_err(|e| DataError::Invalid { path: list_path.clone(), what: e.to_string() })?,
+        Ok(t) => {
+            serde_json::from_str(&t).map_err(|e| DataError::Invalid { path: list_path.clone(), what: e.to_string() })?
+        }
         Err(_) => {
             let s = list_shards(hub, opts)?;
             write_atomic(&list_path, |w| w.write_all(serde_json::to_string_pretty(&s).expect("json").as_bytes()))?;
@@ -106,7 +108,17 @@ pub fn prepare_hub(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Re
         }
         let parquet = dir.join("downloads").join(format!("{i:05}.parquet"));
         opts.downloader.fetch(&shard.url, &parquet, shard.sha256.as_deref())?;
-        let docs = encode_shard(&parquet, i as u64, &hub.column, &tokenizer, seed, val_fraction, &shard_dir, &bar, shard.size)?;
+        let docs = encode_shard(
+            &parquet,
+            i as u64,
+            &hub.column,
+            &tokenizer,
+            seed,
+            val_fraction,
+            &shard_dir,
+            &bar,
+            shard.size,
+        )?;
         std::fs::write(&done, docs.to_string()).map_err(DataError::io(&done))?;
         std::fs::remove_file(&parquet).map_err(DataError::io(&parquet))?;
     }
@@ -158,9 +170,17 @@ fn encode_shard(
             let text = match text {
                 Some(Field::Str(s)) => s,
                 Some(other) => {
-                    return Err(DataError::Parquet { path: parquet.into(), reason: format!("column '{column}' holds {other:?}, not text") })
+                    return Err(DataError::Parquet {
+                        path: parquet.into(),
+                        reason: format!("column '{column}' holds {other:?}, not text"),
+                    })
                 }
-                None => return Err(DataError::Parquet { path: parquet.into(), reason: format!("no column named '{column}'") }),
+                None => {
+                    return Err(DataError::Parquet {
+                        path: parquet.into(),
+                        reason: format!("no column named '{column}'"),
+                    })
+                }
             };
             docs.push((is_val(seed, shard, row, val_fraction), text));
             row += 1;

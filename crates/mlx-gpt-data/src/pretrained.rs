@@ -39,10 +39,8 @@ pub fn fetch_gpt2(name: &str, models_dir: &Path, downloader: &Downloader) -> Res
     let dir = models_dir.join(name);
     std::fs::create_dir_all(&dir).map_err(DataError::io(&dir))?;
     let manifest_path = dir.join("manifest.json");
-    let previous: Vec<FetchedFile> = std::fs::read_to_string(&manifest_path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
+    let previous: Vec<FetchedFile> =
+        std::fs::read_to_string(&manifest_path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     let endpoint = crate::openwebtext::hub_endpoint();
     let mut out = Vec::new();
     for file in GPT2_FILES {
@@ -68,7 +66,10 @@ pub fn fetch_gpt2(name: &str, models_dir: &Path, downloader: &Downloader) -> Res
         if let Some(expected) = info.size.filter(|_| info.sha256.is_some()) {
             if expected != size {
                 let _ = std::fs::remove_file(&dest);
-                return Err(DataError::Size { path: dest, what: format!("{size} bytes, the hub announced {expected}") });
+                return Err(DataError::Size {
+                    path: dest,
+                    what: format!("{size} bytes, the hub announced {expected}"),
+                });
             }
         }
         out.push(FetchedFile { file: file.to_string(), url, size, sha256: info.sha256 });

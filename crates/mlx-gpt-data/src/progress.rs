@@ -7,11 +7,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub fn bytes(total: Option<u64>, message: impl Into<String>) -> ProgressBar {
     let bar = match total {
         Some(t) => ProgressBar::new(t).with_style(
-            ProgressStyle::with_template("{msg:30!} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} ETA {eta}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{msg:30!} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} ETA {eta}",
+            )
+            .expect("valid template"),
         ),
         None => ProgressBar::no_length().with_style(
-            ProgressStyle::with_template("{msg:30!} {bytes:>10} {bytes_per_sec:>12} {elapsed}").expect("valid template"),
+            ProgressStyle::with_template("{msg:30!} {bytes:>10} {bytes_per_sec:>12} {elapsed}")
+                .expect("valid template"),
         ),
     };
     bar.set_draw_target(ProgressDrawTarget::stderr());

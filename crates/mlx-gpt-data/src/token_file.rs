@@ -84,7 +84,10 @@ impl Meta {
 }
 
 /// Write a file through a temporary name in the same folder, then rename.
-pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>) -> Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
@@ -147,7 +150,10 @@ impl TokenFile {
         let path = dir.join(format!("{split}.bin"));
         let entry = meta.files.get(split).ok_or_else(|| DataError::Invalid {
             path: dir.join(META_FILE),
-            what: format!("lists no '{split}' file (has: {})", meta.files.keys().cloned().collect::<Vec<_>>().join(", ")),
+            what: format!(
+                "lists no '{split}' file (has: {})",
+                meta.files.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
         })?;
         let file = Self::open_unchecked(&path)?;
         if file.map.len() as u64 != entry.bytes || entry.bytes != 2 * entry.tokens {
@@ -177,7 +183,10 @@ impl TokenFile {
         // modified in place.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(DataError::io(path))?;
         if map.len() % 2 != 0 {
-            return Err(DataError::Size { path: path.into(), what: format!("{} bytes is not a whole number of uint16 tokens", map.len()) });
+            return Err(DataError::Size {
+                path: path.into(),
+                what: format!("{} bytes is not a whole number of uint16 tokens", map.len()),
+            });
         }
         Ok(TokenFile { map, path: path.into() })
     }
@@ -244,7 +253,9 @@ mod tests {
             format_version: META_VERSION,
             dtype: "uint16-le".into(),
             vocab_size: vocab,
-            tokenizer: TokenizerSpec::Char { itos: (0..vocab as u32).map(|i| char::from_u32(0x41 + i).unwrap()).collect() },
+            tokenizer: TokenizerSpec::Char {
+                itos: (0..vocab as u32).map(|i| char::from_u32(0x41 + i).unwrap()).collect(),
+            },
             files: [("train".to_string(), entry)].into(),
         };
         meta.write(&d.join(META_FILE)).unwrap();

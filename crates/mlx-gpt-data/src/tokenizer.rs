@@ -110,7 +110,8 @@ impl Tokenizer {
     /// GPT-2's BPE from a `tokenizer.json`, or a folder holding one of: `tokenizer.json`,
     /// `vocab.json` + `merges.txt` (Hugging Face), `encoder.json` + `vocab.bpe` (OpenAI).
     pub fn gpt2_from(path: &Path) -> Result<Self> {
-        let err = |e: Box<dyn std::error::Error + Send + Sync>| DataError::Tokenizer(format!("{}: {e}", path.display()));
+        let err =
+            |e: Box<dyn std::error::Error + Send + Sync>| DataError::Tokenizer(format!("{}: {e}", path.display()));
         let tok = match bpe_files(path)? {
             None => {
                 let file = if path.is_file() { path.to_path_buf() } else { path.join("tokenizer.json") };
@@ -130,7 +131,10 @@ impl Tokenizer {
         };
         let v = tok.get_vocab_size(true);
         if v != GPT2_EOT as usize + 1 {
-            return Err(DataError::Tokenizer(format!("{}: vocabulary has {v} tokens, GPT-2's has 50257", path.display())));
+            return Err(DataError::Tokenizer(format!(
+                "{}: vocabulary has {v} tokens, GPT-2's has 50257",
+                path.display()
+            )));
         }
         Ok(Tokenizer::Gpt2(Box::new(tok)))
     }

@@ -24,8 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let model = hf::load_pretrained(&dir)?;
         let size = std::fs::metadata(dir.join(hf::WEIGHTS_FILE))?.len() / (1 << 20);
         println!("checkpoint {size} MiB, {} parameters", model.num_params(false));
-        println!("RSS before load {before} MiB; peak (VmHWM) {} MiB; after: anonymous {} MiB, file-backed {} MiB",
-            status("VmHWM:"), status("RssAnon:"), status("RssFile:"));
+        println!(
+            "RSS before load {before} MiB; peak (VmHWM) {} MiB; after: anonymous {} MiB, file-backed {} MiB",
+            status("VmHWM:"),
+            status("RssAnon:"),
+            status("RssFile:")
+        );
         return Ok(());
     }
     let model = Gpt::new(GptConfig::gpt2(), 0)?;

@@ -195,23 +195,32 @@ impl GptConfig {
     /// The "baby GPT" nanoGPT's README suggests for CPUs: 4 layers, 4 heads, 128 wide,
     /// block 64, no dropout.
     pub fn baby(vocab_size: usize) -> Self {
-        GptConfig { block_size: 64, n_layer: 4, n_head: 4, n_embd: 128, dropout: 0.0, ..Self::shakespeare_char(vocab_size) }
+        GptConfig {
+            block_size: 64,
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            dropout: 0.0,
+            ..Self::shakespeare_char(vocab_size)
+        }
     }
 
     /// Read a Hugging Face GPT-2 `config.json`.
     pub fn read_hf(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.into(), source })?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.into(), source })?;
         Self::from_hf_json(&value, path)
     }
 
     /// Interpret a Hugging Face GPT-2 config (`path` only names it in errors).
     pub fn from_hf_json(v: &Value, path: &Path) -> Result<Self, ConfigError> {
         let uint = |key: &'static str| -> Result<usize, ConfigError> {
-            v.get(key)
-                .and_then(Value::as_u64)
-                .map(|n| n as usize)
-                .ok_or(ConfigError::Field { path: path.into(), key, expected: "a non-negative integer" })
+            v.get(key).and_then(Value::as_u64).map(|n| n as usize).ok_or(ConfigError::Field {
+                path: path.into(),
+                key,
+                expected: "a non-negative integer",
+            })
         };
         let unsupported = |key: &str, value: &Value, why: &'static str| ConfigError::Unsupported {
             path: path.into(),
@@ -302,7 +311,8 @@ impl GptConfig {
     /// Write `config.json` (Hugging Face layout) atomically: a temporary file, then rename.
     pub fn write_hf(&self, path: &Path) -> Result<(), ConfigError> {
         let text = serde_json::to_string_pretty(&self.to_hf_json()).expect("JSON values serialize");
-        crate::fs_util::write_atomic(path, text.as_bytes()).map_err(|source| ConfigError::Io { path: path.into(), source })
+        crate::fs_util::write_atomic(path, text.as_bytes())
+            .map_err(|source| ConfigError::Io { path: path.into(), source })
     }
 }
 
@@ -313,10 +323,11 @@ mod tests {
 
     #[test]
     fn presets_are_gpt2_sizes() {
-        let sizes: Vec<_> = [GptConfig::gpt2(), GptConfig::gpt2_medium(), GptConfig::gpt2_large(), GptConfig::gpt2_xl()]
-            .iter()
-            .map(|c| (c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size, c.bias))
-            .collect();
+        let sizes: Vec<_> =
+            [GptConfig::gpt2(), GptConfig::gpt2_medium(), GptConfig::gpt2_large(), GptConfig::gpt2_xl()]
+                .iter()
+                .map(|c| (c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size, c.bias))
+                .collect();
         assert_eq!(
             sizes,
             [

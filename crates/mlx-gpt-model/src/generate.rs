@@ -207,7 +207,8 @@ mod tests {
     use crate::config::GptConfig;
 
     fn tiny(block: usize) -> Gpt {
-        let c = GptConfig { block_size: block, vocab_size: 31, n_layer: 2, n_head: 2, n_embd: 16, ..GptConfig::baby(31) };
+        let c =
+            GptConfig { block_size: block, vocab_size: 31, n_layer: 2, n_head: 2, n_embd: 16, ..GptConfig::baby(31) };
         Gpt::new(c, 3).unwrap()
     }
 
@@ -249,7 +250,11 @@ mod tests {
         let first = all.iter().position(|&t| t == all[2]).unwrap();
         assert_eq!(generate(&mut m, &[4], 6, &stop, |_| true).unwrap(), all[..=first]);
         let mut n = 0;
-        let two = generate(&mut m, &[4], 6, &params, |_| { n += 1; n < 2 }).unwrap();
+        let two = generate(&mut m, &[4], 6, &params, |_| {
+            n += 1;
+            n < 2
+        })
+        .unwrap();
         assert_eq!(two, all[..2]);
     }
 

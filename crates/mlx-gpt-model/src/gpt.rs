@@ -77,7 +77,11 @@ impl Gpt {
             let p = params.get_mut(&name).expect("listed above");
             let shape = p.shape().to_vec();
             **p = if name.contains("ln_") {
-                if name.ends_with(".weight") { ops::ones::<f32>(&shape)? } else { ops::zeros::<f32>(&shape)? }
+                if name.ends_with(".weight") {
+                    ops::ones::<f32>(&shape)?
+                } else {
+                    ops::zeros::<f32>(&shape)?
+                }
             } else if name.ends_with(".bias") {
                 ops::zeros::<f32>(&shape)?
             } else {
@@ -303,7 +307,9 @@ mod tests {
             assert_eq!(logits.dtype(), dtype);
             assert_eq!(loss.unwrap().dtype(), Dtype::Float32);
             let diff = logits.as_dtype(Dtype::Float32).unwrap().subtract(&f32_logits).unwrap().abs().unwrap();
-            let d = diff.max(None).unwrap().item_exact::<f32>(); let mag = f32_logits.abs().unwrap().max(None).unwrap().item_exact::<f32>(); assert!(d < 0.05 * mag.max(1.0), "{dtype:?}: max diff {d}, max |logit| {mag}");
+            let d = diff.max(None).unwrap().item_exact::<f32>();
+            let mag = f32_logits.abs().unwrap().max(None).unwrap().item_exact::<f32>();
+            assert!(d < 0.05 * mag.max(1.0), "{dtype:?}: max diff {d}, max |logit| {mag}");
         }
         m.set_training(true); // dropout 0: still deterministic
     }

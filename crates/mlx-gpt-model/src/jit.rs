@@ -153,7 +153,8 @@ pub fn configure_in(root: &Path) -> Result<Option<JitSetup>, JitError> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
         .ok_or(JitError::NoCompiler)?;
-    let key = fnv64(&[&real.to_string_lossy(), &version, NATIVE_FLAGS, &crate::runtime::mlx_version(), &cpu_signature()]);
+    let key =
+        fnv64(&[&real.to_string_lossy(), &version, NATIVE_FLAGS, &crate::runtime::mlx_version(), &cpu_signature()]);
     let dir = root.join(format!("jit-{key:016x}"));
     let bin = dir.join("bin");
     let tmp = dir.join("kernels");
@@ -172,7 +173,12 @@ pub fn configure_in(root: &Path) -> Result<Option<JitSetup>, JitError> {
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).map_err(io(&staged))?;
         std::fs::rename(&staged, &wrapper).map_err(io(&wrapper))?;
     }
-    let record = format!("compiler: {}\nversion: {version}\nflags: {NATIVE_FLAGS}\nmlx: {}\ncpu: {}\n", real.display(), crate::runtime::mlx_version(), cpu_signature());
+    let record = format!(
+        "compiler: {}\nversion: {version}\nflags: {NATIVE_FLAGS}\nmlx: {}\ncpu: {}\n",
+        real.display(),
+        crate::runtime::mlx_version(),
+        cpu_signature()
+    );
     let _ = std::fs::write(dir.join("flags.txt"), record);
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths: Vec<PathBuf> = vec![bin.clone()];
@@ -211,12 +217,23 @@ mod tests {
             .unwrap();
         assert!(status.success());
         assert!(out.is_file());
-        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp.")).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+            .collect();
         assert!(leftovers.is_empty());
         // A failing compile leaves nothing under the output name.
         std::fs::write(dir.join("bad.cpp"), "this is not C++").unwrap();
         let bad = dir.join("bad.so");
-        let status = Command::new("sh").arg(&wrapper).arg("-shared").arg(dir.join("bad.cpp")).arg("-o").arg(&bad).output().unwrap();
+        let status = Command::new("sh")
+            .arg(&wrapper)
+            .arg("-shared")
+            .arg(dir.join("bad.cpp"))
+            .arg("-o")
+            .arg(&bad)
+            .output()
+            .unwrap();
         assert!(!status.status.success() && !bad.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,9 +1,9 @@
 //! `LayerNorm` with an optional bias (PyTorch's has none-or-both; nanoGPT needs bias-free).
 
 use mlx_rs::error::Exception;
+use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;
 use mlx_rs::{ops, Array};
-use mlx_rs::macros::ModuleParameters;
 
 /// Normalises each position's C features to zero mean and unit variance, then scales by
 /// `weight` (gain) and shifts by `bias`.

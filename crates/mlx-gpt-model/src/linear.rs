@@ -2,9 +2,9 @@
 //! checkpoints, so Hugging Face weights load without a transpose.
 
 use mlx_rs::error::Exception;
+use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;
 use mlx_rs::{ops, Array};
-use mlx_rs::macros::ModuleParameters;
 
 /// A dense layer. `weight` is (in, out); `bias` is (out,) or absent.
 #[derive(Debug, Clone, ModuleParameters)]

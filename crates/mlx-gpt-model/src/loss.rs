@@ -14,7 +14,7 @@ pub fn cross_entropy(logits: &Array, targets: &Array) -> Result<Array, Exception
     let logits = logits.reshape(&[-1, v])?.as_dtype(Dtype::Float32)?; // (N, V)
     let targets = targets.reshape(&[-1])?.as_dtype(Dtype::Int32)?; // (N,)
     let keep = targets.ne(Array::from_int(IGNORE_INDEX))?; // (N,)
-    // An ignored target is replaced by 0 only to make the gather valid; it is masked below.
+                                                           // An ignored target is replaced by 0 only to make the gather valid; it is masked below.
     let safe = mlx_rs::ops::select(&keep, &targets, Array::from_int(0))?;
     let lse = crate::kernels::logsumexp_last(&logits)?; // (N,)
     let picked = logits.take_along_axis(safe.reshape(&[-1, 1])?, -1)?.reshape(&[-1])?; // (N,)

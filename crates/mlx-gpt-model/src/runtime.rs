@@ -79,11 +79,7 @@ pub fn blas() -> BlasInfo {
             None
         }
     };
-    let file = library
-        .as_ref()
-        .and_then(|p| p.to_str())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let file = library.as_ref().and_then(|p| p.to_str()).unwrap_or_default().to_ascii_lowercase();
     let get_config = lookup("openblas_get_config");
     let kind = if !get_config.is_null() && file.contains("openblas") {
         // SAFETY: OpenBLAS's `char* openblas_get_config(void)` returns a static string;

@@ -109,13 +109,16 @@ pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Res
     safetensors::serialize_to_file(views, Some(meta), &opt_path)
         .map_err(|e| TrainError::Checkpoint { path: opt_path.clone(), what: e.to_string() })?;
     let state_path = tmp.join("state.json");
-    std::fs::write(&state_path, serde_json::to_string_pretty(state).expect("state serializes")).map_err(io(&state_path))?;
+    std::fs::write(&state_path, serde_json::to_string_pretty(state).expect("state serializes"))
+        .map_err(io(&state_path))?;
     // Make the contents durable before DONE vouches for them, and DONE before the rename.
     for f in ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"] {
         std::fs::File::open(tmp.join(f)).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
     }
     let done = tmp.join("DONE");
-    std::fs::write(&done, state.iter.to_string()).and_then(|_| std::fs::File::open(&done)?.sync_all()).map_err(io(&done))?;
+    std::fs::write(&done, state.iter.to_string())
+        .and_then(|_| std::fs::File::open(&done)?.sync_all())
+        .map_err(io(&done))?;
     let dest = root.join(&name);
     if dest.exists() {
         // Re-saving the same iteration (after a resume): replace it.
@@ -159,7 +162,8 @@ pub fn load(dir: &Path, adamw: AdamWConfig) -> Result<Loaded, TrainError> {
     }
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| damaged(format!("state.json is not valid: {e}")))?;
+    let state: TrainState =
+        serde_json::from_str(&text).map_err(|e| damaged(format!("state.json is not valid: {e}")))?;
     if state.version != STATE_VERSION {
         return Err(damaged(format!("state.json version {} (expected {STATE_VERSION})", state.version)));
     }
@@ -169,8 +173,10 @@ pub fn load(dir: &Path, adamw: AdamWConfig) -> Result<Loaded, TrainError> {
     }
     let opt_path = dir.join("optimizer.safetensors");
     let bytes = std::fs::read(&opt_path).map_err(io(&opt_path))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| damaged(format!("optimizer.safetensors: {e}")))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| damaged(format!("optimizer.safetensors: {e}")))?;
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| damaged(format!("optimizer.safetensors: {e}")))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| damaged(format!("optimizer.safetensors: {e}")))?;
     let step = meta
         .metadata()
         .as_ref()
@@ -185,7 +191,8 @@ pub fn load(dir: &Path, adamw: AdamWConfig) -> Result<Loaded, TrainError> {
     };
     for (name, view) in st.tensors() {
         let shape: Vec<i32> = view.shape().iter().map(|&d| d as i32).collect();
-        let (kind, param) = name.split_once('.').ok_or_else(|| damaged(format!("unexpected optimizer tensor {name}")))?;
+        let (kind, param) =
+            name.split_once('.').ok_or_else(|| damaged(format!("unexpected optimizer tensor {name}")))?;
         if params.get(param) != Some(&shape) || view.dtype() != safetensors::Dtype::F32 {
             return Err(damaged(format!("optimizer tensor {name} does not match the model")));
         }

@@ -232,14 +232,17 @@ impl TrainConfig {
         let mut origin = "defaults".to_string();
         if let Some(base) = base {
             let (text, from) = if Path::new(base).is_file() {
-                let text = std::fs::read_to_string(base).map_err(|source| ConfigError::Io { path: base.into(), source })?;
+                let text =
+                    std::fs::read_to_string(base).map_err(|source| ConfigError::Io { path: base.into(), source })?;
                 (text, base.to_string())
             } else if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == base) {
                 (text.to_string(), format!("preset {base}"))
             } else {
                 return Err(ConfigError::UnknownPreset(base.to_string()));
             };
-            table = text.parse::<toml::Table>().map_err(|e| ConfigError::Parse { origin: from.clone(), message: e.to_string() })?;
+            table = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse { origin: from.clone(), message: e.to_string() })?;
             // Check the file on its own first, so errors name it.
             Self::from_table(table.clone(), &from)?;
             origin = from;
@@ -257,9 +260,10 @@ impl TrainConfig {
     }
 
     fn from_table(table: toml::Table, origin: &str) -> Result<TrainConfig, ConfigError> {
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { origin: origin.to_string(), message: e.message().to_string() })
+        toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.message().to_string(),
+        })
     }
 
     /// Check values that must fit together.
@@ -268,8 +272,15 @@ impl TrainConfig {
         if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head));
         }
-        for (k, v) in [("batch_size", self.batch_size), ("block_size", self.block_size), ("gradient_accumulation_steps", self.gradient_accumulation_steps),
-                       ("n_layer", self.n_layer), ("n_embd", self.n_embd), ("eval_interval", self.eval_interval), ("log_interval", self.log_interval)] {
+        for (k, v) in [
+            ("batch_size", self.batch_size),
+            ("block_size", self.block_size),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            ("n_layer", self.n_layer),
+            ("n_embd", self.n_embd),
+            ("eval_interval", self.eval_interval),
+            ("log_interval", self.log_interval),
+        ] {
             if v == 0 {
                 return bad(format!("{k} must be at least 1"));
             }
@@ -281,7 +292,10 @@ impl TrainConfig {
             return bad(format!("min_lr ({}) must not exceed learning_rate ({})", self.min_lr, self.learning_rate));
         }
         if self.decay_lr && self.lr_decay_iters <= self.warmup_iters {
-            return bad(format!("lr_decay_iters ({}) must exceed warmup_iters ({})", self.lr_decay_iters, self.warmup_iters));
+            return bad(format!(
+                "lr_decay_iters ({}) must exceed warmup_iters ({})",
+                self.lr_decay_iters, self.warmup_iters
+            ));
         }
         if !["float32", "bfloat16", "float16"].contains(&self.dtype.as_str()) {
             return bad(format!("dtype must be float32, bfloat16 or float16, got '{}'", self.dtype));
@@ -332,7 +346,11 @@ mod tests {
         for (name, _) in PRESETS {
             TrainConfig::resolve(Some(name), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-        let c = TrainConfig::resolve(Some("baby_shakespeare_char"), &kv(&[("--max_iters", "10"), ("dropout", "0.1"), ("--out-dir", "x")])).unwrap();
+        let c = TrainConfig::resolve(
+            Some("baby_shakespeare_char"),
+            &kv(&[("--max_iters", "10"), ("dropout", "0.1"), ("--out-dir", "x")]),
+        )
+        .unwrap();
         assert_eq!((c.n_layer, c.block_size, c.max_iters, c.dropout), (4, 64, 10, 0.1));
         assert_eq!(c.out_dir, PathBuf::from("x"));
         assert_eq!(c.beta2, 0.99);

@@ -122,7 +122,12 @@ impl Group {
         &self,
         x: &Array,
         what: &str,
-        op: unsafe extern "C" fn(*mut mlx_sys::mlx_array, mlx_sys::mlx_array, mlx_sys::mlx_distributed_group, mlx_sys::mlx_stream) -> i32,
+        op: unsafe extern "C" fn(
+            *mut mlx_sys::mlx_array,
+            mlx_sys::mlx_array,
+            mlx_sys::mlx_distributed_group,
+            mlx_sys::mlx_stream,
+        ) -> i32,
     ) -> Result<Array, Exception> {
         install_handler();
         let stream = mlx_rs::Stream::cpu();
@@ -165,12 +170,14 @@ pub fn check_hostfile(path: &str) -> Result<usize, DistError> {
     let bad = |what: String| DistError::Hostfile { path: path.into(), what };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let ranks = v.as_array().ok_or_else(|| bad("expected a JSON list with one list of \"host:port\" per rank".into()))?;
+    let ranks =
+        v.as_array().ok_or_else(|| bad("expected a JSON list with one list of \"host:port\" per rank".into()))?;
     if ranks.is_empty() {
         return Err(bad("lists no rank".into()));
     }
     for (r, addrs) in ranks.iter().enumerate() {
-        let list = addrs.as_array().ok_or_else(|| bad(format!("rank {r}: expected a list of \"host:port\" strings")))?;
+        let list =
+            addrs.as_array().ok_or_else(|| bad(format!("rank {r}: expected a list of \"host:port\" strings")))?;
         if list.is_empty() {
             return Err(bad(format!("rank {r}: no address")));
         }

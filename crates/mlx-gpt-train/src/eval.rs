@@ -16,7 +16,15 @@ pub struct Losses {
 
 /// Mean loss of `model` over `iters` batches of `split`, drawn with their own seed so
 /// evaluation never moves the training sampler.
-pub fn split_loss(model: &mut Gpt, dataset: &Path, split: &str, iters: usize, batch: usize, block: usize, seed: u64) -> Result<f64, crate::TrainError> {
+pub fn split_loss(
+    model: &mut Gpt,
+    dataset: &Path,
+    split: &str,
+    iters: usize,
+    batch: usize,
+    block: usize,
+    seed: u64,
+) -> Result<f64, crate::TrainError> {
     let (file, _) = TokenFile::open(dataset, split)?;
     let mut sampler = BatchSampler::new(file, batch, block, Order::Random, seed)?;
     let mut total = 0.0;
@@ -29,7 +37,14 @@ pub fn split_loss(model: &mut Gpt, dataset: &Path, split: &str, iters: usize, ba
 }
 
 /// nanoGPT's `estimate_loss`, for both splits.
-pub fn estimate_loss(model: &mut Gpt, dataset: &Path, iters: usize, batch: usize, block: usize, seed: u64) -> Result<Losses, crate::TrainError> {
+pub fn estimate_loss(
+    model: &mut Gpt,
+    dataset: &Path,
+    iters: usize,
+    batch: usize,
+    block: usize,
+    seed: u64,
+) -> Result<Losses, crate::TrainError> {
     model.set_training(false);
     let train = split_loss(model, dataset, "train", iters, batch, block, seed)?;
     let val = split_loss(model, dataset, "val", iters, batch, block, seed ^ 1)?;

@@ -49,11 +49,7 @@ impl Record {
 
 /// Read `metrics.jsonl` (missing file: none).
 pub fn read(path: &Path) -> Vec<Record> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// Append one record.
@@ -73,8 +69,20 @@ pub fn truncate_after(path: &Path, iter: usize) -> std::io::Result<()> {
 /// Draw train-step loss (thin), and eval train/val loss (thick) as an SVG line chart.
 pub fn plot_svg(records: &[Record]) -> String {
     let (w, h, pad) = (800.0, 480.0, 60.0);
-    let steps: Vec<(f64, f64)> = records.iter().filter_map(|r| match r { Record::Train { iter, loss, .. } => Some((*iter as f64, *loss)), _ => None }).collect();
-    let evals: Vec<(f64, f64, f64)> = records.iter().filter_map(|r| match r { Record::Eval { iter, train_loss, val_loss } => Some((*iter as f64, *train_loss, *val_loss)), _ => None }).collect();
+    let steps: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Train { iter, loss, .. } => Some((*iter as f64, *loss)),
+            _ => None,
+        })
+        .collect();
+    let evals: Vec<(f64, f64, f64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Eval { iter, train_loss, val_loss } => Some((*iter as f64, *train_loss, *val_loss)),
+            _ => None,
+        })
+        .collect();
     let xs = steps.iter().map(|p| p.0).chain(evals.iter().map(|p| p.0));
     let ys = steps.iter().map(|p| p.1).chain(evals.iter().flat_map(|p| [p.1, p.2])).filter(|v| v.is_finite());
     let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
@@ -84,7 +92,8 @@ pub fn plot_svg(records: &[Record]) -> String {
     let sx = |x: f64| pad + (x - x0) / (x1 - x0) * (w - 2.0 * pad);
     let sy = |y: f64| h - pad - (y - y0) / (y1 - y0) * (h - 2.0 * pad);
     let line = |pts: Vec<(f64, f64)>, color: &str, width: f64| {
-        let d: Vec<String> = pts.iter().filter(|p| p.1.is_finite()).map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+        let d: Vec<String> =
+            pts.iter().filter(|p| p.1.is_finite()).map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
         format!("<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"{width}\" points=\"{}\"/>\n", d.join(" "))
     };
     let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");

@@ -105,7 +105,8 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/adamw.json");
         let f: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let vec = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<_>>();
-        let shape = |k: &str| f["shapes"][k].as_array().unwrap().iter().map(|d| d.as_i64().unwrap() as i32).collect::<Vec<_>>();
+        let shape =
+            |k: &str| f["shapes"][k].as_array().unwrap().iter().map(|d| d.as_i64().unwrap() as i32).collect::<Vec<_>>();
         let names: Vec<String> = f["shapes"].as_object().unwrap().keys().cloned().collect();
         let mut params: BTreeMap<String, Array> =
             names.iter().map(|k| (k.clone(), Array::from_slice(&vec(&f["initial"][k]), &shape(k)))).collect();

@@ -46,7 +46,13 @@ mod tests {
 
     #[test]
     fn matches_nanogpt_at_landmarks() {
-        let c = TrainConfig { learning_rate: 1e-3, min_lr: 1e-4, warmup_iters: 100, lr_decay_iters: 5000, ..TrainConfig::default() };
+        let c = TrainConfig {
+            learning_rate: 1e-3,
+            min_lr: 1e-4,
+            warmup_iters: 100,
+            lr_decay_iters: 5000,
+            ..TrainConfig::default()
+        };
         assert!((get_lr(0, &c) - 1e-3 / 101.0).abs() < 1e-15);
         assert!((get_lr(100, &c) - 1e-3).abs() < 1e-15);
         assert!((get_lr(2550, &c) - 5.5e-4).abs() < 1e-12);

@@ -86,20 +86,31 @@ impl CompiledGrad {
         let keys = names.clone();
         let f = move |inputs: &[Array]| -> Result<Vec<Array>, Exception> {
             let n = keys.len();
-            model.update_flattened(keys.iter().zip(&inputs[..n]).map(|(k, a)| (k.as_str().into(), a.clone())).collect());
+            model
+                .update_flattened(keys.iter().zip(&inputs[..n]).map(|(k, a)| (k.as_str().into(), a.clone())).collect());
             let loss_fn = |m: &mut Gpt, (x, y): (&Array, &Array)| -> Result<Array, Exception> { m.loss(x, y) };
-            let (loss, grads) = dropout::with_key(&inputs[n + 2], || nn::value_and_grad(loss_fn)(&mut model, (&inputs[n], &inputs[n + 1])))?;
+            let (loss, grads) = dropout::with_key(&inputs[n + 2], || {
+                nn::value_and_grad(loss_fn)(&mut model, (&inputs[n], &inputs[n + 1]))
+            })?;
             let mut out = Vec::with_capacity(n + 1);
             out.push(loss);
             for k in &keys {
-                out.push(grads.get(k.as_str()).cloned().ok_or_else(|| Exception::custom(format!("no gradient for {k}")))?);
+                out.push(
+                    grads.get(k.as_str()).cloned().ok_or_else(|| Exception::custom(format!("no gradient for {k}")))?,
+                );
             }
             Ok(out)
         };
         CompiledGrad { names, f: Box::new(mlx_rs::transforms::compile::compile(f, false)) }
     }
 
-    fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<(Array, Vec<(String, Array)>), Exception> {
+    fn call(
+        &mut self,
+        model: &Gpt,
+        x: &Array,
+        y: &Array,
+        key: &Array,
+    ) -> Result<(Array, Vec<(String, Array)>), Exception> {
         let params = model.parameters().flatten();
         let mut inputs: Vec<Array> = self.names.iter().map(|k| (*params[k.as_str()]).clone()).collect();
         inputs.push(x.clone());
@@ -141,7 +152,13 @@ impl StreamSplit {
         self.parts.is_empty()
     }
 
-    fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<(Array, Vec<(String, Array)>), Exception> {
+    fn call(
+        &mut self,
+        model: &Gpt,
+        x: &Array,
+        y: &Array,
+        key: &Array,
+    ) -> Result<(Array, Vec<(String, Array)>), Exception> {
         let n = self.parts.len() as i32;
         let mut next_key = key.clone();
         let (xs, ys) = (x.split_equal(n, 0)?, y.split_equal(n, 0)?);

@@ -108,7 +108,8 @@ pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, Ad
     let (mut model, opt, state) = match c.init_from() {
         InitFrom::Scratch => (Gpt::new(wanted, c.seed)?, AdamW::new(adamw), None),
         InitFrom::Resume => {
-            let dir = checkpoint::latest(&c.out_dir).ok_or_else(|| TrainError::NoCheckpoint { out_dir: c.out_dir.clone() })?;
+            let dir = checkpoint::latest(&c.out_dir)
+                .ok_or_else(|| TrainError::NoCheckpoint { out_dir: c.out_dir.clone() })?;
             let loaded = checkpoint::load(&dir, adamw)?;
             let diff = model_differences(&loaded.state.model, &wanted);
             if !diff.is_empty() {
@@ -172,7 +173,11 @@ impl GradEngine {
             return GradEngine::Streams(StreamSplit::new(model, streams));
         }
         if streams > 1 {
-            tracing::info!(streams, batch_size = c.batch_size, "one stream: the batch does not split evenly (or not on the CPU)");
+            tracing::info!(
+                streams,
+                batch_size = c.batch_size,
+                "one stream: the batch does not split evenly (or not on the CPU)"
+            );
         }
         GradEngine::Compiled(CompiledGrad::new(model))
     }
@@ -200,7 +205,8 @@ impl GradEngine {
 /// activations kept for the backward pass, ≈ B·T·L·(34·C + 5·nh·T) × 2 bytes in float32
 /// (Korthikanti et al., 2022, counted for 16-bit activations, doubled here).
 pub fn estimate_memory_bytes(c: &TrainConfig, n_params: usize) -> f64 {
-    let (b, t, l, ch, nh) = (c.batch_size as f64, c.block_size as f64, c.n_layer as f64, c.n_embd as f64, c.n_head as f64);
+    let (b, t, l, ch, nh) =
+        (c.batch_size as f64, c.block_size as f64, c.n_layer as f64, c.n_embd as f64, c.n_head as f64);
     16.0 * n_params as f64 + b * t * l * (34.0 * ch + 5.0 * nh * t) * 2.0
 }
 
@@ -217,14 +223,22 @@ pub fn init_world(c: &TrainConfig) -> Result<Option<Group>, TrainError> {
     };
     if backend == "ring" {
         let path = hostfile.ok_or_else(|| {
-            TrainError::Config(crate::config::ConfigError::Inconsistent("backend ring needs MLX_HOSTFILE and MLX_RANK (see docs/distributed.md)".into()))
+            TrainError::Config(crate::config::ConfigError::Inconsistent(
+                "backend ring needs MLX_HOSTFILE and MLX_RANK (see docs/distributed.md)".into(),
+            ))
         })?;
         let ranks = check_hostfile(&path)?;
         let rank: usize = std::env::var("MLX_RANK").ok().and_then(|r| r.parse().ok()).ok_or_else(|| {
-            TrainError::Config(crate::config::ConfigError::Inconsistent("MLX_RANK must be set to this process's rank".into()))
+            TrainError::Config(crate::config::ConfigError::Inconsistent(
+                "MLX_RANK must be set to this process's rank".into(),
+            ))
         })?;
         if rank >= ranks {
-            return Err(DistError::Hostfile { path, what: format!("MLX_RANK {rank} but only {ranks} ranks are listed") }.into());
+            return Err(DistError::Hostfile {
+                path,
+                what: format!("MLX_RANK {rank} but only {ranks} ranks are listed"),
+            }
+            .into());
         }
     }
     let group = Group::init(backend, true)?;
@@ -266,7 +280,10 @@ impl Heartbeat {
 fn gather_samplers(world: Option<&Group>, mine: &SamplerState) -> Result<Vec<SamplerState>, TrainError> {
     let Some(g) = world else { return Ok(vec![mine.clone()]) };
     let words = |x: u64| [(x & 0xffff_ffff) as u32, (x >> 32) as u32];
-    let order = match mine.order { Order::Random => 0u64, Order::Epoch => 1 };
+    let order = match mine.order {
+        Order::Random => 0u64,
+        Order::Epoch => 1,
+    };
     let fields = [mine.seed, mine.rng, mine.epoch, mine.cursor, order];
     let flat: Vec<u32> = fields.iter().flat_map(|&x| words(x)).collect();
     let all = g.all_gather(&mlx_rs::Array::from_slice(&flat, &[1, flat.len() as i32]))?;
@@ -274,7 +291,13 @@ fn gather_samplers(world: Option<&Group>, mine: &SamplerState) -> Result<Vec<Sam
     Ok(v.chunks(flat.len())
         .map(|c| {
             let w = |i: usize| c[2 * i] as u64 | ((c[2 * i + 1] as u64) << 32);
-            SamplerState { seed: w(0), rng: w(1), epoch: w(2), cursor: w(3), order: if w(4) == 1 { Order::Epoch } else { Order::Random } }
+            SamplerState {
+                seed: w(0),
+                rng: w(1),
+                epoch: w(2),
+                cursor: w(3),
+                order: if w(4) == 1 { Order::Epoch } else { Order::Random },
+            }
         })
         .collect())
 }
@@ -295,7 +318,8 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let accum = c.gradient_accumulation_steps / world_size;
     let heartbeat = (world_size > 1).then(|| Heartbeat::start(rank, c.dist_timeout));
     let (data, meta) = dataset_dir(c)?;
-    let adamw = AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 };
+    let adamw =
+        AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 };
     let (mut model, mut opt, state) = init(c, &meta, adamw)?;
     model.set_dtype(dtype_of(&c.dtype))?;
     let block = model.config.block_size.min(c.block_size);
@@ -321,29 +345,31 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let peak = if c.peak_flops > 0.0 { c.peak_flops } else { crate::peak::measure_matmul_flops()? };
     if master {
         tracing::info!(
-        world_size,
-        device = %device,
-        params = n_params,
-        tokens_per_iter,
-        gflop_per_iter = flops_per_iter / 1e9,
-        est_memory_mib = estimate_memory_bytes(c, model.num_params(false)) / (1u64 << 20) as f64,
-        peak_gflops = peak / 1e9,
-        "number of parameters: {:.2}M; tokens per iteration will be: {tokens_per_iter}",
-        n_params as f64 / 1e6
-    );
+            world_size,
+            device = %device,
+            params = n_params,
+            tokens_per_iter,
+            gflop_per_iter = flops_per_iter / 1e9,
+            est_memory_mib = estimate_memory_bytes(c, model.num_params(false)) / (1u64 << 20) as f64,
+            peak_gflops = peak / 1e9,
+            "number of parameters: {:.2}M; tokens per iteration will be: {tokens_per_iter}",
+            n_params as f64 / 1e6
+        );
     }
     // Rank 0 writes the run directory; the others only compute.
     let writes = master && !c.eval_only;
     std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
     if writes {
         let resolved = c.out_dir.join("config.toml");
-        mlx_gpt_model::write_atomic(&resolved, c.to_toml().as_bytes()).map_err(|source| TrainError::Io { path: resolved, source })?;
+        mlx_gpt_model::write_atomic(&resolved, c.to_toml().as_bytes())
+            .map_err(|source| TrainError::Io { path: resolved, source })?;
     }
     let metrics_path = c.out_dir.join("metrics.jsonl");
     // An evaluation-only run reports; it leaves the run's records as they are.
     if writes {
         if state.is_some() {
-            metrics::truncate_after(&metrics_path, iter).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
+            metrics::truncate_after(&metrics_path, iter)
+                .map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
         } else {
             let _ = std::fs::remove_file(&metrics_path);
         }
@@ -363,7 +389,8 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
 
     let bar = if opts.progress && std::io::stderr().is_terminal() && writes {
         let b = indicatif::ProgressBar::new(c.max_iters as u64).with_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} iters, {per_sec}, ETA {eta} {msg}").expect("template"),
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} iters, {per_sec}, ETA {eta} {msg}")
+                .expect("template"),
         );
         b.set_position(iter as u64);
         b
@@ -381,7 +408,12 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let mut checkpoint_path = None;
     let mut interrupted = false;
     // Every rank calls it (the sampler states are gathered); rank 0 writes.
-    let save = |model: &Gpt, opt: &AdamW, sampler: &BatchSampler, iter: usize, best: f64| -> Result<Option<PathBuf>, TrainError> {
+    let save = |model: &Gpt,
+                opt: &AdamW,
+                sampler: &BatchSampler,
+                iter: usize,
+                best: f64|
+     -> Result<Option<PathBuf>, TrainError> {
         let samplers = gather_samplers(world.as_ref(), sampler.state())?;
         if !master {
             return Ok(None);
@@ -411,7 +443,16 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
                 let v = both.as_slice::<f32>();
                 losses = Losses { train: v[0] as f64 / world_size as f64, val: v[1] as f64 / world_size as f64 };
             }
-            say(&|| tracing::info!(iter, train_loss = losses.train, val_loss = losses.val, "step {iter}: train loss {:.4}, val loss {:.4}", losses.train, losses.val));
+            say(&|| {
+                tracing::info!(
+                    iter,
+                    train_loss = losses.train,
+                    val_loss = losses.val,
+                    "step {iter}: train loss {:.4}, val loss {:.4}",
+                    losses.train,
+                    losses.val
+                )
+            });
             record(Record::Eval { iter, train_loss: losses.train, val_loss: losses.val })?;
             last_eval = Some(losses);
             if losses.val < best_val_loss || c.always_save_checkpoint {
@@ -429,7 +470,18 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
         model.set_training(true);
         let t0 = Instant::now();
-        let stats = train_step(&mut model, &mut opt, &mut || sampler.next_batch(), accum, lr as f32, c.grad_clip as f32, c.seed + rank as u64, iter, engine.path(), world.as_ref())?;
+        let stats = train_step(
+            &mut model,
+            &mut opt,
+            &mut || sampler.next_batch(),
+            accum,
+            lr as f32,
+            c.grad_clip as f32,
+            c.seed + rank as u64,
+            iter,
+            engine.path(),
+            world.as_ref(),
+        )?;
         if let Some(h) = &heartbeat {
             h.beat();
         }
@@ -437,9 +489,30 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         if iter % c.log_interval == 0 {
             let tok_per_s = tokens_per_iter as f64 / secs;
             let mfu = flops_per_iter / secs / peak;
-            say(&|| tracing::info!(iter, loss = stats.loss, lr, ms = secs * 1e3, tok_per_s, mfu, grad_norm = stats.grad_norm,
-                "iter {iter}: loss {:.4}, time {:.2}ms, mfu {:.2}%", stats.loss, secs * 1e3, mfu * 100.0));
-            record(Record::Train { iter, loss: stats.loss as f64, lr, ms: secs * 1e3, tok_per_s, mfu, grad_norm: stats.grad_norm as f64 })?;
+            say(&|| {
+                tracing::info!(
+                    iter,
+                    loss = stats.loss,
+                    lr,
+                    ms = secs * 1e3,
+                    tok_per_s,
+                    mfu,
+                    grad_norm = stats.grad_norm,
+                    "iter {iter}: loss {:.4}, time {:.2}ms, mfu {:.2}%",
+                    stats.loss,
+                    secs * 1e3,
+                    mfu * 100.0
+                )
+            });
+            record(Record::Train {
+                iter,
+                loss: stats.loss as f64,
+                lr,
+                ms: secs * 1e3,
+                tok_per_s,
+                mfu,
+                grad_norm: stats.grad_norm as f64,
+            })?;
         }
         iter += 1;
         bar.set_position(iter as u64);
@@ -452,7 +525,9 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
         if stop {
             if let Some(p) = save(&model, &opt, &sampler, iter, best_val_loss)? {
-                say(&|| tracing::info!(checkpoint = %p.display(), iter, "interrupted: saved a checkpoint; continue with --init_from resume"));
+                say(
+                    &|| tracing::info!(checkpoint = %p.display(), iter, "interrupted: saved a checkpoint; continue with --init_from resume"),
+                );
                 checkpoint_path = Some(p);
             }
             interrupted = true;
@@ -460,5 +535,12 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
     }
     bar.finish_and_clear();
-    Ok(Summary { iter, last_eval, best_val_loss, wall_s: started.elapsed().as_secs_f64(), interrupted, checkpoint: checkpoint_path })
+    Ok(Summary {
+        iter,
+        last_eval,
+        best_val_loss,
+        wall_s: started.elapsed().as_secs_f64(),
+        interrupted,
+        checkpoint: checkpoint_path,
+    })
 }

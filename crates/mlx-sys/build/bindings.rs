@@ -19,9 +19,7 @@ pub fn generate(mlx_c_root: &Path, prelude_dir: &Path, half_shim: bool, out: &Pa
     if half_shim {
         // mlx-c declares float16_t/bfloat16_t only on ARM; mlx-rs expects them everywhere
         // (as bindgen's __BindgenFloat16 and as u16).
-        builder = builder
-            .clang_arg("-include")
-            .clang_arg(prelude_dir.join("bindgen_prelude.h").display().to_string());
+        builder = builder.clang_arg("-include").clang_arg(prelude_dir.join("bindgen_prelude.h").display().to_string());
     }
     for h in &headers {
         builder = builder.header(h.to_string_lossy());

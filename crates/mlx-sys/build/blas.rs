@@ -87,9 +87,10 @@ pub fn wire(mlx: &MlxInstall) -> Result<Wiring, String> {
 }
 
 fn find_bundled_blas(root: &Path) -> Option<PathBuf> {
-    let libs = fs::read_dir(root).ok()?.filter_map(|e| e.ok()).find(|e| {
-        e.file_name().to_string_lossy().ends_with(".libs") && e.path().is_dir()
-    })?;
+    let libs = fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().ends_with(".libs") && e.path().is_dir())?;
     fs::read_dir(libs.path()).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
         p.file_name()
             .map(|n| n.to_string_lossy())

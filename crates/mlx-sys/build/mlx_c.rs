@@ -92,7 +92,9 @@ fn nested_fetch(out_dir: &Path) -> Result<(), String> {
     if env::var_os("CARGO_NET_OFFLINE").is_some_and(|v| v == "true") {
         cmd.arg("--offline");
     }
-    for var in ["CARGO_TARGET_DIR", "RUSTC_WRAPPER", "CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS", "CARGO_ENCODED_RUSTFLAGS"] {
+    for var in
+        ["CARGO_TARGET_DIR", "RUSTC_WRAPPER", "CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS", "CARGO_ENCODED_RUSTFLAGS"]
+    {
         cmd.env_remove(var);
     }
     let output = cmd.output().map_err(|e| format!("cannot run cargo fetch: {e}"))?;
@@ -122,20 +124,9 @@ fn listed_sources(mlx_c_root: &Path) -> Vec<PathBuf> {
 
 pub fn compile(mlx_c_root: &Path, mlx: &MlxInstall, prelude_dir: &Path, half_shim: bool, target_os: &str) {
     let files = listed_sources(mlx_c_root);
-    assert!(
-        files.len() > 20,
-        "found only {} sources in {}/CMakeLists.txt",
-        files.len(),
-        mlx_c_root.display()
-    );
+    assert!(files.len() > 20, "found only {} sources in {}/CMakeLists.txt", files.len(), mlx_c_root.display());
     let mut build = cc::Build::new();
-    build
-        .cpp(true)
-        .std("c++20")
-        .warnings(false)
-        .include(mlx_c_root)
-        .include(&mlx.include_dir)
-        .files(&files);
+    build.cpp(true).std("c++20").warnings(false).include(mlx_c_root).include(&mlx.include_dir).files(&files);
     // Portability shims (std::format on g++ 12, half types off ARM), force-included.
     build.flag("-include").flag(prelude_dir.join("prelude.hpp").to_str().unwrap());
     if half_shim {

@@ -95,12 +95,7 @@ fn read_version(version_h: &Path) -> Option<String> {
             Some(rest.trim().to_string())
         })
     };
-    Some(format!(
-        "{}.{}.{}",
-        part("MLX_VERSION_MAJOR ")?,
-        part("MLX_VERSION_MINOR ")?,
-        part("MLX_VERSION_PATCH ")?
-    ))
+    Some(format!("{}.{}.{}", part("MLX_VERSION_MAJOR ")?, part("MLX_VERSION_MINOR ")?, part("MLX_VERSION_PATCH ")?))
 }
 
 fn python() -> String {
