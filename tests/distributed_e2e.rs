@@ -18,20 +18,7 @@ use std::time::{Duration, Instant};
 
 /// Tiny Shakespeare, character-level, prepared once per test binary.
 fn data_dir() -> Option<PathBuf> {
-    static DATA: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    DATA.get_or_init(|| {
-        let shared = common::shared()?;
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dist-data");
-        let opts = mlx_gpt_data::datasets::PrepareOptions {
-            data_dir: dir.clone(),
-            downloader: mlx_gpt_data::download::Downloader::new().quiet(true),
-            tokenizer: None,
-            from: Some(shared.join("datasets/tinyshakespeare/input.txt")),
-        };
-        mlx_gpt_data::datasets::prepare("shakespeare_char", &opts).unwrap();
-        Some(dir)
-    })
-    .clone()
+    common::shakespeare_char_data("dist-data")
 }
 
 const TINY: &[&str] = &[

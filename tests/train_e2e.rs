@@ -7,25 +7,11 @@ mod common;
 use mlx_gpt_train::metrics::{self, Record};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Tiny Shakespeare, character-level, prepared once per test binary.
 fn data_dir() -> Option<PathBuf> {
-    static DATA: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DATA.get_or_init(|| {
-        let shared = common::shared()?;
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-data");
-        let opts = mlx_gpt_data::datasets::PrepareOptions {
-            data_dir: dir.clone(),
-            downloader: mlx_gpt_data::download::Downloader::new().quiet(true),
-            tokenizer: None,
-            from: Some(shared.join("datasets/tinyshakespeare/input.txt")),
-        };
-        mlx_gpt_data::datasets::prepare("shakespeare_char", &opts).unwrap();
-        Some(dir)
-    })
-    .clone()
+    common::shakespeare_char_data("e2e-data")
 }
 
 /// A model small enough for CI: 2 layers, 64 wide, context 32.

@@ -28,6 +28,26 @@ pub fn shared() -> Option<PathBuf> {
     None
 }
 
+/// Tiny Shakespeare prepared character-level from `../shared` into
+/// `$CARGO_TARGET_TMPDIR/<name>/shakespeare_char`, once per test binary; `None` (with a
+/// note) where the shared data is missing outside CI.
+pub fn shakespeare_char_data(name: &str) -> Option<PathBuf> {
+    static DATA: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| {
+        let shared = shared()?;
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let opts = mlx_gpt_data::datasets::PrepareOptions {
+            data_dir: dir.clone(),
+            downloader: mlx_gpt_data::download::Downloader::new().quiet(true),
+            tokenizer: None,
+            from: Some(shared.join("datasets/tinyshakespeare/input.txt")),
+        };
+        mlx_gpt_data::datasets::prepare("shakespeare_char", &opts).unwrap();
+        Some(dir)
+    })
+    .clone()
+}
+
 /// A fresh, empty scratch folder, removed when dropped.
 pub struct Scratch(pub PathBuf);
 

@@ -67,6 +67,9 @@ pub fn global_norm(grads: &BTreeMap<String, Array>) -> Result<Array, Exception> 
 
 type GradFn = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
 
+/// A mean loss and the gradients, by parameter name.
+type LossAndGrads = (Array, Vec<(String, Array)>);
+
 /// Loss and gradients of a model, as one MLX-compiled function of explicit arrays:
 /// `[params (sorted by name)…, x, y, dropout key] → [loss, grads (same order)…]`. MLX
 /// traces it once per input shape and fuses its element-wise chains into generated
@@ -104,13 +107,7 @@ impl CompiledGrad {
         CompiledGrad { names, f: Box::new(mlx_rs::transforms::compile::compile(f, false)) }
     }
 
-    fn call(
-        &mut self,
-        model: &Gpt,
-        x: &Array,
-        y: &Array,
-        key: &Array,
-    ) -> Result<(Array, Vec<(String, Array)>), Exception> {
+    fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<LossAndGrads, Exception> {
         let params = model.parameters().flatten();
         let mut inputs: Vec<Array> = self.names.iter().map(|k| (*params[k.as_str()]).clone()).collect();
         inputs.push(x.clone());
@@ -152,13 +149,7 @@ impl StreamSplit {
         self.parts.is_empty()
     }
 
-    fn call(
-        &mut self,
-        model: &Gpt,
-        x: &Array,
-        y: &Array,
-        key: &Array,
-    ) -> Result<(Array, Vec<(String, Array)>), Exception> {
+    fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<LossAndGrads, Exception> {
         let n = self.parts.len() as i32;
         let mut next_key = key.clone();
         let (xs, ys) = (x.split_equal(n, 0)?, y.split_equal(n, 0)?);
@@ -215,7 +206,7 @@ pub fn train_step(
     for micro in 0..accum {
         let key = random::key(dropout_seed(seed, iter, micro))?;
         let (x, y) = next_batch();
-        let (loss, grads): (Array, Vec<(String, Array)>) = match &mut path {
+        let (loss, grads): LossAndGrads = match &mut path {
             GradPath::Compiled(c) => c.call(model, &x, &y, &key)?,
             GradPath::Streams(s) => s.call(model, &x, &y, &key)?,
             GradPath::Eager => {
