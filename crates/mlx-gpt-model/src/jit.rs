@@ -105,7 +105,9 @@ fn wrapper_script(real: &Path) -> String {
 out=""; prev=""
 for a in "$@"; do [ "$prev" = "-o" ] && out="$a"; prev="$a"; done
 [ -z "$out" ] && exec '{real}' "$@" {NATIVE_FLAGS}
-tmp="$out.tmp.$$"
+# A short temporary name beside the output: MLX's kernel names already use most of the
+# 255 bytes a file name may have, so nothing can be appended to them.
+tmp="$(dirname "$out")/.jit-tmp.$$.so"
 n=$#; prev=""
 for a in "$@"; do
   if [ "$prev" = "-o" ]; then set -- "$@" "$tmp"; else set -- "$@" "$a"; fi
@@ -220,9 +222,20 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+            .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
             .collect();
         assert!(leftovers.is_empty());
+        // MLX's kernel library names can use nearly all of the 255 bytes a name may have.
+        let long = dir.join(format!("lib{}.so", "K".repeat(248)));
+        let status = Command::new("sh")
+            .arg(&wrapper)
+            .args(["-std=c++17", "-O3", "-fPIC", "-shared"])
+            .arg(dir.join("k.cpp"))
+            .arg("-o")
+            .arg(&long)
+            .status()
+            .unwrap();
+        assert!(status.success() && long.is_file());
         // A failing compile leaves nothing under the output name.
         std::fs::write(dir.join("bad.cpp"), "this is not C++").unwrap();
         let bad = dir.join("bad.so");
