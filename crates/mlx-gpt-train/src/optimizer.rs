@@ -7,6 +7,7 @@
 //! against `torch.optim.AdamW` by `tests/fixtures/adamw.json` (scripts/make_adamw_fixture.py).
 
 use mlx_rs::error::Exception;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype};
 use std::collections::BTreeMap;
 
@@ -23,8 +24,27 @@ pub struct AdamWConfig {
     pub weight_decay: f32,
 }
 
+type Kernel = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
+
+/// One parameter's update as an MLX-compiled function, so its dozen element-wise ops run
+/// as one fused kernel: `[p, g, m, v, hp] → [p', m', v']`, with the hyper-parameters
+/// `hp = [β1, 1−β1, β2, 1−β2, decay factor, step size, √bc2, ε]` an input (constants
+/// would be baked into the trace).
+fn compiled_kernel() -> Kernel {
+    let f = |xs: &[Array]| -> Result<Vec<Array>, Exception> {
+        let (p, g, m, v, hp) = (&xs[0], &xs[1], &xs[2], &xs[3], &xs[4]);
+        let k = |i: i32| hp.index(i);
+        let m = m.multiply(k(0))?.add(g.multiply(k(1))?)?;
+        let v = v.multiply(k(2))?.add(g.square()?.multiply(k(3))?)?;
+        let denom = v.sqrt()?.divide(k(6))?.add(k(7))?;
+        let new = p.multiply(k(4))?.subtract(m.divide(&denom)?.multiply(k(5))?)?;
+        Ok(vec![new, m, v])
+    };
+    Box::new(mlx_rs::transforms::compile::compile(f, false))
+}
+
 /// Optimizer state: first and second moments per parameter, and the step count.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct AdamW {
     /// Hyper-parameters.
     pub config: Option<AdamWConfig>,
@@ -34,12 +54,30 @@ pub struct AdamW {
     pub v: BTreeMap<String, Array>,
     /// Steps taken.
     pub step: u64,
+    /// The fused update (used when `compiled`; see [`AdamW::set_compiled`]).
+    kernel: Option<Kernel>,
+}
+
+impl std::fmt::Debug for AdamW {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdamW")
+            .field("config", &self.config)
+            .field("step", &self.step)
+            .field("params", &self.m.len())
+            .finish()
+    }
 }
 
 impl AdamW {
-    /// A fresh optimizer.
+    /// A fresh optimizer (the fused update on).
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config: Some(config), ..Default::default() }
+        AdamW { config: Some(config), kernel: Some(compiled_kernel()), ..Default::default() }
+    }
+
+    /// Fuse each parameter's update with MLX compile (`true`, the default) or run it op by
+    /// op. Results agree to float rounding.
+    pub fn set_compiled(&mut self, compiled: bool) {
+        self.kernel = compiled.then(compiled_kernel);
     }
 
     /// Whether `param` is decayed: nanoGPT decays every tensor with `dim() >= 2`.
@@ -64,9 +102,28 @@ impl AdamW {
         let bc2_sqrt = bc2.sqrt();
         let s = |v: f32| Array::from_f32(v);
         let mut out = BTreeMap::new();
+        let hp = |decay: f32| {
+            Array::from_slice(
+                &[c.beta1, 1.0 - c.beta1, c.beta2, 1.0 - c.beta2, decay, step_size, bc2_sqrt, c.eps],
+                &[8],
+            )
+        };
+        let (hp_decay, hp_plain) = (hp(1.0 - lr * c.weight_decay), hp(1.0));
         for (name, p) in params {
             let g = grads.get(name).ok_or_else(|| Exception::custom(format!("no gradient for parameter {name}")))?;
             let g = g.as_dtype(Dtype::Float32)?;
+            if let Some(kernel) = self.kernel.as_mut() {
+                let zeros = || mlx_rs::ops::zeros_like(&g);
+                let m = self.m.get(name).cloned().map_or_else(zeros, Ok)?;
+                let v = self.v.get(name).cloned().map_or_else(zeros, Ok)?;
+                let hp = if Self::decays(p) { &hp_decay } else { &hp_plain };
+                let mut r = kernel(&[p.as_dtype(Dtype::Float32)?, g, m, v, hp.clone()])?;
+                let (v, m, new) = (r.pop().expect("v"), r.pop().expect("m"), r.pop().expect("p"));
+                out.insert(name.clone(), new.as_dtype(p.dtype())?);
+                self.m.insert(name.clone(), m);
+                self.v.insert(name.clone(), v);
+                continue;
+            }
             let m = match self.m.get(name) {
                 Some(m) => m.multiply(s(c.beta1))?.add(g.multiply(s(1.0 - c.beta1))?)?,
                 None => g.multiply(s(1.0 - c.beta1))?,
@@ -108,26 +165,30 @@ mod tests {
         let shape =
             |k: &str| f["shapes"][k].as_array().unwrap().iter().map(|d| d.as_i64().unwrap() as i32).collect::<Vec<_>>();
         let names: Vec<String> = f["shapes"].as_object().unwrap().keys().cloned().collect();
-        let mut params: BTreeMap<String, Array> =
-            names.iter().map(|k| (k.clone(), Array::from_slice(&vec(&f["initial"][k]), &shape(k)))).collect();
-        let mut opt = AdamW::new(AdamWConfig {
-            beta1: f["betas"][0].as_f64().unwrap() as f32,
-            beta2: f["betas"][1].as_f64().unwrap() as f32,
-            eps: f["eps"].as_f64().unwrap() as f32,
-            weight_decay: f["weight_decay"].as_f64().unwrap() as f32,
-        });
-        for (i, step) in f["steps"].as_array().unwrap().iter().enumerate() {
-            let grads: BTreeMap<String, Array> =
-                names.iter().map(|k| (k.clone(), Array::from_slice(&vec(&step["grads"][k]), &shape(k)))).collect();
-            params = opt.update(&params, &grads, step["lr"].as_f64().unwrap() as f32).unwrap();
-            for k in &names {
-                let want = vec(&step["params"][k]);
-                let got = params[k].as_slice::<f32>();
-                for (j, (a, b)) in got.iter().zip(&want).enumerate() {
-                    assert!((a - b).abs() < 1e-6, "step {i} {k}[{j}]: {a} vs torch {b}");
+        // Both the op-by-op and the fused update must match PyTorch.
+        for compiled in [false, true] {
+            let mut params: BTreeMap<String, Array> =
+                names.iter().map(|k| (k.clone(), Array::from_slice(&vec(&f["initial"][k]), &shape(k)))).collect();
+            let mut opt = AdamW::new(AdamWConfig {
+                beta1: f["betas"][0].as_f64().unwrap() as f32,
+                beta2: f["betas"][1].as_f64().unwrap() as f32,
+                eps: f["eps"].as_f64().unwrap() as f32,
+                weight_decay: f["weight_decay"].as_f64().unwrap() as f32,
+            });
+            opt.set_compiled(compiled);
+            for (i, step) in f["steps"].as_array().unwrap().iter().enumerate() {
+                let grads: BTreeMap<String, Array> =
+                    names.iter().map(|k| (k.clone(), Array::from_slice(&vec(&step["grads"][k]), &shape(k)))).collect();
+                params = opt.update(&params, &grads, step["lr"].as_f64().unwrap() as f32).unwrap();
+                for k in &names {
+                    let want = vec(&step["params"][k]);
+                    let got = params[k].as_slice::<f32>();
+                    for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!((a - b).abs() < 1e-6, "compiled={compiled} step {i} {k}[{j}]: {a} vs torch {b}");
+                    }
                 }
             }
+            assert_eq!(opt.step, 4);
         }
-        assert_eq!(opt.step, 4);
     }
 }
