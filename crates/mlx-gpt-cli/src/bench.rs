@@ -111,6 +111,8 @@ struct BatchesArgs {
     /// Batches to time.
     #[arg(long, default_value_t = 2000)]
     count: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(clap::Args)]
@@ -279,6 +281,7 @@ fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
 fn batches(args: BatchesArgs) -> anyhow::Result<()> {
     use mlx_gpt_data::batches::{BatchSampler, Order};
     use mlx_gpt_data::token_file::TokenFile;
+    args.device.select()?;
     let (file, _) = TokenFile::open(&args.dataset, "train")
         .with_context(|| format!("--dataset {} (prepare it with cargo xtask fetch-data)", args.dataset.display()))?;
     let mut s = BatchSampler::new(file, args.batch_size, args.block_size, Order::Random, 1337)?;
