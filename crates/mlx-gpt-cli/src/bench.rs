@@ -399,39 +399,30 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
 /// Time the same model and step in PyTorch (scripts/bench_torch.py) when a Python with
 /// torch is available (`MLX_GPT_TORCH_PYTHON`, else `python3`), and print the ratio.
 fn torch_reference(c: &mlx_gpt_train::TrainConfig, vocab: usize, iters: usize, warmup: usize, mlx_median_s: f64) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
-    let python = std::env::var("MLX_GPT_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    if c.gradient_accumulation_steps != 1 || !script.is_file() {
-        println!("PyTorch reference: skipped (needs gradient_accumulation_steps = 1 and {})", script.display());
+    if c.gradient_accumulation_steps != 1 {
+        println!("PyTorch reference: skipped (needs gradient_accumulation_steps = 1)");
         return;
     }
-    let out = std::process::Command::new(&python)
-        .arg(&script)
-        .args([
-            "--n-layer",
-            &c.n_layer.to_string(),
-            "--n-head",
-            &c.n_head.to_string(),
-            "--n-embd",
-            &c.n_embd.to_string(),
-        ])
-        .args([
-            "--block-size",
-            &c.block_size.to_string(),
-            "--batch-size",
-            &c.batch_size.to_string(),
-            "--vocab-size",
-            &vocab.to_string(),
-        ])
-        .args(["--iters", &iters.to_string(), "--warmup", &warmup.to_string(), "--dropout", &c.dropout.to_string()])
-        .args(if c.bias { vec!["--bias"] } else { vec![] })
-        .output();
-    let parsed = out.ok().filter(|o| o.status.success()).and_then(|o| {
-        let line = String::from_utf8_lossy(&o.stdout).lines().last()?.to_string();
-        serde_json::from_str::<serde_json::Value>(&line).ok()
-    });
+    let mut script_args: Vec<String> = [
+        ("--n-layer", c.n_layer.to_string()),
+        ("--n-head", c.n_head.to_string()),
+        ("--n-embd", c.n_embd.to_string()),
+        ("--block-size", c.block_size.to_string()),
+        ("--batch-size", c.batch_size.to_string()),
+        ("--vocab-size", vocab.to_string()),
+        ("--iters", iters.to_string()),
+        ("--warmup", warmup.to_string()),
+        ("--dropout", c.dropout.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect();
+    if c.bias {
+        script_args.push("--bias".into());
+    }
+    let parsed = run_torch_script(&script_args);
     match parsed {
-        Some(v) => {
+        Ok(v) => {
             let t = v["median_ms"].as_f64().unwrap_or(f64::NAN);
             println!(
                 "PyTorch {} ({} threads), same model and step: median {:.2} ms, min {:.2}, max {:.2}",
@@ -443,8 +434,26 @@ fn torch_reference(c: &mlx_gpt_train::TrainConfig, vocab: usize, iters: usize, w
             );
             println!("speed-up over PyTorch: {:.2}x", t / (mlx_median_s * 1e3));
         }
-        None => println!("PyTorch reference: not run ({python} with torch not found; set MLX_GPT_TORCH_PYTHON)"),
+        Err(why) => println!("PyTorch reference: not run ({why})"),
     }
+}
+
+/// Run `scripts/bench_torch.py` with `args` under a Python that has torch
+/// (`MLX_GPT_TORCH_PYTHON`, else `python3`) and parse the JSON line it prints last.
+/// The error says why no figure came back.
+fn run_torch_script(args: &[String]) -> Result<serde_json::Value, String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
+    if !script.is_file() {
+        return Err(format!("{} is not here", script.display()));
+    }
+    let python = std::env::var("MLX_GPT_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let not_found = || format!("{python} with torch not found; set MLX_GPT_TORCH_PYTHON");
+    let out = std::process::Command::new(&python).arg(&script).args(args).output().map_err(|_| not_found())?;
+    if !out.status.success() {
+        return Err(not_found());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().last().and_then(|l| serde_json::from_str(l).ok()).ok_or_else(not_found)
 }
 
 fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
@@ -473,22 +482,25 @@ fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
     println!("{:>28} {:>10.2}", format!("KV cache, {} tokens", args.new_tokens), cached);
     println!("{:>28} {:>10.2}", format!("no cache, {} tokens", args.uncached_tokens), uncached);
     println!("cache speed-up: {:.1}x", cached / uncached);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
-    let python = std::env::var("MLX_GPT_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(&python)
-        .arg(&script)
-        .args(["--generate", "--n-layer", &config.n_layer.to_string(), "--n-head", &config.n_head.to_string()])
-        .args(["--n-embd", &config.n_embd.to_string(), "--block-size", &config.block_size.to_string()])
-        .args(["--vocab-size", &config.vocab_size.to_string(), "--prompt-len", &args.prompt_len.to_string()])
-        .args(["--new-tokens", &args.new_tokens.to_string()])
-        .output();
-    let parsed = out.ok().filter(|o| o.status.success()).and_then(|o| {
-        serde_json::from_str::<serde_json::Value>(String::from_utf8_lossy(&o.stdout).lines().last()?).ok()
-    });
-    match parsed.and_then(|v| v["tokens_per_s"].as_f64()) {
-        Some(t) => println!("PyTorch, nanoGPT-style generate (full forward per token), {} tokens: {t:.2} tokens/s; KV cache is {:.1}x that",
+    let script_args: Vec<String> = [
+        ("--n-layer", config.n_layer),
+        ("--n-head", config.n_head),
+        ("--n-embd", config.n_embd),
+        ("--block-size", config.block_size),
+        ("--vocab-size", config.vocab_size),
+        ("--prompt-len", args.prompt_len),
+        ("--new-tokens", args.new_tokens),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+    .chain(["--generate".to_string()])
+    .collect();
+    let parsed = run_torch_script(&script_args)
+        .and_then(|v| v["tokens_per_s"].as_f64().ok_or_else(|| "the script printed no tokens_per_s".to_string()));
+    match parsed {
+        Ok(t) => println!("PyTorch, nanoGPT-style generate (full forward per token), {} tokens: {t:.2} tokens/s; KV cache is {:.1}x that",
             args.new_tokens, cached / t),
-        None => println!("PyTorch reference: not run ({python} with torch not found; set MLX_GPT_TORCH_PYTHON)"),
+        Err(why) => println!("PyTorch reference: not run ({why})"),
     }
     Ok(())
 }

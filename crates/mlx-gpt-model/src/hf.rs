@@ -249,7 +249,9 @@ fn hf_tensors(model: &Gpt) -> Result<BTreeMap<String, Array>, LoadError> {
     Ok(out)
 }
 
-fn bytes_of(a: &Array) -> &[u8] {
+/// The bytes of an evaluated, contiguous float32 / bfloat16 / float16 array, as a
+/// safetensors file stores them (little-endian on every platform MLX runs on).
+pub fn bytes_of(a: &Array) -> &[u8] {
     let n = a.size() * a.item_size();
     // SAFETY: `a` is evaluated and contiguous (fresh parameters or zeros), holding
     // `size` elements of `item_size` bytes; the slice lives as long as `a`.

@@ -208,16 +208,21 @@ mod tests {
         let wrapper = dir.join("g++");
         std::fs::write(&wrapper, wrapper_script(&real)).unwrap();
         std::fs::write(dir.join("k.cpp"), "extern \"C\" int twice(int x) { return 2 * x; }\n").unwrap();
+        // The wrapper, called as MLX calls g++.
+        let compile = |src: &str, out: &Path| {
+            Command::new("sh")
+                .arg(&wrapper)
+                .args(["-std=c++17", "-O3", "-fPIC", "-shared"])
+                .arg(dir.join(src))
+                .arg("-o")
+                .arg(out)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
         let out = dir.join("lib k.so"); // a space, as in real temp paths
-        let status = Command::new("sh")
-            .arg(&wrapper)
-            .args(["-std=c++17", "-O3", "-fPIC", "-shared"])
-            .arg(dir.join("k.cpp"))
-            .arg("-o")
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        assert!(compile("k.cpp", &out));
         assert!(out.is_file());
         let leftovers: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
@@ -227,27 +232,11 @@ mod tests {
         assert!(leftovers.is_empty());
         // MLX's kernel library names can use nearly all of the 255 bytes a name may have.
         let long = dir.join(format!("lib{}.so", "K".repeat(248)));
-        let status = Command::new("sh")
-            .arg(&wrapper)
-            .args(["-std=c++17", "-O3", "-fPIC", "-shared"])
-            .arg(dir.join("k.cpp"))
-            .arg("-o")
-            .arg(&long)
-            .status()
-            .unwrap();
-        assert!(status.success() && long.is_file());
+        assert!(compile("k.cpp", &long) && long.is_file());
         // A failing compile leaves nothing under the output name.
         std::fs::write(dir.join("bad.cpp"), "this is not C++").unwrap();
         let bad = dir.join("bad.so");
-        let status = Command::new("sh")
-            .arg(&wrapper)
-            .arg("-shared")
-            .arg(dir.join("bad.cpp"))
-            .arg("-o")
-            .arg(&bad)
-            .output()
-            .unwrap();
-        assert!(!status.status.success() && !bad.exists());
+        assert!(!compile("bad.cpp", &bad) && !bad.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -73,12 +73,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io { path: path.into(), source }
 }
 
-fn f32_bytes(a: &Array) -> &[u8] {
-    let s = a.as_slice::<f32>();
-    // SAFETY: reinterpreting an f32 slice as its bytes; the lifetime stays tied to `a`.
-    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
-}
-
 /// Write a checkpoint of iteration `state.iter`; returns its folder.
 pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Result<PathBuf, TrainError> {
     let root = checkpoints_dir(out_dir);
@@ -101,7 +95,7 @@ pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Res
         .iter()
         .map(|(k, a)| {
             let shape = a.shape().iter().map(|&d| d as usize).collect();
-            (k.clone(), TensorView::new(safetensors::Dtype::F32, shape, f32_bytes(a)).expect("consistent view"))
+            (k.clone(), TensorView::new(safetensors::Dtype::F32, shape, hf::bytes_of(a)).expect("consistent view"))
         })
         .collect();
     let meta = HashMap::from([("step".to_string(), opt.step.to_string())]);
