@@ -23,10 +23,13 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--data", required=True)
 ap.add_argument("--seed", type=int, default=1337)
 ap.add_argument("--iters", type=int, default=2000)
+ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (the preset's learning_rate)")
+ap.add_argument("--min-lr", type=float, default=1e-4)
+ap.add_argument("--warmup", type=int, default=100)
 a = ap.parse_args()
 
 B, T, L, H, C, V = 12, 64, 4, 4, 128, 65
-lr, min_lr, warmup, decay = 1e-3, 1e-4, 100, 2000
+lr, min_lr, warmup, decay = a.lr, a.min_lr, a.warmup, a.iters
 torch.manual_seed(a.seed)
 train = np.memmap(os.path.join(a.data, "train.bin"), dtype=np.uint16, mode="r")
 val = np.memmap(os.path.join(a.data, "val.bin"), dtype=np.uint16, mode="r")
@@ -75,5 +78,5 @@ for it in range(a.iters):
     opt.step()
     opt.zero_grad(set_to_none=True)
 e20, e200 = estimate(20), estimate(200)
-print(f"seed {a.seed}: iter {a.iters}: 20 batches train {e20['train']:.4f} val {e20['val']:.4f}; "
+print(f"lr {lr:g} min_lr {min_lr:g} warmup {warmup} seed {a.seed}: iter {a.iters}: 20 batches train {e20['train']:.4f} val {e20['val']:.4f}; "
       f"200 batches train {e200['train']:.4f} val {e200['val']:.4f}")

@@ -352,7 +352,7 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
     let flops = model.flops_per_token(c.block_size) * tokens;
     println!("bench train: {} layers, {} heads, {} wide, block {}, batch {} x {} accum, {} on {device}; {:.2}M parameters, {:.2} GFLOP/iter",
         c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size, c.gradient_accumulation_steps, c.dtype, model.num_params(true) as f64 / 1e6, flops / 1e9);
-    let mut engine = mlx_gpt_train::train::GradEngine::new(&c, &model);
+    let mut engine = mlx_gpt_train::train::GradEngine::new(&c, &model, 1);
     println!(
         "step: {}, MLX JIT: {}",
         engine.describe(),

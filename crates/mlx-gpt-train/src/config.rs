@@ -108,7 +108,9 @@ pub struct TrainConfig {
     /// Seconds without a finished step after which a distributed rank gives up (a peer
     /// died or cannot connect) instead of hanging.
     pub dist_timeout: f64,
-    /// CPU streams the batch is split across (each on its own core); 1 disables.
+    /// CPU streams the batch is split across, each driven by its own thread on its own
+    /// core; 1 disables, 0 (the default) picks 2 on a multi-core CPU in a single-process
+    /// run with an even batch.
     pub streams: usize,
     /// Seed of initialisation, batches and dropout.
     pub seed: u64,
@@ -154,7 +156,7 @@ impl Default for TrainConfig {
             compile: true,
             backend: "auto".into(),
             dist_timeout: 600.0,
-            streams: 1, // 2 splits the batch across two CPU streams; no gain measured yet (docs/performance.md)
+            streams: 0,
             seed: 1337,
             peak_flops: 0.0,
             tokenizer: None,

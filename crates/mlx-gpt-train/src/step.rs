@@ -56,19 +56,78 @@ pub fn average_across(g: &crate::distributed::Group, grads: &mut BTreeMap<String
     Ok(())
 }
 
-/// Global L2 norm of all gradients.
-pub fn global_norm(grads: &BTreeMap<String, Array>) -> Result<Array, Exception> {
+/// The end of the gradient computation, as plain ops on arrays in parameter-name order:
+/// `[scale, clip, part 0's gradients…, part 1's…, …] → [norm, gradients…]`. The parts'
+/// gradients are summed and multiplied by `scale`; `norm` is their global L2 norm, and
+/// the returned gradients are clipped to norm `clip` as PyTorch's `clip_grad_norm_` does
+/// (scaled by `clip / (norm + 1e-6)`, never up; `clip = ∞` leaves them unchanged).
+fn finish_ops(inputs: &[Array], n_params: usize) -> Result<Vec<Array>, Exception> {
+    let (scale, clip, parts) = (&inputs[0], &inputs[1], &inputs[2..]);
+    let n_parts = parts.len() / n_params;
+    let mut grads = Vec::with_capacity(n_params);
+    for j in 0..n_params {
+        let mut g = parts[j].clone();
+        for i in 1..n_parts {
+            g = g.add(&parts[i * n_params + j])?;
+        }
+        grads.push(g.multiply(scale)?);
+    }
     let mut total = Array::from_f32(0.0);
-    for g in grads.values() {
+    for g in &grads {
         total = total.add(g.square()?.sum(None)?)?;
     }
-    total.sqrt()
+    let norm = total.sqrt()?;
+    let coef = mlx_rs::ops::minimum(clip.divide(norm.add(Array::from_f32(1e-6))?)?, Array::from_f32(1.0))?;
+    let mut out = Vec::with_capacity(n_params + 1);
+    out.push(norm);
+    for g in grads {
+        out.push(g.multiply(&coef)?);
+    }
+    Ok(out)
+}
+
+/// [`finish_ops`], op by op or as one MLX-compiled function (a few hundred small
+/// element-wise ops and reductions become a handful of fused kernels).
+pub struct Finish {
+    n_params: usize,
+    compiled: Option<GradFn>,
+}
+
+impl Finish {
+    /// For `n_params` parameters; `compiled` traces it with MLX compile.
+    pub fn new(n_params: usize, compiled: bool) -> Self {
+        let compiled = compiled.then(|| {
+            let f = move |inputs: &[Array]| finish_ops(inputs, n_params);
+            Box::new(mlx_rs::transforms::compile::compile(f, false)) as GradFn
+        });
+        Finish { n_params, compiled }
+    }
+
+    /// `(norm, clipped gradients)` of `parts` (each in parameter-name order) summed and
+    /// scaled by `scale`; `grad_clip <= 0` disables clipping.
+    pub fn run(&mut self, parts: &[Vec<Array>], scale: f32, grad_clip: f32) -> Result<(Array, Vec<Array>), Exception> {
+        let clip = if grad_clip > 0.0 { grad_clip } else { f32::INFINITY };
+        let mut inputs = vec![Array::from_f32(scale), Array::from_f32(clip)];
+        for p in parts {
+            if p.len() != self.n_params {
+                return Err(Exception::custom(format!("{} gradients for {} parameters", p.len(), self.n_params)));
+            }
+            inputs.extend(p.iter().cloned());
+        }
+        let mut out = match &mut self.compiled {
+            Some(f) => f(&inputs)?,
+            None => finish_ops(&inputs, self.n_params)?,
+        };
+        let grads = out.split_off(1);
+        Ok((out.pop().expect("norm"), grads))
+    }
 }
 
 type GradFn = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
 
-/// A mean loss and the gradients, by parameter name.
-type LossAndGrads = (Array, Vec<(String, Array)>);
+/// A mean loss over the parts of a micro-batch, and each part's gradients (in
+/// parameter-name order) to be summed.
+type LossAndParts = (Array, Vec<Vec<Array>>);
 
 /// Loss and gradients of a model, as one MLX-compiled function of explicit arrays:
 /// `[params (sorted by name)…, x, y, dropout key] → [loss, grads (same order)…]`. MLX
@@ -78,6 +137,7 @@ type LossAndGrads = (Array, Vec<(String, Array)>);
 pub struct CompiledGrad {
     names: Vec<String>,
     f: GradFn,
+    finish: Finish,
 }
 
 impl CompiledGrad {
@@ -104,73 +164,174 @@ impl CompiledGrad {
             }
             Ok(out)
         };
-        CompiledGrad { names, f: Box::new(mlx_rs::transforms::compile::compile(f, false)) }
+        let finish = Finish::new(names.len(), true);
+        CompiledGrad { names, f: Box::new(mlx_rs::transforms::compile::compile(f, false)), finish }
     }
 
-    fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<LossAndGrads, Exception> {
+    fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<LossAndParts, Exception> {
         let params = model.parameters().flatten();
-        let mut inputs: Vec<Array> = self.names.iter().map(|k| (*params[k.as_str()]).clone()).collect();
+        let params: Vec<Array> = self.names.iter().map(|k| (*params[k.as_str()]).clone()).collect();
+        let (loss, grads) = self.call_arrays(params, x, y, key)?;
+        Ok((loss, vec![grads]))
+    }
+
+    /// Loss and gradients (in sorted-name order) for parameters given in sorted-name order.
+    fn call_arrays(
+        &mut self,
+        mut inputs: Vec<Array>,
+        x: &Array,
+        y: &Array,
+        key: &Array,
+    ) -> Result<(Array, Vec<Array>), Exception> {
         inputs.push(x.clone());
         inputs.push(y.clone());
         inputs.push(key.clone());
         let mut out = (self.f)(&inputs)?;
-        let grads = self.names.iter().cloned().zip(out.drain(1..)).collect();
+        let grads = out.split_off(1);
         Ok((out.pop().expect("loss"), grads))
     }
 }
 
-/// Data parallelism inside one process: the micro-batch is cut into `n` equal parts, each
-/// part's loss and gradients computed by its own compiled function on its own MLX CPU
-/// stream. MLX runs each stream's kernels on one worker thread, so this is the only way
-/// to put a second core to work on the non-matmul part of the step; BLAS should then use
-/// one thread per stream (see `mlx_gpt_model::runtime::set_blas_threads`). The parts'
-/// losses and gradients are averaged (each part's loss is a mean over equal halves, so
-/// the average is the whole batch's mean).
+/// Data parallelism inside one process: the micro-batch is cut into `n` equal parts, and
+/// each part's loss and gradients are computed by its own compiled function on its own
+/// host thread, which builds the part's graph and evaluates it on that thread's MLX CPU
+/// stream.
+///
+/// MLX runs each stream's kernels on one worker thread, so a second stream is the only way
+/// to put a second core to work on the non-matmul part of the step. The parts must also be
+/// *evaluated* from different host threads: one `eval` of both parts walks the graph part
+/// after part and stops queueing work while a few tasks are pending, so the second
+/// stream's kernels were only queued once the first stream had nearly finished (measured:
+/// 125% CPU and no gain). MLX 0.32 keeps streams per host thread, which this design
+/// follows. BLAS should use one thread per part (see
+/// `mlx_gpt_model::runtime::set_blas_threads`).
+///
+/// The parts' losses and gradients are averaged; each part's loss is a mean over an equal
+/// share of the batch, so the average is the whole batch's mean.
 pub struct StreamSplit {
-    parts: Vec<(mlx_rs::Stream, CompiledGrad)>,
+    workers: Vec<Worker>,
+    names: Vec<String>,
+    finish: Finish,
+    warm: bool,
+}
+
+/// What a worker is given: parameters (sorted by name), inputs, targets, dropout key.
+type Job = (Vec<Array>, Array, Array, Array);
+
+/// A worker's answer: loss and gradients (in parameter-name order), evaluated.
+type Answer = Result<(Array, Vec<Array>), Exception>;
+
+struct Worker {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    answers: std::sync::mpsc::Receiver<Answer>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn spawn(template: &Gpt, index: usize) -> Worker {
+        let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
+        let (answer_tx, answer_rx) = std::sync::mpsc::channel::<Answer>();
+        let template = template.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("mlx-gpt-part-{index}"))
+            .spawn(move || {
+                // Built here: the compiled function and this thread's default stream
+                // belong to this thread.
+                let mut grad = CompiledGrad::new(&template);
+                drop(template);
+                for (params, x, y, key) in job_rx {
+                    let answer = grad.call_arrays(params, &x, &y, &key).and_then(|(loss, grads)| {
+                        mlx_rs::transforms::eval(std::iter::once(&loss).chain(grads.iter()))?;
+                        Ok((loss, grads))
+                    });
+                    if answer_tx.send(answer).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning a training thread");
+        Worker { jobs: Some(job_tx), answers: answer_rx, thread: Some(thread) }
+    }
+
+    fn send(&self, job: Job) -> Result<(), Exception> {
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(job).ok())
+            .ok_or_else(|| Exception::custom("a training thread has stopped"))
+    }
+
+    fn receive(&self) -> Answer {
+        self.answers.recv().map_err(|_| Exception::custom("a training thread has stopped"))?
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl StreamSplit {
-    /// `n` streams with one compiled function each.
+    /// `n` parts, each with its own thread, stream and compiled function.
     pub fn new(template: &Gpt, n: usize) -> Self {
-        let parts = (0..n)
-            .map(|_| (mlx_rs::Stream::new_with_device(&mlx_rs::Device::cpu()), CompiledGrad::new(template)))
-            .collect();
-        StreamSplit { parts }
+        let mut names: Vec<String> = template.parameters().flatten().keys().map(|k| k.to_string()).collect();
+        names.sort();
+        let finish = Finish::new(names.len(), true);
+        StreamSplit { workers: (0..n).map(|i| Worker::spawn(template, i)).collect(), names, finish, warm: false }
     }
 
     /// Number of parts.
     pub fn len(&self) -> usize {
-        self.parts.len()
+        self.workers.len()
     }
 
     /// Whether there is no part.
     pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
+        self.workers.is_empty()
     }
 
-    fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<LossAndGrads, Exception> {
-        let n = self.parts.len() as i32;
-        let mut next_key = key.clone();
+    fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<LossAndParts, Exception> {
+        let n = self.workers.len() as i32;
         let (xs, ys) = (x.split_equal(n, 0)?, y.split_equal(n, 0)?);
-        let mut loss = Array::from_f32(0.0);
-        let mut sum: Vec<(String, Array)> = Vec::new();
-        for (i, (stream, grad)) in self.parts.iter_mut().enumerate() {
+        let mut keys = Vec::with_capacity(n as usize);
+        let mut next_key = key.clone();
+        for _ in 0..n {
             let (rest, part_key) = random::split(&next_key, 2)?;
             next_key = rest;
-            let (l, g) = mlx_rs::with_stream(stream, || grad.call(model, &xs[i], &ys[i], &part_key))?;
-            loss = loss.add(&l)?;
-            if sum.is_empty() {
-                sum = g;
-            } else {
-                for ((_, acc), (_, gi)) in sum.iter_mut().zip(g) {
-                    *acc = acc.add(&gi)?;
-                }
-            }
+            keys.push(part_key);
         }
-        let inv = Array::from_f32(1.0 / n as f32);
-        let grads = sum.into_iter().map(|(k, g)| Ok((k, g.multiply(&inv)?))).collect::<Result<_, Exception>>()?;
-        Ok((loss.multiply(&inv)?, grads))
+        let params = model.parameters().flatten();
+        let params: Vec<Array> = self.names.iter().map(|k| (*params[k.as_str()]).clone()).collect();
+        // Everything a worker reads is evaluated here, so no graph crosses threads.
+        mlx_rs::transforms::eval(xs.iter().chain(&ys).chain(&keys).chain(&params))?;
+        let answers: Vec<Answer> = if self.warm {
+            for (i, w) in self.workers.iter().enumerate() {
+                w.send((params.clone(), xs[i].clone(), ys[i].clone(), keys[i].clone()))?;
+            }
+            // Receive from every worker even after an error, so none is left mid-job.
+            self.workers.iter().map(Worker::receive).collect()
+        } else {
+            // The first call traces the function and builds its kernels: one worker at a
+            // time, so MLX's process-wide caches are never filled from two threads at once.
+            let mut answers = Vec::new();
+            for (i, w) in self.workers.iter().enumerate() {
+                w.send((params.clone(), xs[i].clone(), ys[i].clone(), keys[i].clone()))?;
+                answers.push(w.receive());
+            }
+            self.warm = answers.iter().all(Result::is_ok);
+            answers
+        };
+        let mut loss = Array::from_f32(0.0);
+        let mut parts = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let (l, g) = answer?;
+            loss = loss.add(&l)?;
+            parts.push(g);
+        }
+        Ok((loss.multiply(Array::from_f32(1.0 / n as f32))?, parts))
     }
 }
 
@@ -200,51 +361,72 @@ pub fn train_step(
 ) -> Result<StepStats, Exception> {
     let loss_fn = |m: &mut Gpt, (x, y): (&Array, &Array)| -> Result<Array, Exception> { m.loss(x, y) };
     let mut value_and_grad = nn::value_and_grad(loss_fn);
-    let mut acc: BTreeMap<String, Array> = BTreeMap::new();
+    let params: BTreeMap<String, Array> =
+        model.parameters().flatten().into_iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let names: Vec<String> = params.keys().cloned().collect();
+    // One micro-batch and no ranks to average with: hand the parts straight to `finish`,
+    // which sums them inside its (compiled) kernels. Otherwise sum as we go.
+    let direct = accum == 1 && world.is_none_or(|g| g.size() <= 1);
+    let mut acc: Vec<Array> = Vec::new();
+    let mut direct_parts: Vec<Vec<Array>> = Vec::new();
     let mut loss_sum = Array::from_f32(0.0);
     let scale = Array::from_f32(1.0 / accum as f32);
     for micro in 0..accum {
         let key = random::key(dropout_seed(seed, iter, micro))?;
         let (x, y) = next_batch();
-        let (loss, grads): LossAndGrads = match &mut path {
+        let (loss, parts): LossAndParts = match &mut path {
             GradPath::Compiled(c) => c.call(model, &x, &y, &key)?,
             GradPath::Streams(s) => s.call(model, &x, &y, &key)?,
             GradPath::Eager => {
-                let (loss, grads) = dropout::with_key(&key, || value_and_grad(model, (&x, &y)))?;
-                (loss, grads.into_iter().map(|(k, g)| (k.to_string(), g)).collect())
+                let (loss, mut grads) = dropout::with_key(&key, || value_and_grad(model, (&x, &y)))?;
+                let grads = names
+                    .iter()
+                    .map(|k| grads.remove(k.as_str()).ok_or_else(|| Exception::custom(format!("no gradient for {k}"))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (loss, vec![grads])
             }
         };
-        for (k, g) in grads {
-            let g = g.multiply(&scale)?;
-            let entry = match acc.remove(&k) {
-                Some(prev) => prev.add(&g)?,
-                None => g,
-            };
-            acc.insert(k, entry);
-        }
         loss_sum = loss_sum.add(&loss)?;
+        if direct {
+            direct_parts = parts;
+            continue;
+        }
+        let part_scale = Array::from_f32(1.0 / (accum * parts.len()) as f32);
+        for (i, part) in parts.into_iter().enumerate() {
+            for (j, g) in part.into_iter().enumerate() {
+                let g = g.multiply(&part_scale)?;
+                if micro == 0 && i == 0 {
+                    acc.push(g);
+                } else {
+                    acc[j] = acc[j].add(&g)?;
+                }
+            }
+        }
         if accum > 1 {
             // Bound the graph: materialise the running sums before the next micro-batch.
-            mlx_rs::transforms::eval(acc.values().chain([&loss_sum]))?;
+            mlx_rs::transforms::eval(acc.iter().chain([&loss_sum]))?;
         }
     }
     let mut mean_loss = loss_sum.multiply(&scale)?;
-    if let Some(g) = world.filter(|g| g.size() > 1) {
-        average_across(g, &mut acc)?;
-        mean_loss = g.all_sum(&mean_loss)?.multiply(Array::from_f32(1.0 / g.size() as f32))?;
-    }
-    let norm = global_norm(&acc)?;
-    if grad_clip > 0.0 {
-        // PyTorch's clip_grad_norm_: scale by clip / (norm + 1e-6), never up.
-        let coef = Array::from_f32(grad_clip).divide(norm.add(Array::from_f32(1e-6))?)?;
-        let coef = mlx_rs::ops::minimum(&coef, Array::from_f32(1.0))?;
-        for g in acc.values_mut() {
-            *g = g.multiply(&coef)?;
+    let (parts, part_scale) = if direct {
+        let n = direct_parts.len();
+        (direct_parts, 1.0 / n as f32)
+    } else {
+        if let Some(g) = world.filter(|g| g.size() > 1) {
+            let mut by_name: BTreeMap<String, Array> = names.iter().cloned().zip(acc).collect();
+            average_across(g, &mut by_name)?;
+            acc = by_name.into_values().collect();
+            mean_loss = g.all_sum(&mean_loss)?.multiply(Array::from_f32(1.0 / g.size() as f32))?;
         }
-    }
-    let params: BTreeMap<String, Array> =
-        model.parameters().flatten().into_iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    let new = opt.update(&params, &acc, lr)?;
+        (vec![acc], 1.0)
+    };
+    let (norm, grads) = match &mut path {
+        GradPath::Compiled(c) => c.finish.run(&parts, part_scale, grad_clip)?,
+        GradPath::Streams(s) => s.finish.run(&parts, part_scale, grad_clip)?,
+        GradPath::Eager => Finish::new(names.len(), false).run(&parts, part_scale, grad_clip)?,
+    };
+    let grads: BTreeMap<String, Array> = names.into_iter().zip(grads).collect();
+    let new = opt.update(&params, &grads, lr)?;
     model.update_flattened(new.into_iter().map(|(k, v)| (k.as_str().into(), v)).collect());
     let mut outputs: Vec<&Array> = vec![&mean_loss, &norm];
     let model_params = model.parameters().flatten();
@@ -252,4 +434,103 @@ pub fn train_step(
     outputs.extend(opt.arrays());
     mlx_rs::transforms::eval(outputs)?;
     Ok(StepStats { loss: mean_loss.item_exact::<f32>(), grad_norm: norm.item_exact::<f32>() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optimizer::AdamWConfig;
+    use mlx_gpt_model::GptConfig;
+
+    fn model() -> Gpt {
+        let c = GptConfig { block_size: 16, vocab_size: 23, n_layer: 2, n_head: 2, n_embd: 32, ..GptConfig::baby(23) };
+        let mut m = Gpt::new(c, 7).unwrap();
+        m.set_training(true);
+        m
+    }
+
+    fn batch(seed: u64) -> (Array, Array) {
+        let mut s = seed;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % 23) as i32
+        };
+        let x: Vec<i32> = (0..8 * 16).map(|_| next()).collect();
+        let y: Vec<i32> = (0..8 * 16).map(|_| next()).collect();
+        (Array::from_slice(&x, &[8, 16]), Array::from_slice(&y, &[8, 16]))
+    }
+
+    /// Two steps on each path, `accum` micro-batches each: (losses, grad norms, parameters).
+    fn run(path: &str, accum: usize) -> (Vec<f32>, Vec<f32>, BTreeMap<String, Vec<f32>>) {
+        let mut m = model();
+        let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 });
+        let mut compiled = CompiledGrad::new(&m);
+        let mut split = StreamSplit::new(&m, 2);
+        let (mut losses, mut norms) = (vec![], vec![]);
+        let mut n = 0;
+        for iter in 0..2 {
+            let mut next = || {
+                n += 1;
+                batch(n)
+            };
+            let p = match path {
+                "eager" => GradPath::Eager,
+                "compiled" => GradPath::Compiled(&mut compiled),
+                _ => GradPath::Streams(&mut split),
+            };
+            // A small clip so that clipping is active.
+            let s = train_step(&mut m, &mut opt, &mut next, accum, 1e-2, 0.5, 1, iter, p, None).unwrap();
+            losses.push(s.loss);
+            norms.push(s.grad_norm);
+        }
+        let params =
+            m.parameters().flatten().iter().map(|(k, v)| (k.to_string(), v.as_slice::<f32>().to_vec())).collect();
+        (losses, norms, params)
+    }
+
+    fn close(a: f32, b: f32, what: &str) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{what}: {a} vs {b}");
+    }
+
+    #[test]
+    fn compiled_and_two_stream_steps_match_the_eager_step() {
+        for accum in [1, 2] {
+            let (l0, n0, p0) = run("eager", accum);
+            assert!(n0[0] > 0.5, "clipping should be active: norm {}", n0[0]);
+            for path in ["compiled", "streams"] {
+                let (l, n, p) = run(path, accum);
+                for i in 0..2 {
+                    close(l0[i], l[i], &format!("{path} accum {accum} loss {i}"));
+                    close(n0[i], n[i], &format!("{path} accum {accum} grad norm {i}"));
+                }
+                for (k, want) in &p0 {
+                    for (a, b) in want.iter().zip(&p[k]) {
+                        close(*a, *b, &format!("{path} accum {accum} {k}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn finish_sums_scales_and_clips_like_clip_grad_norm() {
+        let parts = vec![
+            vec![Array::from_slice(&[3.0f32, 0.0], &[2]), Array::from_slice(&[0.0f32], &[1])],
+            vec![Array::from_slice(&[3.0f32, 0.0], &[2]), Array::from_slice(&[8.0f32], &[1])],
+        ];
+        for compiled in [false, true] {
+            let mut f = Finish::new(2, compiled);
+            // Sum (6, 0), (8); scaled by 1/2: (3, 0), (4); norm 5; clipped to 1: ×1/(5+1e-6).
+            let (norm, g) = f.run(&parts, 0.5, 1.0).unwrap();
+            close(norm.item_exact::<f32>(), 5.0, "norm");
+            close(g[0].as_slice::<f32>()[0], 0.6, "clipped");
+            close(g[1].as_slice::<f32>()[0], 0.8, "clipped");
+            // No clipping: unchanged; a norm below the clip: unchanged (never scaled up).
+            for clip in [0.0, 10.0] {
+                let (_, g) = f.run(&parts, 0.5, clip).unwrap();
+                assert_eq!(g[1].as_slice::<f32>(), &[4.0]);
+            }
+            assert!(f.run(&parts[..1].iter().map(|p| p[..1].to_vec()).collect::<Vec<_>>(), 1.0, 1.0).is_err());
+        }
+    }
 }

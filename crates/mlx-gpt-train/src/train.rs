@@ -149,6 +149,18 @@ pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, Ad
     Ok((model, opt, state))
 }
 
+/// `streams = 0` (the default): two streams on a CPU with at least two cores when the batch
+/// is even and this is the only process (several processes on one machine already share
+/// its cores), else one. More than two has not been measured to help (docs/performance.md).
+fn auto_streams(batch_size: usize, on_cpu: bool, world_size: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if on_cpu && world_size == 1 && cores >= 2 && batch_size.is_multiple_of(2) {
+        2
+    } else {
+        1
+    }
+}
+
 /// The loss-and-gradient machinery a configuration asks for: MLX compile when asked, on
 /// `streams` CPU streams when the batch divides evenly.
 pub enum GradEngine {
@@ -161,13 +173,18 @@ pub enum GradEngine {
 }
 
 impl GradEngine {
-    /// Choose for `c` and `model`, logging why a faster path is not taken.
-    pub fn new(c: &TrainConfig, model: &Gpt) -> GradEngine {
+    /// Choose for `c` and `model` in a run of `world_size` processes, logging why a faster
+    /// path is not taken.
+    pub fn new(c: &TrainConfig, model: &Gpt, world_size: usize) -> GradEngine {
         if !c.compile {
             return GradEngine::Eager;
         }
-        let streams = c.streams.max(1);
-        if streams > 1 && c.batch_size.is_multiple_of(streams) && device::default_device() == Some(DeviceKind::Cpu) {
+        let on_cpu = device::default_device() == Some(DeviceKind::Cpu);
+        let streams = match c.streams {
+            0 => auto_streams(c.batch_size, on_cpu, world_size),
+            n => n,
+        };
+        if streams > 1 && c.batch_size.is_multiple_of(streams) && on_cpu {
             // Each stream's matmuls run on its own core: BLAS must not also fan out.
             mlx_gpt_model::runtime::set_blas_threads(1);
             return GradEngine::Streams(StreamSplit::new(model, streams));
@@ -403,7 +420,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
     };
 
-    let mut engine = GradEngine::new(c, &model);
+    let mut engine = GradEngine::new(c, &model, world_size);
     let mut last_eval = None;
     let mut checkpoint_path = None;
     let mut interrupted = false;
