@@ -476,11 +476,20 @@ fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
         let out = generate(&mut model, &prompt, n, &params, |_| true)?;
         Ok(out.len() as f64 / t.elapsed().as_secs_f64())
     };
+    let host = mlx_gpt_model::matvec::enabled();
     let cached = rate(args.new_tokens, true)?;
+    // The same with MLX's matmul for the one-row products, for comparison.
+    mlx_gpt_model::matvec::set_enabled(false);
+    let cached_mlx = if host { Some(rate(args.new_tokens, true)?) } else { None };
     let uncached = rate(args.uncached_tokens, false)?;
-    println!("{:>28} {:>10}", "", "tokens/s");
-    println!("{:>28} {:>10.2}", format!("KV cache, {} tokens", args.new_tokens), cached);
-    println!("{:>28} {:>10.2}", format!("no cache, {} tokens", args.uncached_tokens), uncached);
+    mlx_gpt_model::matvec::set_enabled(host);
+    println!("{:>40} {:>10}", "", "tokens/s");
+    let label = if host { "KV cache (sgemv products)" } else { "KV cache (MLX_GPT_HOST_MATVEC=0)" };
+    println!("{:>40} {:>10.2}", format!("{label}, {} tokens", args.new_tokens), cached);
+    if let Some(r) = cached_mlx {
+        println!("{:>40} {:>10.2}", format!("KV cache (MLX matmul), {} tokens", args.new_tokens), r);
+    }
+    println!("{:>40} {:>10.2}", format!("no cache, {} tokens", args.uncached_tokens), uncached);
     println!("cache speed-up: {:.1}x", cached / uncached);
     let script_args: Vec<String> = [
         ("--n-layer", config.n_layer),

@@ -168,36 +168,40 @@ pub fn generate(
     let mut out = Vec::with_capacity(max_new_tokens);
     let mut kv: Vec<LayerKv> = vec![LayerKv::default(); model.config.n_layer];
     let mut cached = 0usize; // how many of `tokens` the cache holds (a suffix ending before the pending ones)
-    for _ in 0..max_new_tokens {
-        let x = if params.use_kv_cache {
-            let pending = tokens.len() - cached;
-            if cached == 0 || cached + pending > block {
-                // (Re)build from the window of the last block_size tokens.
-                let window = &tokens[tokens.len().saturating_sub(block)..];
-                kv.iter_mut().for_each(|l| *l = LayerKv::default());
-                let x = model.hidden(&ids(window), Some(&mut kv))?; // (1, Tw, C)
-                cached = window.len();
-                x
+                             // Decoding multiplies single rows by every weight matrix: sgemv (crate::matvec).
+    crate::matvec::with_host_matvec(|| -> Result<(), ModelError> {
+        for _ in 0..max_new_tokens {
+            let x = if params.use_kv_cache {
+                let pending = tokens.len() - cached;
+                if cached == 0 || cached + pending > block {
+                    // (Re)build from the window of the last block_size tokens.
+                    let window = &tokens[tokens.len().saturating_sub(block)..];
+                    kv.iter_mut().for_each(|l| *l = LayerKv::default());
+                    let x = model.hidden(&ids(window), Some(&mut kv))?; // (1, Tw, C)
+                    cached = window.len();
+                    x
+                } else {
+                    let x = model.hidden(&ids(&tokens[cached..]), Some(&mut kv))?; // (1, pending, C)
+                    cached += pending;
+                    x
+                }
             } else {
-                let x = model.hidden(&ids(&tokens[cached..]), Some(&mut kv))?; // (1, pending, C)
-                cached += pending;
-                x
+                let window = &tokens[tokens.len().saturating_sub(block)..];
+                model.hidden(&ids(window), None)? // (1, Tw, C)
+            };
+            let t = x.shape()[1];
+            let last = x.take_axis(Array::from_slice(&[t - 1], &[1]), 1)?; // (1, 1, C)
+            let logits = model.lm_head(&last)?.as_dtype(Dtype::Float32)?; // (1, 1, V)
+            logits.eval()?;
+            let next = sample(logits.as_slice::<f32>(), params, &mut rng);
+            tokens.push(next);
+            out.push(next);
+            if !on_token(next) || params.stop_token == Some(next) {
+                break;
             }
-        } else {
-            let window = &tokens[tokens.len().saturating_sub(block)..];
-            model.hidden(&ids(window), None)? // (1, Tw, C)
-        };
-        let t = x.shape()[1];
-        let last = x.take_axis(Array::from_slice(&[t - 1], &[1]), 1)?; // (1, 1, C)
-        let logits = model.lm_head(&last)?.as_dtype(Dtype::Float32)?; // (1, 1, V)
-        logits.eval()?;
-        let next = sample(logits.as_slice::<f32>(), params, &mut rng);
-        tokens.push(next);
-        out.push(next);
-        if !on_token(next) || params.stop_token == Some(next) {
-            break;
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -233,7 +237,12 @@ mod tests {
         // block 8, prompt 3, 20 new tokens: the window slides 15 times.
         for (temperature, top_k, top_p) in [(0.0, None, None), (1.0, None, None), (0.8, Some(5), Some(0.9))] {
             let params = SamplingParams { temperature, top_k, top_p, seed: 11, ..Default::default() };
+            let before = crate::matvec::calls();
             let cached = generate(&mut tiny(8), &[1, 2, 3], 20, &params, |_| true).unwrap();
+            // Cached one-token steps ran their products through sgemv (crate::matvec): at
+            // least the 4 before the window first slides, 2 layers × 4 products + the head.
+            let host = crate::matvec::calls() - before;
+            assert!(host >= 4 * 9, "sgemv path taken {host} times");
             let plain = SamplingParams { use_kv_cache: false, ..params.clone() };
             let uncached = generate(&mut tiny(8), &[1, 2, 3], 20, &plain, |_| true).unwrap();
             assert_eq!(cached, uncached, "temperature {temperature}");

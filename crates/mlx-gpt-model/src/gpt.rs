@@ -152,6 +152,9 @@ impl Gpt {
 
     /// Logits from hidden states through the tied head: x (..., C) → (..., V).
     pub fn lm_head(&self, x: &Array) -> Result<Array, Exception> {
+        if let Some(y) = crate::matvec::matmul(x, &self.wte.weight, true, None)? {
+            return Ok(y);
+        }
         x.matmul(self.wte.weight.t())
     }
 

@@ -48,6 +48,7 @@ pub mod kernels;
 pub mod layer_norm;
 pub mod linear;
 pub mod loss;
+pub mod matvec;
 pub mod mlp;
 pub mod runtime;
 

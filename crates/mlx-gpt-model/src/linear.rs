@@ -28,6 +28,10 @@ impl Linear {
 
     /// x (..., in) → (..., out)
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
+        // One-token decoding on the CPU: a host matrix-vector product (see `matvec`).
+        if let Some(y) = crate::matvec::matmul(x, &self.weight, false, self.bias.value.as_ref())? {
+            return Ok(y);
+        }
         match self.bias.as_ref() {
             Some(b) => ops::addmm(b, x, &*self.weight, None, None),
             None => ops::matmul(x, &*self.weight),

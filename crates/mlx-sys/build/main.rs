@@ -60,6 +60,10 @@ fn main() {
     let include = env::join_paths([&mlx.include_dir, &mlx_c_root]).expect("include path");
     println!("cargo:include={}", include.to_string_lossy());
     println!("cargo:version={}", mlx.version);
+    // What C++ built against these headers needs too: the portability prelude (force-include
+    // it) and whether the half-type shim is on.
+    println!("cargo:prelude={}", prelude_dir.join("prelude.hpp").display());
+    println!("cargo:half_shim={}", if needs_half_shim { "1" } else { "0" });
 
     // What `mlx_sys::build_info` reports at run time.
     println!("cargo:rustc-env=MLX_SYS_LIB_DIR={}", mlx.lib_dir.display());

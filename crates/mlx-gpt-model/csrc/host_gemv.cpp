@@ -1,0 +1,152 @@
+// A matrix–vector product as an MLX primitive that calls the BLAS's `cblas_sgemv`.
+//
+// With one input row, MLX's CPU matmul still calls `sgemm`, and OpenBLAS's `sgemm` first
+// copies ("packs") the whole weight matrix, which for a matrix read once per token costs
+// more than the product itself. `sgemv` streams the weights once. As a primitive, the
+// product stays in MLX's lazy graph: it runs on the stream's worker thread like any other
+// kernel, so decoding a token is still one `eval` (see src/matvec.rs for when it is used).
+//
+// The C entry points follow mlx-c's conventions (mlx_array in and out, 0 on success) and
+// use mlx-c's private header to convert between `mlx_array` and `mlx::core::array`.
+
+#include <mlx/allocator.h>
+#include <mlx/backend/cpu/encoder.h>
+#include <mlx/mlx.h>
+#include <mlx/primitives.h>
+
+#include "mlx/c/private/array.h"
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace mx = mlx::core;
+
+namespace {
+
+// cblas_sgemv(order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy)
+using Sgemv = void (*)(int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+constexpr int kRowMajor = 101;
+constexpr int kNoTrans = 111;
+constexpr int kTrans = 112;
+
+// Set once by the Rust side (`mlx_gpt_set_sgemv`) to the BLAS MLX itself calls.
+Sgemv g_sgemv = nullptr;
+
+thread_local std::string g_last_error;
+
+// out (..., N) = x (..., K) · w + bias: w is (K, N), or (N, K) used transposed.
+class HostGemv : public mx::Primitive {
+ public:
+  HostGemv(mx::Stream stream, bool w_transposed) : mx::Primitive(stream), w_transposed_(w_transposed) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const mx::array& x = inputs[0];
+    const mx::array& w = inputs[1];
+    mx::array& out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    const int rows_w = w.shape(0), cols_w = w.shape(1);
+    const int k = w_transposed_ ? cols_w : rows_w;
+    const int n = w_transposed_ ? rows_w : cols_w;
+    const int rows = static_cast<int>(x.size() / k);
+    const float* xp = x.data<float>();
+    const float* wp = w.data<float>();
+    const float* bp = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
+    float* yp = out.data<float>();
+    // Row-major w (K, N): y = wᵀx is sgemv "Trans" on an m = K by n = N matrix;
+    // row-major w (N, K): y = wx is sgemv "NoTrans" on an m = N by n = K matrix.
+    const int trans = w_transposed_ ? kNoTrans : kTrans;
+    const int m = w_transposed_ ? n : k, nn = w_transposed_ ? k : n;
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    encoder.set_input_array(x);
+    encoder.set_input_array(w);
+    encoder.set_output_array(out);
+    // MLX keeps the inputs' buffers alive until the stream has run this task.
+    encoder.dispatch([=]() {
+      for (int r = 0; r < rows; ++r) {
+        float* y = yp + static_cast<size_t>(r) * n;
+        if (bp) {
+          std::memcpy(y, bp, sizeof(float) * n);
+        }
+        g_sgemv(kRowMajor, trans, m, nn, 1.0f, wp, nn, xp + static_cast<size_t>(r) * k, 1, bp ? 1.0f : 0.0f, y, 1);
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("[HostGemv] has no GPU kernel: it is only used on the CPU");
+  }
+
+  const char* name() const override {
+    return "HostGemv";
+  }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return w_transposed_ == static_cast<const HostGemv&>(other).w_transposed_;
+  }
+
+ private:
+  bool w_transposed_;
+};
+
+}  // namespace
+
+extern "C" {
+
+// The BLAS's cblas_sgemv, found by the caller in the process's global scope.
+void mlx_gpt_set_sgemv(void* sgemv) {
+  g_sgemv = reinterpret_cast<Sgemv>(sgemv);
+}
+
+// The message of the last failed call on this thread.
+const char* mlx_gpt_kernels_last_error() {
+  return g_last_error.c_str();
+}
+
+// *res = x · w (+ bias): x (..., K) float32; w (K, N), or (N, K) with w_transposed;
+// bias (N,) or an empty mlx_array (ctx null). On this thread's default CPU stream.
+// Returns 0; 2 (and *res untouched) when the weight or bias is not an evaluated, dense
+// array (the caller falls back to MLX's matmul); or 1 with the reason in
+// mlx_gpt_kernels_last_error().
+int mlx_gpt_host_gemv(mlx_array* res, const mlx_array x, const mlx_array w, const mlx_array bias, bool w_transposed) {
+  try {
+    if (g_sgemv == nullptr) {
+      throw std::runtime_error("mlx_gpt_set_sgemv was not called");
+    }
+    const mx::array& xa = mlx_array_get_(x);
+    const mx::array& wa = mlx_array_get_(w);
+    if (xa.dtype() != mx::float32 || wa.dtype() != mx::float32 || wa.ndim() != 2 || xa.ndim() == 0) {
+      throw std::invalid_argument("[HostGemv] needs float32 x (..., K) and a 2-D float32 weight");
+    }
+    const int k = w_transposed ? wa.shape(1) : wa.shape(0);
+    const int n = w_transposed ? wa.shape(0) : wa.shape(1);
+    if (xa.shape(-1) != k) {
+      throw std::invalid_argument("[HostGemv] x's last dimension does not match the weight");
+    }
+    // Weights must already be materialised and dense: the product reads them in place
+    // (making a copy per token would cost more than it saves). Otherwise decline.
+    auto dense = [](const mx::array& a) { return a.is_available() && a.flags().row_contiguous; };
+    if (!dense(wa) || (bias.ctx != nullptr && !dense(mlx_array_get_(bias)))) {
+      return 2;
+    }
+    auto stream = mx::default_stream(mx::Device::cpu);
+    // The activation row is small: copy it if it is strided.
+    std::vector<mx::array> inputs = {mx::contiguous(xa, false, stream), wa};
+    if (bias.ctx != nullptr) {
+      const mx::array& ba = mlx_array_get_(bias);
+      if (ba.dtype() != mx::float32 || ba.size() != static_cast<size_t>(n)) {
+        throw std::invalid_argument("[HostGemv] the bias must be float32 of the output's width");
+      }
+      inputs.push_back(ba);
+    }
+    mx::Shape shape = xa.shape();
+    shape.back() = n;
+    mlx_array_set_(*res, mx::array(shape, mx::float32, std::make_shared<HostGemv>(stream, w_transposed), inputs));
+    return 0;
+  } catch (const std::exception& e) {
+    g_last_error = e.what();
+    return 1;
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,207 @@
+//! Matrix–vector products through the BLAS's `cblas_sgemv`, for decoding one token at a
+//! time on the CPU.
+//!
+//! With a single row, MLX's CPU matmul still calls `sgemm`, and OpenBLAS's `sgemm` first
+//! copies ("packs") the whole weight matrix into its own layout, then multiplies. For a
+//! matrix that is read once per token that copy is most of the work: GPT-2's 768 × 50257
+//! head takes 10–14 ms through MLX and about 4.5 ms through `cblas_sgemv`, which streams
+//! the weights once (docs/performance.md). Decoding with the KV cache is nothing but such
+//! products, so [`crate::generate`] runs its loop inside [`with_host_matvec`]; there
+//! `Linear` and the tied head call [`matmul`], which takes inputs of at most [`MAX_ROWS`]
+//! rows in float32 on the CPU and leaves everything else to MLX.
+//!
+//! The product is a custom MLX primitive written in C++ (`csrc/host_gemv.cpp`, built by
+//! build.rs against MLX's headers): it stays in the lazy graph and runs on the stream's
+//! worker thread like MLX's own kernels, so a decoded token is still a single `eval`. It
+//! has no gradient (decoding only). `MLX_GPT_HOST_MATVEC=0` or [`set_enabled`] turns it off
+//! for comparison.
+
+use mlx_rs::error::Exception;
+use mlx_rs::{Array, Dtype};
+use std::cell::Cell;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+/// Inputs with more rows than this go to MLX's matmul: `sgemm` is the better kernel once
+/// the packing cost is shared by several rows (a prompt, a batch).
+pub const MAX_ROWS: usize = 4;
+
+thread_local! {
+    static SCOPED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Products built through the primitive so far (see [`calls`]).
+static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many products this process has routed through `sgemv` (for tests and diagnostics).
+pub fn calls() -> usize {
+    CALLS.load(Ordering::Relaxed)
+}
+
+/// 0: not decided (read `MLX_GPT_HOST_MATVEC`), 1: on, 2: off.
+static ENABLED: AtomicU8 = AtomicU8::new(0);
+
+extern "C" {
+    fn mlx_gpt_set_sgemv(sgemv: *mut libc::c_void);
+    fn mlx_gpt_kernels_last_error() -> *const libc::c_char;
+    fn mlx_gpt_host_gemv(
+        res: *mut mlx_sys::mlx_array,
+        x: mlx_sys::mlx_array,
+        w: mlx_sys::mlx_array,
+        bias: mlx_sys::mlx_array,
+        w_transposed: bool,
+    ) -> libc::c_int;
+}
+
+/// Whether the BLAS MLX is linked to has `cblas_sgemv` (it is looked up in the process's
+/// global scope, so the primitive calls the same library, with the same threads, as MLX's
+/// matmuls), handed to the primitive once.
+fn sgemv_ready() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| {
+        // Make sure libmlx (and with it the BLAS) is loaded before looking.
+        let _ = crate::runtime::mlx_version();
+        let name = CString::new("cblas_sgemv").expect("no NUL");
+        // SAFETY: RTLD_DEFAULT searches the global scope; null is handled.
+        let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        if !f.is_null() {
+            // SAFETY: a CBLAS cblas_sgemv; the primitive calls it with that signature.
+            unsafe { mlx_gpt_set_sgemv(f) };
+        }
+        !f.is_null()
+    })
+}
+
+/// Switch host products on or off for the whole process (overrides `MLX_GPT_HOST_MATVEC`).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether host products are switched on (by default yes, unless `MLX_GPT_HOST_MATVEC=0`).
+pub fn enabled() -> bool {
+    match ENABLED.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("MLX_GPT_HOST_MATVEC").map_or(true, |v| v != "0");
+            set_enabled(on);
+            on
+        }
+        v => v == 1,
+    }
+}
+
+/// Run `f` with host products allowed on this thread (see the module documentation).
+pub fn with_host_matvec<T>(f: impl FnOnce() -> T) -> T {
+    let previous = SCOPED.with(|s| s.replace(true));
+    let out = f();
+    SCOPED.with(|s| s.set(previous));
+    out
+}
+
+/// `x @ w` (`w` of shape (K, N)), or `x @ wᵀ` when `w_transposed` (`w` of shape (N, K)),
+/// plus `bias` (N,), as a lazy `sgemv` primitive (one call per row). `Ok(None)` when not
+/// applicable: outside [`with_host_matvec`], switched off, not on the CPU, not float32,
+/// shapes that do not fit, more than [`MAX_ROWS`] rows, a weight (or bias) that is not an
+/// evaluated dense array, or no `cblas_sgemv` in the process.
+pub fn matmul(x: &Array, w: &Array, w_transposed: bool, bias: Option<&Array>) -> Result<Option<Array>, Exception> {
+    if !SCOPED.with(Cell::get) || !enabled() || crate::device::default_device() != Some(crate::device::DeviceKind::Cpu)
+    {
+        return Ok(None);
+    }
+    if x.dtype() != Dtype::Float32 || w.dtype() != Dtype::Float32 || w.ndim() != 2 || x.ndim() == 0 {
+        return Ok(None);
+    }
+    let (rows_w, cols_w) = (w.shape()[0] as usize, w.shape()[1] as usize);
+    let (k, n) = if w_transposed { (cols_w, rows_w) } else { (rows_w, cols_w) };
+    if *x.shape().last().expect("ndim > 0") as usize != k {
+        return Ok(None); // MLX's matmul reports the shape error
+    }
+    let rows = x.size() / k.max(1);
+    if rows == 0 || rows > MAX_ROWS || bias.is_some_and(|b| b.dtype() != Dtype::Float32 || b.size() != n) {
+        return Ok(None);
+    }
+    if !sgemv_ready() {
+        return Ok(None);
+    }
+    // SAFETY: mlx_array_new makes an empty handle that the call fills (or leaves empty on
+    // failure); Array::from_ptr takes ownership of it either way. The inputs are borrowed.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let empty = mlx_sys::mlx_array_new();
+        let b = bias.map_or(empty, |b| b.as_ptr());
+        let status = mlx_gpt_host_gemv(&mut res, x.as_ptr(), w.as_ptr(), b, w_transposed);
+        mlx_sys::mlx_array_free(empty);
+        let out = Array::from_ptr(res);
+        if status == 2 {
+            return Ok(None);
+        }
+        if status != 0 {
+            let why = std::ffi::CStr::from_ptr(mlx_gpt_kernels_last_error()).to_string_lossy().into_owned();
+            return Err(Exception::custom(why));
+        }
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::{ops, random};
+    use proptest::prelude::*;
+
+    fn close(a: &Array, b: &Array) {
+        assert_eq!(a.shape(), b.shape());
+        for (x, y) in a.as_slice::<f32>().iter().zip(b.as_slice::<f32>()) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Both weight orientations, with and without bias, 1–4 rows in any leading shape,
+        /// equal MLX's own matmul.
+        #[test]
+        fn host_products_equal_mlx_matmul(rows in 1usize..=4, k in 1i32..70, n in 1i32..90, lead in 0usize..3, seed in 0u64..1000) {
+            let key = |i: u64| random::key(seed * 4 + i).unwrap();
+            let shape: Vec<i32> = match lead { 0 => vec![rows as i32, k], 1 => vec![1, rows as i32, k], _ => vec![rows as i32, 1, k] };
+            let x = random::normal::<f32>(&shape, None, None, &key(0)).unwrap();
+            let w = random::normal::<f32>(&[k, n], None, None, &key(1)).unwrap();
+            let wt = random::normal::<f32>(&[n, k], None, None, &key(2)).unwrap();
+            let b = random::normal::<f32>(&[n], None, None, &key(3)).unwrap();
+            // Weights are used in place, so they must be evaluated (parameters always are).
+            mlx_rs::transforms::eval([&w, &wt, &b]).unwrap();
+            with_host_matvec(|| {
+                close(&matmul(&x, &w, false, None).unwrap().expect("host path"), &x.matmul(&w).unwrap());
+                close(&matmul(&x, &wt, true, None).unwrap().expect("host path"), &x.matmul(wt.t()).unwrap());
+                let want = ops::addmm(&b, &x, &w, None, None).unwrap();
+                close(&matmul(&x, &w, false, Some(&b)).unwrap().expect("host path"), &want);
+            });
+        }
+    }
+
+    #[test]
+    fn declines_outside_its_scope_and_beyond_its_limits() {
+        let w = random::normal::<f32>(&[8, 3], None, None, None).unwrap();
+        let x1 = random::normal::<f32>(&[1, 8], None, None, None).unwrap();
+        // An unevaluated weight is left to MLX (the product reads weights in place).
+        with_host_matvec(|| assert!(matmul(&x1, &w, false, None).unwrap().is_none()));
+        w.eval().unwrap();
+        // Not inside with_host_matvec.
+        assert!(matmul(&x1, &w, false, None).unwrap().is_none());
+        with_host_matvec(|| {
+            assert!(matmul(&x1, &w, false, None).unwrap().is_some());
+            // Too many rows, another dtype, mismatched shapes: MLX's matmul.
+            let x5 = random::normal::<f32>(&[MAX_ROWS as i32 + 1, 8], None, None, None).unwrap();
+            assert!(matmul(&x5, &w, false, None).unwrap().is_none());
+            assert!(matmul(&x1.as_dtype(Dtype::Float16).unwrap(), &w, false, None).unwrap().is_none());
+            assert!(matmul(&x1, &w, true, None).unwrap().is_none());
+            // A strided (transposed) weight is left to MLX; a strided input is copied.
+            let w_view = random::normal::<f32>(&[3, 8], None, None, None).unwrap().t(); // (8, 3), strided
+            w_view.eval().unwrap();
+            assert!(matmul(&x1, &w_view, false, None).unwrap().is_none());
+            let x_view = random::normal::<f32>(&[8, 1], None, None, None).unwrap().t(); // (1, 8)
+            close(&matmul(&x_view, &w, false, None).unwrap().expect("host path"), &x_view.matmul(&w).unwrap());
+        });
+    }
+}
