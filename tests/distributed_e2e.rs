@@ -146,11 +146,12 @@ fn two_ranks_equal_one_process_on_both_ranks_batches() {
     };
     let same = largest_difference(&single([0, 1]));
     // Float tolerance: the two runs sum gradients in different orders (and one is
-    // compiled); Adam turns such differences into at most a small fraction of lr = 1e-3.
-    assert!(same < 1e-5, "largest weight difference {same}");
+    // compiled); Adam turns such differences into a small fraction of lr = 1e-3 (measured:
+    // 0.4–1.1e-5), while rank 0's batches twice instead of both ranks' give ≈ 5e-3.
+    assert!(same < 1e-4, "largest weight difference {same}");
     // And the comparison can tell: rank 0's batches twice give other weights.
     let other = largest_difference(&single([0, 0]));
-    assert!(other > 1e-4, "rank 1's batches made no difference ({other})");
+    assert!(other > 1e-3, "rank 1's batches made no difference ({other})");
 }
 
 #[test]

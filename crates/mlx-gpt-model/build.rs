@@ -8,13 +8,20 @@ use std::env;
 fn main() {
     println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-changed=build.rs");
-    let include = env::var_os("DEP_MLX_INCLUDE").expect("mlx-sys publishes DEP_MLX_INCLUDE");
+    let include = env::var_os("DEP_MLX_INCLUDE").expect(
+        "DEP_MLX_INCLUDE is not set: mlx-gpt-model needs the workspace's mlx-sys (crates/mlx-sys, \
+         wired in by [patch.crates-io] in the root Cargo.toml), which publishes MLX's headers",
+    );
     let mut build = cc::Build::new();
-    build.cpp(true).std("c++20").file("csrc/host_gemv.cpp");
+    build.cpp(true).std("c++20").file("csrc/host_gemv.cpp").file("csrc/gelu.cpp");
+    println!("cargo:rerun-if-env-changed=DEP_MLX_INCLUDE");
     // As system headers: their warnings are MLX's, ours stay visible.
     for dir in env::split_paths(&include) {
         build.flag("-isystem").flag(dir.to_str().expect("a UTF-8 path"));
     }
+    // Lets the element-wise loops (csrc/gelu.cpp) vectorise their selects and floor, as
+    // MLX's own JIT kernels are built (mlx_gpt_model::jit).
+    build.flag_if_supported("-fno-trapping-math").flag_if_supported("-fno-math-errno");
     if let Some(prelude) = env::var_os("DEP_MLX_PRELUDE") {
         build.flag("-include").flag(prelude.to_str().expect("a UTF-8 path"));
     }

@@ -477,14 +477,21 @@ fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
         Ok(out.len() as f64 / t.elapsed().as_secs_f64())
     };
     let host = mlx_gpt_model::matvec::enabled();
+    let before = mlx_gpt_model::matvec::calls();
     let cached = rate(args.new_tokens, true)?;
+    let used_sgemv = mlx_gpt_model::matvec::calls() > before;
     // The same with MLX's matmul for the one-row products, for comparison.
     mlx_gpt_model::matvec::set_enabled(false);
-    let cached_mlx = if host { Some(rate(args.new_tokens, true)?) } else { None };
-    let uncached = rate(args.uncached_tokens, false)?;
+    let cached_mlx = if used_sgemv { Some(rate(args.new_tokens, true)) } else { None };
     mlx_gpt_model::matvec::set_enabled(host);
+    let cached_mlx = cached_mlx.transpose()?;
+    let uncached = rate(args.uncached_tokens, false)?;
     println!("{:>40} {:>10}", "", "tokens/s");
-    let label = if host { "KV cache (sgemv products)" } else { "KV cache (MLX_GPT_HOST_MATVEC=0)" };
+    let label = match (host, used_sgemv) {
+        (true, true) => "KV cache (sgemv products)",
+        (true, false) => "KV cache (MLX matmul: no sgemv here)",
+        _ => "KV cache (MLX_GPT_HOST_MATVEC=0)",
+    };
     println!("{:>40} {:>10.2}", format!("{label}, {} tokens", args.new_tokens), cached);
     if let Some(r) = cached_mlx {
         println!("{:>40} {:>10.2}", format!("KV cache (MLX matmul), {} tokens", args.new_tokens), r);

@@ -38,7 +38,10 @@ pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             eprintln!("second Ctrl-C: exiting without a checkpoint");
-            std::process::exit(130);
+            // _exit, not exit: no static destructors while training threads may still be
+            // inside MLX. Finished checkpoints are already complete on disk.
+            // SAFETY: _exit only ends the process.
+            unsafe { libc::_exit(130) };
         }
         eprintln!("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to abort)");
     })

@@ -146,6 +146,9 @@ int mlx_gpt_host_gemv(mlx_array* res, const mlx_array x, const mlx_array w, cons
   } catch (const std::exception& e) {
     g_last_error = e.what();
     return 1;
+  } catch (...) {
+    g_last_error = "unknown C++ exception";
+    return 1;
   }
 }
 

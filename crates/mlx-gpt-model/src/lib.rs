@@ -40,6 +40,7 @@ pub mod config;
 pub mod device;
 pub mod dropout;
 mod fs_util;
+pub mod gelu_primitive;
 pub mod generate;
 pub mod gpt;
 pub mod hf;

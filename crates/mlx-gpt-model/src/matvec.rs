@@ -31,12 +31,14 @@ thread_local! {
     static SCOPED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Products built through the primitive so far (see [`calls`]).
-static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+thread_local! {
+    /// Products this thread has built through the primitive (see [`calls`]).
+    static CALLS: Cell<usize> = const { Cell::new(0) };
+}
 
-/// How many products this process has routed through `sgemv` (for tests and diagnostics).
+/// How many products this thread has routed through `sgemv` (for tests and diagnostics).
 pub fn calls() -> usize {
-    CALLS.load(Ordering::Relaxed)
+    CALLS.with(Cell::get)
 }
 
 /// 0: not decided (read `MLX_GPT_HOST_MATVEC`), 1: on, 2: off.
@@ -92,10 +94,15 @@ pub fn enabled() -> bool {
 
 /// Run `f` with host products allowed on this thread (see the module documentation).
 pub fn with_host_matvec<T>(f: impl FnOnce() -> T) -> T {
-    let previous = SCOPED.with(|s| s.replace(true));
-    let out = f();
-    SCOPED.with(|s| s.set(previous));
-    out
+    /// Restores the previous setting however `f` ends (a panicking callback included).
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPED.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SCOPED.with(|s| s.replace(true)));
+    f()
 }
 
 /// `x @ w` (`w` of shape (K, N)), or `x @ wᵀ` when `w_transposed` (`w` of shape (N, K)),
@@ -139,7 +146,7 @@ pub fn matmul(x: &Array, w: &Array, w_transposed: bool, bias: Option<&Array>) ->
             let why = std::ffi::CStr::from_ptr(mlx_gpt_kernels_last_error()).to_string_lossy().into_owned();
             return Err(Exception::custom(why));
         }
-        CALLS.fetch_add(1, Ordering::Relaxed);
+        CALLS.with(|c| c.set(c.get() + 1));
         Ok(Some(out))
     }
 }

@@ -109,8 +109,8 @@ pub struct TrainConfig {
     /// died or cannot connect) instead of hanging.
     pub dist_timeout: f64,
     /// CPU streams the batch is split across, each driven by its own thread on its own
-    /// core; 1 disables, 0 (the default) picks 2 on a multi-core CPU in a single-process
-    /// run with an even batch.
+    /// core; 1 disables, 0 (the default) picks 2 on a CPU with 2–4 cores in a
+    /// single-process run with an even batch.
     pub streams: usize,
     /// Seed of initialisation, batches and dropout.
     pub seed: u64,

@@ -57,12 +57,13 @@ pub fn average_across(g: &crate::distributed::Group, grads: &mut BTreeMap<String
 }
 
 /// The end of the gradient computation, as plain ops on arrays in parameter-name order:
-/// `[scale, clip, part 0's gradients…, part 1's…, …] → [norm, gradients…]`. The parts'
-/// gradients are summed and multiplied by `scale`; `norm` is their global L2 norm, and
-/// the returned gradients are clipped to norm `clip` as PyTorch's `clip_grad_norm_` does
-/// (scaled by `clip / (norm + 1e-6)`, never up; `clip = ∞` leaves them unchanged).
+/// `[scale, clip, clipping (bool), part 0's gradients…, part 1's…, …] → [norm,
+/// gradients…]`. The parts' gradients are summed and multiplied by `scale`; `norm` is
+/// their global L2 norm; with `clipping`, the returned gradients are clipped to norm
+/// `clip` as PyTorch's `clip_grad_norm_` does (scaled by `clip / (norm + 1e-6)`, never
+/// up), and without it they are returned as they are (even when the norm is not finite).
 fn finish_ops(inputs: &[Array], n_params: usize) -> Result<Vec<Array>, Exception> {
-    let (scale, clip, parts) = (&inputs[0], &inputs[1], &inputs[2..]);
+    let (scale, clip, clipping, parts) = (&inputs[0], &inputs[1], &inputs[2], &inputs[3..]);
     let n_parts = parts.len() / n_params;
     let mut grads = Vec::with_capacity(n_params);
     for j in 0..n_params {
@@ -78,6 +79,7 @@ fn finish_ops(inputs: &[Array], n_params: usize) -> Result<Vec<Array>, Exception
     }
     let norm = total.sqrt()?;
     let coef = mlx_rs::ops::minimum(clip.divide(norm.add(Array::from_f32(1e-6))?)?, Array::from_f32(1.0))?;
+    let coef = mlx_rs::ops::select(clipping, &coef, Array::from_f32(1.0))?;
     let mut out = Vec::with_capacity(n_params + 1);
     out.push(norm);
     for g in grads {
@@ -106,8 +108,7 @@ impl Finish {
     /// `(norm, clipped gradients)` of `parts` (each in parameter-name order) summed and
     /// scaled by `scale`; `grad_clip <= 0` disables clipping.
     pub fn run(&mut self, parts: &[Vec<Array>], scale: f32, grad_clip: f32) -> Result<(Array, Vec<Array>), Exception> {
-        let clip = if grad_clip > 0.0 { grad_clip } else { f32::INFINITY };
-        let mut inputs = vec![Array::from_f32(scale), Array::from_f32(clip)];
+        let mut inputs = vec![Array::from_f32(scale), Array::from_f32(grad_clip), Array::from_bool(grad_clip > 0.0)];
         for p in parts {
             if p.len() != self.n_params {
                 return Err(Exception::custom(format!("{} gradients for {} parameters", p.len(), self.n_params)));
@@ -212,7 +213,8 @@ pub struct StreamSplit {
     workers: Vec<Worker>,
     names: Vec<String>,
     finish: Finish,
-    warm: bool,
+    /// The (x, y) shapes every worker has already traced.
+    warm: Option<(Vec<i32>, Vec<i32>)>,
 }
 
 /// What a worker is given: parameters (sorted by name), inputs, targets, dropout key.
@@ -234,6 +236,9 @@ impl Worker {
         let template = template.clone();
         let thread = std::thread::Builder::new()
             .name(format!("mlx-gpt-part-{index}"))
+            // Tracing, autodiff and MLX's graph walks run here, not on the main thread:
+            // give them a main thread's stack rather than the 2 MiB default.
+            .stack_size(8 << 20)
             .spawn(move || {
                 // Built here: the compiled function and this thread's default stream
                 // belong to this thread.
@@ -280,7 +285,7 @@ impl StreamSplit {
         let mut names: Vec<String> = template.parameters().flatten().keys().map(|k| k.to_string()).collect();
         names.sort();
         let finish = Finish::new(names.len(), true);
-        StreamSplit { workers: (0..n).map(|i| Worker::spawn(template, i)).collect(), names, finish, warm: false }
+        StreamSplit { workers: (0..n).map(|i| Worker::spawn(template, i)).collect(), names, finish, warm: None }
     }
 
     /// Number of parts.
@@ -307,23 +312,31 @@ impl StreamSplit {
         let params: Vec<Array> = self.names.iter().map(|k| (*params[k.as_str()]).clone()).collect();
         // Everything a worker reads is evaluated here, so no graph crosses threads.
         mlx_rs::transforms::eval(xs.iter().chain(&ys).chain(&keys).chain(&params))?;
-        let answers: Vec<Answer> = if self.warm {
-            for (i, w) in self.workers.iter().enumerate() {
-                w.send((params.clone(), xs[i].clone(), ys[i].clone(), keys[i].clone()))?;
+        let shapes = (x.shape().to_vec(), y.shape().to_vec());
+        let warm = self.warm.as_ref() == Some(&shapes);
+        let mut answers: Vec<Answer> = Vec::with_capacity(self.workers.len());
+        if warm {
+            // Every worker that took its job is also asked for the answer, even after an
+            // error, so none is left holding a stale one.
+            let sent: Vec<Result<(), Exception>> = self
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| w.send((params.clone(), xs[i].clone(), ys[i].clone(), keys[i].clone())))
+                .collect();
+            for (w, s) in self.workers.iter().zip(sent) {
+                answers.push(s.and_then(|()| w.receive()));
             }
-            // Receive from every worker even after an error, so none is left mid-job.
-            self.workers.iter().map(Worker::receive).collect()
         } else {
-            // The first call traces the function and builds its kernels: one worker at a
-            // time, so MLX's process-wide caches are never filled from two threads at once.
-            let mut answers = Vec::new();
+            // A new input shape traces the function and builds its kernels: one worker at
+            // a time, so MLX's process-wide caches are never filled from two threads at once.
             for (i, w) in self.workers.iter().enumerate() {
-                w.send((params.clone(), xs[i].clone(), ys[i].clone(), keys[i].clone()))?;
-                answers.push(w.receive());
+                answers.push(
+                    w.send((params.clone(), xs[i].clone(), ys[i].clone(), keys[i].clone())).and_then(|()| w.receive()),
+                );
             }
-            self.warm = answers.iter().all(Result::is_ok);
-            answers
-        };
+            self.warm = answers.iter().all(Result::is_ok).then_some(shapes);
+        }
         let mut loss = Array::from_f32(0.0);
         let mut parts = Vec::with_capacity(answers.len());
         for answer in answers {
@@ -531,6 +544,12 @@ mod tests {
                 assert_eq!(g[1].as_slice::<f32>(), &[4.0]);
             }
             assert!(f.run(&parts[..1].iter().map(|p| p[..1].to_vec()).collect::<Vec<_>>(), 1.0, 1.0).is_err());
+            // Without clipping, a non-finite norm leaves the other gradients as they are.
+            let inf = vec![vec![Array::from_slice(&[f32::INFINITY, 1.0], &[2]), Array::from_slice(&[2.0f32], &[1])]];
+            let (norm, g) = f.run(&inf, 1.0, 0.0).unwrap();
+            assert_eq!(norm.item_exact::<f32>(), f32::INFINITY);
+            assert_eq!(g[0].as_slice::<f32>(), &[f32::INFINITY, 1.0]);
+            assert_eq!(g[1].as_slice::<f32>(), &[2.0]);
         }
     }
 }

@@ -149,12 +149,14 @@ pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, Ad
     Ok((model, opt, state))
 }
 
-/// `streams = 0` (the default): two streams on a CPU with at least two cores when the batch
+/// `streams = 0` (the default): two streams on a CPU with two to four cores when the batch
 /// is even and this is the only process (several processes on one machine already share
-/// its cores), else one. More than two has not been measured to help (docs/performance.md).
+/// its cores), else one. Streams run BLAS on one thread each, so on a machine with more
+/// cores one stream whose matmuls use them all is the safer choice; two streams were
+/// measured on two cores only (docs/performance.md).
 fn auto_streams(batch_size: usize, on_cpu: bool, world_size: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if on_cpu && world_size == 1 && cores >= 2 && batch_size.is_multiple_of(2) {
+    if on_cpu && world_size == 1 && (2..=4).contains(&cores) && batch_size.is_multiple_of(2) {
         2
     } else {
         1

@@ -1,0 +1,195 @@
+// The exact (erf) GELU and its gradient as two MLX primitives, one pass over memory each.
+//
+// Written as MLX ops, GELU's forward and backward become several element-wise kernels
+// under compile (erf, the products, exp(-x²/2) for the derivative, ...), each a pass over
+// the activations; as primitives they are one pass each. The math is MLX's own (the
+// same formulas its JIT kernels use), compiled here for the CPU's vector units through
+// function multi-versioning (`target_clones` on the x86-64-v4 (AVX-512), x86-64-v3
+// (AVX2 + FMA) and baseline feature levels, chosen by CPU features when the
+// library loads).
+
+#include <mlx/allocator.h>
+#include <mlx/backend/cpu/encoder.h>
+#include <mlx/mlx.h>
+#include <mlx/primitives.h>
+
+#include "mlx/c/private/array.h"
+
+#include <stdexcept>
+#include <string>
+
+namespace mx = mlx::core;
+
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MLX_GPT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MLX_GPT_CLONES
+#endif
+
+constexpr float kInvSqrt2 = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+
+// MLX's CPU formulas (mlx/backend/cpu/simd/math.h: Cephes' exp polynomial, and
+// Abramowitz–Stegun 7.1.26 for erf as in PyTorch's vectorised erf), restated as inline
+// scalar code so that each target_clones copy inlines them and the loops vectorise. (Its
+// templates are not inlined into the clones and would run as scalar calls.)
+#define MLX_GPT_INLINE inline __attribute__((always_inline))
+
+MLX_GPT_INLINE float exp1(float x0) {
+  float x = x0 * 1.442695f;  // log2(e)
+  const float ipart = __builtin_floorf(x + 0.5f);
+  const float f = x - ipart;
+  x = 1.535336188319500e-4f;
+  x = __builtin_fmaf(x, f, 1.339887440266574e-3f);
+  x = __builtin_fmaf(x, f, 9.618437357674640e-3f);
+  x = __builtin_fmaf(x, f, 5.550332471162809e-2f);
+  x = __builtin_fmaf(x, f, 2.402264791363012e-1f);
+  x = __builtin_fmaf(x, f, 6.931472028550421e-1f);
+  x = __builtin_fmaf(x, f, 1.0f);
+  const int bits = (static_cast<int>(ipart) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  float r = scale * x;
+  r = x0 > 88.0f ? __builtin_inff() : r;
+  r = x0 < -88.0f ? 0.0f : r;
+  return x0 != x0 ? x0 : r;
+}
+
+MLX_GPT_INLINE float erf1(float v) {
+  const float a = v < 0.0f ? -v : v;
+  const float t = 1.0f / __builtin_fmaf(0.3275911f, a, 1.0f);
+  float r = __builtin_fmaf(1.061405429f, t, -1.453152027f);
+  r = __builtin_fmaf(r, t, 1.421413741f);
+  r = __builtin_fmaf(r, t, -0.284496736f);
+  r = __builtin_fmaf(r, t, 0.254829592f);
+  const float e = -exp1(-v * v);
+  const float result = __builtin_fmaf(e * t, r, 1.0f);
+  return v > 0.0f ? result : -result;
+}
+
+MLX_GPT_CLONES void gelu_forward(const float* x, float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    y[i] = 0.5f * v * (1.0f + erf1(v * kInvSqrt2));
+  }
+}
+
+// d/dx [x Φ(x)] = Φ(x) + x φ(x), Φ(x) = (1 + erf(x/√2))/2, φ(x) = exp(-x²/2)/√(2π).
+MLX_GPT_CLONES void gelu_backward(const float* x, const float* g, float* dx, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float cdf = 0.5f * (1.0f + erf1(v * kInvSqrt2));
+    const float pdf = kInvSqrt2Pi * exp1(-0.5f * v * v);
+    dx[i] = g[i] * (cdf + v * pdf);
+  }
+}
+
+thread_local std::string g_last_error;
+
+// Allocates out (same shape as inputs[0]) and dispatches `kernel(ptrs..., out, n)`.
+template <typename F>
+void dispatch_elementwise(mx::Stream stream, const std::vector<mx::array>& inputs, mx::array& out, F kernel) {
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  for (auto& in : inputs) {
+    encoder.set_input_array(in);
+  }
+  encoder.set_output_array(out);
+  std::vector<const float*> ptrs;
+  for (auto& in : inputs) {
+    ptrs.push_back(in.data<float>());
+  }
+  float* y = out.data<float>();
+  size_t n = out.size();
+  // MLX keeps the inputs' buffers alive until the stream has run this task.
+  encoder.dispatch([ptrs = std::move(ptrs), y, n, kernel]() { kernel(ptrs, y, n); });
+}
+
+class GeluGrad : public mx::Primitive {
+ public:
+  explicit GeluGrad(mx::Stream stream) : mx::Primitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    dispatch_elementwise(stream(), inputs, outputs[0], [](const std::vector<const float*>& p, float* y, size_t n) {
+      gelu_backward(p[0], p[1], y, n);
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("[GeluGrad] has no GPU kernel: it is only used on the CPU");
+  }
+  const char* name() const override {
+    return "GeluGrad";
+  }
+  bool is_equivalent(const mx::Primitive&) const override {
+    return true;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+};
+
+class Gelu : public mx::Primitive {
+ public:
+  explicit Gelu(mx::Stream stream) : mx::Primitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    dispatch_elementwise(stream(), inputs, outputs[0], [](const std::vector<const float*>& p, float* y, size_t n) {
+      gelu_forward(p[0], y, n);
+    });
+  }
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("[Gelu] has no GPU kernel: it is only used on the CPU");
+  }
+
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>&,
+      const std::vector<mx::array>&) override {
+    auto g = mx::contiguous(cotangents[0], false, stream());
+    return {mx::array(primals[0].shape(), mx::float32, std::make_shared<GeluGrad>(stream()), {primals[0], g})};
+  }
+
+  const char* name() const override {
+    return "Gelu";
+  }
+  bool is_equivalent(const mx::Primitive&) const override {
+    return true;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+const char* mlx_gpt_gelu_last_error() {
+  return g_last_error.c_str();
+}
+
+// *res = x Φ(x) (exact GELU) for float32 x, on this thread's default CPU stream,
+// differentiable. Returns 0, or 1 with the reason in mlx_gpt_gelu_last_error().
+int mlx_gpt_gelu(mlx_array* res, const mlx_array x) {
+  try {
+    const mx::array& xa = mlx_array_get_(x);
+    if (xa.dtype() != mx::float32) {
+      throw std::invalid_argument("[Gelu] takes float32 only");
+    }
+    auto stream = mx::default_stream(mx::Device::cpu);
+    auto xc = mx::contiguous(xa, false, stream);
+    mlx_array_set_(*res, mx::array(xa.shape(), mx::float32, std::make_shared<Gelu>(stream), {xc}));
+    return 0;
+  } catch (const std::exception& e) {
+    g_last_error = e.what();
+    return 1;
+  } catch (...) {
+    g_last_error = "unknown C++ exception";
+    return 1;
+  }
+}
+
+}  // extern "C"

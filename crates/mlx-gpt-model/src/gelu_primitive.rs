@@ -1,0 +1,103 @@
+//! The exact GELU as a custom MLX primitive (`csrc/gelu.cpp`): forward and gradient are
+//! one pass over memory each, where MLX ops make several fused kernels of the erf
+//! formula. float32 on the CPU only; [`crate::mlp::gelu`] uses it there and MLX ops
+//! everywhere else. `MLX_GPT_CUSTOM_GELU=0` (or [`set_enabled`]) switches it off for
+//! comparison; results agree to float rounding (tested here and in `mlp`).
+
+use mlx_rs::error::Exception;
+use mlx_rs::{Array, Dtype};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+extern "C" {
+    fn mlx_gpt_gelu(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array) -> libc::c_int;
+    fn mlx_gpt_gelu_last_error() -> *const libc::c_char;
+}
+
+/// 0: not decided (read `MLX_GPT_CUSTOM_GELU`), 1: on, 2: off.
+static ENABLED: AtomicU8 = AtomicU8::new(0);
+
+/// Switch the primitive on or off for the whole process.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether the primitive is switched on (by default yes, unless `MLX_GPT_CUSTOM_GELU=0`).
+pub fn enabled() -> bool {
+    match ENABLED.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("MLX_GPT_CUSTOM_GELU").map_or(true, |v| v != "0");
+            set_enabled(on);
+            on
+        }
+        v => v == 1,
+    }
+}
+
+/// `x·Φ(x)` through the primitive, or `Ok(None)` when it does not apply (switched off,
+/// not float32, not on the CPU).
+pub fn gelu(x: &Array) -> Result<Option<Array>, Exception> {
+    if !enabled()
+        || x.dtype() != Dtype::Float32
+        || crate::device::default_device() != Some(crate::device::DeviceKind::Cpu)
+    {
+        return Ok(None);
+    }
+    // SAFETY: the call fills the fresh handle `res` (or leaves it empty on failure), and
+    // Array::from_ptr takes ownership of it either way; `x` is borrowed.
+    unsafe {
+        let mut res = mlx_sys::mlx_array_new();
+        let status = mlx_gpt_gelu(&mut res, x.as_ptr());
+        let out = Array::from_ptr(res);
+        if status != 0 {
+            let why = std::ffi::CStr::from_ptr(mlx_gpt_gelu_last_error()).to_string_lossy().into_owned();
+            return Err(Exception::custom(why));
+        }
+        Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::{random, transforms};
+
+    /// Forward and gradient against the erf formula written as MLX ops, on values that
+    /// cover the tails, plus a strided input.
+    #[test]
+    fn forward_and_gradient_match_the_formula() {
+        fn f_custom(x: &Array) -> Result<Array, Exception> {
+            Ok(gelu(x)?.expect("float32 on the CPU"))
+        }
+        /// `x·½(1 + erf(x/√2))` as MLX ops.
+        fn f_formula(x: &Array) -> Result<Array, Exception> {
+            let h = Array::from_f32(0.5);
+            x.multiply(&h)?.multiply(
+                mlx_rs::ops::erf(x.multiply(Array::from_f32(std::f32::consts::FRAC_1_SQRT_2))?)?
+                    .add(Array::from_f32(1.0))?,
+            )
+        }
+        let x = random::normal::<f32>(&[7, 33], None, Some(3.0), &random::key(5).unwrap()).unwrap();
+        let close = |a: &Array, b: &Array| {
+            assert_eq!(a.shape(), b.shape());
+            // Flattened: a strided result is copied into row order.
+            let (a, b) = (a.reshape(&[-1]).unwrap(), b.reshape(&[-1]).unwrap());
+            for (p, q) in a.as_slice::<f32>().iter().zip(b.as_slice::<f32>()) {
+                assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{p} vs {q}");
+            }
+        };
+        close(&f_custom(&x).unwrap(), &f_formula(&x).unwrap());
+        let strided = x.t();
+        close(&f_custom(&strided).unwrap(), &f_formula(&strided).unwrap());
+        // Gradient of sum(w · gelu(x)) with a non-trivial cotangent w.
+        let w = random::normal::<f32>(&[7, 33], None, None, &random::key(6).unwrap()).unwrap();
+        let grad_of = |f: fn(&Array) -> Result<Array, Exception>| {
+            let w = w.clone();
+            let mut g =
+                transforms::grad(move |x: &Array| -> Result<Array, Exception> { f(x)?.multiply(&w)?.sum(None) });
+            g(&x).unwrap()
+        };
+        close(&grad_of(f_custom), &grad_of(f_formula));
+        // Not for other dtypes.
+        assert!(gelu(&x.as_dtype(Dtype::Float16).unwrap()).unwrap().is_none());
+    }
+}
