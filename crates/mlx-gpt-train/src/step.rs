@@ -200,11 +200,11 @@ impl CompiledGrad {
 ///
 /// MLX runs each stream's kernels on one worker thread, so a second stream is the only way
 /// to put a second core to work on the non-matmul part of the step. The parts must also be
-/// *evaluated* from different host threads: one `eval` of both parts walks the graph part
-/// after part and stops queueing work while a few tasks are pending, so the second
-/// stream's kernels were only queued once the first stream had nearly finished (measured:
-/// 125% CPU and no gain). MLX 0.32 keeps streams per host thread, which this design
-/// follows. BLAS should use one thread per part (see
+/// *evaluated* from different host threads: one `eval` of both parts gained nothing
+/// (measured: 125% CPU). It walks the graph part after part and, as we read MLX's
+/// scheduler, waits whenever too many tasks are pending, so the second stream gets work
+/// only near the end of the first (docs/performance.md). MLX 0.32 keeps streams per host
+/// thread, which this design follows. BLAS should use one thread per part (see
 /// `mlx_gpt_model::runtime::set_blas_threads`).
 ///
 /// The parts' losses and gradients are averaged; each part's loss is a mean over an equal
