@@ -15,6 +15,8 @@
 
 #include "mlx/c/private/array.h"
 
+#include "entry.h"
+
 #include <stdexcept>
 #include <string>
 
@@ -85,8 +87,6 @@ MLX_GPT_CLONES void gelu_backward(const float* x, const float* g, float* dx, siz
     dx[i] = g[i] * (cdf + v * pdf);
   }
 }
-
-thread_local std::string g_last_error;
 
 // Allocates out (same shape as inputs[0]) and dispatches `kernel(ptrs..., out, n)`.
 template <typename F>
@@ -167,14 +167,10 @@ class Gelu : public mx::Primitive {
 
 extern "C" {
 
-const char* mlx_gpt_gelu_last_error() {
-  return g_last_error.c_str();
-}
-
 // *res = x Φ(x) (exact GELU) for float32 x, on this thread's default CPU stream,
-// differentiable. Returns 0, or 1 with the reason in mlx_gpt_gelu_last_error().
+// differentiable. Returns 0, or 1 with the reason in mlx_gpt_last_error().
 int mlx_gpt_gelu(mlx_array* res, const mlx_array x) {
-  try {
+  return mlx_gpt::guarded([&]() {
     const mx::array& xa = mlx_array_get_(x);
     if (xa.dtype() != mx::float32) {
       throw std::invalid_argument("[Gelu] takes float32 only");
@@ -183,13 +179,7 @@ int mlx_gpt_gelu(mlx_array* res, const mlx_array x) {
     auto xc = mx::contiguous(xa, false, stream);
     mlx_array_set_(*res, mx::array(xa.shape(), mx::float32, std::make_shared<Gelu>(stream), {xc}));
     return 0;
-  } catch (const std::exception& e) {
-    g_last_error = e.what();
-    return 1;
-  } catch (...) {
-    g_last_error = "unknown C++ exception";
-    return 1;
-  }
+  });
 }
 
 }  // extern "C"

@@ -16,6 +16,8 @@
 
 #include "mlx/c/private/array.h"
 
+#include "entry.h"
+
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -32,8 +34,6 @@ constexpr int kTrans = 112;
 
 // Set once by the Rust side (`mlx_gpt_set_sgemv`) to the BLAS MLX itself calls.
 Sgemv g_sgemv = nullptr;
-
-thread_local std::string g_last_error;
 
 // out (..., N) = x (..., K) · w + bias: w is (K, N), or (N, K) used transposed.
 class HostGemv : public mx::Primitive {
@@ -98,18 +98,13 @@ void mlx_gpt_set_sgemv(void* sgemv) {
   g_sgemv = reinterpret_cast<Sgemv>(sgemv);
 }
 
-// The message of the last failed call on this thread.
-const char* mlx_gpt_kernels_last_error() {
-  return g_last_error.c_str();
-}
-
 // *res = x · w (+ bias): x (..., K) float32; w (K, N), or (N, K) with w_transposed;
 // bias (N,) or an empty mlx_array (ctx null). On this thread's default CPU stream.
 // Returns 0; 2 (and *res untouched) when the weight or bias is not an evaluated, dense
 // array (the caller falls back to MLX's matmul); or 1 with the reason in
-// mlx_gpt_kernels_last_error().
+// mlx_gpt_last_error().
 int mlx_gpt_host_gemv(mlx_array* res, const mlx_array x, const mlx_array w, const mlx_array bias, bool w_transposed) {
-  try {
+  return mlx_gpt::guarded([&]() {
     if (g_sgemv == nullptr) {
       throw std::runtime_error("mlx_gpt_set_sgemv was not called");
     }
@@ -143,13 +138,7 @@ int mlx_gpt_host_gemv(mlx_array* res, const mlx_array x, const mlx_array w, cons
     shape.back() = n;
     mlx_array_set_(*res, mx::array(shape, mx::float32, std::make_shared<HostGemv>(stream, w_transposed), inputs));
     return 0;
-  } catch (const std::exception& e) {
-    g_last_error = e.what();
-    return 1;
-  } catch (...) {
-    g_last_error = "unknown C++ exception";
-    return 1;
-  }
+  });
 }
 
 }  // extern "C"

@@ -4,33 +4,24 @@
 //! everywhere else. `MLX_GPT_CUSTOM_GELU=0` (or [`set_enabled`]) switches it off for
 //! comparison; results agree to float rounding (tested here and in `mlp`).
 
+use crate::switch::Switch;
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 extern "C" {
     fn mlx_gpt_gelu(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array) -> libc::c_int;
-    fn mlx_gpt_gelu_last_error() -> *const libc::c_char;
 }
 
-/// 0: not decided (read `MLX_GPT_CUSTOM_GELU`), 1: on, 2: off.
-static ENABLED: AtomicU8 = AtomicU8::new(0);
+static ENABLED: Switch = Switch::new("MLX_GPT_CUSTOM_GELU");
 
 /// Switch the primitive on or off for the whole process.
 pub fn set_enabled(on: bool) {
-    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    ENABLED.set(on);
 }
 
 /// Whether the primitive is switched on (by default yes, unless `MLX_GPT_CUSTOM_GELU=0`).
 pub fn enabled() -> bool {
-    match ENABLED.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var("MLX_GPT_CUSTOM_GELU").map_or(true, |v| v != "0");
-            set_enabled(on);
-            on
-        }
-        v => v == 1,
-    }
+    ENABLED.get()
 }
 
 /// `x·Φ(x)` through the primitive, or `Ok(None)` when it does not apply (switched off,
@@ -49,7 +40,7 @@ pub fn gelu(x: &Array) -> Result<Option<Array>, Exception> {
         let status = mlx_gpt_gelu(&mut res, x.as_ptr());
         let out = Array::from_ptr(res);
         if status != 0 {
-            let why = std::ffi::CStr::from_ptr(mlx_gpt_gelu_last_error()).to_string_lossy().into_owned();
+            let why = std::ffi::CStr::from_ptr(crate::matvec::last_error_ptr()).to_string_lossy().into_owned();
             return Err(Exception::custom(why));
         }
         Ok(Some(out))

@@ -9,28 +9,20 @@
 //! [`set_plain_ops`]) switches back for comparison. Results agree to float rounding
 //! (tested in this module).
 
+use crate::switch::Switch;
 use mlx_rs::error::Exception;
 use mlx_rs::{ops, Array};
-use std::sync::atomic::{AtomicU8, Ordering};
 
-// 0 = not yet read from the environment, 1 = primitives, 2 = plain ops.
-static MODE: AtomicU8 = AtomicU8::new(0);
+static PLAIN_OPS: Switch = Switch::new("MLX_GPT_PLAIN_OPS");
 
 /// Use plain ops (`true`, the default) or MLX's dedicated primitives.
 pub fn set_plain_ops(plain: bool) {
-    MODE.store(if plain { 2 } else { 1 }, Ordering::Relaxed);
+    PLAIN_OPS.set(plain);
 }
 
 /// Whether plain ops are in use.
 pub fn plain_ops() -> bool {
-    match MODE.load(Ordering::Relaxed) {
-        0 => {
-            let plain = !std::env::var("MLX_GPT_PLAIN_OPS").is_ok_and(|v| v == "0" || v.eq_ignore_ascii_case("off"));
-            set_plain_ops(plain);
-            plain
-        }
-        m => m == 2,
-    }
+    PLAIN_OPS.get()
 }
 
 /// Softmax over the last axis: `exp(x − max) / Σ exp(x − max)`.

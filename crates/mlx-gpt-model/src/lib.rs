@@ -52,6 +52,7 @@ pub mod loss;
 pub mod matvec;
 pub mod mlp;
 pub mod runtime;
+pub mod switch;
 
 pub use config::{Activation, ConfigError, GptConfig};
 pub use device::{DeviceError, DeviceKind};

@@ -16,11 +16,11 @@
 //! has no gradient (decoding only). `MLX_GPT_HOST_MATVEC=0` or [`set_enabled`] turns it off
 //! for comparison.
 
+use crate::switch::Switch;
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 use std::cell::Cell;
 use std::ffi::CString;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 /// Inputs with more rows than this go to MLX's matmul: `sgemm` is the better kernel once
@@ -41,12 +41,11 @@ pub fn calls() -> usize {
     CALLS.with(Cell::get)
 }
 
-/// 0: not decided (read `MLX_GPT_HOST_MATVEC`), 1: on, 2: off.
-static ENABLED: AtomicU8 = AtomicU8::new(0);
+static ENABLED: Switch = Switch::new("MLX_GPT_HOST_MATVEC");
 
 extern "C" {
     fn mlx_gpt_set_sgemv(sgemv: *mut libc::c_void);
-    fn mlx_gpt_kernels_last_error() -> *const libc::c_char;
+    fn mlx_gpt_last_error() -> *const libc::c_char;
     fn mlx_gpt_host_gemv(
         res: *mut mlx_sys::mlx_array,
         x: mlx_sys::mlx_array,
@@ -54,6 +53,13 @@ extern "C" {
         bias: mlx_sys::mlx_array,
         w_transposed: bool,
     ) -> libc::c_int;
+}
+
+/// The message of the last failed call into `csrc/` on this thread (a C string owned by
+/// the C++ side, valid until the next call on this thread).
+pub(crate) fn last_error_ptr() -> *const libc::c_char {
+    // SAFETY: returns a pointer to a thread-local std::string's buffer.
+    unsafe { mlx_gpt_last_error() }
 }
 
 /// Whether the BLAS MLX is linked to has `cblas_sgemv` (it is looked up in the process's
@@ -77,19 +83,12 @@ fn sgemv_ready() -> bool {
 
 /// Switch host products on or off for the whole process (overrides `MLX_GPT_HOST_MATVEC`).
 pub fn set_enabled(on: bool) {
-    ENABLED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+    ENABLED.set(on);
 }
 
 /// Whether host products are switched on (by default yes, unless `MLX_GPT_HOST_MATVEC=0`).
 pub fn enabled() -> bool {
-    match ENABLED.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var("MLX_GPT_HOST_MATVEC").map_or(true, |v| v != "0");
-            set_enabled(on);
-            on
-        }
-        v => v == 1,
-    }
+    ENABLED.get()
 }
 
 /// Run `f` with host products allowed on this thread (see the module documentation).
@@ -143,7 +142,7 @@ pub fn matmul(x: &Array, w: &Array, w_transposed: bool, bias: Option<&Array>) ->
             return Ok(None);
         }
         if status != 0 {
-            let why = std::ffi::CStr::from_ptr(mlx_gpt_kernels_last_error()).to_string_lossy().into_owned();
+            let why = std::ffi::CStr::from_ptr(last_error_ptr()).to_string_lossy().into_owned();
             return Err(Exception::custom(why));
         }
         CALLS.with(|c| c.set(c.get() + 1));
