@@ -12,22 +12,60 @@ use mlx_rs::macros::ModuleParameters;
 use mlx_rs::{ops, Array};
 
 /// Keys and values of the positions already processed by one layer, for generation.
+///
+/// They live in buffers with room to spare, written in place: appending a token writes
+/// its own keys and values (MLX updates a buffer nothing else refers to without copying
+/// it), where concatenating would copy the whole cache at every token. A full buffer is
+/// reallocated at twice the size, so the copying is amortised.
 #[derive(Debug, Clone, Default)]
 pub struct LayerKv {
-    /// (B, nh, past, hs)
+    /// (B, nh, capacity, hs); positions `len..` are unused.
     pub k: Option<Array>,
-    /// (B, nh, past, hs)
+    /// (B, nh, capacity, hs)
     pub v: Option<Array>,
+    len: usize,
 }
 
 impl LayerKv {
     /// Number of positions held.
     pub fn len(&self) -> usize {
-        self.k.as_ref().map_or(0, |k| k.shape()[2] as usize)
+        self.len
     }
     /// Whether nothing is held yet.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+
+    /// Append `k`, `v` (B, nh, T, hs) and return the keys and values of every position
+    /// held, (B, nh, len, hs).
+    fn append(&mut self, k: &Array, v: &Array) -> Result<(Array, Array), Exception> {
+        use mlx_rs::ops::indexing::{IndexOp, TryIndexMutOp};
+        let (past, t) = (self.len as i32, k.shape()[2]);
+        let needed = past + t;
+        let capacity = self.k.as_ref().map_or(0, |k| k.shape()[2]);
+        if needed > capacity {
+            let new_capacity = needed.max(2 * capacity).max(64);
+            let grow = |old: Option<Array>, like: &Array| -> Result<Array, Exception> {
+                let sh = like.shape();
+                let mut buffer = ops::zeros_dtype(&[sh[0], sh[1], new_capacity, sh[3]], like.dtype())?;
+                if let Some(old) = old {
+                    buffer.try_index_mut((.., .., 0..past, ..), old.index((.., .., 0..past, ..)))?;
+                }
+                Ok(buffer)
+            };
+            self.k = Some(grow(self.k.take(), k)?);
+            self.v = Some(grow(self.v.take(), v)?);
+        }
+        // Taken out of `self` while written, so the old buffer has no other owner.
+        let mut kb = self.k.take().expect("allocated above");
+        let mut vb = self.v.take().expect("allocated above");
+        kb.try_index_mut((.., .., past..needed, ..), k)?;
+        vb.try_index_mut((.., .., past..needed, ..), v)?;
+        let held = (kb.index((.., .., 0..needed, ..)), vb.index((.., .., 0..needed, ..)));
+        self.k = Some(kb);
+        self.v = Some(vb);
+        self.len = needed as usize;
+        Ok(held)
     }
 }
 
@@ -78,12 +116,7 @@ impl CausalSelfAttention {
         let (q, mut k, mut v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
         let past = kv.as_ref().map_or(0, |kv| kv.len()) as i32;
         if let Some(kv) = kv {
-            if let (Some(pk), Some(pv)) = (&kv.k, &kv.v) {
-                k = ops::concatenate(&[pk, &k], 2)?; // (B, nh, S, hs)
-                v = ops::concatenate(&[pv, &v], 2)?;
-            }
-            kv.k = Some(k.clone());
-            kv.v = Some(v.clone());
+            (k, v) = kv.append(&k, &v)?; // (B, nh, S, hs)
         }
         let scale = 1.0 / (hs as f32).sqrt();
         let dropout = self.attn_dropout.active();

@@ -251,6 +251,17 @@ mod tests {
     }
 
     #[test]
+    fn cached_generation_equals_uncached_while_the_cache_buffers_grow() {
+        // The cache's buffers start at 64 positions and double: 3 + 140 tokens grow them
+        // twice (to 128, then 256) without the window sliding (block 200).
+        let params = SamplingParams { temperature: 0.9, top_k: Some(7), seed: 5, ..Default::default() };
+        let cached = generate(&mut tiny(200), &[4, 5, 6], 140, &params, |_| true).unwrap();
+        let plain = SamplingParams { use_kv_cache: false, ..params.clone() };
+        let uncached = generate(&mut tiny(200), &[4, 5, 6], 140, &plain, |_| true).unwrap();
+        assert_eq!(cached, uncached);
+    }
+
+    #[test]
     fn stops_on_stop_token_and_callback() {
         let mut m = tiny(16);
         let params = SamplingParams { temperature: 0.0, ..Default::default() };
