@@ -8,10 +8,6 @@ use crate::switch::Switch;
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 
-extern "C" {
-    fn mlx_gpt_gelu(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array) -> libc::c_int;
-}
-
 static ENABLED: Switch = Switch::new("MLX_GPT_CUSTOM_GELU");
 
 /// Switch the primitive on or off for the whole process.
@@ -33,18 +29,8 @@ pub fn gelu(x: &Array) -> Result<Option<Array>, Exception> {
     {
         return Ok(None);
     }
-    // SAFETY: the call fills the fresh handle `res` (or leaves it empty on failure), and
-    // Array::from_ptr takes ownership of it either way; `x` is borrowed.
-    unsafe {
-        let mut res = mlx_sys::mlx_array_new();
-        let status = mlx_gpt_gelu(&mut res, x.as_ptr());
-        let out = Array::from_ptr(res);
-        if status != 0 {
-            let why = std::ffi::CStr::from_ptr(crate::matvec::last_error_ptr()).to_string_lossy().into_owned();
-            return Err(Exception::custom(why));
-        }
-        Ok(Some(out))
-    }
+    // SAFETY: mlx_gpt_gelu with the given handle; `x` outlives the call.
+    unsafe { crate::csrc::call(|res| crate::csrc::mlx_gpt_gelu(res, x.as_ptr())) }
 }
 
 #[cfg(test)]

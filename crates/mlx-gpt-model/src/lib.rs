@@ -37,6 +37,7 @@
 pub mod attention;
 pub mod block;
 pub mod config;
+mod csrc;
 pub mod device;
 pub mod dropout;
 mod fs_util;

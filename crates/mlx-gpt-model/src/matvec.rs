@@ -20,7 +20,6 @@ use crate::switch::Switch;
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 use std::cell::Cell;
-use std::ffi::CString;
 use std::sync::OnceLock;
 
 /// Inputs with more rows than this go to MLX's matmul: `sgemm` is the better kernel once
@@ -28,10 +27,8 @@ use std::sync::OnceLock;
 pub const MAX_ROWS: usize = 4;
 
 thread_local! {
+    /// Inside [`with_host_matvec`].
     static SCOPED: Cell<bool> = const { Cell::new(false) };
-}
-
-thread_local! {
     /// Products this thread has built through the primitive (see [`calls`]).
     static CALLS: Cell<usize> = const { Cell::new(0) };
 }
@@ -43,25 +40,6 @@ pub fn calls() -> usize {
 
 static ENABLED: Switch = Switch::new("MLX_GPT_HOST_MATVEC");
 
-extern "C" {
-    fn mlx_gpt_set_sgemv(sgemv: *mut libc::c_void);
-    fn mlx_gpt_last_error() -> *const libc::c_char;
-    fn mlx_gpt_host_gemv(
-        res: *mut mlx_sys::mlx_array,
-        x: mlx_sys::mlx_array,
-        w: mlx_sys::mlx_array,
-        bias: mlx_sys::mlx_array,
-        w_transposed: bool,
-    ) -> libc::c_int;
-}
-
-/// The message of the last failed call into `csrc/` on this thread (a C string owned by
-/// the C++ side, valid until the next call on this thread).
-pub(crate) fn last_error_ptr() -> *const libc::c_char {
-    // SAFETY: returns a pointer to a thread-local std::string's buffer.
-    unsafe { mlx_gpt_last_error() }
-}
-
 /// Whether the BLAS MLX is linked to has `cblas_sgemv` (it is looked up in the process's
 /// global scope, so the primitive calls the same library, with the same threads, as MLX's
 /// matmuls), handed to the primitive once.
@@ -70,12 +48,10 @@ fn sgemv_ready() -> bool {
     *READY.get_or_init(|| {
         // Make sure libmlx (and with it the BLAS) is loaded before looking.
         let _ = crate::runtime::mlx_version();
-        let name = CString::new("cblas_sgemv").expect("no NUL");
-        // SAFETY: RTLD_DEFAULT searches the global scope; null is handled.
-        let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        let f = crate::runtime::lookup("cblas_sgemv");
         if !f.is_null() {
             // SAFETY: a CBLAS cblas_sgemv; the primitive calls it with that signature.
-            unsafe { mlx_gpt_set_sgemv(f) };
+            unsafe { crate::csrc::mlx_gpt_set_sgemv(f) };
         }
         !f.is_null()
     })
@@ -129,25 +105,19 @@ pub fn matmul(x: &Array, w: &Array, w_transposed: bool, bias: Option<&Array>) ->
     if !sgemv_ready() {
         return Ok(None);
     }
-    // SAFETY: mlx_array_new makes an empty handle that the call fills (or leaves empty on
-    // failure); Array::from_ptr takes ownership of it either way. The inputs are borrowed.
-    unsafe {
-        let mut res = mlx_sys::mlx_array_new();
+    // SAFETY: mlx_gpt_host_gemv with the given handle; the arrays outlive the call (an
+    // empty handle, freed here, stands for "no bias").
+    let out = unsafe {
         let empty = mlx_sys::mlx_array_new();
         let b = bias.map_or(empty, |b| b.as_ptr());
-        let status = mlx_gpt_host_gemv(&mut res, x.as_ptr(), w.as_ptr(), b, w_transposed);
+        let out = crate::csrc::call(|res| crate::csrc::mlx_gpt_host_gemv(res, x.as_ptr(), w.as_ptr(), b, w_transposed));
         mlx_sys::mlx_array_free(empty);
-        let out = Array::from_ptr(res);
-        if status == 2 {
-            return Ok(None);
-        }
-        if status != 0 {
-            let why = std::ffi::CStr::from_ptr(last_error_ptr()).to_string_lossy().into_owned();
-            return Err(Exception::custom(why));
-        }
+        out?
+    };
+    if out.is_some() {
         CALLS.with(|c| c.set(c.get() + 1));
-        Ok(Some(out))
     }
+    Ok(out)
 }
 
 #[cfg(test)]

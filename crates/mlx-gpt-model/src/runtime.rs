@@ -56,7 +56,7 @@ impl BlasInfo {
     }
 }
 
-fn lookup(symbol: &str) -> *mut libc::c_void {
+pub(crate) fn lookup(symbol: &str) -> *mut libc::c_void {
     let name = CString::new(symbol).expect("symbol names have no NUL");
     // SAFETY: RTLD_DEFAULT searches the global scope; a null result is handled by callers.
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }

@@ -124,6 +124,20 @@ impl Finish {
     }
 }
 
+/// The model's parameter names, sorted: the order in which the compiled functions take
+/// parameters and return gradients.
+fn param_names(model: &Gpt) -> Vec<String> {
+    let mut names: Vec<String> = model.parameters().flatten().keys().map(|k| k.to_string()).collect();
+    names.sort();
+    names
+}
+
+/// The model's parameters in the order of `names`.
+fn params_in_order(model: &Gpt, names: &[String]) -> Vec<Array> {
+    let params = model.parameters().flatten();
+    names.iter().map(|k| (*params[k.as_str()]).clone()).collect()
+}
+
 type GradFn = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
 
 /// A mean loss over the parts of a micro-batch, and each part's gradients (in
@@ -144,8 +158,7 @@ pub struct CompiledGrad {
 impl CompiledGrad {
     /// Compile for models shaped like `template` (its weights are not used).
     pub fn new(template: &Gpt) -> Self {
-        let mut names: Vec<String> = template.parameters().flatten().keys().map(|k| k.to_string()).collect();
-        names.sort();
+        let names = param_names(template);
         let mut model = template.clone();
         let keys = names.clone();
         let f = move |inputs: &[Array]| -> Result<Vec<Array>, Exception> {
@@ -170,8 +183,7 @@ impl CompiledGrad {
     }
 
     fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<LossAndParts, Exception> {
-        let params = model.parameters().flatten();
-        let params: Vec<Array> = self.names.iter().map(|k| (*params[k.as_str()]).clone()).collect();
+        let params = params_in_order(model, &self.names);
         let (loss, grads) = self.call_arrays(params, x, y, key)?;
         Ok((loss, vec![grads]))
     }
@@ -282,8 +294,7 @@ impl Drop for Worker {
 impl StreamSplit {
     /// `n` parts, each with its own thread, stream and compiled function.
     pub fn new(template: &Gpt, n: usize) -> Self {
-        let mut names: Vec<String> = template.parameters().flatten().keys().map(|k| k.to_string()).collect();
-        names.sort();
+        let names = param_names(template);
         let finish = Finish::new(names.len(), true);
         StreamSplit { workers: (0..n).map(|i| Worker::spawn(template, i)).collect(), names, finish, warm: None }
     }
@@ -308,8 +319,7 @@ impl StreamSplit {
             next_key = rest;
             keys.push(part_key);
         }
-        let params = model.parameters().flatten();
-        let params: Vec<Array> = self.names.iter().map(|k| (*params[k.as_str()]).clone()).collect();
+        let params = params_in_order(model, &self.names);
         // Everything a worker reads is evaluated here, so no graph crosses threads.
         mlx_rs::transforms::eval(xs.iter().chain(&ys).chain(&keys).chain(&params))?;
         let shapes = (x.shape().to_vec(), y.shape().to_vec());

@@ -1,0 +1,41 @@
+//! The C entry points of the C++ in `csrc/` (custom MLX primitives, built by build.rs),
+//! and the one way Rust calls them: each fills a fresh `mlx_array` and returns 0 (done),
+//! 2 (declined: the caller uses MLX ops instead) or 1 (failed, with a message kept by
+//! `csrc/entry.h`).
+
+use mlx_rs::error::Exception;
+use mlx_rs::Array;
+
+extern "C" {
+    fn mlx_gpt_last_error() -> *const libc::c_char;
+    /// Hands `cblas_sgemv` to `HostGemv` (csrc/host_gemv.cpp).
+    pub(crate) fn mlx_gpt_set_sgemv(sgemv: *mut libc::c_void);
+    /// `*res = x · w (+ bias)` as a `HostGemv` primitive.
+    pub(crate) fn mlx_gpt_host_gemv(
+        res: *mut mlx_sys::mlx_array,
+        x: mlx_sys::mlx_array,
+        w: mlx_sys::mlx_array,
+        bias: mlx_sys::mlx_array,
+        w_transposed: bool,
+    ) -> libc::c_int;
+    /// `*res = x·Φ(x)` as a `Gelu` primitive (csrc/gelu.cpp).
+    pub(crate) fn mlx_gpt_gelu(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array) -> libc::c_int;
+}
+
+/// Run an entry point on a fresh result handle: `Ok(Some(array))` when it succeeded,
+/// `Ok(None)` when it declined, the C++ side's message as an error when it failed.
+///
+/// # Safety
+/// `f` must call one of the entry points above with the handle it is given and arrays
+/// that outlive the call.
+pub(crate) unsafe fn call(f: impl FnOnce(*mut mlx_sys::mlx_array) -> libc::c_int) -> Result<Option<Array>, Exception> {
+    let mut res = mlx_sys::mlx_array_new();
+    let status = f(&mut res);
+    // Owns the handle whether or not the call filled it.
+    let out = Array::from_ptr(res);
+    match status {
+        0 => Ok(Some(out)),
+        2 => Ok(None),
+        _ => Err(Exception::custom(std::ffi::CStr::from_ptr(mlx_gpt_last_error()).to_string_lossy().into_owned())),
+    }
+}
