@@ -79,7 +79,7 @@ struct GenerateArgs {
     /// Tokens generated with the cache.
     #[arg(long, default_value_t = 256)]
     new_tokens: usize,
-    /// Tokens generated without the cache (each a full forward; slow).
+    /// Tokens generated without the cache (each a full forward; slow; 0 skips this run).
     #[arg(long, default_value_t = 32)]
     uncached_tokens: usize,
     #[command(flatten)]
@@ -485,7 +485,7 @@ fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
     let cached_mlx = if used_sgemv { Some(rate(args.new_tokens, true)) } else { None };
     mlx_gpt_model::matvec::set_enabled(host);
     let cached_mlx = cached_mlx.transpose()?;
-    let uncached = rate(args.uncached_tokens, false)?;
+    let uncached = if args.uncached_tokens > 0 { Some(rate(args.uncached_tokens, false)?) } else { None };
     println!("{:>40} {:>10}", "", "tokens/s");
     let label = match (host, used_sgemv) {
         (true, true) => "KV cache (sgemv products)",
@@ -496,8 +496,10 @@ fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
     if let Some(r) = cached_mlx {
         println!("{:>40} {:>10.2}", format!("KV cache (MLX matmul), {} tokens", args.new_tokens), r);
     }
-    println!("{:>40} {:>10.2}", format!("no cache, {} tokens", args.uncached_tokens), uncached);
-    println!("cache speed-up: {:.1}x", cached / uncached);
+    if let Some(uncached) = uncached {
+        println!("{:>40} {:>10.2}", format!("no cache, {} tokens", args.uncached_tokens), uncached);
+        println!("cache speed-up: {:.1}x", cached / uncached);
+    }
     let script_args: Vec<String> = [
         ("--n-layer", config.n_layer),
         ("--n-head", config.n_head),

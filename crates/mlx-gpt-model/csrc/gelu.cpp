@@ -1,4 +1,5 @@
-// The exact (erf) GELU and its gradient as two MLX primitives, one pass over memory each.
+// GELU and its gradient as two MLX primitives, one pass over memory each: the exact
+// (erf) form, nanoGPT's, and the tanh approximation GPT-2 was trained with (`gelu_new`).
 //
 // Written as MLX ops, GELU's forward and backward become several element-wise kernels
 // under compile (erf, the products, exp(-x²/2) for the derivative, ...), each a pass over
@@ -16,6 +17,7 @@
 #include "mlx/c/private/array.h"
 
 #include "entry.h"
+#include "vector.h"
 
 #include <stdexcept>
 #include <string>
@@ -24,12 +26,6 @@ namespace mx = mlx::core;
 
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MLX_GPT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MLX_GPT_CLONES
-#endif
-
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
@@ -37,7 +33,6 @@ constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 // Abramowitz–Stegun 7.1.26 for erf as in PyTorch's vectorised erf), restated as inline
 // scalar code so that each target_clones copy inlines them and the loops vectorise. (Its
 // templates are not inlined into the clones and would run as scalar calls.)
-#define MLX_GPT_INLINE inline __attribute__((always_inline))
 
 MLX_GPT_INLINE float exp1(float x0) {
   float x = x0 * 1.442695f;  // log2(e)
@@ -78,6 +73,33 @@ MLX_GPT_CLONES void gelu_forward(const float* x, float* y, size_t n) {
   }
 }
 
+// tanh(u) = 1 − 2 / (exp(2u) + 1), through the same inline exp: it vectorises, where
+// libm's tanhf is a scalar call per element.
+MLX_GPT_INLINE float tanh1(float u) {
+  return 1.0f - 2.0f / (exp1(2.0f * u) + 1.0f);
+}
+
+constexpr float kSqrt2OverPi = 0.79788456080286536f;
+constexpr float kTanhCubic = 0.044715f;
+
+// x·½(1 + tanh(√(2/π)(x + 0.044715x³)))
+MLX_GPT_CLONES void gelu_tanh_forward(const float* x, float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    y[i] = 0.5f * v * (1.0f + tanh1(kSqrt2OverPi * (v + kTanhCubic * v * v * v)));
+  }
+}
+
+// With t = tanh(u), u = a(x + bx³): d/dx = ½(1 + t) + ½x(1 − t²)·a(1 + 3bx²).
+MLX_GPT_CLONES void gelu_tanh_backward(const float* x, const float* g, float* dx, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float t = tanh1(kSqrt2OverPi * (v + kTanhCubic * v * v * v));
+    const float du = kSqrt2OverPi * (1.0f + 3.0f * kTanhCubic * v * v);
+    dx[i] = g[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+  }
+}
+
 // d/dx [x Φ(x)] = Φ(x) + x φ(x), Φ(x) = (1 + erf(x/√2))/2, φ(x) = exp(-x²/2)/√(2π).
 MLX_GPT_CLONES void gelu_backward(const float* x, const float* g, float* dx, size_t n) {
   for (size_t i = 0; i < n; ++i) {
@@ -109,11 +131,12 @@ void dispatch_elementwise(mx::Stream stream, const std::vector<mx::array>& input
 
 class GeluGrad : public mx::Primitive {
  public:
-  explicit GeluGrad(mx::Stream stream) : mx::Primitive(stream) {}
+  GeluGrad(mx::Stream stream, bool tanh) : mx::Primitive(stream), tanh_(tanh) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    dispatch_elementwise(stream(), inputs, outputs[0], [](const std::vector<const float*>& p, float* y, size_t n) {
-      gelu_backward(p[0], p[1], y, n);
+    const bool tanh = tanh_;
+    dispatch_elementwise(stream(), inputs, outputs[0], [tanh](const std::vector<const float*>& p, float* y, size_t n) {
+      (tanh ? gelu_tanh_backward : gelu_backward)(p[0], p[1], y, n);
     });
   }
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
@@ -122,21 +145,25 @@ class GeluGrad : public mx::Primitive {
   const char* name() const override {
     return "GeluGrad";
   }
-  bool is_equivalent(const mx::Primitive&) const override {
-    return true;
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return tanh_ == static_cast<const GeluGrad&>(other).tanh_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     return {inputs[0].shape()};
   }
+
+ private:
+  bool tanh_;
 };
 
 class Gelu : public mx::Primitive {
  public:
-  explicit Gelu(mx::Stream stream) : mx::Primitive(stream) {}
+  Gelu(mx::Stream stream, bool tanh) : mx::Primitive(stream), tanh_(tanh) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    dispatch_elementwise(stream(), inputs, outputs[0], [](const std::vector<const float*>& p, float* y, size_t n) {
-      gelu_forward(p[0], y, n);
+    const bool tanh = tanh_;
+    dispatch_elementwise(stream(), inputs, outputs[0], [tanh](const std::vector<const float*>& p, float* y, size_t n) {
+      (tanh ? gelu_tanh_forward : gelu_forward)(p[0], y, n);
     });
   }
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
@@ -149,27 +176,31 @@ class Gelu : public mx::Primitive {
       const std::vector<int>&,
       const std::vector<mx::array>&) override {
     auto g = mx::contiguous(cotangents[0], false, stream());
-    return {mx::array(primals[0].shape(), mx::float32, std::make_shared<GeluGrad>(stream()), {primals[0], g})};
+    return {mx::array(primals[0].shape(), mx::float32, std::make_shared<GeluGrad>(stream(), tanh_), {primals[0], g})};
   }
 
   const char* name() const override {
     return "Gelu";
   }
-  bool is_equivalent(const mx::Primitive&) const override {
-    return true;
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return tanh_ == static_cast<const Gelu&>(other).tanh_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     return {inputs[0].shape()};
   }
+
+ private:
+  bool tanh_;
 };
 
 }  // namespace
 
 extern "C" {
 
-// *res = x Φ(x) (exact GELU) for float32 x, on this thread's default CPU stream,
-// differentiable. Returns 0, or 1 with the reason in mlx_gpt_last_error().
-int mlx_gpt_gelu(mlx_array* res, const mlx_array x) {
+// *res = GELU(x) for float32 x (exact, or the tanh approximation when `tanh`), on this
+// thread's default CPU stream, differentiable. Returns 0, or 1 with the reason in
+// mlx_gpt_last_error().
+int mlx_gpt_gelu(mlx_array* res, const mlx_array x, bool tanh) {
   return mlx_gpt::guarded([&]() {
     const mx::array& xa = mlx_array_get_(x);
     if (xa.dtype() != mx::float32) {
@@ -177,7 +208,7 @@ int mlx_gpt_gelu(mlx_array* res, const mlx_array x) {
     }
     auto stream = mx::default_stream(mx::Device::cpu);
     auto xc = mx::contiguous(xa, false, stream);
-    mlx_array_set_(*res, mx::array(xa.shape(), mx::float32, std::make_shared<Gelu>(stream), {xc}));
+    mlx_array_set_(*res, mx::array(xa.shape(), mx::float32, std::make_shared<Gelu>(stream, tanh), {xc}));
     return 0;
   });
 }

@@ -9,6 +9,7 @@ use crate::linear::Linear;
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::macros::ModuleParameters;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array};
 
 /// Keys and values of the positions already processed by one layer, for generation.
@@ -16,12 +17,15 @@ use mlx_rs::{ops, Array};
 /// They live in buffers with room to spare, written in place: appending a token writes
 /// its own keys and values (MLX updates a buffer nothing else refers to without copying
 /// it), where concatenating would copy the whole cache at every token. A full buffer is
-/// reallocated at twice the size, so the copying is amortised.
+/// reallocated at twice the size, so the copying is amortised. The heads stay side by
+/// side, (B, capacity, C) as c_attn produces them: appending copies rows as they are, and
+/// a new position's attention reads each head's columns in place
+/// ([`crate::decode_attention`]).
 #[derive(Debug, Clone, Default)]
 pub struct LayerKv {
-    /// (B, nh, capacity, hs); positions `len..` are unused.
+    /// (B, capacity, C); positions `len..` are unused.
     pub k: Option<Array>,
-    /// (B, nh, capacity, hs)
+    /// (B, capacity, C)
     pub v: Option<Array>,
     len: usize,
 }
@@ -36,20 +40,19 @@ impl LayerKv {
         self.len == 0
     }
 
-    /// Append `k`, `v` (B, nh, T, hs) and return the keys and values of every position
-    /// held, (B, nh, len, hs).
-    fn append(&mut self, k: &Array, v: &Array) -> Result<(Array, Array), Exception> {
-        use mlx_rs::ops::indexing::{IndexOp, TryIndexMutOp};
-        let (past, t) = (self.len as i32, k.shape()[2]);
+    /// Append `k`, `v` (B, T, C): the new positions' keys and values.
+    fn append(&mut self, k: &Array, v: &Array) -> Result<(), Exception> {
+        use mlx_rs::ops::indexing::TryIndexMutOp;
+        let (past, t) = (self.len as i32, k.shape()[1]);
         let needed = past + t;
-        let capacity = self.k.as_ref().map_or(0, |k| k.shape()[2]);
+        let capacity = self.k.as_ref().map_or(0, |k| k.shape()[1]);
         if needed > capacity {
             let new_capacity = needed.max(2 * capacity).max(64);
             let grow = |old: Option<Array>, like: &Array| -> Result<Array, Exception> {
                 let sh = like.shape();
-                let mut buffer = ops::zeros_dtype(&[sh[0], sh[1], new_capacity, sh[3]], like.dtype())?;
+                let mut buffer = ops::zeros_dtype(&[sh[0], new_capacity, sh[2]], like.dtype())?;
                 if let Some(old) = old {
-                    buffer.try_index_mut((.., .., 0..past, ..), old.index((.., .., 0..past, ..)))?;
+                    buffer.try_index_mut((.., 0..past, ..), old.index((.., 0..past, ..)))?;
                 }
                 Ok(buffer)
             };
@@ -59,13 +62,17 @@ impl LayerKv {
         // Taken out of `self` while written, so the old buffer has no other owner.
         let mut kb = self.k.take().expect("allocated above");
         let mut vb = self.v.take().expect("allocated above");
-        kb.try_index_mut((.., .., past..needed, ..), k)?;
-        vb.try_index_mut((.., .., past..needed, ..), v)?;
-        let held = (kb.index((.., .., 0..needed, ..)), vb.index((.., .., 0..needed, ..)));
+        kb.try_index_mut((.., past..needed, ..), k)?;
+        vb.try_index_mut((.., past..needed, ..), v)?;
         self.k = Some(kb);
         self.v = Some(vb);
         self.len = needed as usize;
-        Ok(held)
+        Ok(())
+    }
+
+    /// The buffers (B, capacity, C); positions `..len()` are held. Call after `append`.
+    fn buffers(&self) -> (&Array, &Array) {
+        (self.k.as_ref().expect("appended"), self.v.as_ref().expect("appended"))
     }
 }
 
@@ -112,14 +119,26 @@ impl CausalSelfAttention {
         let hs = c / nh;
         let qkv = self.c_attn.forward(x)?; // (B, T, 3C)
         let parts = qkv.split_equal(3, -1)?; // 3 × (B, T, C)
-        let heads = |a: &Array| a.reshape(&[b, t, nh, hs])?.transpose_axes(&[0, 2, 1, 3]); // (B, nh, T, hs)
-        let (q, mut k, mut v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
         let past = kv.as_ref().map_or(0, |kv| kv.len()) as i32;
-        if let Some(kv) = kv {
-            (k, v) = kv.append(&k, &v)?; // (B, nh, S, hs)
-        }
         let scale = 1.0 / (hs as f32).sqrt();
         let dropout = self.attn_dropout.active();
+        let (k, v) = match kv {
+            Some(kv) => {
+                kv.append(&parts[1], &parts[2])?;
+                let (kb, vb) = kv.buffers();
+                if t == 1 && !dropout {
+                    // One new position: one kernel over the buffers where they lie.
+                    let len = past + 1;
+                    if let Some(y) = crate::decode_attention::attend(&parts[0], kb, vb, nh, len, scale)? {
+                        return self.resid_dropout.forward(&self.c_proj.forward(&y)?);
+                    }
+                }
+                let s = past + t;
+                (heads_of(&kb.index((.., 0..s, ..)), nh)?, heads_of(&vb.index((.., 0..s, ..)), nh)?) // (B, nh, S, hs)
+            }
+            None => (heads_of(&parts[1], nh)?, heads_of(&parts[2], nh)?), // (B, nh, T, hs)
+        };
+        let q = heads_of(&parts[0], nh)?;
         let y = if dropout || crate::kernels::plain_ops() {
             // Explicit attention: dropout acts on the weights, which the fused kernel never
             // exposes; and under compile these ops fuse (see kernels.rs).
@@ -141,6 +160,12 @@ impl CausalSelfAttention {
         let y = y.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, t, c])?; // re-assemble heads: (B, T, C)
         self.resid_dropout.forward(&self.c_proj.forward(&y)?)
     }
+}
+
+/// (B, S, C) → (B, nh, S, hs): the heads apart.
+fn heads_of(a: &Array, nh: i32) -> Result<Array, Exception> {
+    let sh = a.shape();
+    a.reshape(&[sh[0], sh[1], nh, sh[2] / nh])?.transpose_axes(&[0, 2, 1, 3])
 }
 
 /// Additive mask (T, past + T): 0 where query i may see key j (j ≤ past + i), −∞ elsewhere.

@@ -18,8 +18,28 @@ extern "C" {
         bias: mlx_sys::mlx_array,
         w_transposed: bool,
     ) -> libc::c_int;
-    /// `*res = x·Φ(x)` as a `Gelu` primitive (csrc/gelu.cpp).
-    pub(crate) fn mlx_gpt_gelu(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array) -> libc::c_int;
+    /// `*res = x·Φ(x)` (or the tanh approximation) as a `Gelu` primitive (csrc/gelu.cpp).
+    pub(crate) fn mlx_gpt_gelu(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array, tanh: bool) -> libc::c_int;
+    /// `*res = LayerNorm(x; w, bias, eps)` as a `LayerNorm` primitive (csrc/layer_norm.cpp);
+    /// `bias` may be an empty handle.
+    pub(crate) fn mlx_gpt_layer_norm(
+        res: *mut mlx_sys::mlx_array,
+        x: mlx_sys::mlx_array,
+        w: mlx_sys::mlx_array,
+        bias: mlx_sys::mlx_array,
+        eps: f32,
+    ) -> libc::c_int;
+    /// `*res` = one query's attention over the first `len` cached positions, as a
+    /// `DecodeAttention` primitive (csrc/decode_attention.cpp).
+    pub(crate) fn mlx_gpt_decode_attention(
+        res: *mut mlx_sys::mlx_array,
+        q: mlx_sys::mlx_array,
+        k: mlx_sys::mlx_array,
+        v: mlx_sys::mlx_array,
+        n_head: libc::c_int,
+        len: libc::c_int,
+        scale: f32,
+    ) -> libc::c_int;
 }
 
 /// Run an entry point on a fresh result handle: `Ok(Some(array))` when it succeeded,

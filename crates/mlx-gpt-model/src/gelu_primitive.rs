@@ -1,6 +1,7 @@
-//! The exact GELU as a custom MLX primitive (`csrc/gelu.cpp`): forward and gradient are
-//! one pass over memory each, where MLX ops make several fused kernels of the erf
-//! formula. float32 on the CPU only; [`crate::mlp::gelu`] uses it there and MLX ops
+//! GELU as a custom MLX primitive (`csrc/gelu.cpp`), exact or with GPT-2's tanh
+//! approximation: forward and gradient are one pass over memory each, where MLX ops make
+//! several fused kernels of the formula under compile, and about nine kernels eagerly (as
+//! in generation). float32 on the CPU only; [`crate::mlp::gelu`] uses it there and MLX ops
 //! everywhere else. `MLX_GPT_CUSTOM_GELU=0` (or [`set_enabled`]) switches it off for
 //! comparison; results agree to float rounding (tested here and in `mlp`).
 
@@ -20,9 +21,9 @@ pub fn enabled() -> bool {
     ENABLED.get()
 }
 
-/// `x·Φ(x)` through the primitive, or `Ok(None)` when it does not apply (switched off,
-/// not float32, not on the CPU).
-pub fn gelu(x: &Array) -> Result<Option<Array>, Exception> {
+/// GELU through the primitive, `x·Φ(x)` or (`tanh`) `x·½(1 + tanh(√(2/π)(x + 0.044715x³)))`,
+/// or `Ok(None)` when it does not apply (switched off, not float32, not on the CPU).
+pub fn gelu(x: &Array, tanh: bool) -> Result<Option<Array>, Exception> {
     if !enabled()
         || x.dtype() != Dtype::Float32
         || crate::device::default_device() != Some(crate::device::DeviceKind::Cpu)
@@ -30,7 +31,7 @@ pub fn gelu(x: &Array) -> Result<Option<Array>, Exception> {
         return Ok(None);
     }
     // SAFETY: mlx_gpt_gelu with the given handle; `x` outlives the call.
-    unsafe { crate::csrc::call(|res| crate::csrc::mlx_gpt_gelu(res, x.as_ptr())) }
+    unsafe { crate::csrc::call(|res| crate::csrc::mlx_gpt_gelu(res, x.as_ptr(), tanh)) }
 }
 
 #[cfg(test)]
@@ -38,20 +39,20 @@ mod tests {
     use super::*;
     use mlx_rs::{random, transforms};
 
-    /// Forward and gradient against the erf formula written as MLX ops, on values that
-    /// cover the tails, plus a strided input.
+    /// Forward and gradient of both forms against their formulas written as MLX ops, on
+    /// values that cover the tails, plus a strided input.
     #[test]
-    fn forward_and_gradient_match_the_formula() {
-        fn f_custom(x: &Array) -> Result<Array, Exception> {
-            Ok(gelu(x)?.expect("float32 on the CPU"))
-        }
-        /// `x·½(1 + erf(x/√2))` as MLX ops.
-        fn f_formula(x: &Array) -> Result<Array, Exception> {
-            let h = Array::from_f32(0.5);
-            x.multiply(&h)?.multiply(
-                mlx_rs::ops::erf(x.multiply(Array::from_f32(std::f32::consts::FRAC_1_SQRT_2))?)?
-                    .add(Array::from_f32(1.0))?,
-            )
+    fn forward_and_gradient_match_the_formulas() {
+        /// `x·½(1 + erf(x/√2))` or `x·½(1 + tanh(√(2/π)(x + 0.044715x³)))` as MLX ops.
+        fn formula(x: &Array, tanh: bool) -> Result<Array, Exception> {
+            let k = Array::from_f32;
+            let inner = if tanh {
+                let arg = x.add(x.multiply(x)?.multiply(x)?.multiply(k(0.044715))?)?;
+                mlx_rs::ops::tanh(&arg.multiply(k((2.0 / std::f32::consts::PI).sqrt()))?)?
+            } else {
+                mlx_rs::ops::erf(x.multiply(k(std::f32::consts::FRAC_1_SQRT_2))?)?
+            };
+            x.multiply(k(0.5))?.multiply(inner.add(k(1.0))?)
         }
         let x = random::normal::<f32>(&[7, 33], None, Some(3.0), &random::key(5).unwrap()).unwrap();
         let close = |a: &Array, b: &Array| {
@@ -62,19 +63,22 @@ mod tests {
                 assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{p} vs {q}");
             }
         };
-        close(&f_custom(&x).unwrap(), &f_formula(&x).unwrap());
-        let strided = x.t();
-        close(&f_custom(&strided).unwrap(), &f_formula(&strided).unwrap());
-        // Gradient of sum(w · gelu(x)) with a non-trivial cotangent w.
         let w = random::normal::<f32>(&[7, 33], None, None, &random::key(6).unwrap()).unwrap();
-        let grad_of = |f: fn(&Array) -> Result<Array, Exception>| {
-            let w = w.clone();
-            let mut g =
-                transforms::grad(move |x: &Array| -> Result<Array, Exception> { f(x)?.multiply(&w)?.sum(None) });
-            g(&x).unwrap()
-        };
-        close(&grad_of(f_custom), &grad_of(f_formula));
-        // Not for other dtypes.
-        assert!(gelu(&x.as_dtype(Dtype::Float16).unwrap()).unwrap().is_none());
+        for tanh in [false, true] {
+            let custom = move |x: &Array| -> Result<Array, Exception> { Ok(gelu(x, tanh)?.expect("float32 on the CPU")) };
+            let reference = move |x: &Array| formula(x, tanh);
+            close(&custom(&x).unwrap(), &reference(&x).unwrap());
+            let strided = x.t();
+            close(&custom(&strided).unwrap(), &reference(&strided).unwrap());
+            // Gradient of sum(w · gelu(x)) with a non-trivial cotangent w.
+            let grad_of = |f: &dyn Fn(&Array) -> Result<Array, Exception>| {
+                let w = w.clone();
+                let mut g = transforms::grad(move |x: &Array| -> Result<Array, Exception> { f(x)?.multiply(&w)?.sum(None) });
+                g(&x).unwrap()
+            };
+            close(&grad_of(&custom), &grad_of(&reference));
+            // Not for other dtypes.
+            assert!(gelu(&x.as_dtype(Dtype::Float16).unwrap(), tanh).unwrap().is_none());
+        }
     }
 }

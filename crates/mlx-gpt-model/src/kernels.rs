@@ -47,6 +47,9 @@ pub fn logsumexp_last(x: &Array) -> Result<Array, Exception> {
 
 /// LayerNorm over the last axis with gain `w` and optional bias `b`.
 pub fn layer_norm(x: &Array, w: &Array, b: Option<&Array>, eps: f32) -> Result<Array, Exception> {
+    if let Some(y) = crate::layer_norm_primitive::layer_norm(x, w, b, eps)? {
+        return Ok(y);
+    }
     if !plain_ops() {
         return mlx_rs::fast::layer_norm(x, Some(w), b, eps);
     }

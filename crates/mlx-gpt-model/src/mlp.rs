@@ -44,11 +44,9 @@ impl Mlp {
 /// GELU in the input's dtype (mlx-rs's own promotes bfloat16/float16 inputs to float32).
 /// Exact: `x·½(1 + erf(x/√2))`; tanh: `x·½(1 + tanh(√(2/π)(x + 0.044715x³)))`.
 pub fn gelu(x: &Array, activation: Activation) -> Result<Array, Exception> {
-    if activation == Activation::Gelu {
-        // float32 on the CPU: one-pass forward and gradient (crate::gelu_primitive).
-        if let Some(y) = crate::gelu_primitive::gelu(x)? {
-            return Ok(y);
-        }
+    // float32 on the CPU: one-pass forward and gradient (crate::gelu_primitive).
+    if let Some(y) = crate::gelu_primitive::gelu(x, activation == Activation::GeluNew)? {
+        return Ok(y);
     }
     let k = |v: f32| Array::from_f32(v).as_dtype(x.dtype());
     let inner = match activation {

@@ -1,0 +1,252 @@
+// LayerNorm and its gradient as two MLX primitives: one kernel each, per row of C
+// features.
+//
+// Written as MLX ops a LayerNorm is a chain of reductions and element-wise ops: under
+// compile several kernels forward and more backward, and eagerly (generation) about eight
+// kernels, each a task handed to the stream's thread. Here the forward pass keeps each
+// row's mean and 1/σ as two extra outputs, and the backward pass uses them (as llm.c's
+// layernorm_backward does): dx in one pass per row, dw and db summed over the rows in
+// the same loop.
+
+#include <mlx/allocator.h>
+#include <mlx/backend/cpu/encoder.h>
+#include <mlx/mlx.h>
+#include <mlx/primitives.h>
+
+#include "mlx/c/private/array.h"
+
+#include "entry.h"
+#include "vector.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace mx = mlx::core;
+
+namespace {
+
+// Σ (a[i] - m)² over n, in partial sums (see vector.h).
+MLX_GPT_INLINE float centred_square_sum(const float* a, float m, size_t n) {
+  float acc[mlx_gpt::kLanes] = {};
+  size_t i = 0;
+  for (; i + mlx_gpt::kLanes <= n; i += mlx_gpt::kLanes) {
+    for (int l = 0; l < mlx_gpt::kLanes; ++l) {
+      const float d = a[i + l] - m;
+      acc[l] += d * d;
+    }
+  }
+  float s = 0.0f;
+  for (; i < n; ++i) {
+    s += (a[i] - m) * (a[i] - m);
+  }
+  for (int l = 0; l < mlx_gpt::kLanes; ++l) {
+    s += acc[l];
+  }
+  return s;
+}
+
+// y = (x - mean) / sqrt(var + eps) · w + b per row (the biased variance, as PyTorch).
+MLX_GPT_CLONES void ln_forward(
+    const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, size_t rows, size_t c,
+    float eps) {
+  const float inv_c = 1.0f / static_cast<float>(c);
+  for (size_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * c;
+    float* yr = y + r * c;
+    const float m = mlx_gpt::sum(xr, c) * inv_c;
+    const float rs = 1.0f / std::sqrt(centred_square_sum(xr, m, c) * inv_c + eps);
+    if (b != nullptr) {
+      for (size_t i = 0; i < c; ++i) {
+        yr[i] = (xr[i] - m) * rs * w[i] + b[i];
+      }
+    } else {
+      for (size_t i = 0; i < c; ++i) {
+        yr[i] = (xr[i] - m) * rs * w[i];
+      }
+    }
+    mean[r] = m;
+    rstd[r] = rs;
+  }
+}
+
+// With n = (x - mean)·rstd and g = dy·w: dx = (g - mean(g) - n·mean(g·n))·rstd;
+// dw = Σ_rows dy·n; db = Σ_rows dy.
+MLX_GPT_CLONES void ln_backward(
+    const float* x, const float* w, const float* mean, const float* rstd, const float* dy, float* dx, float* dw,
+    float* db, size_t rows, size_t c) {
+  const float inv_c = 1.0f / static_cast<float>(c);
+  for (size_t i = 0; i < c; ++i) {
+    dw[i] = 0.0f;
+    db[i] = 0.0f;
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * c;
+    const float* gr = dy + r * c;
+    float* dxr = dx + r * c;
+    const float m = mean[r], rs = rstd[r];
+    float acc_g[mlx_gpt::kLanes] = {}, acc_gn[mlx_gpt::kLanes] = {};
+    size_t i = 0;
+    for (; i + mlx_gpt::kLanes <= c; i += mlx_gpt::kLanes) {
+      for (int l = 0; l < mlx_gpt::kLanes; ++l) {
+        const float g = gr[i + l] * w[i + l];
+        acc_g[l] += g;
+        acc_gn[l] += g * (xr[i + l] - m) * rs;
+      }
+    }
+    float sg = 0.0f, sgn = 0.0f;
+    for (; i < c; ++i) {
+      const float g = gr[i] * w[i];
+      sg += g;
+      sgn += g * (xr[i] - m) * rs;
+    }
+    for (int l = 0; l < mlx_gpt::kLanes; ++l) {
+      sg += acc_g[l];
+      sgn += acc_gn[l];
+    }
+    const float mg = sg * inv_c, mgn = sgn * inv_c;
+    for (size_t j = 0; j < c; ++j) {
+      const float n = (xr[j] - m) * rs;
+      dxr[j] = (gr[j] * w[j] - mg - n * mgn) * rs;
+      dw[j] += gr[j] * n;
+      db[j] += gr[j];
+    }
+  }
+}
+
+void allocate(std::vector<mx::array>& outputs) {
+  for (auto& out : outputs) {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+  }
+}
+
+// inputs: x (..., C), w (C), mean (rows), rstd (rows), dy (..., C), all dense;
+// outputs: dx (..., C), dw (C), db (C).
+class LayerNormGrad : public mx::Primitive {
+ public:
+  explicit LayerNormGrad(mx::Stream stream) : mx::Primitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    allocate(outputs);
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (auto& in : inputs) {
+      encoder.set_input_array(in);
+    }
+    for (auto& out : outputs) {
+      encoder.set_output_array(out);
+    }
+    const size_t c = inputs[1].size(), rows = inputs[2].size();
+    const float *x = inputs[0].data<float>(), *w = inputs[1].data<float>(), *mean = inputs[2].data<float>(),
+                *rstd = inputs[3].data<float>(), *dy = inputs[4].data<float>();
+    float *dx = outputs[0].data<float>(), *dw = outputs[1].data<float>(), *db = outputs[2].data<float>();
+    // MLX keeps the inputs' buffers alive until the stream has run this task.
+    encoder.dispatch([=]() { ln_backward(x, w, mean, rstd, dy, dx, dw, db, rows, c); });
+  }
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("[LayerNormGrad] has no GPU kernel: it is only used on the CPU");
+  }
+  const char* name() const override {
+    return "LayerNormGrad";
+  }
+  bool is_equivalent(const mx::Primitive&) const override {
+    return true;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape(), inputs[1].shape(), inputs[1].shape()};
+  }
+};
+
+// inputs: x (..., C), w (C) and optionally b (C), all dense; outputs: y (..., C), and
+// each row's mean and 1/σ (rows), which only the gradient reads.
+class LayerNorm : public mx::Primitive {
+ public:
+  LayerNorm(mx::Stream stream, float eps) : mx::Primitive(stream), eps_(eps) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    allocate(outputs);
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (auto& in : inputs) {
+      encoder.set_input_array(in);
+    }
+    for (auto& out : outputs) {
+      encoder.set_output_array(out);
+    }
+    const size_t c = inputs[1].size(), rows = outputs[1].size();
+    const float *x = inputs[0].data<float>(), *w = inputs[1].data<float>();
+    const float* b = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
+    float *y = outputs[0].data<float>(), *mean = outputs[1].data<float>(), *rstd = outputs[2].data<float>();
+    const float eps = eps_;
+    encoder.dispatch([=]() { ln_forward(x, w, b, y, mean, rstd, rows, c, eps); });
+  }
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("[LayerNorm] has no GPU kernel: it is only used on the CPU");
+  }
+
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override {
+    // Only y is handed out (mlx_gpt_layer_norm), so only its cotangent can be non-zero.
+    auto dy = mx::contiguous(cotangents[0], false, stream());
+    auto grads = mx::array::make_arrays(
+        {primals[0].shape(), primals[1].shape(), primals[1].shape()},
+        {mx::float32, mx::float32, mx::float32},
+        std::make_shared<LayerNormGrad>(stream()),
+        {primals[0], primals[1], outputs[1], outputs[2], dy});
+    std::vector<mx::array> out;
+    for (int arg : argnums) {
+      out.push_back(grads.at(arg));  // x → dx, w → dw, b → db
+    }
+    return out;
+  }
+
+  const char* name() const override {
+    return "LayerNorm";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return eps_ == static_cast<const LayerNorm&>(other).eps_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    const mx::Shape rows = {static_cast<int>(inputs[0].size() / inputs[1].size())};
+    return {inputs[0].shape(), rows, rows};
+  }
+
+ private:
+  float eps_;
+};
+
+}  // namespace
+
+extern "C" {
+
+// *res = LayerNorm(x; w, bias, eps) over x's last axis for float32 arrays, on this
+// thread's default CPU stream, differentiable. `bias` may be an empty handle. Returns 0,
+// or 1 with the reason in mlx_gpt_last_error().
+int mlx_gpt_layer_norm(mlx_array* res, const mlx_array x, const mlx_array w, const mlx_array bias, float eps) {
+  return mlx_gpt::guarded([&]() {
+    const mx::array& xa = mlx_array_get_(x);
+    const mx::array& wa = mlx_array_get_(w);
+    if (xa.dtype() != mx::float32 || wa.dtype() != mx::float32 || xa.ndim() == 0 || wa.ndim() != 1 ||
+        wa.shape(0) == 0 || xa.shape(-1) != wa.shape(0)) {
+      throw std::invalid_argument("[LayerNorm] needs float32 x (..., C) and a float32 weight (C)");
+    }
+    auto stream = mx::default_stream(mx::Device::cpu);
+    std::vector<mx::array> inputs = {mx::contiguous(xa, false, stream), mx::contiguous(wa, false, stream)};
+    if (bias.ctx != nullptr) {
+      const mx::array& ba = mlx_array_get_(bias);
+      if (ba.dtype() != mx::float32 || ba.shape() != wa.shape()) {
+        throw std::invalid_argument("[LayerNorm] the bias must be float32 of the weight's shape");
+      }
+      inputs.push_back(mx::contiguous(ba, false, stream));
+    }
+    const mx::Shape rows = {static_cast<int>(xa.size() / wa.size())};
+    auto outs = mx::array::make_arrays(
+        {xa.shape(), rows, rows}, {mx::float32, mx::float32, mx::float32}, std::make_shared<LayerNorm>(stream, eps),
+        inputs);
+    mlx_array_set_(*res, outs[0]);
+    return 0;
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,121 @@
+//! LayerNorm as a custom MLX primitive (`csrc/layer_norm.cpp`): one kernel forward and
+//! one backward, where MLX ops make a chain of reductions and element-wise kernels (about
+//! eight tasks per LayerNorm when not compiled, as in generation). float32 on the CPU
+//! only; [`crate::kernels::layer_norm`] uses it there and MLX ops everywhere else.
+//! `MLX_GPT_CUSTOM_LAYERNORM=0` (or [`set_enabled`]) switches it off for comparison;
+//! results agree to float rounding (tested here).
+
+use crate::switch::Switch;
+use mlx_rs::error::Exception;
+use mlx_rs::{Array, Dtype};
+
+static ENABLED: Switch = Switch::new("MLX_GPT_CUSTOM_LAYERNORM");
+
+/// Switch the primitive on or off for the whole process.
+pub fn set_enabled(on: bool) {
+    ENABLED.set(on);
+}
+
+/// Whether the primitive is switched on (by default yes, unless `MLX_GPT_CUSTOM_LAYERNORM=0`).
+pub fn enabled() -> bool {
+    ENABLED.get()
+}
+
+/// LayerNorm of `x` over its last axis through the primitive, or `Ok(None)` when it does
+/// not apply (switched off, not float32, not on the CPU).
+pub fn layer_norm(x: &Array, w: &Array, b: Option<&Array>, eps: f32) -> Result<Option<Array>, Exception> {
+    let f32s = x.dtype() == Dtype::Float32 && w.dtype() == Dtype::Float32 && b.is_none_or(|b| b.dtype() == Dtype::Float32);
+    if !enabled() || !f32s || crate::device::default_device() != Some(crate::device::DeviceKind::Cpu) {
+        return Ok(None);
+    }
+    // SAFETY: mlx_gpt_layer_norm with the given handle; the arrays outlive the call (an
+    // empty handle, freed here, stands for "no bias").
+    unsafe {
+        let empty = mlx_sys::mlx_array_new();
+        let bias = b.map_or(empty, |b| b.as_ptr());
+        let out = crate::csrc::call(|res| crate::csrc::mlx_gpt_layer_norm(res, x.as_ptr(), w.as_ptr(), bias, eps));
+        mlx_sys::mlx_array_free(empty);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::{random, transforms};
+    use proptest::prelude::*;
+
+    /// LayerNorm as plain MLX ops: the reference.
+    fn plain(x: &Array, w: &Array, b: Option<&Array>, eps: f32) -> Result<Array, Exception> {
+        let mean = x.mean_axis(-1, true)?;
+        let xc = x.subtract(&mean)?;
+        let var = xc.square()?.mean_axis(-1, true)?;
+        let y = xc.multiply(var.add(Array::from_f32(eps))?.rsqrt()?)?.multiply(w)?;
+        match b {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+
+    fn close(a: &Array, b: &Array, tol: f32) {
+        assert_eq!(a.shape(), b.shape());
+        let (a, b) = (a.reshape(&[-1]).unwrap(), b.reshape(&[-1]).unwrap());
+        for (p, q) in a.as_slice::<f32>().iter().zip(b.as_slice::<f32>()) {
+            assert!((p - q).abs() <= tol * (1.0 + q.abs()), "{p} vs {q}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Output and the gradients for x, w and b against plain ops, for widths that do
+        /// and do not fill the vector lanes, any number of rows, with and without bias,
+        /// and a strided x.
+        #[test]
+        fn forward_and_gradients_match_plain_ops(
+            rows in 1i32..9, c in 1i32..70, bias in any::<bool>(), transposed in any::<bool>(), seed in 0u64..1000,
+        ) {
+            let key = |i: u64| random::key(seed * 8 + i).unwrap();
+            let x = if transposed {
+                random::normal::<f32>(&[c, rows], None, Some(2.0), &key(0)).unwrap().t()
+            } else {
+                random::normal::<f32>(&[rows, c], None, Some(2.0), &key(0)).unwrap()
+            };
+            let w = random::normal::<f32>(&[c], None, None, &key(1)).unwrap();
+            let b = bias.then(|| random::normal::<f32>(&[c], None, None, &key(2)).unwrap());
+            let eps = 1e-5;
+            let got = layer_norm(&x, &w, b.as_ref(), eps).unwrap().expect("float32 on the CPU");
+            close(&got, &plain(&x, &w, b.as_ref(), eps).unwrap(), 2e-5);
+
+            // Gradients of Σ g·LN(x) for a non-trivial cotangent g.
+            let g = random::normal::<f32>(&[rows, c], None, None, &key(3)).unwrap();
+            let grads = |custom: bool| -> Vec<Array> {
+                let g = g.clone();
+                let f = move |args: &[Array]| -> Result<Vec<Array>, Exception> {
+                    let y = if custom {
+                        layer_norm(&args[0], &args[1], args.get(2), eps)?.expect("float32 on the CPU")
+                    } else {
+                        plain(&args[0], &args[1], args.get(2), eps)?
+                    };
+                    Ok(vec![y.multiply(&g)?.sum(None)?])
+                };
+                let mut args = vec![x.clone(), w.clone()];
+                args.extend(b.clone());
+                let argnums: Vec<i32> = (0..args.len() as i32).collect();
+                let mut vg = transforms::value_and_grad_with_argnums(f, &argnums[..]);
+                let (_, grads) = vg(&args).unwrap();
+                grads
+            };
+            for (c, p) in grads(true).iter().zip(grads(false).iter()) {
+                close(c, p, 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn declines_other_dtypes_and_can_be_switched_off() {
+        let x = Array::from_slice(&[1.0f32, 2.0, 4.0], &[1, 3]);
+        let w = Array::from_slice(&[1.0f32, 1.0, 1.0], &[3]);
+        assert!(layer_norm(&x.as_dtype(Dtype::Float16).unwrap(), &w, None, 1e-5).unwrap().is_none());
+        assert!(layer_norm(&x, &w, None, 1e-5).unwrap().is_some());
+    }
+}
