@@ -57,7 +57,7 @@ MLX_GPT_CLONES void decode_attention(const float* q, const float* k, const float
       }
       float t = 0.0f;
       for (size_t s = 0; s < len; ++s) {
-        ph[s] = std::exp(ph[s] - mh);
+        ph[s] = mlx_gpt::exp1(ph[s] - mh);
         t += ph[s];
       }
       total[h] = t;

@@ -29,31 +29,8 @@ namespace {
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
-// MLX's CPU formulas (mlx/backend/cpu/simd/math.h: Cephes' exp polynomial, and
-// Abramowitz–Stegun 7.1.26 for erf as in PyTorch's vectorised erf), restated as inline
-// scalar code so that each target_clones copy inlines them and the loops vectorise. (Its
-// templates are not inlined into the clones and would run as scalar calls.)
-
-MLX_GPT_INLINE float exp1(float x0) {
-  float x = x0 * 1.442695f;  // log2(e)
-  const float ipart = __builtin_floorf(x + 0.5f);
-  const float f = x - ipart;
-  x = 1.535336188319500e-4f;
-  x = __builtin_fmaf(x, f, 1.339887440266574e-3f);
-  x = __builtin_fmaf(x, f, 9.618437357674640e-3f);
-  x = __builtin_fmaf(x, f, 5.550332471162809e-2f);
-  x = __builtin_fmaf(x, f, 2.402264791363012e-1f);
-  x = __builtin_fmaf(x, f, 6.931472028550421e-1f);
-  x = __builtin_fmaf(x, f, 1.0f);
-  const int bits = (static_cast<int>(ipart) + 127) << 23;
-  float scale;
-  __builtin_memcpy(&scale, &bits, sizeof(scale));
-  float r = scale * x;
-  r = x0 > 88.0f ? __builtin_inff() : r;
-  r = x0 < -88.0f ? 0.0f : r;
-  return x0 != x0 ? x0 : r;
-}
-
+// Abramowitz–Stegun 7.1.26 for erf, as in PyTorch's vectorised erf and MLX's CPU
+// kernels, inline so that each target_clones copy vectorises it (vector.h).
 MLX_GPT_INLINE float erf1(float v) {
   const float a = v < 0.0f ? -v : v;
   const float t = 1.0f / __builtin_fmaf(0.3275911f, a, 1.0f);
@@ -61,7 +38,7 @@ MLX_GPT_INLINE float erf1(float v) {
   r = __builtin_fmaf(r, t, 1.421413741f);
   r = __builtin_fmaf(r, t, -0.284496736f);
   r = __builtin_fmaf(r, t, 0.254829592f);
-  const float e = -exp1(-v * v);
+  const float e = -mlx_gpt::exp1(-v * v);
   const float result = __builtin_fmaf(e * t, r, 1.0f);
   return v > 0.0f ? result : -result;
 }
@@ -76,7 +53,7 @@ MLX_GPT_CLONES void gelu_forward(const float* x, float* y, size_t n) {
 // tanh(u) = 1 − 2 / (exp(2u) + 1), through the same inline exp: it vectorises, where
 // libm's tanhf is a scalar call per element.
 MLX_GPT_INLINE float tanh1(float u) {
-  return 1.0f - 2.0f / (exp1(2.0f * u) + 1.0f);
+  return 1.0f - 2.0f / (mlx_gpt::exp1(2.0f * u) + 1.0f);
 }
 
 constexpr float kSqrt2OverPi = 0.79788456080286536f;
@@ -105,7 +82,7 @@ MLX_GPT_CLONES void gelu_backward(const float* x, const float* g, float* dx, siz
   for (size_t i = 0; i < n; ++i) {
     const float v = x[i];
     const float cdf = 0.5f * (1.0f + erf1(v * kInvSqrt2));
-    const float pdf = kInvSqrt2Pi * exp1(-0.5f * v * v);
+    const float pdf = kInvSqrt2Pi * mlx_gpt::exp1(-0.5f * v * v);
     dx[i] = g[i] * (cdf + v * pdf);
   }
 }

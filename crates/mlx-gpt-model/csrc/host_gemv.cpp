@@ -16,6 +16,7 @@
 
 #include "mlx/c/private/array.h"
 
+#include "blas.h"
 #include "entry.h"
 
 #include <cstring>
@@ -26,14 +27,9 @@ namespace mx = mlx::core;
 
 namespace {
 
-// cblas_sgemv(order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy)
-using Sgemv = void (*)(int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
-constexpr int kRowMajor = 101;
-constexpr int kNoTrans = 111;
-constexpr int kTrans = 112;
-
-// Set once by the Rust side (`mlx_gpt_set_sgemv`) to the BLAS MLX itself calls.
-Sgemv g_sgemv = nullptr;
+using mlx_gpt::kNoTrans;
+using mlx_gpt::kRowMajor;
+using mlx_gpt::kTrans;
 
 // out (..., N) = x (..., K) · w + bias: w is (K, N), or (N, K) used transposed.
 class HostGemv : public mx::Primitive {
@@ -68,7 +64,7 @@ class HostGemv : public mx::Primitive {
         if (bp) {
           std::memcpy(y, bp, sizeof(float) * n);
         }
-        g_sgemv(kRowMajor, trans, m, nn, 1.0f, wp, nn, xp + static_cast<size_t>(r) * k, 1, bp ? 1.0f : 0.0f, y, 1);
+        mlx_gpt::sgemv(kRowMajor, trans, m, nn, 1.0f, wp, nn, xp + static_cast<size_t>(r) * k, 1, bp ? 1.0f : 0.0f, y, 1);
       }
     });
   }
@@ -93,11 +89,6 @@ class HostGemv : public mx::Primitive {
 
 extern "C" {
 
-// The BLAS's cblas_sgemv, found by the caller in the process's global scope.
-void mlx_gpt_set_sgemv(void* sgemv) {
-  g_sgemv = reinterpret_cast<Sgemv>(sgemv);
-}
-
 // *res = x · w (+ bias): x (..., K) float32; w (K, N), or (N, K) with w_transposed;
 // bias (N,) or an empty mlx_array (ctx null). On this thread's default CPU stream.
 // Returns 0; 2 (and *res untouched) when the weight or bias is not an evaluated, dense
@@ -105,8 +96,8 @@ void mlx_gpt_set_sgemv(void* sgemv) {
 // mlx_gpt_last_error().
 int mlx_gpt_host_gemv(mlx_array* res, const mlx_array x, const mlx_array w, const mlx_array bias, bool w_transposed) {
   return mlx_gpt::guarded([&]() {
-    if (g_sgemv == nullptr) {
-      throw std::runtime_error("mlx_gpt_set_sgemv was not called");
+    if (mlx_gpt::sgemv == nullptr) {
+      throw std::runtime_error("[HostGemv] no cblas_sgemv was handed over (mlx_gpt_set_blas)");
     }
     const mx::array& xa = mlx_array_get_(x);
     const mx::array& wa = mlx_array_get_(w);

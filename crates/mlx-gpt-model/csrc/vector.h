@@ -26,6 +26,30 @@ namespace mlx_gpt {
 // accumulator (float addition is not associative).
 constexpr int kLanes = 16;
 
+// exp(x) with MLX's CPU formula (mlx/backend/cpu/simd/math.h: Cephes' polynomial),
+// restated as inline scalar code so that each target_clones copy inlines it and the
+// loops calling it vectorise (MLX's own templates are not inlined into the clones and
+// would run as scalar calls).
+MLX_GPT_INLINE float exp1(float x0) {
+  float x = x0 * 1.442695f;  // log2(e)
+  const float ipart = __builtin_floorf(x + 0.5f);
+  const float f = x - ipart;
+  x = 1.535336188319500e-4f;
+  x = __builtin_fmaf(x, f, 1.339887440266574e-3f);
+  x = __builtin_fmaf(x, f, 9.618437357674640e-3f);
+  x = __builtin_fmaf(x, f, 5.550332471162809e-2f);
+  x = __builtin_fmaf(x, f, 2.402264791363012e-1f);
+  x = __builtin_fmaf(x, f, 6.931472028550421e-1f);
+  x = __builtin_fmaf(x, f, 1.0f);
+  const int bits = (static_cast<int>(ipart) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  float r = scale * x;
+  r = x0 > 88.0f ? __builtin_inff() : r;
+  r = x0 < -88.0f ? 0.0f : r;
+  return x0 != x0 ? x0 : r;
+}
+
 // Σ a[i]·b[i] over n, in kLanes partial sums.
 MLX_GPT_INLINE float dot(const float* a, const float* b, size_t n) {
   float acc[kLanes] = {};

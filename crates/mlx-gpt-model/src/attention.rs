@@ -122,6 +122,16 @@ impl CausalSelfAttention {
         let past = kv.as_ref().map_or(0, |kv| kv.len()) as i32;
         let scale = 1.0 / (hs as f32).sqrt();
         let dropout = self.attn_dropout.active();
+        if past == 0 && !dropout {
+            // Whole sequences (training, full forwards, a prompt's first pass): one kernel
+            // from c_attn's output, and one for its gradient.
+            if let Some(y) = crate::causal_attention::attend(&qkv, nh, scale)? {
+                if let Some(kv) = kv {
+                    kv.append(&parts[1], &parts[2])?;
+                }
+                return self.resid_dropout.forward(&self.c_proj.forward(&y)?);
+            }
+        }
         let (k, v) = match kv {
             Some(kv) => {
                 kv.append(&parts[1], &parts[2])?;

@@ -8,8 +8,8 @@ use mlx_rs::Array;
 
 extern "C" {
     fn mlx_gpt_last_error() -> *const libc::c_char;
-    /// Hands `cblas_sgemv` to `HostGemv` (csrc/host_gemv.cpp).
-    pub(crate) fn mlx_gpt_set_sgemv(sgemv: *mut libc::c_void);
+    /// Hands `cblas_sgemv` and `cblas_sgemm` to the primitives (csrc/blas.h).
+    fn mlx_gpt_set_blas(sgemv: *mut libc::c_void, sgemm: *mut libc::c_void);
     /// `*res = x · w (+ bias)` as a `HostGemv` primitive.
     pub(crate) fn mlx_gpt_host_gemv(
         res: *mut mlx_sys::mlx_array,
@@ -29,6 +29,14 @@ extern "C" {
         bias: mlx_sys::mlx_array,
         eps: f32,
     ) -> libc::c_int;
+    /// `*res` = causal self-attention over whole sequences, from c_attn's output, as a
+    /// `CausalAttention` primitive (csrc/causal_attention.cpp).
+    pub(crate) fn mlx_gpt_causal_attention(
+        res: *mut mlx_sys::mlx_array,
+        qkv: mlx_sys::mlx_array,
+        n_head: libc::c_int,
+        scale: f32,
+    ) -> libc::c_int;
     /// `*res` = one query's attention over the first `len` cached positions, as a
     /// `DecodeAttention` primitive (csrc/decode_attention.cpp).
     pub(crate) fn mlx_gpt_decode_attention(
@@ -40,6 +48,21 @@ extern "C" {
         len: libc::c_int,
         scale: f32,
     ) -> libc::c_int;
+}
+
+/// Whether the primitives that call the BLAS can run: `cblas_sgemv` and `cblas_sgemm` are
+/// looked up in the process's global scope, so they are the library MLX's own matmuls
+/// call, with the same threads; the first call hands them over.
+pub(crate) fn blas_ready() -> bool {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READY.get_or_init(|| {
+        // Make sure libmlx (and with it the BLAS) is loaded before looking.
+        let _ = crate::runtime::mlx_version();
+        let (sgemv, sgemm) = (crate::runtime::lookup("cblas_sgemv"), crate::runtime::lookup("cblas_sgemm"));
+        // SAFETY: CBLAS routines (or null); the primitives call them with those signatures.
+        unsafe { mlx_gpt_set_blas(sgemv, sgemm) };
+        !sgemv.is_null() && !sgemm.is_null()
+    })
 }
 
 /// Run an entry point on a fresh result handle: `Ok(Some(array))` when it succeeded,

@@ -26,11 +26,16 @@ pub fn plain_ops() -> bool {
 }
 
 /// Softmax over the last axis: `exp(x − max) / Σ exp(x − max)`.
+///
+/// The max only keeps exp in range; the result does not depend on it, so no gradient is
+/// taken through it (which would add the max's gradient kernels, an equality mask and
+/// its use, to the backward pass for a contribution that is exactly zero in exact
+/// arithmetic). The same holds for [`logsumexp_last`].
 pub fn softmax_last(x: &Array) -> Result<Array, Exception> {
     if !plain_ops() {
         return ops::softmax_axis(x, -1, true);
     }
-    let m = x.max_axis(-1, true)?;
+    let m = mlx_rs::stop_gradient(x.max_axis(-1, true)?)?;
     let e = x.subtract(&m)?.exp()?;
     e.divide(e.sum_axis(-1, true)?)
 }
@@ -40,7 +45,7 @@ pub fn logsumexp_last(x: &Array) -> Result<Array, Exception> {
     if !plain_ops() {
         return x.logsumexp_axis(-1, None);
     }
-    let m = x.max_axis(-1, true)?;
+    let m = mlx_rs::stop_gradient(x.max_axis(-1, true)?)?;
     let s = x.subtract(&m)?.exp()?.sum_axis(-1, true)?;
     s.log()?.add(&m)?.squeeze_axes(&[-1])
 }

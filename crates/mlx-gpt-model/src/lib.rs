@@ -36,6 +36,7 @@
 
 pub mod attention;
 pub mod block;
+pub mod causal_attention;
 pub mod config;
 mod csrc;
 pub mod decode_attention;

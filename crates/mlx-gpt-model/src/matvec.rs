@@ -20,7 +20,6 @@ use crate::switch::Switch;
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 use std::cell::Cell;
-use std::sync::OnceLock;
 
 /// Inputs with more rows than this go to MLX's matmul: `sgemm` is the better kernel once
 /// the packing cost is shared by several rows (a prompt, a batch).
@@ -39,23 +38,6 @@ pub fn calls() -> usize {
 }
 
 static ENABLED: Switch = Switch::new("MLX_GPT_HOST_MATVEC");
-
-/// Whether the BLAS MLX is linked to has `cblas_sgemv` (it is looked up in the process's
-/// global scope, so the primitive calls the same library, with the same threads, as MLX's
-/// matmuls), handed to the primitive once.
-fn sgemv_ready() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    *READY.get_or_init(|| {
-        // Make sure libmlx (and with it the BLAS) is loaded before looking.
-        let _ = crate::runtime::mlx_version();
-        let f = crate::runtime::lookup("cblas_sgemv");
-        if !f.is_null() {
-            // SAFETY: a CBLAS cblas_sgemv; the primitive calls it with that signature.
-            unsafe { crate::csrc::mlx_gpt_set_sgemv(f) };
-        }
-        !f.is_null()
-    })
-}
 
 /// Switch host products on or off for the whole process (overrides `MLX_GPT_HOST_MATVEC`).
 pub fn set_enabled(on: bool) {
@@ -102,7 +84,7 @@ pub fn matmul(x: &Array, w: &Array, w_transposed: bool, bias: Option<&Array>) ->
     if rows == 0 || rows > MAX_ROWS || bias.is_some_and(|b| b.dtype() != Dtype::Float32 || b.size() != n) {
         return Ok(None);
     }
-    if !sgemv_ready() {
+    if !crate::csrc::blas_ready() {
         return Ok(None);
     }
     // SAFETY: mlx_gpt_host_gemv with the given handle; the arrays outlive the call (an

@@ -1,0 +1,248 @@
+// Causal self-attention over whole sequences, and its gradient, as two MLX primitives.
+//
+// As MLX ops, attention in training is: split q, k, v off c_attn's output and transpose
+// each into (B, nh, T, hs) (copies), scale, a batched q·kᵀ (B·nh small products), the
+// causal mask, the softmax's kernels, the product with v, and the transpose back; the
+// backward pass repeats the chain and adds zero-filled buffers for the gradients of the
+// split. Here the forward pass reads c_attn's output (B, T, 3C) as it is and writes the
+// heads' outputs side by side (B, T, C), ready for c_proj; it keeps the attention
+// weights (B, nh, T, T), lower triangle only, for the backward pass, which writes the
+// gradient of c_attn's output in one piece. The products are the BLAS's (blas.h), called
+// on the heads where they lie in c_attn's output; the softmax and its gradient are
+// vectorised loops.
+
+#include <mlx/allocator.h>
+#include <mlx/backend/cpu/encoder.h>
+#include <mlx/mlx.h>
+#include <mlx/primitives.h>
+
+#include "mlx/c/private/array.h"
+
+#include "blas.h"
+#include "entry.h"
+#include "vector.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace mx = mlx::core;
+
+namespace {
+
+struct Dims {
+  size_t batch, t, c, n_head;
+};
+
+using mlx_gpt::kNoTrans;
+using mlx_gpt::kRowMajor;
+using mlx_gpt::kTrans;
+
+// C (m, n) = alpha · op(A) op(B), row-major, through the BLAS MLX calls.
+MLX_GPT_INLINE void gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda,
+                         const float* b, size_t ldb, float* c, size_t ldc) {
+  mlx_gpt::sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m), static_cast<int>(n),
+                 static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), 0.0f, c,
+                 static_cast<int>(ldc));
+}
+
+// Row t of the scores (T) in place → the causal softmax: positions 0..=t, zero after.
+MLX_GPT_CLONES void causal_softmax_rows(float* p, size_t T) {
+  for (size_t t = 0; t < T; ++t, p += T) {
+    const size_t n = t + 1;
+    float m = p[0];
+    for (size_t t2 = 1; t2 < n; ++t2) {
+      m = p[t2] > m ? p[t2] : m;
+    }
+    for (size_t t2 = 0; t2 < n; ++t2) {
+      p[t2] = mlx_gpt::exp1(p[t2] - m);
+    }
+    const float inv = 1.0f / mlx_gpt::sum(p, n);
+    for (size_t t2 = 0; t2 < n; ++t2) {
+      p[t2] *= inv;
+    }
+    for (size_t t2 = n; t2 < T; ++t2) {
+      p[t2] = 0.0f;
+    }
+  }
+}
+
+// dS = P ∘ (dP − rowsum(P ∘ dP)) · scale, in place over dP (T × T); zero where P is.
+MLX_GPT_CLONES void softmax_backward_rows(const float* p, float* dp, size_t T, float scale) {
+  for (size_t t = 0; t < T; ++t, p += T, dp += T) {
+    const float pd = mlx_gpt::dot(p, dp, T);
+    for (size_t t2 = 0; t2 < T; ++t2) {
+      dp[t2] = p[t2] * (dp[t2] - pd) * scale;
+    }
+  }
+}
+
+// Per (sequence, head): S = scale·Q Kᵀ (BLAS), P = causal softmax(S) (kept), Y = P V
+// (BLAS), all on c_attn's output in place (row stride 3C). The full T × T product is
+// computed and its upper half discarded: small BLAS products beat hand-written
+// triangular loops here.
+void attention_forward(const float* qkv, float* y, float* att, Dims d, float scale) {
+  const size_t T = d.t, C = d.c, hs = C / d.n_head, ld = 3 * C;
+  for (size_t b = 0; b < d.batch; ++b) {
+    for (size_t h = 0; h < d.n_head; ++h) {
+      const float* q = qkv + b * T * ld + h * hs;
+      float* p = att + (b * d.n_head + h) * T * T;
+      gemm(false, true, T, T, hs, scale, q, ld, q + C, ld, p, T);
+      causal_softmax_rows(p, T);
+      gemm(false, false, T, hs, T, 1.0f, p, T, q + 2 * C, ld, y + b * T * C + h * hs, C);
+    }
+  }
+}
+
+// With P the weights, S = scale·Q Kᵀ the scores and dY the output's gradient:
+// dV = Pᵀ dY, dP = dY Vᵀ, dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = scale·dS K,
+// dK = scale·dSᵀ Q, each written into its block of dqkv (B, T, 3C).
+void attention_backward(const float* qkv, const float* att, const float* dy, float* dqkv, Dims d, float scale) {
+  const size_t T = d.t, C = d.c, hs = C / d.n_head, ld = 3 * C;
+  std::vector<float> ds(T * T);
+  for (size_t b = 0; b < d.batch; ++b) {
+    for (size_t h = 0; h < d.n_head; ++h) {
+      const float* q = qkv + b * T * ld + h * hs;
+      const float* p = att + (b * d.n_head + h) * T * T;
+      const float* g = dy + b * T * C + h * hs;
+      float* dq = dqkv + b * T * ld + h * hs;
+      gemm(true, false, T, hs, T, 1.0f, p, T, g, C, dq + 2 * C, ld);       // dV
+      gemm(false, true, T, T, hs, 1.0f, g, C, q + 2 * C, ld, ds.data(), T);  // dP
+      softmax_backward_rows(p, ds.data(), T, scale);                        // dS (scaled)
+      gemm(false, false, T, hs, T, 1.0f, ds.data(), T, q + C, ld, dq, ld);   // dQ
+      gemm(true, false, T, hs, T, 1.0f, ds.data(), T, q, ld, dq + C, ld);    // dK
+    }
+  }
+}
+
+Dims dims_of(const mx::array& qkv, int n_head) {
+  return Dims{static_cast<size_t>(qkv.shape(0)), static_cast<size_t>(qkv.shape(1)),
+              static_cast<size_t>(qkv.shape(2) / 3), static_cast<size_t>(n_head)};
+}
+
+void register_and_allocate(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  for (auto& in : inputs) {
+    encoder.set_input_array(in);
+  }
+  for (auto& out : outputs) {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    encoder.set_output_array(out);
+  }
+}
+
+// inputs: qkv (B, T, 3C), weights (B, nh, T, T), dy (B, T, C), all dense;
+// output: dqkv (B, T, 3C).
+class CausalAttentionGrad : public mx::Primitive {
+ public:
+  CausalAttentionGrad(mx::Stream stream, int n_head, float scale)
+      : mx::Primitive(stream), n_head_(n_head), scale_(scale) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    register_and_allocate(stream(), inputs, outputs);
+    const Dims d = dims_of(inputs[0], n_head_);
+    const float *qkv = inputs[0].data<float>(), *att = inputs[1].data<float>(), *dy = inputs[2].data<float>();
+    float* dqkv = outputs[0].data<float>();
+    const float scale = scale_;
+    // MLX keeps the inputs' buffers alive until the stream has run this task.
+    mx::cpu::get_command_encoder(stream()).dispatch([=]() { attention_backward(qkv, att, dy, dqkv, d, scale); });
+  }
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("[CausalAttentionGrad] has no GPU kernel: it is only used on the CPU");
+  }
+  const char* name() const override {
+    return "CausalAttentionGrad";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const CausalAttentionGrad&>(other);
+    return n_head_ == o.n_head_ && scale_ == o.scale_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+
+ private:
+  int n_head_;
+  float scale_;
+};
+
+// inputs: qkv (B, T, 3C), dense; outputs: y (B, T, C) and the weights (B, nh, T, T),
+// which only the gradient reads.
+class CausalAttention : public mx::Primitive {
+ public:
+  CausalAttention(mx::Stream stream, int n_head, float scale) : mx::Primitive(stream), n_head_(n_head), scale_(scale) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    register_and_allocate(stream(), inputs, outputs);
+    const Dims d = dims_of(inputs[0], n_head_);
+    const float* qkv = inputs[0].data<float>();
+    float *y = outputs[0].data<float>(), *att = outputs[1].data<float>();
+    const float scale = scale_;
+    mx::cpu::get_command_encoder(stream()).dispatch([=]() { attention_forward(qkv, y, att, d, scale); });
+  }
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("[CausalAttention] has no GPU kernel: it is only used on the CPU");
+  }
+
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>&,
+      const std::vector<mx::array>& outputs) override {
+    // Only y is handed out (mlx_gpt_causal_attention), so only its cotangent can be non-zero.
+    auto dy = mx::contiguous(cotangents[0], false, stream());
+    return {mx::array(
+        primals[0].shape(), mx::float32, std::make_shared<CausalAttentionGrad>(stream(), n_head_, scale_),
+        {primals[0], outputs[1], dy})};
+  }
+
+  const char* name() const override {
+    return "CausalAttention";
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const CausalAttention&>(other);
+    return n_head_ == o.n_head_ && scale_ == o.scale_;
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    const auto& s = inputs[0].shape();
+    return {{s[0], s[1], s[2] / 3}, {s[0], n_head_, s[1], s[1]}};
+  }
+
+ private:
+  int n_head_;
+  float scale_;
+};
+
+}  // namespace
+
+extern "C" {
+
+// *res (B, T, C) = causal softmax(scale · q kᵀ) v per head, for float32 qkv (B, T, 3C)
+// holding q, k and v side by side (c_attn's output), on this thread's default CPU
+// stream, differentiable. Returns 0, or 1 with the reason in mlx_gpt_last_error().
+int mlx_gpt_causal_attention(mlx_array* res, const mlx_array qkv, int n_head, float scale) {
+  return mlx_gpt::guarded([&]() {
+    const mx::array& a = mlx_array_get_(qkv);
+    if (a.dtype() != mx::float32 || a.ndim() != 3 || a.shape(2) % 3 != 0 || a.shape(1) == 0) {
+      throw std::invalid_argument("[CausalAttention] needs float32 qkv (B, T, 3C) with T > 0");
+    }
+    if (mlx_gpt::sgemm == nullptr) {
+      throw std::runtime_error("[CausalAttention] no cblas_sgemm was handed over (mlx_gpt_set_blas)");
+    }
+    const int c = a.shape(2) / 3;
+    if (n_head <= 0 || c % n_head != 0) {
+      throw std::invalid_argument("[CausalAttention] C must split into n_head heads");
+    }
+    auto stream = mx::default_stream(mx::Device::cpu);
+    const mx::Shape y_shape = {a.shape(0), a.shape(1), c};
+    const mx::Shape w_shape = {a.shape(0), n_head, a.shape(1), a.shape(1)};
+    auto outs = mx::array::make_arrays(
+        {y_shape, w_shape}, {mx::float32, mx::float32}, std::make_shared<CausalAttention>(stream, n_head, scale),
+        {mx::contiguous(a, false, stream)});
+    mlx_array_set_(*res, outs[0]);
+    return 0;
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,109 @@
+//! Causal self-attention over whole sequences as a custom MLX primitive
+//! (`csrc/causal_attention.cpp`), forward and gradient: it reads c_attn's output
+//! (B, T, 3C) as it is and returns the heads' outputs side by side (B, T, C), where MLX
+//! ops need the heads transposed apart and back (copies), a batch of small products, the
+//! mask and the softmax's kernels, and in the backward pass zero-filled buffers for the
+//! gradient of the q/k/v split. Used for training and full forwards without attention
+//! dropout (dropout acts on the weights inside, so that case keeps MLX ops), float32 on
+//! the CPU. `MLX_GPT_CUSTOM_ATTENTION=0` (or [`set_enabled`]) switches it off for
+//! comparison; results agree to float rounding (tested here).
+
+use crate::switch::Switch;
+use mlx_rs::error::Exception;
+use mlx_rs::{Array, Dtype};
+
+static ENABLED: Switch = Switch::new("MLX_GPT_CUSTOM_ATTENTION");
+
+/// Switch the primitive on or off for the whole process.
+pub fn set_enabled(on: bool) {
+    ENABLED.set(on);
+}
+
+/// Whether the primitive is switched on (by default yes, unless `MLX_GPT_CUSTOM_ATTENTION=0`).
+pub fn enabled() -> bool {
+    ENABLED.get()
+}
+
+/// Causal softmax(scale · q kᵀ) v per head, for `qkv` (B, T, 3C) holding q, k and v side
+/// by side; returns (B, T, C), heads side by side. `Ok(None)` when the primitive does
+/// not apply (switched off, not float32, not on the CPU, no CBLAS found).
+pub fn attend(qkv: &Array, n_head: i32, scale: f32) -> Result<Option<Array>, Exception> {
+    if !enabled()
+        || qkv.dtype() != Dtype::Float32
+        || crate::device::default_device() != Some(crate::device::DeviceKind::Cpu)
+        || !crate::csrc::blas_ready()
+    {
+        return Ok(None);
+    }
+    // SAFETY: mlx_gpt_causal_attention with the given handle; `qkv` outlives the call.
+    unsafe { crate::csrc::call(|res| crate::csrc::mlx_gpt_causal_attention(res, qkv.as_ptr(), n_head, scale)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::{random, transforms};
+    use proptest::prelude::*;
+
+    /// The same attention as MLX ops (the model's own formulation without the primitive).
+    fn reference(qkv: &Array, n_head: i32, scale: f32) -> Result<Array, Exception> {
+        let (b, t, c3) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2]);
+        let c = c3 / 3;
+        let parts = qkv.split_equal(3, -1)?;
+        let heads = |a: &Array| a.reshape(&[b, t, n_head, c / n_head])?.transpose_axes(&[0, 2, 1, 3]);
+        let (q, k, v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
+        let att = q.multiply(Array::from_f32(scale))?.matmul(k.swap_axes(-2, -1)?)?;
+        let att = att.add(crate::attention::causal_mask(t, 0, att.dtype())?)?;
+        let y = mlx_rs::ops::softmax_axis(&att, -1, None)?.matmul(&v)?;
+        y.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, t, c])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20))]
+        /// Output and gradient against MLX ops, for head sizes that do and do not fill the
+        /// vector lanes, one or many positions, and a qkv that is a strided view.
+        #[test]
+        fn forward_and_gradient_match_mlx_ops(
+            batch in 1i32..3, n_head in 1i32..4, hs in 1i32..20, t in 1i32..40, strided in any::<bool>(), seed in 0u64..1000,
+        ) {
+            let c = n_head * hs;
+            let key = |i: u64| random::key(seed * 4 + i).unwrap();
+            let qkv = if strided {
+                random::normal::<f32>(&[t, batch, 3 * c], None, None, &key(0)).unwrap().transpose_axes(&[1, 0, 2]).unwrap()
+            } else {
+                random::normal::<f32>(&[batch, t, 3 * c], None, None, &key(0)).unwrap()
+            };
+            let scale = 1.0 / (hs as f32).sqrt();
+            let close = |a: &Array, b: &Array| -> Result<(), TestCaseError> {
+                prop_assert_eq!(a.shape(), b.shape());
+                let (a, b) = (a.reshape(&[-1]).unwrap(), b.reshape(&[-1]).unwrap());
+                for (p, q) in a.as_slice::<f32>().iter().zip(b.as_slice::<f32>()) {
+                    prop_assert!((p - q).abs() <= 2e-5 * (1.0 + q.abs()), "{} vs {}", p, q);
+                }
+                Ok(())
+            };
+            let got = attend(&qkv, n_head, scale).unwrap().expect("float32 on the CPU");
+            close(&got, &reference(&qkv, n_head, scale).unwrap())?;
+            // Gradient of Σ g·attention(qkv) for a non-trivial cotangent g.
+            let g = random::normal::<f32>(&[batch, t, c], None, None, &key(1)).unwrap();
+            let grad_of = |custom: bool| {
+                let g = g.clone();
+                let mut f = transforms::grad(move |x: &Array| -> Result<Array, Exception> {
+                    let y = if custom { attend(x, n_head, scale)?.expect("float32 on the CPU") } else { reference(x, n_head, scale)? };
+                    y.multiply(&g)?.sum(None)
+                });
+                f(&qkv).unwrap()
+            };
+            close(&grad_of(true), &grad_of(false))?;
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_and_other_dtypes_decline() {
+        let qkv = Array::from_slice(&[1.0f32; 12], &[1, 2, 6]);
+        let err = attend(&qkv, 4, 1.0).unwrap_err().to_string();
+        assert!(err.contains("n_head"), "{err}");
+        assert!(attend(&Array::from_slice(&[1.0f32; 10], &[1, 2, 5]), 1, 1.0).is_err());
+        assert!(attend(&qkv.as_dtype(Dtype::Float16).unwrap(), 1, 1.0).unwrap().is_none());
+    }
+}
