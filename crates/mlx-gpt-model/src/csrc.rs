@@ -29,6 +29,16 @@ extern "C" {
         bias: mlx_sys::mlx_array,
         eps: f32,
     ) -> libc::c_int;
+    /// One clipped AdamW step of `n` parameters as an `AdamWStep` primitive
+    /// (csrc/adamw.cpp): fills `outs[0 .. 1 + 3n]`.
+    pub(crate) fn mlx_gpt_adamw_step(
+        outs: *mut mlx_sys::mlx_array,
+        arrays: *const mlx_sys::mlx_array,
+        n: usize,
+        n_parts: usize,
+        decays: *const bool,
+        hyper: *const f32,
+    ) -> libc::c_int;
     /// `*res` = causal self-attention over whole sequences, from c_attn's output, as a
     /// `CausalAttention` primitive (csrc/causal_attention.cpp).
     pub(crate) fn mlx_gpt_causal_attention(
@@ -65,6 +75,12 @@ pub(crate) fn blas_ready() -> bool {
     })
 }
 
+/// The message of the last failed entry point on this thread.
+pub(crate) fn last_error() -> Exception {
+    // SAFETY: a NUL-terminated string owned by the C++ side, valid until the next failure.
+    Exception::custom(unsafe { std::ffi::CStr::from_ptr(mlx_gpt_last_error()) }.to_string_lossy().into_owned())
+}
+
 /// Run an entry point on a fresh result handle: `Ok(Some(array))` when it succeeded,
 /// `Ok(None)` when it declined, the C++ side's message as an error when it failed.
 ///
@@ -79,6 +95,6 @@ pub(crate) unsafe fn call(f: impl FnOnce(*mut mlx_sys::mlx_array) -> libc::c_int
     match status {
         0 => Ok(Some(out)),
         2 => Ok(None),
-        _ => Err(Exception::custom(std::ffi::CStr::from_ptr(mlx_gpt_last_error()).to_string_lossy().into_owned())),
+        _ => Err(last_error()),
     }
 }

@@ -43,6 +43,7 @@ pub mod decode_attention;
 pub mod device;
 pub mod dropout;
 mod fs_util;
+pub mod fused_adamw;
 pub mod gelu_primitive;
 pub mod generate;
 pub mod gpt;

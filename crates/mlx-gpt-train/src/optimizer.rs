@@ -146,6 +146,57 @@ impl AdamW {
         Ok(out)
     }
 
+    /// One step from gradient parts (each a full set in the order of `params`, whose
+    /// sum times `scale` is the gradient), clipped to global norm `grad_clip` (≤ 0: no
+    /// clipping) as PyTorch's `clip_grad_norm_`, all in one kernel
+    /// (`mlx_gpt_model::fused_adamw`). Returns the gradients' norm (before clipping) and
+    /// the new parameters (lazy), or `Ok(None)`, with nothing changed, when the fused
+    /// kernel does not apply (switched off, the per-parameter kernels switched off with
+    /// [`AdamW::set_compiled`], not float32, not on the CPU).
+    pub fn update_fused(
+        &mut self,
+        params: &BTreeMap<String, Array>,
+        parts: &[Vec<Array>],
+        scale: f32,
+        grad_clip: f32,
+        lr: f32,
+    ) -> Result<Option<(Array, BTreeMap<String, Array>)>, Exception> {
+        if self.kernel.is_none() || !mlx_gpt_model::fused_adamw::enabled() {
+            return Ok(None);
+        }
+        let c = self.config.expect("AdamW::new sets the config");
+        let t = (self.step + 1) as i32;
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        let h = mlx_gpt_model::fused_adamw::Hyper {
+            scale,
+            clip: grad_clip,
+            clipping: grad_clip > 0.0,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            decay: 1.0 - lr * c.weight_decay,
+            step_size: lr / bc1,
+            bc2_sqrt: bc2.sqrt(),
+            eps: c.eps,
+        };
+        let p: Vec<Array> = params.values().cloned().collect();
+        let state = |moments: &BTreeMap<String, Array>| -> Result<Vec<Array>, Exception> {
+            params.iter().map(|(k, p)| moments.get(k).cloned().map_or_else(|| mlx_rs::ops::zeros_like(p), Ok)).collect()
+        };
+        let (m, v) = (state(&self.m)?, state(&self.v)?);
+        let decays: Vec<bool> = p.iter().map(Self::decays).collect();
+        let Some((norm, new_p, new_m, new_v)) = mlx_gpt_model::fused_adamw::step(&h, &p, &m, &v, &decays, parts)? else {
+            return Ok(None);
+        };
+        self.step += 1;
+        let mut out = BTreeMap::new();
+        for (((name, p), m), v) in params.keys().zip(new_p).zip(new_m).zip(new_v) {
+            out.insert(name.clone(), p);
+            self.m.insert(name.clone(), m);
+            self.v.insert(name.clone(), v);
+        }
+        Ok(Some((norm, out)))
+    }
+
     /// All state arrays, for evaluation and saving.
     pub fn arrays(&self) -> impl Iterator<Item = &Array> {
         self.m.values().chain(self.v.values())
@@ -165,8 +216,9 @@ mod tests {
         let shape =
             |k: &str| f["shapes"][k].as_array().unwrap().iter().map(|d| d.as_i64().unwrap() as i32).collect::<Vec<_>>();
         let names: Vec<String> = f["shapes"].as_object().unwrap().keys().cloned().collect();
-        // Both the op-by-op and the fused update must match PyTorch.
-        for compiled in [false, true] {
+        // The op-by-op, the compiled per-parameter and the one-kernel update (its gradient
+        // given as two parts that sum to it, clipping off) must all match PyTorch.
+        for (compiled, one_kernel) in [(false, false), (true, false), (true, true)] {
             let mut params: BTreeMap<String, Array> =
                 names.iter().map(|k| (k.clone(), Array::from_slice(&vec(&f["initial"][k]), &shape(k)))).collect();
             let mut opt = AdamW::new(AdamWConfig {
@@ -179,12 +231,22 @@ mod tests {
             for (i, step) in f["steps"].as_array().unwrap().iter().enumerate() {
                 let grads: BTreeMap<String, Array> =
                     names.iter().map(|k| (k.clone(), Array::from_slice(&vec(&step["grads"][k]), &shape(k)))).collect();
-                params = opt.update(&params, &grads, step["lr"].as_f64().unwrap() as f32).unwrap();
+                let lr = step["lr"].as_f64().unwrap() as f32;
+                params = if one_kernel {
+                    let half: Vec<Array> = grads.values().map(|g| g.multiply(Array::from_f32(0.5)).unwrap()).collect();
+                    let parts = [half.clone(), half];
+                    let (norm, new) = opt.update_fused(&params, &parts, 1.0, 0.0, lr).unwrap().expect("float32 on the CPU");
+                    let want: f32 = grads.values().map(|g| g.square().unwrap().sum(None).unwrap().item::<f32>()).sum();
+                    assert!((norm.item::<f32>() - want.sqrt()).abs() < 1e-5 * want.sqrt(), "norm");
+                    new
+                } else {
+                    opt.update(&params, &grads, lr).unwrap()
+                };
                 for k in &names {
                     let want = vec(&step["params"][k]);
                     let got = params[k].as_slice::<f32>();
                     for (j, (a, b)) in got.iter().zip(&want).enumerate() {
-                        assert!((a - b).abs() < 1e-6, "compiled={compiled} step {i} {k}[{j}]: {a} vs torch {b}");
+                        assert!((a - b).abs() < 1e-6, "compiled={compiled} one_kernel={one_kernel} step {i} {k}[{j}]: {a} vs torch {b}");
                     }
                 }
             }

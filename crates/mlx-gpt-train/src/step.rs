@@ -443,13 +443,24 @@ pub fn train_step(
         }
         (vec![acc], 1.0)
     };
-    let (norm, grads) = match &mut path {
-        GradPath::Compiled(c) => c.finish.run(&parts, part_scale, grad_clip)?,
-        GradPath::Streams(s) => s.finish.run(&parts, part_scale, grad_clip)?,
-        GradPath::Eager => Finish::new(names.len(), false).run(&parts, part_scale, grad_clip)?,
+    // The compiled paths clip and update in one kernel where it applies; the eager path
+    // keeps op-by-op clipping (the reference the others are tested against).
+    let fused = match path {
+        GradPath::Eager => None,
+        _ => opt.update_fused(&params, &parts, part_scale, grad_clip, lr)?,
     };
-    let grads: BTreeMap<String, Array> = names.into_iter().zip(grads).collect();
-    let new = opt.update(&params, &grads, lr)?;
+    let (norm, new) = match fused {
+        Some(done) => done,
+        None => {
+            let (norm, grads) = match &mut path {
+                GradPath::Compiled(c) => c.finish.run(&parts, part_scale, grad_clip)?,
+                GradPath::Streams(s) => s.finish.run(&parts, part_scale, grad_clip)?,
+                GradPath::Eager => Finish::new(names.len(), false).run(&parts, part_scale, grad_clip)?,
+            };
+            let grads: BTreeMap<String, Array> = names.into_iter().zip(grads).collect();
+            (norm, opt.update(&params, &grads, lr)?)
+        }
+    };
     model.update_flattened(new.into_iter().map(|(k, v)| (k.as_str().into(), v)).collect());
     let mut outputs: Vec<&Array> = vec![&mean_loss, &norm];
     let model_params = model.parameters().flatten();
