@@ -48,7 +48,7 @@ MLX_GPT_INLINE void gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float a
 }
 
 // Row t of the scores (T) in place → the causal softmax: positions 0..=t, zero after.
-MLX_GPT_CLONES void causal_softmax_rows(float* p, size_t T) {
+MLX_GPT_CLONES void causal_softmax_rows(float* __restrict p, size_t T) {
   for (size_t t = 0; t < T; ++t, p += T) {
     const size_t n = t + 1;
     float m = p[0];
@@ -69,7 +69,7 @@ MLX_GPT_CLONES void causal_softmax_rows(float* p, size_t T) {
 }
 
 // dS = P ∘ (dP − rowsum(P ∘ dP)) · scale, in place over dP (T × T); zero where P is.
-MLX_GPT_CLONES void softmax_backward_rows(const float* p, float* dp, size_t T, float scale) {
+MLX_GPT_CLONES void softmax_backward_rows(const float* __restrict p, float* __restrict dp, size_t T, float scale) {
   for (size_t t = 0; t < T; ++t, p += T, dp += T) {
     const float pd = mlx_gpt::dot(p, dp, T);
     for (size_t t2 = 0; t2 < T; ++t2) {

@@ -38,7 +38,8 @@ struct Layout {
 // Position-major: each cached row (all heads' keys, then values) is read once, front to
 // back, so the cache streams through memory; a head-major order would revisit every
 // row once per head.
-MLX_GPT_CLONES void decode_attention(const float* q, const float* k, const float* v, float* y, Layout l, float scale) {
+MLX_GPT_CLONES void decode_attention(const float* __restrict q, const float* __restrict k, const float* __restrict v,
+                                     float* __restrict y, Layout l, float scale) {
   const size_t hs = l.c / l.n_head, nh = l.n_head, len = l.len;
   std::vector<float> p(nh * len), m(nh), total(nh);  // p: (nh, len)
   for (size_t b = 0; b < l.batch; ++b) {

@@ -31,19 +31,23 @@ constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
 // Abramowitz–Stegun 7.1.26 for erf, as in PyTorch's vectorised erf and MLX's CPU
 // kernels, inline so that each target_clones copy vectorises it (vector.h).
-MLX_GPT_INLINE float erf1(float v) {
+// erf(v) given e = exp(−v²), which the gradient needs as well (the normal density).
+MLX_GPT_INLINE float erf_given_exp(float v, float e) {
   const float a = v < 0.0f ? -v : v;
   const float t = 1.0f / __builtin_fmaf(0.3275911f, a, 1.0f);
   float r = __builtin_fmaf(1.061405429f, t, -1.453152027f);
   r = __builtin_fmaf(r, t, 1.421413741f);
   r = __builtin_fmaf(r, t, -0.284496736f);
   r = __builtin_fmaf(r, t, 0.254829592f);
-  const float e = -mlx_gpt::exp1(-v * v);
-  const float result = __builtin_fmaf(e * t, r, 1.0f);
+  const float result = __builtin_fmaf(-e * t, r, 1.0f);
   return v > 0.0f ? result : -result;
 }
 
-MLX_GPT_CLONES void gelu_forward(const float* x, float* y, size_t n) {
+MLX_GPT_INLINE float erf1(float v) {
+  return erf_given_exp(v, mlx_gpt::exp1(-v * v));
+}
+
+MLX_GPT_CLONES void gelu_forward(const float* __restrict x, float* __restrict y, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     const float v = x[i];
     y[i] = 0.5f * v * (1.0f + erf1(v * kInvSqrt2));
@@ -60,7 +64,7 @@ constexpr float kSqrt2OverPi = 0.79788456080286536f;
 constexpr float kTanhCubic = 0.044715f;
 
 // x·½(1 + tanh(√(2/π)(x + 0.044715x³)))
-MLX_GPT_CLONES void gelu_tanh_forward(const float* x, float* y, size_t n) {
+MLX_GPT_CLONES void gelu_tanh_forward(const float* __restrict x, float* __restrict y, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     const float v = x[i];
     y[i] = 0.5f * v * (1.0f + tanh1(kSqrt2OverPi * (v + kTanhCubic * v * v * v)));
@@ -68,7 +72,7 @@ MLX_GPT_CLONES void gelu_tanh_forward(const float* x, float* y, size_t n) {
 }
 
 // With t = tanh(u), u = a(x + bx³): d/dx = ½(1 + t) + ½x(1 − t²)·a(1 + 3bx²).
-MLX_GPT_CLONES void gelu_tanh_backward(const float* x, const float* g, float* dx, size_t n) {
+MLX_GPT_CLONES void gelu_tanh_backward(const float* __restrict x, const float* __restrict g, float* __restrict dx, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     const float v = x[i];
     const float t = tanh1(kSqrt2OverPi * (v + kTanhCubic * v * v * v));
@@ -78,11 +82,13 @@ MLX_GPT_CLONES void gelu_tanh_backward(const float* x, const float* g, float* dx
 }
 
 // d/dx [x Φ(x)] = Φ(x) + x φ(x), Φ(x) = (1 + erf(x/√2))/2, φ(x) = exp(-x²/2)/√(2π).
-MLX_GPT_CLONES void gelu_backward(const float* x, const float* g, float* dx, size_t n) {
+MLX_GPT_CLONES void gelu_backward(const float* __restrict x, const float* __restrict g, float* __restrict dx, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     const float v = x[i];
-    const float cdf = 0.5f * (1.0f + erf1(v * kInvSqrt2));
-    const float pdf = kInvSqrt2Pi * mlx_gpt::exp1(-0.5f * v * v);
+    const float u = v * kInvSqrt2;
+    const float e = mlx_gpt::exp1(-u * u);  // exp(−x²/2): in erf and in the density
+    const float cdf = 0.5f * (1.0f + erf_given_exp(u, e));
+    const float pdf = kInvSqrt2Pi * e;
     dx[i] = g[i] * (cdf + v * pdf);
   }
 }
