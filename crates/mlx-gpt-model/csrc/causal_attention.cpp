@@ -78,40 +78,71 @@ MLX_GPT_CLONES void softmax_backward_rows(const float* __restrict p, float* __re
   }
 }
 
-// Per (sequence, head): S = scale·Q Kᵀ (BLAS), P = causal softmax(S) (kept), Y = P V
-// (BLAS), all on c_attn's output in place (row stride 3C). The full T × T product is
-// computed and its upper half discarded: small BLAS products beat hand-written
-// triangular loops here.
-void attention_forward(const float* qkv, float* y, float* att, Dims d, float scale) {
+// P' = P ∘ M (T × T): the attention weights after dropout, M the dropout multiplier.
+MLX_GPT_CLONES void apply_mask(const float* __restrict p, const float* __restrict m, float* __restrict out, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = p[i] * m[i];
+  }
+}
+
+// x ∘= M in place.
+MLX_GPT_CLONES void scale_by_mask(float* __restrict x, const float* __restrict m, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    x[i] *= m[i];
+  }
+}
+
+// Per (sequence, head): S = scale·Q Kᵀ (BLAS), P = causal softmax(S) (kept), with dropout
+// P' = P ∘ M, Y = P' V (BLAS), all on c_attn's output in place (row stride 3C). The full
+// T × T product is computed and its upper half discarded: small BLAS products beat
+// hand-written triangular loops here. `mask` (B, nh, T, T) may be null (no dropout).
+void attention_forward(const float* qkv, const float* mask, float* y, float* att, Dims d, float scale) {
   const size_t T = d.t, C = d.c, hs = C / d.n_head, ld = 3 * C;
+  std::vector<float> dropped(mask != nullptr ? T * T : 0);
   for (size_t b = 0; b < d.batch; ++b) {
     for (size_t h = 0; h < d.n_head; ++h) {
       const float* q = qkv + b * T * ld + h * hs;
       float* p = att + (b * d.n_head + h) * T * T;
       gemm(false, true, T, T, hs, scale, q, ld, q + C, ld, p, T);
       causal_softmax_rows(p, T);
-      gemm(false, false, T, hs, T, 1.0f, p, T, q + 2 * C, ld, y + b * T * C + h * hs, C);
+      const float* weights = p;
+      if (mask != nullptr) {
+        apply_mask(p, mask + (b * d.n_head + h) * T * T, dropped.data(), T * T);
+        weights = dropped.data();
+      }
+      gemm(false, false, T, hs, T, 1.0f, weights, T, q + 2 * C, ld, y + b * T * C + h * hs, C);
     }
   }
 }
 
-// With P the weights, S = scale·Q Kᵀ the scores and dY the output's gradient:
-// dV = Pᵀ dY, dP = dY Vᵀ, dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = scale·dS K,
-// dK = scale·dSᵀ Q, each written into its block of dqkv (B, T, 3C).
-void attention_backward(const float* qkv, const float* att, const float* dy, float* dqkv, Dims d, float scale) {
+// With P the weights, M the dropout multiplier (or none), S = scale·Q Kᵀ the scores and
+// dY the output's gradient: dV = (P ∘ M)ᵀ dY, dP = (dY Vᵀ) ∘ M,
+// dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = scale·dS K, dK = scale·dSᵀ Q, each written into
+// its block of dqkv (B, T, 3C).
+void attention_backward(const float* qkv, const float* att, const float* mask, const float* dy, float* dqkv, Dims d,
+                        float scale) {
   const size_t T = d.t, C = d.c, hs = C / d.n_head, ld = 3 * C;
-  std::vector<float> ds(T * T);
+  std::vector<float> ds(T * T), dropped(mask != nullptr ? T * T : 0);
   for (size_t b = 0; b < d.batch; ++b) {
     for (size_t h = 0; h < d.n_head; ++h) {
       const float* q = qkv + b * T * ld + h * hs;
       const float* p = att + (b * d.n_head + h) * T * T;
+      const float* m = mask != nullptr ? mask + (b * d.n_head + h) * T * T : nullptr;
       const float* g = dy + b * T * C + h * hs;
       float* dq = dqkv + b * T * ld + h * hs;
-      gemm(true, false, T, hs, T, 1.0f, p, T, g, C, dq + 2 * C, ld);       // dV
-      gemm(false, true, T, T, hs, 1.0f, g, C, q + 2 * C, ld, ds.data(), T);  // dP
-      softmax_backward_rows(p, ds.data(), T, scale);                        // dS (scaled)
-      gemm(false, false, T, hs, T, 1.0f, ds.data(), T, q + C, ld, dq, ld);   // dQ
-      gemm(true, false, T, hs, T, 1.0f, ds.data(), T, q, ld, dq + C, ld);    // dK
+      const float* weights = p;
+      if (m != nullptr) {
+        apply_mask(p, m, dropped.data(), T * T);
+        weights = dropped.data();
+      }
+      gemm(true, false, T, hs, T, 1.0f, weights, T, g, C, dq + 2 * C, ld);  // dV
+      gemm(false, true, T, T, hs, 1.0f, g, C, q + 2 * C, ld, ds.data(), T);  // dP (after dropout)
+      if (m != nullptr) {
+        scale_by_mask(ds.data(), m, T * T);  // dP (before dropout)
+      }
+      softmax_backward_rows(p, ds.data(), T, scale);                       // dS (scaled)
+      gemm(false, false, T, hs, T, 1.0f, ds.data(), T, q + C, ld, dq, ld);  // dQ
+      gemm(true, false, T, hs, T, 1.0f, ds.data(), T, q, ld, dq + C, ld);   // dK
     }
   }
 }
@@ -132,8 +163,8 @@ void register_and_allocate(mx::Stream stream, const std::vector<mx::array>& inpu
   }
 }
 
-// inputs: qkv (B, T, 3C), weights (B, nh, T, T), dy (B, T, C), all dense;
-// output: dqkv (B, T, 3C).
+// inputs: qkv (B, T, 3C), weights (B, nh, T, T), dy (B, T, C) and, with dropout, its
+// multiplier (B, nh, T, T), all dense; output: dqkv (B, T, 3C).
 class CausalAttentionGrad : public mx::Primitive {
  public:
   CausalAttentionGrad(mx::Stream stream, int n_head, float scale)
@@ -143,10 +174,12 @@ class CausalAttentionGrad : public mx::Primitive {
     register_and_allocate(stream(), inputs, outputs);
     const Dims d = dims_of(inputs[0], n_head_);
     const float *qkv = inputs[0].data<float>(), *att = inputs[1].data<float>(), *dy = inputs[2].data<float>();
+    const float* mask = inputs.size() > 3 ? inputs[3].data<float>() : nullptr;
     float* dqkv = outputs[0].data<float>();
     const float scale = scale_;
     // MLX keeps the inputs' buffers alive until the stream has run this task.
-    mx::cpu::get_command_encoder(stream()).dispatch([=]() { attention_backward(qkv, att, dy, dqkv, d, scale); });
+    mx::cpu::get_command_encoder(stream()).dispatch(
+        [=]() { attention_backward(qkv, att, mask, dy, dqkv, d, scale); });
   }
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
     throw std::runtime_error("[CausalAttentionGrad] has no GPU kernel: it is only used on the CPU");
@@ -167,8 +200,8 @@ class CausalAttentionGrad : public mx::Primitive {
   float scale_;
 };
 
-// inputs: qkv (B, T, 3C), dense; outputs: y (B, T, C) and the weights (B, nh, T, T),
-// which only the gradient reads.
+// inputs: qkv (B, T, 3C) and, with dropout, the multiplier (B, nh, T, T), dense; outputs:
+// y (B, T, C) and the weights before dropout (B, nh, T, T), which only the gradient reads.
 class CausalAttention : public mx::Primitive {
  public:
   CausalAttention(mx::Stream stream, int n_head, float scale) : mx::Primitive(stream), n_head_(n_head), scale_(scale) {}
@@ -177,9 +210,10 @@ class CausalAttention : public mx::Primitive {
     register_and_allocate(stream(), inputs, outputs);
     const Dims d = dims_of(inputs[0], n_head_);
     const float* qkv = inputs[0].data<float>();
+    const float* mask = inputs.size() > 1 ? inputs[1].data<float>() : nullptr;
     float *y = outputs[0].data<float>(), *att = outputs[1].data<float>();
     const float scale = scale_;
-    mx::cpu::get_command_encoder(stream()).dispatch([=]() { attention_forward(qkv, y, att, d, scale); });
+    mx::cpu::get_command_encoder(stream()).dispatch([=]() { attention_forward(qkv, mask, y, att, d, scale); });
   }
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
     throw std::runtime_error("[CausalAttention] has no GPU kernel: it is only used on the CPU");
@@ -188,13 +222,22 @@ class CausalAttention : public mx::Primitive {
   std::vector<mx::array> vjp(
       const std::vector<mx::array>& primals,
       const std::vector<mx::array>& cotangents,
-      const std::vector<int>&,
+      const std::vector<int>& argnums,
       const std::vector<mx::array>& outputs) override {
     // Only y is handed out (mlx_gpt_causal_attention), so only its cotangent can be non-zero.
     auto dy = mx::contiguous(cotangents[0], false, stream());
-    return {mx::array(
-        primals[0].shape(), mx::float32, std::make_shared<CausalAttentionGrad>(stream(), n_head_, scale_),
-        {primals[0], outputs[1], dy})};
+    std::vector<mx::array> inputs = {primals[0], outputs[1], dy};
+    if (primals.size() > 1) {
+      inputs.push_back(primals[1]);
+    }
+    auto dqkv = mx::array(
+        primals[0].shape(), mx::float32, std::make_shared<CausalAttentionGrad>(stream(), n_head_, scale_), inputs);
+    // The dropout multiplier is random, not learned: no gradient flows into it.
+    std::vector<mx::array> out;
+    for (int arg : argnums) {
+      out.push_back(arg == 0 ? dqkv : mx::zeros_like(primals[arg], stream()));
+    }
+    return out;
   }
 
   const char* name() const override {
@@ -220,8 +263,10 @@ extern "C" {
 
 // *res (B, T, C) = causal softmax(scale · q kᵀ) v per head, for float32 qkv (B, T, 3C)
 // holding q, k and v side by side (c_attn's output), on this thread's default CPU
-// stream, differentiable. Returns 0, or 1 with the reason in mlx_gpt_last_error().
-int mlx_gpt_causal_attention(mlx_array* res, const mlx_array qkv, int n_head, float scale) {
+// stream, differentiable. `mask` (B, nh, T, T), float32, multiplies the weights
+// (dropout); it may be an empty handle. Returns 0, or 1 with the reason in
+// mlx_gpt_last_error().
+int mlx_gpt_causal_attention(mlx_array* res, const mlx_array qkv, const mlx_array mask, int n_head, float scale) {
   return mlx_gpt::guarded([&]() {
     const mx::array& a = mlx_array_get_(qkv);
     if (a.dtype() != mx::float32 || a.ndim() != 3 || a.shape(2) % 3 != 0 || a.shape(1) == 0) {
@@ -237,9 +282,17 @@ int mlx_gpt_causal_attention(mlx_array* res, const mlx_array qkv, int n_head, fl
     auto stream = mx::default_stream(mx::Device::cpu);
     const mx::Shape y_shape = {a.shape(0), a.shape(1), c};
     const mx::Shape w_shape = {a.shape(0), n_head, a.shape(1), a.shape(1)};
+    std::vector<mx::array> inputs = {mx::contiguous(a, false, stream)};
+    if (mask.ctx != nullptr) {
+      const mx::array& m = mlx_array_get_(mask);
+      if (m.dtype() != mx::float32 || m.shape() != w_shape) {
+        throw std::invalid_argument("[CausalAttention] the dropout mask must be float32 (B, n_head, T, T)");
+      }
+      inputs.push_back(mx::contiguous(m, false, stream));
+    }
     auto outs = mx::array::make_arrays(
         {y_shape, w_shape}, {mx::float32, mx::float32}, std::make_shared<CausalAttention>(stream, n_head, scale),
-        {mx::contiguous(a, false, stream)});
+        inputs);
     mlx_array_set_(*res, outs[0]);
     return 0;
   });

@@ -122,10 +122,12 @@ impl CausalSelfAttention {
         let past = kv.as_ref().map_or(0, |kv| kv.len()) as i32;
         let scale = 1.0 / (hs as f32).sqrt();
         let dropout = self.attn_dropout.active();
-        if past == 0 && !dropout {
+        if past == 0 && crate::causal_attention::applies(qkv.dtype()) {
             // Whole sequences (training, full forwards, a prompt's first pass): one kernel
-            // from c_attn's output, and one for its gradient.
-            if let Some(y) = crate::causal_attention::attend(&qkv, nh, scale)? {
+            // from c_attn's output, and one for its gradient. The dropout mask is drawn
+            // where MLX ops would draw it (same key, same shape), and applied inside.
+            let mask = self.attn_dropout.multiplier(&[b, nh, t, t], qkv.dtype())?;
+            if let Some(y) = crate::causal_attention::attend(&qkv, mask.as_ref(), nh, scale)? {
                 if let Some(kv) = kv {
                     kv.append(&parts[1], &parts[2])?;
                 }
@@ -186,4 +188,42 @@ pub fn causal_mask(t: i32, past: i32, dtype: mlx_rs::Dtype) -> Result<Array, Exc
     let allowed = cols.le(&rows)?;
     let neg_inf = Array::from_f32(f32::NEG_INFINITY).as_dtype(dtype)?;
     ops::select(&allowed, Array::from_f32(0.0).as_dtype(dtype)?, neg_inf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GptConfig;
+    use mlx_rs::random;
+
+    /// With attention dropout active, the custom attention kernel and MLX ops draw the
+    /// same masks from the same key (the kernel's mask is drawn where MLX ops draw it), so
+    /// training does not depend on which one runs.
+    #[test]
+    fn dropout_draws_the_same_masks_with_and_without_the_attention_kernel() {
+        let c = GptConfig { n_embd: 16, n_head: 2, dropout: 0.25, ..GptConfig::baby(11) };
+        let mut attn = CausalSelfAttention::new(&c).unwrap();
+        let w = |shape: &[i32], seed: u64| random::normal::<f32>(shape, None, Some(0.3), &random::key(seed).unwrap()).unwrap();
+        *attn.c_attn.weight = w(&[16, 48], 1);
+        *attn.c_proj.weight = w(&[16, 16], 2);
+        attn.set_training(true);
+        let x = w(&[2, 9, 16], 3);
+        let key = random::key(4).unwrap();
+        let run = |attn: &mut CausalSelfAttention, kernel: bool| {
+            crate::causal_attention::set_enabled(kernel);
+            let y = crate::dropout::with_key(&key, || attn.forward(&x, None)).unwrap();
+            crate::causal_attention::set_enabled(true);
+            y
+        };
+        let (with, without) = (run(&mut attn, true), run(&mut attn, false));
+        let nothing_dropped = {
+            attn.set_training(false);
+            attn.forward(&x, None).unwrap()
+        };
+        let (a, b, c) = (with.as_slice::<f32>(), without.as_slice::<f32>(), nothing_dropped.as_slice::<f32>());
+        for (p, q) in a.iter().zip(b) {
+            assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{p} vs {q}");
+        }
+        assert!(a.iter().zip(c).any(|(p, q)| (p - q).abs() > 1e-3), "dropout changed nothing");
+    }
 }

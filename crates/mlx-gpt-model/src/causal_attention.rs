@@ -3,9 +3,8 @@
 //! (B, T, 3C) as it is and returns the heads' outputs side by side (B, T, C), where MLX
 //! ops need the heads transposed apart and back (copies), a batch of small products, the
 //! mask and the softmax's kernels, and in the backward pass zero-filled buffers for the
-//! gradient of the q/k/v split. Used for training and full forwards without attention
-//! dropout (dropout acts on the weights inside, so that case keeps MLX ops), float32 on
-//! the CPU. `MLX_GPT_CUSTOM_ATTENTION=0` (or [`set_enabled`]) switches it off for
+//! gradient of the q/k/v split. Used for training and full forwards (with attention
+//! dropout, its multiplier is an input and applied inside), float32 on the CPU. `MLX_GPT_CUSTOM_ATTENTION=0` (or [`set_enabled`]) switches it off for
 //! comparison; results agree to float rounding (tested here).
 
 use crate::switch::Switch;
@@ -24,19 +23,34 @@ pub fn enabled() -> bool {
     ENABLED.get()
 }
 
+/// Whether [`attend`] runs for a `dtype` qkv here (switched on, float32, on the CPU, a
+/// CBLAS found): callers that draw a dropout mask for it ask first, so that a declined
+/// call never leaves a mask drawn for nothing.
+pub fn applies(dtype: Dtype) -> bool {
+    enabled()
+        && dtype == Dtype::Float32
+        && crate::device::default_device() == Some(crate::device::DeviceKind::Cpu)
+        && crate::csrc::blas_ready()
+}
+
 /// Causal softmax(scale · q kᵀ) v per head, for `qkv` (B, T, 3C) holding q, k and v side
-/// by side; returns (B, T, C), heads side by side. `Ok(None)` when the primitive does
-/// not apply (switched off, not float32, not on the CPU, no CBLAS found).
-pub fn attend(qkv: &Array, n_head: i32, scale: f32) -> Result<Option<Array>, Exception> {
-    if !enabled()
-        || qkv.dtype() != Dtype::Float32
-        || crate::device::default_device() != Some(crate::device::DeviceKind::Cpu)
-        || !crate::csrc::blas_ready()
-    {
+/// by side; returns (B, T, C), heads side by side. With `dropout`, the weights are
+/// multiplied by it (B, nh, T, T) before the product with v (see
+/// [`crate::dropout::Dropout::multiplier`]). `Ok(None)` when the primitive does not apply
+/// (switched off, not float32, not on the CPU, no CBLAS found).
+pub fn attend(qkv: &Array, dropout: Option<&Array>, n_head: i32, scale: f32) -> Result<Option<Array>, Exception> {
+    if !applies(qkv.dtype()) || dropout.is_some_and(|m| m.dtype() != Dtype::Float32) {
         return Ok(None);
     }
-    // SAFETY: mlx_gpt_causal_attention with the given handle; `qkv` outlives the call.
-    unsafe { crate::csrc::call(|res| crate::csrc::mlx_gpt_causal_attention(res, qkv.as_ptr(), n_head, scale)) }
+    // SAFETY: mlx_gpt_causal_attention with the given handle; the arrays outlive the call
+    // (an empty handle, freed here, stands for "no dropout").
+    unsafe {
+        let empty = mlx_sys::mlx_array_new();
+        let mask = dropout.map_or(empty, |m| m.as_ptr());
+        let out = crate::csrc::call(|res| crate::csrc::mlx_gpt_causal_attention(res, qkv.as_ptr(), mask, n_head, scale));
+        mlx_sys::mlx_array_free(empty);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -46,7 +60,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// The same attention as MLX ops (the model's own formulation without the primitive).
-    fn reference(qkv: &Array, n_head: i32, scale: f32) -> Result<Array, Exception> {
+    fn reference(qkv: &Array, dropout: Option<&Array>, n_head: i32, scale: f32) -> Result<Array, Exception> {
         let (b, t, c3) = (qkv.shape()[0], qkv.shape()[1], qkv.shape()[2]);
         let c = c3 / 3;
         let parts = qkv.split_equal(3, -1)?;
@@ -54,17 +68,24 @@ mod tests {
         let (q, k, v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
         let att = q.multiply(Array::from_f32(scale))?.matmul(k.swap_axes(-2, -1)?)?;
         let att = att.add(crate::attention::causal_mask(t, 0, att.dtype())?)?;
-        let y = mlx_rs::ops::softmax_axis(&att, -1, None)?.matmul(&v)?;
+        let att = mlx_rs::ops::softmax_axis(&att, -1, None)?;
+        let att = match dropout {
+            Some(m) => att.multiply(m)?,
+            None => att,
+        };
+        let y = att.matmul(&v)?;
         y.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, t, c])
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(20))]
         /// Output and gradient against MLX ops, for head sizes that do and do not fill the
-        /// vector lanes, one or many positions, and a qkv that is a strided view.
+        /// vector lanes, one or many positions, a qkv that is a strided view, and with or
+        /// without a dropout multiplier.
         #[test]
         fn forward_and_gradient_match_mlx_ops(
-            batch in 1i32..3, n_head in 1i32..4, hs in 1i32..20, t in 1i32..40, strided in any::<bool>(), seed in 0u64..1000,
+            batch in 1i32..3, n_head in 1i32..4, hs in 1i32..20, t in 1i32..40, strided in any::<bool>(),
+            dropout in any::<bool>(), seed in 0u64..1000,
         ) {
             let c = n_head * hs;
             let key = |i: u64| random::key(seed * 4 + i).unwrap();
@@ -74,6 +95,12 @@ mod tests {
                 random::normal::<f32>(&[batch, t, 3 * c], None, None, &key(0)).unwrap()
             };
             let scale = 1.0 / (hs as f32).sqrt();
+            let mask = dropout.then(|| {
+                let d = crate::dropout::Dropout { p: 0.3, training: true };
+                crate::dropout::with_key(&key(2), || d.multiplier(&[batch, n_head, t, t], Dtype::Float32))
+                    .unwrap()
+                    .expect("active")
+            });
             let close = |a: &Array, b: &Array| -> Result<(), TestCaseError> {
                 prop_assert_eq!(a.shape(), b.shape());
                 let (a, b) = (a.reshape(&[-1]).unwrap(), b.reshape(&[-1]).unwrap());
@@ -82,14 +109,18 @@ mod tests {
                 }
                 Ok(())
             };
-            let got = attend(&qkv, n_head, scale).unwrap().expect("float32 on the CPU");
-            close(&got, &reference(&qkv, n_head, scale).unwrap())?;
+            let got = attend(&qkv, mask.as_ref(), n_head, scale).unwrap().expect("float32 on the CPU");
+            close(&got, &reference(&qkv, mask.as_ref(), n_head, scale).unwrap())?;
             // Gradient of Σ g·attention(qkv) for a non-trivial cotangent g.
             let g = random::normal::<f32>(&[batch, t, c], None, None, &key(1)).unwrap();
             let grad_of = |custom: bool| {
-                let g = g.clone();
+                let (g, mask) = (g.clone(), mask.clone());
                 let mut f = transforms::grad(move |x: &Array| -> Result<Array, Exception> {
-                    let y = if custom { attend(x, n_head, scale)?.expect("float32 on the CPU") } else { reference(x, n_head, scale)? };
+                    let y = if custom {
+                        attend(x, mask.as_ref(), n_head, scale)?.expect("float32 on the CPU")
+                    } else {
+                        reference(x, mask.as_ref(), n_head, scale)?
+                    };
                     y.multiply(&g)?.sum(None)
                 });
                 f(&qkv).unwrap()
@@ -101,9 +132,12 @@ mod tests {
     #[test]
     fn bad_shapes_are_errors_and_other_dtypes_decline() {
         let qkv = Array::from_slice(&[1.0f32; 12], &[1, 2, 6]);
-        let err = attend(&qkv, 4, 1.0).unwrap_err().to_string();
+        let err = attend(&qkv, None, 4, 1.0).unwrap_err().to_string();
         assert!(err.contains("n_head"), "{err}");
-        assert!(attend(&Array::from_slice(&[1.0f32; 10], &[1, 2, 5]), 1, 1.0).is_err());
-        assert!(attend(&qkv.as_dtype(Dtype::Float16).unwrap(), 1, 1.0).unwrap().is_none());
+        assert!(attend(&Array::from_slice(&[1.0f32; 10], &[1, 2, 5]), None, 1, 1.0).is_err());
+        let wrong_mask = Array::from_slice(&[1.0f32; 4], &[1, 1, 2, 2]);
+        let err = attend(&qkv, Some(&wrong_mask), 2, 1.0).unwrap_err().to_string();
+        assert!(err.contains("dropout mask"), "{err}");
+        assert!(attend(&qkv.as_dtype(Dtype::Float16).unwrap(), None, 1, 1.0).unwrap().is_none());
     }
 }

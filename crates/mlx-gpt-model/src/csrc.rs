@@ -44,6 +44,7 @@ extern "C" {
     pub(crate) fn mlx_gpt_causal_attention(
         res: *mut mlx_sys::mlx_array,
         qkv: mlx_sys::mlx_array,
+        mask: mlx_sys::mlx_array,
         n_head: libc::c_int,
         scale: f32,
     ) -> libc::c_int;

@@ -60,14 +60,24 @@ impl Dropout {
 
     /// x → x·mask/(1−p).
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
+        match self.multiplier(x.shape(), x.dtype())? {
+            Some(m) => x.multiply(&m),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The next mask as the factor `forward` multiplies by (0 or 1/(1−p) per element), for
+    /// kernels that apply it themselves (`crate::causal_attention`); `None` when inactive.
+    /// Draws from the same key sequence as `forward`.
+    pub fn multiplier(&self, shape: &[i32], dtype: mlx_rs::Dtype) -> Result<Option<Array>, Exception> {
         if !self.active() {
-            return Ok(x.clone());
+            return Ok(None);
         }
         let keep = Array::from_f32(1.0 - self.p);
         let key = next_key()?;
-        let mask = random::bernoulli(&keep, x.shape(), key.as_ref())?;
-        let scale = Array::from_f32(1.0 / (1.0 - self.p)).as_dtype(x.dtype())?;
-        x.multiply(mask.as_dtype(x.dtype())?.multiply(&scale)?)
+        let mask = random::bernoulli(&keep, shape, key.as_ref())?;
+        let scale = Array::from_f32(1.0 / (1.0 - self.p)).as_dtype(dtype)?;
+        Ok(Some(mask.as_dtype(dtype)?.multiply(&scale)?))
     }
 }
 
