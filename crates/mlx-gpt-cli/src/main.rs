@@ -58,6 +58,8 @@ impl DeviceArgs {
 }
 
 fn main() {
+    // Before the first large allocation (see the function).
+    mlx_gpt_model::runtime::keep_freed_memory();
     let cli = Cli::parse();
     // Before any thread exists and before MLX compiles anything (it sets PATH and TMPDIR).
     let jit = if cli.no_native_jit {

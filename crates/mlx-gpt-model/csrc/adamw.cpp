@@ -22,6 +22,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -84,6 +85,22 @@ MLX_GPT_CLONES void sum_parts(const float* const* parts, size_t n_parts, float* 
     for (size_t i = 0; i < n; ++i) {
       out[i] += part[i];
     }
+  }
+}
+
+// Runs `a` on a helper thread and `b` on this one, and returns when both are done; if
+// no thread can be started, both run here, one after the other.
+template <typename A, typename B>
+void in_two(A a, B b) {
+  std::thread helper;
+  try {
+    helper = std::thread(a);
+  } catch (const std::system_error&) {
+    a();
+  }
+  b();
+  if (helper.joinable()) {
+    helper.join();
   }
 }
 
@@ -155,19 +172,15 @@ class AdamWStep : public mx::Primitive {
                  sizes[j], h, coef, decays[j] ? h.decay : 1.0f);
         }
       };
-      double second = 0.0;
-      std::thread helper([&]() { second = norm_pass(split, n); });
-      const double first = norm_pass(0, split);
-      helper.join();
+      double first = 0.0, second = 0.0;
+      in_two([&]() { second = norm_pass(split, n); }, [&]() { first = norm_pass(0, split); });
       const float norm = static_cast<float>(std::sqrt(first + second));
       float coef = 1.0f;
       if (h.clipping) {
         coef = std::fmin(h.clip / (norm + 1e-6f), 1.0f);
       }
       *out[0] = norm;
-      std::thread updater([&]() { update_pass(split, n, coef); });
-      update_pass(0, split, coef);
-      updater.join();
+      in_two([&]() { update_pass(split, n, coef); }, [&]() { update_pass(0, split, coef); });
     });
   }
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {

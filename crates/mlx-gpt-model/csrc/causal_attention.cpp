@@ -2,14 +2,14 @@
 //
 // As MLX ops, attention in training is: split q, k, v off c_attn's output and transpose
 // each into (B, nh, T, hs) (copies), scale, a batched q·kᵀ (B·nh small products), the
-// causal mask, the softmax's kernels, the product with v, and the transpose back; the
-// backward pass repeats the chain and adds zero-filled buffers for the gradients of the
-// split. Here the forward pass reads c_attn's output (B, T, 3C) as it is and writes the
-// heads' outputs side by side (B, T, C), ready for c_proj; it keeps the attention
-// weights (B, nh, T, T), lower triangle only, for the backward pass, which writes the
-// gradient of c_attn's output in one piece. The products are the BLAS's (blas.h), called
-// on the heads where they lie in c_attn's output; the softmax and its gradient are
-// vectorised loops.
+// causal mask, the softmax's kernels, dropout, the product with v, and the transpose
+// back; the backward pass repeats the chain and adds zero-filled buffers for the
+// gradients of the split. Here the forward pass reads c_attn's output (B, T, 3C) as it
+// is and writes the heads' outputs side by side (B, T, C), ready for c_proj; it keeps
+// the attention weights before dropout (B, nh, T, T, zero above the diagonal) for the
+// backward pass, which writes the gradient of c_attn's output in one piece. The products
+// are the BLAS's (blas.h), called on the heads where they lie in c_attn's output; the
+// softmax, dropout and their gradients are vectorised loops.
 
 #include <mlx/allocator.h>
 #include <mlx/backend/cpu/encoder.h>
