@@ -39,6 +39,14 @@ pub fn run(args: Args, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Res
         Some(j) => println!("CPU JIT: {} {} (kernel cache {})", j.compiler.display(), j.flags, j.dir.display()),
         None => println!("CPU JIT: MLX's default flags (native JIT off)"),
     }
+    println!(
+        "malloc: {}",
+        if runtime::freed_memory_kept() {
+            "freed memory kept in the process (mmap threshold 256 MiB, trim threshold 1 GiB)"
+        } else {
+            "system defaults (MLX_GPT_MALLOC_TUNING=0, or not glibc)"
+        }
+    );
     println!("CPU: {} ({} logical cores)", cpu_model(), available_cores());
     println!("  features: {}", cpu_features().join(" "));
     match memory_bytes() {

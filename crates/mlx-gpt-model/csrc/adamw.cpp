@@ -177,7 +177,10 @@ class AdamWStep : public mx::Primitive {
       const float norm = static_cast<float>(std::sqrt(first + second));
       float coef = 1.0f;
       if (h.clipping) {
-        coef = std::fmin(h.clip / (norm + 1e-6f), 1.0f);
+        // As min(·, 1) in MLX and PyTorch's clamp: a NaN norm gives a NaN factor (every
+        // parameter becomes NaN, as on the op-by-op path), where fmin would give 1.
+        const float ratio = h.clip / (norm + 1e-6f);
+        coef = std::isnan(ratio) ? ratio : std::fmin(ratio, 1.0f);
       }
       *out[0] = norm;
       in_two([&]() { update_pass(split, n, coef); }, [&]() { update_pass(0, split, coef); });

@@ -209,11 +209,18 @@ mod tests {
         attn.set_training(true);
         let x = w(&[2, 9, 16], 3);
         let key = random::key(4).unwrap();
+        /// Switches the kernel back on when dropped, even after a panic.
+        struct On;
+        impl Drop for On {
+            fn drop(&mut self) {
+                crate::causal_attention::set_enabled(true);
+            }
+        }
+        let _lock = crate::causal_attention::test_lock();
         let run = |attn: &mut CausalSelfAttention, kernel: bool| {
+            let _on = On;
             crate::causal_attention::set_enabled(kernel);
-            let y = crate::dropout::with_key(&key, || attn.forward(&x, None)).unwrap();
-            crate::causal_attention::set_enabled(true);
-            y
+            crate::dropout::with_key(&key, || attn.forward(&x, None)).unwrap()
         };
         let (with, without) = (run(&mut attn, true), run(&mut attn, false));
         let nothing_dropped = {

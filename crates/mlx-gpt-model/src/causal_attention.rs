@@ -18,6 +18,14 @@ pub fn set_enabled(on: bool) {
     ENABLED.set(on);
 }
 
+/// Held by the tests that switch the primitive off, and by those that need it on: the
+/// switch is process-wide and tests run on parallel threads.
+#[cfg(test)]
+pub(crate) fn test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Whether the primitive is switched on (by default yes, unless `MLX_GPT_CUSTOM_ATTENTION=0`).
 pub fn enabled() -> bool {
     ENABLED.get()
@@ -87,6 +95,7 @@ mod tests {
             batch in 1i32..3, n_head in 1i32..4, hs in 1i32..20, t in 1i32..40, strided in any::<bool>(),
             dropout in any::<bool>(), seed in 0u64..1000,
         ) {
+            let _on = test_lock();
             let c = n_head * hs;
             let key = |i: u64| random::key(seed * 4 + i).unwrap();
             let qkv = if strided {
@@ -131,6 +140,7 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_errors_and_other_dtypes_decline() {
+        let _on = test_lock();
         let qkv = Array::from_slice(&[1.0f32; 12], &[1, 2, 6]);
         let err = attend(&qkv, None, 4, 1.0).unwrap_err().to_string();
         assert!(err.contains("n_head"), "{err}");
