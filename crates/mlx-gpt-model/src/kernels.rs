@@ -7,7 +7,8 @@
 //! unfused call — on the CPU these primitives are scalar loops or fall back to the same
 //! ops anyway. Plain ops are therefore the default; `MLX_GPT_PLAIN_OPS=0` (or
 //! [`set_plain_ops`]) switches back for comparison. Results agree to float rounding
-//! (tested in this module).
+//! (tested in this module). Where mlx-gpt has its own primitive for one of them (LayerNorm,
+//! attention: docs/model.md, "Custom primitives"), that comes first.
 
 use crate::switch::Switch;
 use mlx_rs::error::Exception;
@@ -50,7 +51,9 @@ pub fn logsumexp_last(x: &Array) -> Result<Array, Exception> {
     s.log()?.add(&m)?.squeeze_axes(&[-1])
 }
 
-/// LayerNorm over the last axis with gain `w` and optional bias `b`.
+/// LayerNorm over the last axis with gain `w` and optional bias `b`: mlx-gpt's own
+/// primitive where it applies (float32 on the CPU, [`crate::layer_norm_primitive`]),
+/// otherwise as chosen by [`plain_ops`].
 pub fn layer_norm(x: &Array, w: &Array, b: Option<&Array>, eps: f32) -> Result<Array, Exception> {
     if let Some(y) = crate::layer_norm_primitive::layer_norm(x, w, b, eps)? {
         return Ok(y);
