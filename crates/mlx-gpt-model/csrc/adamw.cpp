@@ -9,14 +9,13 @@
 // the step. Here it is one task: a pass over the gradients for the norm, then one fused,
 // vectorised pass per parameter for the update.
 
-#include <mlx/allocator.h>
-#include <mlx/backend/cpu/encoder.h>
 #include <mlx/mlx.h>
 #include <mlx/primitives.h>
 
 #include "mlx/c/private/array.h"
 
 #include "entry.h"
+#include "primitive.h"
 #include "vector.h"
 
 #include <cmath>
@@ -106,20 +105,13 @@ void in_two(A a, B b) {
 
 // inputs: p[n], m[n], v[n], then the parts' gradients part-major (part 0's n, part 1's
 // n, ...), all dense float32; outputs: the norm (scalar), p'[n], m'[n], v'[n].
-class AdamWStep : public mx::Primitive {
+class AdamWStep : public mlx_gpt::CpuPrimitive {
  public:
   AdamWStep(mx::Stream stream, size_t n, size_t n_parts, std::vector<bool> decays, Hyper h)
-      : mx::Primitive(stream), n_(n), n_parts_(n_parts), decays_(std::move(decays)), h_(h) {}
+      : mlx_gpt::CpuPrimitive(stream), n_(n), n_parts_(n_parts), decays_(std::move(decays)), h_(h) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (auto& in : inputs) {
-      encoder.set_input_array(in);
-    }
-    for (auto& out : outputs) {
-      out.set_data(mx::allocator::malloc(out.nbytes()));
-      encoder.set_output_array(out);
-    }
+    auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const size_t n = n_, n_parts = n_parts_;
     std::vector<const float*> in(inputs.size());
     std::vector<size_t> sizes(n);
@@ -135,7 +127,6 @@ class AdamWStep : public mx::Primitive {
     }
     const std::vector<bool> decays = decays_;
     const Hyper h = h_;
-    // MLX keeps the inputs' buffers alive until the stream has run this task.
     encoder.dispatch([=]() {
       // The parameters in two groups of about equal size, one per thread: this task runs
       // while the streams that computed the gradients wait, and the update is bound by
@@ -185,9 +176,6 @@ class AdamWStep : public mx::Primitive {
       *out[0] = norm;
       in_two([&]() { update_pass(split, n, coef); }, [&]() { update_pass(0, split, coef); });
     });
-  }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[AdamWStep] has no GPU kernel: it is only used on the CPU");
   }
   const char* name() const override {
     return "AdamWStep";

@@ -11,8 +11,6 @@
 // are the BLAS's (blas.h), called on the heads where they lie in c_attn's output; the
 // softmax, dropout and their gradients are vectorised loops.
 
-#include <mlx/allocator.h>
-#include <mlx/backend/cpu/encoder.h>
 #include <mlx/mlx.h>
 #include <mlx/primitives.h>
 
@@ -20,6 +18,7 @@
 
 #include "blas.h"
 #include "entry.h"
+#include "primitive.h"
 #include "vector.h"
 
 #include <algorithm>
@@ -152,37 +151,21 @@ Dims dims_of(const mx::array& qkv, int n_head) {
               static_cast<size_t>(qkv.shape(2) / 3), static_cast<size_t>(n_head)};
 }
 
-void register_and_allocate(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
-  auto& encoder = mx::cpu::get_command_encoder(stream);
-  for (auto& in : inputs) {
-    encoder.set_input_array(in);
-  }
-  for (auto& out : outputs) {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    encoder.set_output_array(out);
-  }
-}
-
 // inputs: qkv (B, T, 3C), weights (B, nh, T, T), dy (B, T, C) and, with dropout, its
 // multiplier (B, nh, T, T), all dense; output: dqkv (B, T, 3C).
-class CausalAttentionGrad : public mx::Primitive {
+class CausalAttentionGrad : public mlx_gpt::CpuPrimitive {
  public:
   CausalAttentionGrad(mx::Stream stream, int n_head, float scale)
-      : mx::Primitive(stream), n_head_(n_head), scale_(scale) {}
+      : mlx_gpt::CpuPrimitive(stream), n_head_(n_head), scale_(scale) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    register_and_allocate(stream(), inputs, outputs);
+    auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const Dims d = dims_of(inputs[0], n_head_);
     const float *qkv = inputs[0].data<float>(), *att = inputs[1].data<float>(), *dy = inputs[2].data<float>();
     const float* mask = inputs.size() > 3 ? inputs[3].data<float>() : nullptr;
     float* dqkv = outputs[0].data<float>();
     const float scale = scale_;
-    // MLX keeps the inputs' buffers alive until the stream has run this task.
-    mx::cpu::get_command_encoder(stream()).dispatch(
-        [=]() { attention_backward(qkv, att, mask, dy, dqkv, d, scale); });
-  }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[CausalAttentionGrad] has no GPU kernel: it is only used on the CPU");
+    encoder.dispatch([=]() { attention_backward(qkv, att, mask, dy, dqkv, d, scale); });
   }
   const char* name() const override {
     return "CausalAttentionGrad";
@@ -202,21 +185,19 @@ class CausalAttentionGrad : public mx::Primitive {
 
 // inputs: qkv (B, T, 3C) and, with dropout, the multiplier (B, nh, T, T), dense; outputs:
 // y (B, T, C) and the weights before dropout (B, nh, T, T), which only the gradient reads.
-class CausalAttention : public mx::Primitive {
+class CausalAttention : public mlx_gpt::CpuPrimitive {
  public:
-  CausalAttention(mx::Stream stream, int n_head, float scale) : mx::Primitive(stream), n_head_(n_head), scale_(scale) {}
+  CausalAttention(mx::Stream stream, int n_head, float scale)
+      : mlx_gpt::CpuPrimitive(stream), n_head_(n_head), scale_(scale) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    register_and_allocate(stream(), inputs, outputs);
+    auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const Dims d = dims_of(inputs[0], n_head_);
     const float* qkv = inputs[0].data<float>();
     const float* mask = inputs.size() > 1 ? inputs[1].data<float>() : nullptr;
     float *y = outputs[0].data<float>(), *att = outputs[1].data<float>();
     const float scale = scale_;
-    mx::cpu::get_command_encoder(stream()).dispatch([=]() { attention_forward(qkv, mask, y, att, d, scale); });
-  }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[CausalAttention] has no GPU kernel: it is only used on the CPU");
+    encoder.dispatch([=]() { attention_forward(qkv, mask, y, att, d, scale); });
   }
 
   std::vector<mx::array> vjp(

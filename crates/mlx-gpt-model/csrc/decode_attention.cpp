@@ -9,14 +9,13 @@
 // attention.rs), head h in columns h·hs .. (h+1)·hs, and writes the heads' outputs side
 // by side, (B, 1, C), ready for c_proj. No mask: the new position sees every held one.
 
-#include <mlx/allocator.h>
-#include <mlx/backend/cpu/encoder.h>
 #include <mlx/mlx.h>
 #include <mlx/primitives.h>
 
 #include "mlx/c/private/array.h"
 
 #include "entry.h"
+#include "primitive.h"
 #include "vector.h"
 
 #include <cmath>
@@ -87,10 +86,10 @@ MLX_GPT_CLONES void decode_attention(const float* __restrict q, const float* __r
   }
 }
 
-class DecodeAttention : public mx::Primitive {
+class DecodeAttention : public mlx_gpt::CpuPrimitive {
  public:
   DecodeAttention(mx::Stream stream, int n_head, int len, float scale)
-      : mx::Primitive(stream), n_head_(n_head), len_(len), scale_(scale) {}
+      : mlx_gpt::CpuPrimitive(stream), n_head_(n_head), len_(len), scale_(scale) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
@@ -100,12 +99,7 @@ class DecodeAttention : public mx::Primitive {
         throw std::runtime_error("[DecodeAttention] the last axis of q, k and v must be dense");
       }
     }
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    encoder.set_input_array(q);
-    encoder.set_input_array(k);
-    encoder.set_input_array(v);
-    encoder.set_output_array(out);
+    auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const Layout l{
         static_cast<size_t>(q.shape(0)),
         static_cast<size_t>(len_),
@@ -119,11 +113,7 @@ class DecodeAttention : public mx::Primitive {
     const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
     float* yp = out.data<float>();
     const float scale = scale_;
-    // MLX keeps the inputs' buffers alive until the stream has run this task.
     encoder.dispatch([=]() { decode_attention(qp, kp, vp, yp, l, scale); });
-  }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[DecodeAttention] has no GPU kernel: it is only used on the CPU");
   }
   const char* name() const override {
     return "DecodeAttention";

@@ -9,14 +9,13 @@
 // (AVX2 + FMA) and baseline feature levels, chosen by CPU features when the
 // library loads).
 
-#include <mlx/allocator.h>
-#include <mlx/backend/cpu/encoder.h>
 #include <mlx/mlx.h>
 #include <mlx/primitives.h>
 
 #include "mlx/c/private/array.h"
 
 #include "entry.h"
+#include "primitive.h"
 #include "vector.h"
 
 #include <stdexcept>
@@ -93,37 +92,29 @@ MLX_GPT_CLONES void gelu_backward(const float* __restrict x, const float* __rest
   }
 }
 
-// Allocates out (same shape as inputs[0]) and dispatches `kernel(ptrs..., out, n)`.
+// Allocates outputs[0] (same shape as inputs[0]) and dispatches `kernel(ptrs..., out, n)`.
 template <typename F>
-void dispatch_elementwise(mx::Stream stream, const std::vector<mx::array>& inputs, mx::array& out, F kernel) {
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& encoder = mx::cpu::get_command_encoder(stream);
-  for (auto& in : inputs) {
-    encoder.set_input_array(in);
-  }
-  encoder.set_output_array(out);
+void dispatch_elementwise(
+    mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs, F kernel) {
+  auto& encoder = mlx_gpt::prepare(stream, inputs, outputs);
   std::vector<const float*> ptrs;
   for (auto& in : inputs) {
     ptrs.push_back(in.data<float>());
   }
-  float* y = out.data<float>();
-  size_t n = out.size();
-  // MLX keeps the inputs' buffers alive until the stream has run this task.
+  float* y = outputs[0].data<float>();
+  size_t n = outputs[0].size();
   encoder.dispatch([ptrs = std::move(ptrs), y, n, kernel]() { kernel(ptrs, y, n); });
 }
 
-class GeluGrad : public mx::Primitive {
+class GeluGrad : public mlx_gpt::CpuPrimitive {
  public:
-  GeluGrad(mx::Stream stream, bool tanh) : mx::Primitive(stream), tanh_(tanh) {}
+  GeluGrad(mx::Stream stream, bool tanh) : mlx_gpt::CpuPrimitive(stream), tanh_(tanh) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const bool tanh = tanh_;
-    dispatch_elementwise(stream(), inputs, outputs[0], [tanh](const std::vector<const float*>& p, float* y, size_t n) {
+    dispatch_elementwise(stream(), inputs, outputs, [tanh](const std::vector<const float*>& p, float* y, size_t n) {
       (tanh ? gelu_tanh_backward : gelu_backward)(p[0], p[1], y, n);
     });
-  }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[GeluGrad] has no GPU kernel: it is only used on the CPU");
   }
   const char* name() const override {
     return "GeluGrad";
@@ -139,18 +130,15 @@ class GeluGrad : public mx::Primitive {
   bool tanh_;
 };
 
-class Gelu : public mx::Primitive {
+class Gelu : public mlx_gpt::CpuPrimitive {
  public:
-  Gelu(mx::Stream stream, bool tanh) : mx::Primitive(stream), tanh_(tanh) {}
+  Gelu(mx::Stream stream, bool tanh) : mlx_gpt::CpuPrimitive(stream), tanh_(tanh) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const bool tanh = tanh_;
-    dispatch_elementwise(stream(), inputs, outputs[0], [tanh](const std::vector<const float*>& p, float* y, size_t n) {
+    dispatch_elementwise(stream(), inputs, outputs, [tanh](const std::vector<const float*>& p, float* y, size_t n) {
       (tanh ? gelu_tanh_forward : gelu_forward)(p[0], y, n);
     });
-  }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[Gelu] has no GPU kernel: it is only used on the CPU");
   }
 
   std::vector<mx::array> vjp(

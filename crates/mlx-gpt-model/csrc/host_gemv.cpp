@@ -9,8 +9,6 @@
 // The C entry points follow mlx-c's conventions (mlx_array in and out, 0 on success) and
 // use mlx-c's private header to convert between `mlx_array` and `mlx::core::array`.
 
-#include <mlx/allocator.h>
-#include <mlx/backend/cpu/encoder.h>
 #include <mlx/mlx.h>
 #include <mlx/primitives.h>
 
@@ -18,6 +16,7 @@
 
 #include "blas.h"
 #include "entry.h"
+#include "primitive.h"
 
 #include <cstring>
 #include <stdexcept>
@@ -32,15 +31,14 @@ using mlx_gpt::kRowMajor;
 using mlx_gpt::kTrans;
 
 // out (..., N) = x (..., K) · w + bias: w is (K, N), or (N, K) used transposed.
-class HostGemv : public mx::Primitive {
+class HostGemv : public mlx_gpt::CpuPrimitive {
  public:
-  HostGemv(mx::Stream stream, bool w_transposed) : mx::Primitive(stream), w_transposed_(w_transposed) {}
+  HostGemv(mx::Stream stream, bool w_transposed) : mlx_gpt::CpuPrimitive(stream), w_transposed_(w_transposed) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const mx::array& x = inputs[0];
     const mx::array& w = inputs[1];
-    mx::array& out = outputs[0];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const int rows_w = w.shape(0), cols_w = w.shape(1);
     const int k = w_transposed_ ? cols_w : rows_w;
     const int n = w_transposed_ ? rows_w : cols_w;
@@ -48,16 +46,11 @@ class HostGemv : public mx::Primitive {
     const float* xp = x.data<float>();
     const float* wp = w.data<float>();
     const float* bp = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
-    float* yp = out.data<float>();
+    float* yp = outputs[0].data<float>();
     // Row-major w (K, N): y = wᵀx is sgemv "Trans" on an m = K by n = N matrix;
     // row-major w (N, K): y = wx is sgemv "NoTrans" on an m = N by n = K matrix.
     const int trans = w_transposed_ ? kNoTrans : kTrans;
     const int m = w_transposed_ ? n : k, nn = w_transposed_ ? k : n;
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    encoder.set_input_array(x);
-    encoder.set_input_array(w);
-    encoder.set_output_array(out);
-    // MLX keeps the inputs' buffers alive until the stream has run this task.
     encoder.dispatch([=]() {
       for (int r = 0; r < rows; ++r) {
         float* y = yp + static_cast<size_t>(r) * n;
@@ -69,9 +62,6 @@ class HostGemv : public mx::Primitive {
     });
   }
 
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[HostGemv] has no GPU kernel: it is only used on the CPU");
-  }
 
   const char* name() const override {
     return "HostGemv";

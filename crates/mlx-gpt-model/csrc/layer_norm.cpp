@@ -8,14 +8,13 @@
 // layernorm_backward does): dx in one pass per row, dw and db summed over the rows in
 // the same loop.
 
-#include <mlx/allocator.h>
-#include <mlx/backend/cpu/encoder.h>
 #include <mlx/mlx.h>
 #include <mlx/primitives.h>
 
 #include "mlx/c/private/array.h"
 
 #include "entry.h"
+#include "primitive.h"
 #include "vector.h"
 
 #include <cmath>
@@ -116,36 +115,19 @@ MLX_GPT_CLONES void ln_backward(
   }
 }
 
-void allocate(std::vector<mx::array>& outputs) {
-  for (auto& out : outputs) {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-  }
-}
-
 // inputs: x (..., C), w (C), mean (rows), rstd (rows), dy (..., C), all dense;
 // outputs: dx (..., C), dw (C), db (C).
-class LayerNormGrad : public mx::Primitive {
+class LayerNormGrad : public mlx_gpt::CpuPrimitive {
  public:
-  explicit LayerNormGrad(mx::Stream stream) : mx::Primitive(stream) {}
+  explicit LayerNormGrad(mx::Stream stream) : mlx_gpt::CpuPrimitive(stream) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    allocate(outputs);
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (auto& in : inputs) {
-      encoder.set_input_array(in);
-    }
-    for (auto& out : outputs) {
-      encoder.set_output_array(out);
-    }
+    auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const size_t c = inputs[1].size(), rows = inputs[2].size();
     const float *x = inputs[0].data<float>(), *w = inputs[1].data<float>(), *mean = inputs[2].data<float>(),
                 *rstd = inputs[3].data<float>(), *dy = inputs[4].data<float>();
     float *dx = outputs[0].data<float>(), *dw = outputs[1].data<float>(), *db = outputs[2].data<float>();
-    // MLX keeps the inputs' buffers alive until the stream has run this task.
     encoder.dispatch([=]() { ln_backward(x, w, mean, rstd, dy, dx, dw, db, rows, c); });
-  }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[LayerNormGrad] has no GPU kernel: it is only used on the CPU");
   }
   const char* name() const override {
     return "LayerNormGrad";
@@ -160,28 +142,18 @@ class LayerNormGrad : public mx::Primitive {
 
 // inputs: x (..., C), w (C) and optionally b (C), all dense; outputs: y (..., C), and
 // each row's mean and 1/σ (rows), which only the gradient reads.
-class LayerNorm : public mx::Primitive {
+class LayerNorm : public mlx_gpt::CpuPrimitive {
  public:
-  LayerNorm(mx::Stream stream, float eps) : mx::Primitive(stream), eps_(eps) {}
+  LayerNorm(mx::Stream stream, float eps) : mlx_gpt::CpuPrimitive(stream), eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    allocate(outputs);
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (auto& in : inputs) {
-      encoder.set_input_array(in);
-    }
-    for (auto& out : outputs) {
-      encoder.set_output_array(out);
-    }
+    auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const size_t c = inputs[1].size(), rows = outputs[1].size();
     const float *x = inputs[0].data<float>(), *w = inputs[1].data<float>();
     const float* b = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
     float *y = outputs[0].data<float>(), *mean = outputs[1].data<float>(), *rstd = outputs[2].data<float>();
     const float eps = eps_;
     encoder.dispatch([=]() { ln_forward(x, w, b, y, mean, rstd, rows, c, eps); });
-  }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[LayerNorm] has no GPU kernel: it is only used on the CPU");
   }
 
   std::vector<mx::array> vjp(

@@ -1,0 +1,43 @@
+// What every MLX primitive in csrc/ shares: it runs on the CPU only, and its eval_cpu
+// allocates its outputs and registers its arrays with the stream's encoder before it
+// dispatches the work.
+
+#pragma once
+
+#include <mlx/allocator.h>
+#include <mlx/backend/cpu/encoder.h>
+#include <mlx/primitives.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace mlx_gpt {
+
+// A primitive with no GPU kernel: evaluating it on a GPU stream is an error naming it.
+class CpuPrimitive : public mlx::core::Primitive {
+ public:
+  using mlx::core::Primitive::Primitive;
+
+  void eval_gpu(const std::vector<mlx::core::array>&, std::vector<mlx::core::array>&) override {
+    throw std::runtime_error(std::string("[") + name() + "] has no GPU kernel: it is only used on the CPU");
+  }
+};
+
+// Allocates every output and registers every input and output with `stream`'s encoder,
+// which keeps their buffers alive until the task dispatched next on it has run (the
+// tasks capture raw pointers). Returns the encoder, for that dispatch.
+inline mlx::core::cpu::CommandEncoder& prepare(
+    mlx::core::Stream stream, const std::vector<mlx::core::array>& inputs, std::vector<mlx::core::array>& outputs) {
+  auto& encoder = mlx::core::cpu::get_command_encoder(stream);
+  for (auto& in : inputs) {
+    encoder.set_input_array(in);
+  }
+  for (auto& out : outputs) {
+    out.set_data(mlx::core::allocator::malloc(out.nbytes()));
+    encoder.set_output_array(out);
+  }
+  return encoder;
+}
+
+}  // namespace mlx_gpt
