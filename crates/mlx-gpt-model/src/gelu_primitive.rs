@@ -37,23 +37,14 @@ pub fn gelu(x: &Array, tanh: bool) -> Result<Option<Array>, Exception> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Activation;
     use mlx_rs::{random, transforms};
 
-    /// Forward and gradient of both forms against their formulas written as MLX ops, on
+    /// Forward and gradient of both forms against their formulas written as MLX ops
+    /// (`mlp::gelu_ops`), on
     /// values that cover the tails, plus a strided input.
     #[test]
     fn forward_and_gradient_match_the_formulas() {
-        /// `x·½(1 + erf(x/√2))` or `x·½(1 + tanh(√(2/π)(x + 0.044715x³)))` as MLX ops.
-        fn formula(x: &Array, tanh: bool) -> Result<Array, Exception> {
-            let k = Array::from_f32;
-            let inner = if tanh {
-                let arg = x.add(x.multiply(x)?.multiply(x)?.multiply(k(0.044715))?)?;
-                mlx_rs::ops::tanh(&arg.multiply(k((2.0 / std::f32::consts::PI).sqrt()))?)?
-            } else {
-                mlx_rs::ops::erf(x.multiply(k(std::f32::consts::FRAC_1_SQRT_2))?)?
-            };
-            x.multiply(k(0.5))?.multiply(inner.add(k(1.0))?)
-        }
         let x = random::normal::<f32>(&[7, 33], None, Some(3.0), &random::key(5).unwrap()).unwrap();
         let close = |a: &Array, b: &Array| {
             assert_eq!(a.shape(), b.shape());
@@ -66,7 +57,8 @@ mod tests {
         let w = random::normal::<f32>(&[7, 33], None, None, &random::key(6).unwrap()).unwrap();
         for tanh in [false, true] {
             let custom = move |x: &Array| -> Result<Array, Exception> { Ok(gelu(x, tanh)?.expect("float32 on the CPU")) };
-            let reference = move |x: &Array| formula(x, tanh);
+            let activation = if tanh { Activation::GeluNew } else { Activation::Gelu };
+            let reference = move |x: &Array| crate::mlp::gelu_ops(x, activation);
             close(&custom(&x).unwrap(), &reference(&x).unwrap());
             let strided = x.t();
             close(&custom(&strided).unwrap(), &reference(&strided).unwrap());

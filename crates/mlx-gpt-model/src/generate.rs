@@ -99,8 +99,10 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut SampleRng) -> u
         // As nanoGPT: everything below the k-th largest logit is removed (ties kept).
         Some(k) => {
             let kth = kth_largest((0..logits.len()).map(scaled), k);
-            // `!(l < kth)`, not `l >= kth`: a NaN logit stays, as in nanoGPT's masking.
-            (0..logits.len()).map(|i| (i, scaled(i))).filter(|&(_, l)| !(l < kth)).collect()
+            // Everything not below kth, not `l >= kth`: a NaN logit stays, as in nanoGPT's
+            // masking (which removes only what compares below).
+            let kept = |l: f64| l.partial_cmp(&kth) != Some(std::cmp::Ordering::Less);
+            (0..logits.len()).map(|i| (i, scaled(i))).filter(|&(_, l)| kept(l)).collect()
         }
         None => (0..logits.len()).map(|i| (i, scaled(i))).collect(),
     };

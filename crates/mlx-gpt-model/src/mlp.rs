@@ -48,6 +48,12 @@ pub fn gelu(x: &Array, activation: Activation) -> Result<Array, Exception> {
     if let Some(y) = crate::gelu_primitive::gelu(x, activation == Activation::GeluNew)? {
         return Ok(y);
     }
+    gelu_ops(x, activation)
+}
+
+/// GELU as MLX ops (what [`gelu`] runs when the primitive does not apply, and the
+/// reference the primitive is tested against).
+pub(crate) fn gelu_ops(x: &Array, activation: Activation) -> Result<Array, Exception> {
     let k = |v: f32| Array::from_f32(v).as_dtype(x.dtype());
     let inner = match activation {
         Activation::Gelu => ops::erf(x.multiply(k(std::f32::consts::FRAC_1_SQRT_2)?)?)?,

@@ -26,6 +26,9 @@ pub struct AdamWConfig {
 
 type Kernel = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
 
+/// The gradients' global norm and the new parameters, by name.
+pub type NormAndParams = (Array, BTreeMap<String, Array>);
+
 /// One parameter's update as an MLX-compiled function, so its dozen element-wise ops run
 /// as one fused kernel: `[p, g, m, v, hp] → [p', m', v']`, with the hyper-parameters
 /// `hp = [β1, 1−β1, β2, 1−β2, decay factor, step size, √bc2, ε]` an input (constants
@@ -160,7 +163,7 @@ impl AdamW {
         scale: f32,
         grad_clip: f32,
         lr: f32,
-    ) -> Result<Option<(Array, BTreeMap<String, Array>)>, Exception> {
+    ) -> Result<Option<NormAndParams>, Exception> {
         if self.kernel.is_none() || !mlx_gpt_model::fused_adamw::enabled() {
             return Ok(None);
         }
@@ -236,8 +239,8 @@ mod tests {
                     let half: Vec<Array> = grads.values().map(|g| g.multiply(Array::from_f32(0.5)).unwrap()).collect();
                     let parts = [half.clone(), half];
                     let (norm, new) = opt.update_fused(&params, &parts, 1.0, 0.0, lr).unwrap().expect("float32 on the CPU");
-                    let want: f32 = grads.values().map(|g| g.square().unwrap().sum(None).unwrap().item::<f32>()).sum();
-                    assert!((norm.item::<f32>() - want.sqrt()).abs() < 1e-5 * want.sqrt(), "norm");
+                    let want: f32 = grads.values().map(|g| g.square().unwrap().sum(None).unwrap().item_exact::<f32>()).sum();
+                    assert!((norm.item_exact::<f32>() - want.sqrt()).abs() < 1e-5 * want.sqrt(), "norm");
                     new
                 } else {
                     opt.update(&params, &grads, lr).unwrap()
