@@ -18,6 +18,7 @@
 #include "primitive.h"
 #include "vector.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -36,25 +37,16 @@ struct Hyper {
   float beta1, one_minus_beta1, beta2, one_minus_beta2, decay, step_size, bc2_sqrt, eps;
 };
 
-// Σ over i of (g[i] · scale)², in float lanes (vector.h).
-MLX_GPT_CLONES float squared_norm(const float* __restrict g, size_t n, float scale) {
-  float acc[mlx_gpt::kLanes] = {};
-  float tail = 0.0f;
-  size_t i = 0;
-  for (; i + mlx_gpt::kLanes <= n; i += mlx_gpt::kLanes) {
+// acc[l] += Σ (g[i] · scale)² over the i ≡ l (mod kLanes) of whole groups of kLanes (n
+// is a multiple of kLanes): the lanes of one parameter's squared norm, which its chunks
+// carry over (vector.h).
+MLX_GPT_CLONES void squared_lanes(const float* __restrict g, size_t n, float scale, float* __restrict acc) {
+  for (size_t i = 0; i < n; i += mlx_gpt::kLanes) {
     for (int l = 0; l < mlx_gpt::kLanes; ++l) {
       const float s = g[i + l] * scale;
       acc[l] += s * s;
     }
   }
-  for (; i < n; ++i) {
-    const float s = g[i] * scale;
-    tail += s * s;
-  }
-  for (int l = 0; l < mlx_gpt::kLanes; ++l) {
-    tail += acc[l];
-  }
-  return tail;
 }
 
 // The same arithmetic, in the same order, as the compiled per-parameter kernel
@@ -86,6 +78,9 @@ MLX_GPT_CLONES void sum_parts(const float* const* parts, size_t n_parts, float* 
     }
   }
 }
+
+// The most gradient parts a step sums (fused_adamw.rs: MAX_PARTS).
+constexpr size_t kMaxParts = 16;
 
 // Runs `a` on a helper thread and `b` on this one, and returns when both are done; if
 // no thread can be started, both run here, one after the other.
@@ -130,8 +125,8 @@ class AdamWStep : public mlx_gpt::CpuPrimitive {
     encoder.dispatch([=]() {
       // The parameters in two groups of about equal size, one per thread: this task runs
       // while the streams that computed the gradients wait, and the update is bound by
-      // memory bandwidth, which one core does not saturate. Each parameter's summed
-      // gradient is kept between the two passes (the norm needs all of them first).
+      // memory bandwidth, which one core does not saturate. The norm needs every
+      // gradient first, so the parts are read twice: once for it, once for the update.
       size_t total_size = 0;
       for (size_t j = 0; j < n; ++j) {
         total_size += sizes[j];
@@ -140,27 +135,55 @@ class AdamWStep : public mlx_gpt::CpuPrimitive {
       for (size_t acc = 0; split < n && 2 * (acc + sizes[split]) <= total_size; ++split) {
         acc += sizes[split];
       }
-      std::vector<std::vector<float>> sums(n);
-      auto summed = [&](size_t j) { return n_parts > 1 ? sums[j].data() : in[3 * n + j]; };
+      // Several parts are summed a chunk at a time into a buffer that stays in L1, in
+      // both passes, rather than into a parameter-sized array: the sum costs a few adds
+      // per element where the array cost an allocation, a write and a read per step.
+      // Chunks are whole groups of lanes, so the norm's lanes see the same elements in
+      // the same order as over the whole parameter.
+      constexpr size_t kChunk = 2048;
+      auto chunks = [&](size_t j, auto&& body) {
+        alignas(64) float buf[kChunk];
+        const float* g[kMaxParts];
+        for (size_t start = 0; start < sizes[j]; start += kChunk) {
+          const size_t len = std::min(kChunk, sizes[j] - start);
+          if (n_parts == 1) {
+            body(in[3 * n + j] + start, start, len);
+            continue;
+          }
+          for (size_t q = 0; q < n_parts; ++q) {
+            g[q] = in[3 * n + q * n + j] + start;
+          }
+          sum_parts(g, n_parts, buf, len);
+          body(static_cast<const float*>(buf), start, len);
+        }
+      };
       auto norm_pass = [&](size_t from, size_t to) {
-        std::vector<const float*> g(n_parts);
         double total = 0.0;
         for (size_t j = from; j < to; ++j) {
-          if (n_parts > 1) {
-            for (size_t q = 0; q < n_parts; ++q) {
-              g[q] = in[3 * n + q * n + j];
+          float acc[mlx_gpt::kLanes] = {};
+          float tail = 0.0f;
+          chunks(j, [&](const float* g, size_t, size_t len) {
+            const size_t whole = len / mlx_gpt::kLanes * mlx_gpt::kLanes;
+            squared_lanes(g, whole, h.scale, acc);
+            for (size_t i = whole; i < len; ++i) {
+              const float s = g[i] * h.scale;
+              tail += s * s;
             }
-            sums[j].resize(sizes[j]);
-            sum_parts(g.data(), n_parts, sums[j].data(), sizes[j]);
+          });
+          for (int l = 0; l < mlx_gpt::kLanes; ++l) {
+            tail += acc[l];
           }
-          total += squared_norm(summed(j), sizes[j], h.scale);
+          total += tail;
         }
         return total;
       };
       auto update_pass = [&](size_t from, size_t to, float coef) {
         for (size_t j = from; j < to; ++j) {
-          update(summed(j), in[j], in[n + j], in[2 * n + j], out[1 + j], out[1 + n + j], out[1 + 2 * n + j],
-                 sizes[j], h, coef, decays[j] ? h.decay : 1.0f);
+          const float decay = decays[j] ? h.decay : 1.0f;
+          chunks(j, [&](const float* g, size_t start, size_t len) {
+            update(g, in[j] + start, in[n + j] + start, in[2 * n + j] + start, out[1 + j] + start,
+                   out[1 + n + j] + start, out[1 + 2 * n + j] + start, len, h, coef, decay);
+          });
         }
       };
       double first = 0.0, second = 0.0;
@@ -203,8 +226,8 @@ extern "C" {
 int mlx_gpt_adamw_step(
     mlx_array* outs, const mlx_array* arrays, size_t n, size_t n_parts, const bool* decays, const float* hyper) {
   return mlx_gpt::guarded([&]() {
-    if (n == 0 || n_parts == 0) {
-      throw std::invalid_argument("[AdamWStep] needs at least one parameter and one gradient part");
+    if (n == 0 || n_parts == 0 || n_parts > kMaxParts) {
+      throw std::invalid_argument("[AdamWStep] needs at least one parameter and 1 to 16 gradient parts");
     }
     std::vector<mx::array> inputs;
     auto stream = mx::default_stream(mx::Device::cpu);
@@ -215,7 +238,7 @@ int mlx_gpt_adamw_step(
         throw std::invalid_argument(
             "[AdamWStep] every parameter, moment and gradient must be float32, each of its parameter's shape");
       }
-      inputs.push_back(mx::contiguous(a, false, stream));
+      inputs.push_back(mlx_gpt::dense(a, stream));
     }
     const Hyper h{hyper[0], hyper[1], hyper[2] != 0.0f, hyper[3], hyper[4], hyper[5],
                   hyper[6], hyper[7], hyper[8],        hyper[9], hyper[10]};

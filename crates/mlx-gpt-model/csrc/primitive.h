@@ -5,6 +5,8 @@
 #pragma once
 
 #include <mlx/allocator.h>
+#include <mlx/array.h>
+#include <mlx/ops.h>
 #include <mlx/backend/cpu/encoder.h>
 #include <mlx/primitives.h>
 
@@ -38,6 +40,17 @@ inline mlx::core::cpu::CommandEncoder& prepare(
     encoder.set_output_array(out);
   }
   return encoder;
+}
+
+// `a` as a dense row-major array for a primitive's input: `a` itself when it is already
+// computed and dense, else a Contiguous node (a copy only where needed). The node costs a
+// task and a graph vertex even when it copies nothing, which adds up for a primitive
+// with hundreds of inputs (the optimizer step's).
+inline mlx::core::array dense(const mlx::core::array& a, mlx::core::Stream stream) {
+  if (a.is_available() && a.flags().row_contiguous) {
+    return a;
+  }
+  return mlx::core::contiguous(a, false, stream);
 }
 
 }  // namespace mlx_gpt

@@ -52,9 +52,14 @@ pub struct Hyper {
 /// parameters, first and second moments, in the order given.
 pub type Updated = (Array, Vec<Array>, Vec<Array>, Vec<Array>);
 
+/// The most gradient parts one step sums (csrc/adamw.cpp keeps a pointer per part on
+/// its stack).
+pub const MAX_PARTS: usize = 16;
+
 /// One step of the parameters `p` with moments `m`, `v` and gradient `parts` (each a full
 /// set, in the order of `p`); `decays[j]` says whether parameter j is decayed. `Ok(None)`
-/// when the primitive does not apply (switched off, not on the CPU, not float32).
+/// when the primitive does not apply (switched off, not on the CPU, not float32, more than
+/// [`MAX_PARTS`] parts).
 pub fn step(
     h: &Hyper,
     p: &[Array],
@@ -75,6 +80,8 @@ pub fn step(
     }
     let arrays: Vec<&Array> = p.iter().chain(m).chain(v).chain(parts.iter().flatten()).collect();
     if !enabled()
+        || parts.is_empty()
+        || parts.len() > MAX_PARTS
         || arrays.iter().any(|a| a.dtype() != Dtype::Float32)
         || crate::device::default_device() != Some(crate::device::DeviceKind::Cpu)
     {
@@ -118,4 +125,91 @@ pub fn step(
     let new_m: Vec<Array> = outs.by_ref().take(n).collect();
     let new_v: Vec<Array> = outs.collect();
     Ok(Some((norm, new_p, new_m, new_v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::random;
+
+    /// PyTorch's formulas, element by element in f64: Σ parts · scale, clip_grad_norm_'s
+    /// factor, then AdamW with decoupled decay.
+    fn reference(
+        h: &Hyper,
+        p: &[Vec<f32>],
+        m: &[Vec<f32>],
+        v: &[Vec<f32>],
+        decays: &[bool],
+        parts: &[Vec<Vec<f32>>],
+    ) -> (f64, Vec<Vec<f64>>) {
+        let grads: Vec<Vec<f64>> = (0..p.len())
+            .map(|j| {
+                (0..p[j].len()).map(|i| parts.iter().map(|g| g[j][i] as f64).sum::<f64>() * h.scale as f64).collect()
+            })
+            .collect();
+        let norm = grads.iter().flatten().map(|g| g * g).sum::<f64>().sqrt();
+        let coef = if h.clipping { (h.clip as f64 / (norm + 1e-6)).min(1.0) } else { 1.0 };
+        let new_p = (0..p.len())
+            .map(|j| {
+                let decay = if decays[j] { h.decay as f64 } else { 1.0 };
+                (0..p[j].len())
+                    .map(|i| {
+                        let g = grads[j][i] * coef;
+                        let m2 = m[j][i] as f64 * h.beta1 as f64 + g * (1.0 - h.beta1 as f64);
+                        let v2 = v[j][i] as f64 * h.beta2 as f64 + g * g * (1.0 - h.beta2 as f64);
+                        p[j][i] as f64 * decay
+                            - m2 / (v2.sqrt() / h.bc2_sqrt as f64 + h.eps as f64) * h.step_size as f64
+                    })
+                    .collect()
+            })
+            .collect();
+        (norm, new_p)
+    }
+
+    /// Parameters shorter than a vector, longer than one of the kernel's 2048-element chunks
+    /// and not a whole number of vectors, three gradient parts, a clip that binds: the
+    /// norm and the new parameters match the formulas.
+    #[test]
+    fn sums_parts_clips_and_updates_like_the_formulas() {
+        let sizes = [5, 2053, 4096 + 17];
+        let normal = |n: usize, k: u64, s: f32| {
+            random::normal::<f32>(&[n as i32], None, Some(s), &random::key(k).unwrap()).unwrap()
+        };
+        let p: Vec<Array> = sizes.iter().enumerate().map(|(j, &n)| normal(n, j as u64, 1.0)).collect();
+        let m: Vec<Array> = sizes.iter().enumerate().map(|(j, &n)| normal(n, 10 + j as u64, 0.01)).collect();
+        let v: Vec<Array> =
+            sizes.iter().enumerate().map(|(j, &n)| normal(n, 20 + j as u64, 0.01).square().unwrap()).collect();
+        let parts: Vec<Vec<Array>> = (0..3)
+            .map(|q| sizes.iter().enumerate().map(|(j, &n)| normal(n, 30 + 3 * q + j as u64, 0.1)).collect())
+            .collect();
+        let decays = [true, false, true];
+        let h = Hyper {
+            scale: 1.0 / 3.0,
+            clip: 0.5,
+            clipping: true,
+            beta1: 0.9,
+            beta2: 0.99,
+            decay: 1.0 - 1e-3 * 0.1,
+            step_size: 1e-3 / (1.0 - 0.9f32.powi(3)),
+            bc2_sqrt: (1.0 - 0.99f32.powi(3)).sqrt(),
+            eps: 1e-8,
+        };
+        let (norm, new_p, new_m, new_v) = step(&h, &p, &m, &v, &decays, &parts).unwrap().expect("float32 on the CPU");
+        assert_eq!((new_p.len(), new_m.len(), new_v.len()), (3, 3, 3));
+        let host = |a: &[Array]| a.iter().map(|x| x.as_slice::<f32>().to_vec()).collect::<Vec<_>>();
+        let host_parts: Vec<Vec<Vec<f32>>> = parts.iter().map(|g| host(g)).collect();
+        let (want_norm, want_p) = reference(&h, &host(&p), &host(&m), &host(&v), &decays, &host_parts);
+        assert!(want_norm > 0.5 * 1.5, "the clip must bind: norm {want_norm}");
+        let got_norm = norm.item_exact::<f32>() as f64;
+        assert!((got_norm - want_norm).abs() <= 1e-5 * want_norm, "norm {got_norm} vs {want_norm}");
+        for (j, (got, want)) in host(&new_p).iter().zip(&want_p).enumerate() {
+            assert_eq!(got.len(), sizes[j]);
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!((*g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()), "parameter {j}[{i}]: {g} vs {w}");
+            }
+        }
+        // More parts than the kernel takes: declined, not failed.
+        let many: Vec<Vec<Array>> = (0..MAX_PARTS + 1).map(|_| parts[0].clone()).collect();
+        assert!(step(&h, &p, &m, &v, &decays, &many).unwrap().is_none());
+    }
 }
