@@ -13,7 +13,15 @@ fn main() {
          wired in by [patch.crates-io] in the root Cargo.toml), which publishes MLX's headers",
     );
     let mut build = cc::Build::new();
-    build.cpp(true).std("c++20").files(["csrc/entry.cpp", "csrc/host_gemv.cpp", "csrc/gelu.cpp", "csrc/layer_norm.cpp", "csrc/decode_attention.cpp", "csrc/causal_attention.cpp", "csrc/adamw.cpp"]);
+    build.cpp(true).std("c++20").files([
+        "csrc/entry.cpp",
+        "csrc/host_gemv.cpp",
+        "csrc/gelu.cpp",
+        "csrc/layer_norm.cpp",
+        "csrc/decode_attention.cpp",
+        "csrc/causal_attention.cpp",
+        "csrc/adamw.cpp",
+    ]);
     println!("cargo:rerun-if-env-changed=DEP_MLX_INCLUDE");
     // As system headers: their warnings are MLX's, ours stay visible.
     for dir in env::split_paths(&include) {

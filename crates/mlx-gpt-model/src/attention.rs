@@ -146,7 +146,8 @@ impl CausalSelfAttention {
                     }
                 }
                 let s = past + t;
-                (heads_of(&kb.index((.., 0..s, ..)), nh)?, heads_of(&vb.index((.., 0..s, ..)), nh)?) // (B, nh, S, hs)
+                (heads_of(&kb.index((.., 0..s, ..)), nh)?, heads_of(&vb.index((.., 0..s, ..)), nh)?)
+                // (B, nh, S, hs)
             }
             None => (heads_of(&parts[1], nh)?, heads_of(&parts[2], nh)?), // (B, nh, T, hs)
         };
@@ -203,7 +204,9 @@ mod tests {
     fn dropout_draws_the_same_masks_with_and_without_the_attention_kernel() {
         let c = GptConfig { n_embd: 16, n_head: 2, dropout: 0.25, ..GptConfig::baby(11) };
         let mut attn = CausalSelfAttention::new(&c).unwrap();
-        let w = |shape: &[i32], seed: u64| random::normal::<f32>(shape, None, Some(0.3), &random::key(seed).unwrap()).unwrap();
+        let w = |shape: &[i32], seed: u64| {
+            random::normal::<f32>(shape, None, Some(0.3), &random::key(seed).unwrap()).unwrap()
+        };
         *attn.c_attn.weight = w(&[16, 48], 1);
         *attn.c_proj.weight = w(&[16, 16], 2);
         attn.set_training(true);

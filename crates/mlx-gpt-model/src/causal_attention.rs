@@ -55,7 +55,8 @@ pub fn attend(qkv: &Array, dropout: Option<&Array>, n_head: i32, scale: f32) -> 
     unsafe {
         let empty = mlx_sys::mlx_array_new();
         let mask = dropout.map_or(empty, |m| m.as_ptr());
-        let out = crate::csrc::call(|res| crate::csrc::mlx_gpt_causal_attention(res, qkv.as_ptr(), mask, n_head, scale));
+        let out =
+            crate::csrc::call(|res| crate::csrc::mlx_gpt_causal_attention(res, qkv.as_ptr(), mask, n_head, scale));
         mlx_sys::mlx_array_free(empty);
         out
     }

@@ -56,7 +56,8 @@ mod tests {
         };
         let w = random::normal::<f32>(&[7, 33], None, None, &random::key(6).unwrap()).unwrap();
         for tanh in [false, true] {
-            let custom = move |x: &Array| -> Result<Array, Exception> { Ok(gelu(x, tanh)?.expect("float32 on the CPU")) };
+            let custom =
+                move |x: &Array| -> Result<Array, Exception> { Ok(gelu(x, tanh)?.expect("float32 on the CPU")) };
             let activation = if tanh { Activation::GeluNew } else { Activation::Gelu };
             let reference = move |x: &Array| crate::mlp::gelu_ops(x, activation);
             close(&custom(&x).unwrap(), &reference(&x).unwrap());
@@ -65,7 +66,8 @@ mod tests {
             // Gradient of sum(w · gelu(x)) with a non-trivial cotangent w.
             let grad_of = |f: &dyn Fn(&Array) -> Result<Array, Exception>| {
                 let w = w.clone();
-                let mut g = transforms::grad(move |x: &Array| -> Result<Array, Exception> { f(x)?.multiply(&w)?.sum(None) });
+                let mut g =
+                    transforms::grad(move |x: &Array| -> Result<Array, Exception> { f(x)?.multiply(&w)?.sum(None) });
                 g(&x).unwrap()
             };
             close(&grad_of(&custom), &grad_of(&reference));

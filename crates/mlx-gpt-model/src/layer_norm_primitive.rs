@@ -24,7 +24,8 @@ pub fn enabled() -> bool {
 /// LayerNorm of `x` over its last axis through the primitive, or `Ok(None)` when it does
 /// not apply (switched off, not float32, not on the CPU).
 pub fn layer_norm(x: &Array, w: &Array, b: Option<&Array>, eps: f32) -> Result<Option<Array>, Exception> {
-    let f32s = x.dtype() == Dtype::Float32 && w.dtype() == Dtype::Float32 && b.is_none_or(|b| b.dtype() == Dtype::Float32);
+    let f32s =
+        x.dtype() == Dtype::Float32 && w.dtype() == Dtype::Float32 && b.is_none_or(|b| b.dtype() == Dtype::Float32);
     if !enabled() || !f32s || crate::device::default_device() != Some(crate::device::DeviceKind::Cpu) {
         return Ok(None);
     }

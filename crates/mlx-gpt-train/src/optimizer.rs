@@ -187,7 +187,8 @@ impl AdamW {
         };
         let (m, v) = (state(&self.m)?, state(&self.v)?);
         let decays: Vec<bool> = p.iter().map(Self::decays).collect();
-        let Some((norm, new_p, new_m, new_v)) = mlx_gpt_model::fused_adamw::step(&h, &p, &m, &v, &decays, parts)? else {
+        let Some((norm, new_p, new_m, new_v)) = mlx_gpt_model::fused_adamw::step(&h, &p, &m, &v, &decays, parts)?
+        else {
             return Ok(None);
         };
         self.step += 1;
@@ -238,8 +239,10 @@ mod tests {
                 params = if one_kernel {
                     let half: Vec<Array> = grads.values().map(|g| g.multiply(Array::from_f32(0.5)).unwrap()).collect();
                     let parts = [half.clone(), half];
-                    let (norm, new) = opt.update_fused(&params, &parts, 1.0, 0.0, lr).unwrap().expect("float32 on the CPU");
-                    let want: f32 = grads.values().map(|g| g.square().unwrap().sum(None).unwrap().item_exact::<f32>()).sum();
+                    let (norm, new) =
+                        opt.update_fused(&params, &parts, 1.0, 0.0, lr).unwrap().expect("float32 on the CPU");
+                    let want: f32 =
+                        grads.values().map(|g| g.square().unwrap().sum(None).unwrap().item_exact::<f32>()).sum();
                     assert!((norm.item_exact::<f32>() - want.sqrt()).abs() < 1e-5 * want.sqrt(), "norm");
                     new
                 } else {
@@ -249,7 +252,10 @@ mod tests {
                     let want = vec(&step["params"][k]);
                     let got = params[k].as_slice::<f32>();
                     for (j, (a, b)) in got.iter().zip(&want).enumerate() {
-                        assert!((a - b).abs() < 1e-6, "compiled={compiled} one_kernel={one_kernel} step {i} {k}[{j}]: {a} vs torch {b}");
+                        assert!(
+                            (a - b).abs() < 1e-6,
+                            "compiled={compiled} one_kernel={one_kernel} step {i} {k}[{j}]: {a} vs torch {b}"
+                        );
                     }
                 }
             }
