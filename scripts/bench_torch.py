@@ -7,7 +7,7 @@ Written for this repository: a plain PyTorch GPT-2-style model with nanoGPT's sh
 (pre-LN blocks, fused qkv, exact GELU, tied head, causal scaled-dot-product attention).
 
     python3 scripts/bench_torch.py --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12
-prints one JSON line: {"median_ms": ..., "min_ms": ..., "max_ms": ..., "threads": ...}.
+prints one JSON line: {"median_ms": ..., "min_ms": ..., "max_ms": ..., "times_ms": [...], "threads": ...}.
 """
 import argparse
 import json
@@ -120,6 +120,7 @@ def main():
             times.append(time.perf_counter() - t0)
     times.sort()
     print(json.dumps({"median_ms": times[len(times) // 2] * 1e3, "min_ms": times[0] * 1e3, "max_ms": times[-1] * 1e3,
+                      "times_ms": [t * 1e3 for t in times],
                       "threads": torch.get_num_threads(), "torch": torch.__version__}))
 
 

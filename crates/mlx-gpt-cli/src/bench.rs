@@ -44,12 +44,14 @@ struct TrainBenchArgs {
 struct TrainBenchOptions {
     iters: usize,
     warmup: usize,
+    /// Rounds of (mlx-gpt steps, PyTorch steps), alternating.
+    rounds: usize,
     real_data: bool,
     vocab_size: usize,
 }
 
 fn split_bench_options(args: &[String]) -> anyhow::Result<(TrainBenchOptions, Vec<String>)> {
-    let mut o = TrainBenchOptions { iters: 30, warmup: 5, real_data: false, vocab_size: 65 };
+    let mut o = TrainBenchOptions { iters: 30, warmup: 5, rounds: 1, real_data: false, vocab_size: 65 };
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -60,6 +62,7 @@ fn split_bench_options(args: &[String]) -> anyhow::Result<(TrainBenchOptions, Ve
         match a.as_str() {
             "--iters" => o.iters = num("--iters")?.max(1),
             "--warmup" => o.warmup = num("--warmup")?,
+            "--rounds" => o.rounds = num("--rounds")?.max(1),
             "--vocab-size" | "--vocab_size" => o.vocab_size = num("--vocab-size")?,
             "--real-data" | "--real_data" => o.real_data = true,
             _ => rest.push(a.clone()),
@@ -361,24 +364,43 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
             None => "MLX's default flags".into(),
         }
     );
-    let mut times = Vec::new();
-    for i in 0..args.warmup + args.iters.max(1) {
-        let t = Instant::now();
-        mlx_gpt_train::step::train_step(
-            &mut model,
-            &mut opt,
-            &mut next,
-            c.gradient_accumulation_steps,
-            1e-4,
-            1.0,
-            c.seed,
-            i,
-            engine.path(),
-            None,
-        )?;
-        if i >= args.warmup {
-            times.push(t.elapsed().as_secs_f64());
+    // Each round times `iters` mlx-gpt steps, then (where PyTorch is found) as many
+    // PyTorch steps: this machine's speed drifts over minutes, and alternating puts both
+    // under the same conditions. Only the first round warms up mlx-gpt (its kernels are
+    // built once); each PyTorch run is a fresh process and warms up itself.
+    let torch = TorchReference::new(&c, vocab, args.iters, args.warmup);
+    let (mut times, mut torch_times) = (Vec::new(), Vec::new());
+    let mut rounds = Vec::new();
+    let mut step = 0usize;
+    for round in 0..args.rounds {
+        let mut round_times = Vec::new();
+        let warmup = if round == 0 { args.warmup } else { 0 };
+        for i in 0..warmup + args.iters {
+            let t = Instant::now();
+            mlx_gpt_train::step::train_step(
+                &mut model,
+                &mut opt,
+                &mut next,
+                c.gradient_accumulation_steps,
+                1e-4,
+                1.0,
+                c.seed,
+                step,
+                engine.path(),
+                None,
+            )?;
+            step += 1;
+            if i >= warmup {
+                round_times.push(t.elapsed().as_secs_f64());
+            }
         }
+        let torch_round = torch.as_ref().ok().map(TorchReference::run);
+        let mlx_med = median(&mut round_times.clone());
+        if let Some(Ok(r)) = &torch_round {
+            torch_times.extend(r.times_ms.iter().copied());
+        }
+        rounds.push((mlx_med, torch_round));
+        times.extend(round_times);
     }
     let med = median(&mut times);
     let (min, max) = (times[0], times[times.len() - 1]);
@@ -392,49 +414,109 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
         flops / med / peak * 100.0
     );
     println!("(MFU against this device's measured f32 matmul peak: {:.1} GFLOP/s)", peak / 1e9);
-    torch_reference(&c, vocab, args.iters, args.warmup, med);
+    match &torch {
+        Err(why) => println!("PyTorch reference: not run ({why})"),
+        Ok(_) => {
+            if args.rounds > 1 {
+                for (i, (m, t)) in rounds.iter().enumerate() {
+                    match t {
+                        Some(Ok(r)) => println!(
+                            "round {}: mlx-gpt {:.2} ms, PyTorch {:.2} ms, speed-up {:.2}x",
+                            i + 1,
+                            m * 1e3,
+                            r.median_ms,
+                            r.median_ms / (m * 1e3)
+                        ),
+                        Some(Err(why)) => println!("round {}: mlx-gpt {:.2} ms, PyTorch failed ({why})", i + 1, m * 1e3),
+                        None => {}
+                    }
+                }
+            }
+            if let Some(Some(Ok(first))) = rounds.first().map(|r| r.1.as_ref()) {
+                let t = median(&mut torch_times);
+                let (tmin, tmax) = (torch_times[0], torch_times[torch_times.len() - 1]);
+                println!(
+                    "PyTorch {} ({} threads), same model and step: median {t:.2} ms, min {tmin:.2}, max {tmax:.2}",
+                    first.version, first.threads
+                );
+                println!("speed-up over PyTorch: {:.2}x", t / (med * 1e3));
+            }
+        }
+    }
     Ok(())
 }
 
-/// Time the same model and step in PyTorch (scripts/bench_torch.py) when a Python with
-/// torch is available (`MLX_GPT_TORCH_PYTHON`, else `python3`), and print the ratio.
-fn torch_reference(c: &mlx_gpt_train::TrainConfig, vocab: usize, iters: usize, warmup: usize, mlx_median_s: f64) {
-    if c.gradient_accumulation_steps != 1 {
-        println!("PyTorch reference: skipped (needs gradient_accumulation_steps = 1)");
-        return;
-    }
-    let mut script_args: Vec<String> = [
-        ("--n-layer", c.n_layer.to_string()),
-        ("--n-head", c.n_head.to_string()),
-        ("--n-embd", c.n_embd.to_string()),
-        ("--block-size", c.block_size.to_string()),
-        ("--batch-size", c.batch_size.to_string()),
-        ("--vocab-size", vocab.to_string()),
-        ("--iters", iters.to_string()),
-        ("--warmup", warmup.to_string()),
-        ("--dropout", c.dropout.to_string()),
-    ]
-    .into_iter()
-    .flat_map(|(k, v)| [k.to_string(), v])
-    .collect();
-    if c.bias {
-        script_args.push("--bias".into());
-    }
-    let parsed = run_torch_script(&script_args);
-    match parsed {
-        Ok(v) => {
-            let t = v["median_ms"].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "PyTorch {} ({} threads), same model and step: median {:.2} ms, min {:.2}, max {:.2}",
-                v["torch"].as_str().unwrap_or("?"),
-                v["threads"],
-                t,
-                v["min_ms"].as_f64().unwrap_or(f64::NAN),
-                v["max_ms"].as_f64().unwrap_or(f64::NAN)
-            );
-            println!("speed-up over PyTorch: {:.2}x", t / (mlx_median_s * 1e3));
+/// One run of the PyTorch reference: its version, threads and step times (sorted, ms).
+struct TorchRun {
+    version: String,
+    threads: serde_json::Value,
+    median_ms: f64,
+    times_ms: Vec<f64>,
+}
+
+/// The PyTorch reference (scripts/bench_torch.py) for one configuration: the same model
+/// and step, timed in a Python with torch (`MLX_GPT_TORCH_PYTHON`, else `python3`).
+struct TorchReference {
+    args: Vec<String>,
+}
+
+impl TorchReference {
+    /// `Err` says why there is no reference (accumulation, or no Python with torch).
+    fn new(c: &mlx_gpt_train::TrainConfig, vocab: usize, iters: usize, warmup: usize) -> Result<Self, String> {
+        if c.gradient_accumulation_steps != 1 {
+            return Err("skipped: it needs gradient_accumulation_steps = 1".into());
         }
-        Err(why) => println!("PyTorch reference: not run ({why})"),
+        let mut args: Vec<String> = [
+            ("--n-layer", c.n_layer.to_string()),
+            ("--n-head", c.n_head.to_string()),
+            ("--n-embd", c.n_embd.to_string()),
+            ("--block-size", c.block_size.to_string()),
+            ("--batch-size", c.batch_size.to_string()),
+            ("--vocab-size", vocab.to_string()),
+            ("--iters", iters.to_string()),
+            ("--warmup", warmup.to_string()),
+            ("--dropout", c.dropout.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect();
+        if c.bias {
+            args.push("--bias".into());
+        }
+        torch_python().map(|_| TorchReference { args })
+    }
+
+    fn run(&self) -> Result<TorchRun, String> {
+        let v = run_torch_script(&self.args)?;
+        let mut times_ms: Vec<f64> =
+            v["times_ms"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+        if times_ms.is_empty() {
+            return Err("scripts/bench_torch.py printed no step times".into());
+        }
+        times_ms.sort_by(f64::total_cmp);
+        Ok(TorchRun {
+            version: v["torch"].as_str().unwrap_or("?").to_string(),
+            threads: v["threads"].clone(),
+            median_ms: v["median_ms"].as_f64().unwrap_or(f64::NAN),
+            times_ms,
+        })
+    }
+}
+
+/// The Python that runs the PyTorch reference (`MLX_GPT_TORCH_PYTHON`, else `python3`),
+/// if it can import torch.
+fn torch_python() -> Result<String, String> {
+    let python = std::env::var("MLX_GPT_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import torch"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(python)
+    } else {
+        Err(format!("{python} with torch not found; set MLX_GPT_TORCH_PYTHON"))
     }
 }
 
