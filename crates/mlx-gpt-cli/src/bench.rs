@@ -427,7 +427,9 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
                             r.median_ms,
                             r.median_ms / (m * 1e3)
                         ),
-                        Some(Err(why)) => println!("round {}: mlx-gpt {:.2} ms, PyTorch failed ({why})", i + 1, m * 1e3),
+                        Some(Err(why)) => {
+                            println!("round {}: mlx-gpt {:.2} ms, PyTorch failed ({why})", i + 1, m * 1e3)
+                        }
                         None => {}
                     }
                 }
