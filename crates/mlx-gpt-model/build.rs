@@ -21,6 +21,8 @@ fn main() {
         "csrc/decode_attention.cpp",
         "csrc/causal_attention.cpp",
         "csrc/adamw.cpp",
+        "csrc/gemm.cpp",
+        "csrc/linear.cpp",
     ]);
     println!("cargo:rerun-if-env-changed=DEP_MLX_INCLUDE");
     // As system headers: their warnings are MLX's, ours stay visible.

@@ -8,7 +8,7 @@
 // is and writes the heads' outputs side by side (B, T, C), ready for c_proj; it keeps
 // the attention weights before dropout (B, nh, T, T, zero above the diagonal) for the
 // backward pass, which writes the gradient of c_attn's output in one piece. The products
-// are the BLAS's (blas.h), called on the heads where they lie in c_attn's output; the
+// are mlx-gpt's GEMM's (gemm.h), called on the heads where they lie in c_attn's output; the
 // softmax, dropout and their gradients are vectorised loops.
 
 #include <mlx/mlx.h>
@@ -18,6 +18,7 @@
 
 #include "blas.h"
 #include "entry.h"
+#include "gemm.h"
 #include "primitive.h"
 #include "vector.h"
 
@@ -34,16 +35,10 @@ struct Dims {
   size_t batch, t, c, n_head;
 };
 
-using mlx_gpt::kNoTrans;
-using mlx_gpt::kRowMajor;
-using mlx_gpt::kTrans;
-
-// C (m, n) = alpha · op(A) op(B), row-major, through the BLAS MLX calls.
+// C (m, n) = alpha · op(A) op(B), row-major (gemm.h).
 MLX_GPT_INLINE void gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda,
                          const float* b, size_t ldb, float* c, size_t ldc) {
-  mlx_gpt::sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m), static_cast<int>(n),
-                 static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), 0.0f, c,
-                 static_cast<int>(ldc));
+  mlx_gpt::gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc);
 }
 
 // Row t of the scores (T) in place → the causal softmax: positions 0..=t, zero after.
@@ -91,9 +86,9 @@ MLX_GPT_CLONES void scale_by_mask(float* __restrict x, const float* __restrict m
   }
 }
 
-// Per (sequence, head): S = scale·Q Kᵀ (BLAS), P = causal softmax(S) (kept), with dropout
-// P' = P ∘ M, Y = P' V (BLAS), all on c_attn's output in place (row stride 3C). The full
-// T × T product is computed and its upper half discarded: small BLAS products beat
+// Per (sequence, head): S = scale·Q Kᵀ (gemm.h), P = causal softmax(S) (kept), with dropout
+// P' = P ∘ M, Y = P' V (gemm.h), all on c_attn's output in place (row stride 3C). The full
+// T × T product is computed and its upper half discarded: small whole products beat
 // hand-written triangular loops here. `mask` (B, nh, T, T) may be null (no dropout).
 void attention_forward(const float* qkv, const float* mask, float* y, float* att, Dims d, float scale) {
   const size_t T = d.t, C = d.c, hs = C / d.n_head, ld = 3 * C;

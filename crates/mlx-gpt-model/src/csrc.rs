@@ -18,6 +18,18 @@ extern "C" {
         bias: mlx_sys::mlx_array,
         w_transposed: bool,
     ) -> libc::c_int;
+    /// `*res = x·W + bias` (`x·Wᵀ + bias` when `w_transposed`) as a `Linear` primitive
+    /// (csrc/linear.cpp); `bias` may be an empty handle.
+    pub(crate) fn mlx_gpt_linear(
+        res: *mut mlx_sys::mlx_array,
+        x: mlx_sys::mlx_array,
+        w: mlx_sys::mlx_array,
+        bias: mlx_sys::mlx_array,
+        w_transposed: bool,
+    ) -> libc::c_int;
+    /// Switches mlx-gpt's own GEMM (csrc/gemm.cpp) on or off; returns whether it is active
+    /// (on, and the CPU has AVX-512).
+    pub(crate) fn mlx_gpt_set_own_gemm(on: bool) -> bool;
     /// `*res = x·Φ(x)` (or the tanh approximation) as a `Gelu` primitive (csrc/gelu.cpp).
     pub(crate) fn mlx_gpt_gelu(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array, tanh: bool) -> libc::c_int;
     /// `*res = LayerNorm(x; w, bias, eps)` as a `LayerNorm` primitive (csrc/layer_norm.cpp);

@@ -155,6 +155,11 @@ impl Gpt {
         if let Some(y) = crate::matvec::matmul(x, &self.wte.weight, true, None)? {
             return Ok(y);
         }
+        if crate::linear_primitive::model_uses_it() {
+            if let Some(y) = crate::linear_primitive::linear(x, &self.wte.weight, None, true)? {
+                return Ok(y);
+            }
+        }
         x.matmul(self.wte.weight.t())
     }
 

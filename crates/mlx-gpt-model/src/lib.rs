@@ -53,6 +53,7 @@ pub mod kernels;
 pub mod layer_norm;
 pub mod layer_norm_primitive;
 pub mod linear;
+pub mod linear_primitive;
 pub mod loss;
 pub mod matvec;
 pub mod mlp;

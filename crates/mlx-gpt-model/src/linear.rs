@@ -32,6 +32,12 @@ impl Linear {
         if let Some(y) = crate::matvec::matmul(x, &self.weight, false, self.bias.value.as_ref())? {
             return Ok(y);
         }
+        // Training on the CPU: one primitive per layer and direction (see `linear_primitive`).
+        if crate::linear_primitive::model_uses_it() {
+            if let Some(y) = crate::linear_primitive::linear(x, &self.weight, self.bias.value.as_ref(), false)? {
+                return Ok(y);
+            }
+        }
         match self.bias.as_ref() {
             Some(b) => ops::addmm(b, x, &*self.weight, None, None),
             None => ops::matmul(x, &*self.weight),

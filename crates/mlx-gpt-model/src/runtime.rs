@@ -122,8 +122,19 @@ pub fn set_blas_threads(n: i32) -> bool {
         let f: extern "C" fn(libc::c_int) = std::mem::transmute(f);
         f(n);
     }
+    BLAS_THREADS_SET.store(n, std::sync::atomic::Ordering::Relaxed);
     true
 }
+
+/// The last thread count [`set_blas_threads`] gave OpenBLAS, if it was called (and took).
+pub fn blas_threads_set() -> Option<i32> {
+    match BLAS_THREADS_SET.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
+static BLAS_THREADS_SET: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// Keep freed memory in the process instead of returning it to the system at once
 /// (glibc's malloc on Linux; nothing elsewhere). Returns whether both thresholds were set
