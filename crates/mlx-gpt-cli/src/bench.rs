@@ -434,14 +434,24 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
                     }
                 }
             }
-            if let Some(Some(Ok(first))) = rounds.first().map(|r| r.1.as_ref()) {
-                let t = median(&mut torch_times);
-                let (tmin, tmax) = (torch_times[0], torch_times[torch_times.len() - 1]);
-                println!(
-                    "PyTorch {} ({} threads), same model and step: median {t:.2} ms, min {tmin:.2}, max {tmax:.2}",
-                    first.version, first.threads
-                );
-                println!("speed-up over PyTorch: {:.2}x", t / (med * 1e3));
+            let first_ok = rounds.iter().find_map(|r| r.1.as_ref().and_then(|t| t.as_ref().ok()));
+            match first_ok {
+                Some(first) => {
+                    let t = median(&mut torch_times);
+                    let (tmin, tmax) = (torch_times[0], torch_times[torch_times.len() - 1]);
+                    println!(
+                        "PyTorch {} ({} threads), same model and step: median {t:.2} ms, min {tmin:.2}, max {tmax:.2}",
+                        first.version, first.threads
+                    );
+                    println!("speed-up over PyTorch: {:.2}x", t / (med * 1e3));
+                }
+                None => {
+                    let why = rounds
+                        .iter()
+                        .find_map(|r| r.1.as_ref().and_then(|t| t.as_ref().err()))
+                        .map_or("no run", String::as_str);
+                    println!("PyTorch reference: failed ({why})");
+                }
             }
         }
     }
