@@ -50,15 +50,12 @@ pub fn attend(qkv: &Array, dropout: Option<&Array>, n_head: i32, scale: f32) -> 
     if !applies(qkv.dtype()) || dropout.is_some_and(|m| m.dtype() != Dtype::Float32) {
         return Ok(None);
     }
-    // SAFETY: mlx_gpt_causal_attention with the given handle; the arrays outlive the call
-    // (an empty handle, freed here, stands for "no dropout").
+    // SAFETY: mlx_gpt_causal_attention with the given handles (an empty one for "no
+    // dropout"); the arrays outlive the call.
     unsafe {
-        let empty = mlx_sys::mlx_array_new();
-        let mask = dropout.map_or(empty, |m| m.as_ptr());
-        let out =
-            crate::csrc::call(|res| crate::csrc::mlx_gpt_causal_attention(res, qkv.as_ptr(), mask, n_head, scale));
-        mlx_sys::mlx_array_free(empty);
-        out
+        crate::csrc::call_with_optional(dropout, |res, mask| {
+            crate::csrc::mlx_gpt_causal_attention(res, qkv.as_ptr(), mask, n_head, scale)
+        })
     }
 }
 

@@ -88,6 +88,23 @@ pub(crate) fn blas_ready() -> bool {
     })
 }
 
+/// Run an entry point that takes an optional array: `f` gets `a`'s handle, or an empty
+/// handle (which the C++ side reads as "none", freed here afterwards).
+///
+/// # Safety
+/// As for [`call`]: `f` must call one of the entry points above, with arrays that
+/// outlive the call.
+pub(crate) unsafe fn call_with_optional(
+    a: Option<&Array>,
+    f: impl FnOnce(*mut mlx_sys::mlx_array, mlx_sys::mlx_array) -> libc::c_int,
+) -> Result<Option<Array>, Exception> {
+    let empty = mlx_sys::mlx_array_new();
+    let handle = a.map_or(empty, |a| a.as_ptr());
+    let out = call(|res| f(res, handle));
+    mlx_sys::mlx_array_free(empty);
+    out
+}
+
 /// The message of the last failed entry point on this thread.
 pub(crate) fn last_error() -> Exception {
     // SAFETY: a NUL-terminated string owned by the C++ side, valid until the next failure.

@@ -29,14 +29,12 @@ pub fn layer_norm(x: &Array, w: &Array, b: Option<&Array>, eps: f32) -> Result<O
     if !enabled() || !f32s || crate::device::default_device() != Some(crate::device::DeviceKind::Cpu) {
         return Ok(None);
     }
-    // SAFETY: mlx_gpt_layer_norm with the given handle; the arrays outlive the call (an
-    // empty handle, freed here, stands for "no bias").
+    // SAFETY: mlx_gpt_layer_norm with the given handles (an empty one for "no bias"); the
+    // arrays outlive the call.
     unsafe {
-        let empty = mlx_sys::mlx_array_new();
-        let bias = b.map_or(empty, |b| b.as_ptr());
-        let out = crate::csrc::call(|res| crate::csrc::mlx_gpt_layer_norm(res, x.as_ptr(), w.as_ptr(), bias, eps));
-        mlx_sys::mlx_array_free(empty);
-        out
+        crate::csrc::call_with_optional(b, |res, bias| {
+            crate::csrc::mlx_gpt_layer_norm(res, x.as_ptr(), w.as_ptr(), bias, eps)
+        })
     }
 }
 

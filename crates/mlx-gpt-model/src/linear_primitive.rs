@@ -76,14 +76,12 @@ pub fn linear(x: &Array, w: &Array, bias: Option<&Array>, w_transposed: bool) ->
         return Ok(None);
     }
     own_gemm_active();
-    // SAFETY: mlx_gpt_linear with the given handle; the arrays outlive the call (an empty
-    // handle, freed here, stands for "no bias").
+    // SAFETY: mlx_gpt_linear with the given handles (an empty one for "no bias"); the
+    // arrays outlive the call.
     unsafe {
-        let empty = mlx_sys::mlx_array_new();
-        let b = bias.map_or(empty, |b| b.as_ptr());
-        let out = crate::csrc::call(|res| crate::csrc::mlx_gpt_linear(res, x.as_ptr(), w.as_ptr(), b, w_transposed));
-        mlx_sys::mlx_array_free(empty);
-        out
+        crate::csrc::call_with_optional(bias, |res, b| {
+            crate::csrc::mlx_gpt_linear(res, x.as_ptr(), w.as_ptr(), b, w_transposed)
+        })
     }
 }
 

@@ -87,14 +87,12 @@ pub fn matmul(x: &Array, w: &Array, w_transposed: bool, bias: Option<&Array>) ->
     if !crate::csrc::blas_ready() {
         return Ok(None);
     }
-    // SAFETY: mlx_gpt_host_gemv with the given handle; the arrays outlive the call (an
-    // empty handle, freed here, stands for "no bias").
+    // SAFETY: mlx_gpt_host_gemv with the given handles (an empty one for "no bias"); the
+    // arrays outlive the call.
     let out = unsafe {
-        let empty = mlx_sys::mlx_array_new();
-        let b = bias.map_or(empty, |b| b.as_ptr());
-        let out = crate::csrc::call(|res| crate::csrc::mlx_gpt_host_gemv(res, x.as_ptr(), w.as_ptr(), b, w_transposed));
-        mlx_sys::mlx_array_free(empty);
-        out?
+        crate::csrc::call_with_optional(bias, |res, b| {
+            crate::csrc::mlx_gpt_host_gemv(res, x.as_ptr(), w.as_ptr(), b, w_transposed)
+        })?
     };
     if out.is_some() {
         CALLS.with(|c| c.set(c.get() + 1));
