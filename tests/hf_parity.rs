@@ -68,23 +68,6 @@ fn transformers_model_loads_with_the_same_logits() {
     assert!(loss < 1e-4, "loss diff {loss}");
 }
 
-/// The same check with the model's dense layers on the `Linear` primitive, as the
-/// training step runs them (its streams set the BLAS to one thread, which turns it on).
-#[test]
-fn transformers_logits_hold_with_the_training_layers() {
-    mlx_gpt_model::runtime::set_blas_threads(1);
-    if !mlx_gpt_model::linear_primitive::own_gemm_active() {
-        eprintln!("transformers_logits_hold_with_the_training_layers: no AVX-512 here, the model keeps MLX's matmul");
-        return;
-    }
-    assert!(mlx_gpt_model::linear_primitive::model_uses_it());
-    let dir = fixtures().join("gpt2_tiny_hf");
-    let mut model = hf::load_pretrained(&dir).unwrap();
-    let (logits, loss) = check_against(&mut model, &expected(&dir));
-    assert!(logits < 1e-4, "max |logit diff| {logits}");
-    assert!(loss < 1e-4, "loss diff {loss}");
-}
-
 /// The model mlx-gpt writes for the reverse direction: bias-free, exact GELU (nanoGPT's).
 fn mlx_fixture_model() -> Gpt {
     let config = GptConfig {

@@ -366,15 +366,16 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
     );
     // Each round times `iters` mlx-gpt steps, then (where PyTorch is found) as many
     // PyTorch steps: this machine's speed drifts over minutes, and alternating puts both
-    // under the same conditions. Only the first round warms up mlx-gpt (its kernels are
-    // built once); each PyTorch run is a fresh process and warms up itself.
+    // under the same conditions. The first round warms mlx-gpt up (its kernels are built
+    // once), later rounds with one untimed step after the PyTorch process; each PyTorch
+    // run is a fresh process and warms up itself.
     let torch = TorchReference::new(&c, vocab, args.iters, args.warmup);
     let (mut times, mut torch_times) = (Vec::new(), Vec::new());
     let mut rounds = Vec::new();
     let mut step = 0usize;
     for round in 0..args.rounds {
         let mut round_times = Vec::new();
-        let warmup = if round == 0 { args.warmup } else { 0 };
+        let warmup = if round == 0 { args.warmup } else { args.warmup.min(1) };
         for i in 0..warmup + args.iters {
             let t = Instant::now();
             mlx_gpt_train::step::train_step(
@@ -544,7 +545,9 @@ fn run_torch_script(args: &[String]) -> Result<serde_json::Value, String> {
     let not_found = || format!("{python} with torch not found; set MLX_GPT_TORCH_PYTHON");
     let out = std::process::Command::new(&python).arg(&script).args(args).output().map_err(|_| not_found())?;
     if !out.status.success() {
-        return Err(not_found());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        return Err(format!("{} failed under {python}: {last}", script.display()));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout.lines().last().and_then(|l| serde_json::from_str(l).ok()).ok_or_else(not_found)

@@ -49,6 +49,18 @@ MLX_GPT_CLONES void squared_lanes(const float* __restrict g, size_t n, float sca
   }
 }
 
+// Σ (g[i] · scale)² over the n (< kLanes) elements after the last whole group, in order:
+// a function of its own so that it is built per feature level as before (with FMA where
+// the CPU has it: the same rounding as when it ran in squared_norm).
+MLX_GPT_CLONES float squared_tail(const float* __restrict g, size_t n, float scale) {
+  float tail = 0.0f;
+  for (size_t i = 0; i < n; ++i) {
+    const float s = g[i] * scale;
+    tail += s * s;
+  }
+  return tail;
+}
+
 // The same arithmetic, in the same order, as the compiled per-parameter kernel
 // (mlx-gpt-train's optimizer.rs): g = (g·scale)·coef; m' = m·β1 + g·(1−β1);
 // v' = v·β2 + g²·(1−β2); p' = p·decay − (m' / (√v' / √bc2 + ε))·step_size.
@@ -165,9 +177,8 @@ class AdamWStep : public mlx_gpt::CpuPrimitive {
           chunks(j, [&](const float* g, size_t, size_t len) {
             const size_t whole = len / mlx_gpt::kLanes * mlx_gpt::kLanes;
             squared_lanes(g, whole, h.scale, acc);
-            for (size_t i = whole; i < len; ++i) {
-              const float s = g[i] * h.scale;
-              tail += s * s;
+            if (whole < len) {
+              tail = squared_tail(g + whole, len - whole, h.scale);  // the last chunk only
             }
           });
           for (int l = 0; l < mlx_gpt::kLanes; ++l) {

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 #include <stdexcept>
@@ -27,7 +28,9 @@ namespace mlx_gpt {
 
 void prefetch_to_l2(const float* p, size_t rows, size_t cols, size_t ld, bool write) {
   for (size_t r = 0; r < rows; ++r) {
-    const char* line = reinterpret_cast<const char*>(p + r * ld);
+    // From the line holding the row's first element to the one holding its last.
+    const uintptr_t first = reinterpret_cast<uintptr_t>(p + r * ld) & ~uintptr_t{63};
+    const char* line = reinterpret_cast<const char*>(first);
     const char* end = reinterpret_cast<const char*>(p + r * ld + cols);
     for (; line < end; line += 64) {
       // Locality 2: towards L2 (prefetcht1 on x86); for writing, fetched for ownership.

@@ -5,7 +5,8 @@
 // few hundred rows, 64–512 wide) outside its compute kernel, packing both operands and
 // clearing the output before accumulating into it (perf on the baby GPT's step). This
 // one packs only op(B) (and Aᵀ, whose rows would thrash L1), reads op(A) where it lies,
-// writes the output once with the bias or old contents added in the same store, and
+// writes each output block once per 256-deep pass, with the bias or old contents added
+// in the same store, and
 // first asks for all of its operands' lines at once: in a training step they were
 // written long before and sit in L3, and waiting for them one line at a time cost more
 // than the packing did (docs/performance.md). Large products go to the BLAS.

@@ -36,8 +36,11 @@ struct Dims {
 };
 
 Dims dims_of(const mx::array& x, const mx::array& w, bool w_t) {
-  const size_t in = static_cast<size_t>(x.shape(-1));
-  return Dims{in == 0 ? 0 : x.size() / in, in, static_cast<size_t>(w_t ? w.shape(0) : w.shape(1))};
+  size_t rows = 1;
+  for (size_t i = 0; i + 1 < x.ndim(); ++i) {
+    rows *= static_cast<size_t>(x.shape(static_cast<int>(i)));
+  }
+  return Dims{rows, static_cast<size_t>(x.shape(-1)), static_cast<size_t>(w_t ? w.shape(0) : w.shape(1))};
 }
 
 // db[j] = Σ_rows g[row, j], in row order.

@@ -50,6 +50,8 @@ pub fn attend(qkv: &Array, dropout: Option<&Array>, n_head: i32, scale: f32) -> 
     if !applies(qkv.dtype()) || dropout.is_some_and(|m| m.dtype() != Dtype::Float32) {
         return Ok(None);
     }
+    // Its products follow MLX_GPT_OWN_GEMM (csrc/gemm.h).
+    crate::linear_primitive::own_gemm_active();
     // SAFETY: mlx_gpt_causal_attention with the given handles (an empty one for "no
     // dropout"); the arrays outlive the call.
     unsafe {

@@ -141,7 +141,7 @@ mod tests {
         v: &[Vec<f32>],
         decays: &[bool],
         parts: &[Vec<Vec<f32>>],
-    ) -> (f64, Vec<Vec<f64>>) {
+    ) -> (f64, [Vec<Vec<f64>>; 3]) {
         let grads: Vec<Vec<f64>> = (0..p.len())
             .map(|j| {
                 (0..p[j].len()).map(|i| parts.iter().map(|g| g[j][i] as f64).sum::<f64>() * h.scale as f64).collect()
@@ -149,26 +149,30 @@ mod tests {
             .collect();
         let norm = grads.iter().flatten().map(|g| g * g).sum::<f64>().sqrt();
         let coef = if h.clipping { (h.clip as f64 / (norm + 1e-6)).min(1.0) } else { 1.0 };
-        let new_p = (0..p.len())
-            .map(|j| {
-                let decay = if decays[j] { h.decay as f64 } else { 1.0 };
-                (0..p[j].len())
-                    .map(|i| {
-                        let g = grads[j][i] * coef;
-                        let m2 = m[j][i] as f64 * h.beta1 as f64 + g * (1.0 - h.beta1 as f64);
-                        let v2 = v[j][i] as f64 * h.beta2 as f64 + g * g * (1.0 - h.beta2 as f64);
-                        p[j][i] as f64 * decay
-                            - m2 / (v2.sqrt() / h.bc2_sqrt as f64 + h.eps as f64) * h.step_size as f64
-                    })
-                    .collect()
-            })
-            .collect();
-        (norm, new_p)
+        let (mut new_p, mut new_m, mut new_v) = (Vec::new(), Vec::new(), Vec::new());
+        for j in 0..p.len() {
+            let decay = if decays[j] { h.decay as f64 } else { 1.0 };
+            let (mut pj, mut mj, mut vj) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..p[j].len() {
+                let g = grads[j][i] * coef;
+                let m2 = m[j][i] as f64 * h.beta1 as f64 + g * (1.0 - h.beta1 as f64);
+                let v2 = v[j][i] as f64 * h.beta2 as f64 + g * g * (1.0 - h.beta2 as f64);
+                pj.push(
+                    p[j][i] as f64 * decay - m2 / (v2.sqrt() / h.bc2_sqrt as f64 + h.eps as f64) * h.step_size as f64,
+                );
+                mj.push(m2);
+                vj.push(v2);
+            }
+            new_p.push(pj);
+            new_m.push(mj);
+            new_v.push(vj);
+        }
+        (norm, [new_p, new_m, new_v])
     }
 
     /// Parameters shorter than a vector, longer than one of the kernel's 2048-element chunks
     /// and not a whole number of vectors, three gradient parts, a clip that binds: the
-    /// norm and the new parameters match the formulas.
+    /// norm, the new parameters and both new moments match the formulas.
     #[test]
     fn sums_parts_clips_and_updates_like_the_formulas() {
         let sizes = [5, 2053, 4096 + 17];
@@ -198,14 +202,16 @@ mod tests {
         assert_eq!((new_p.len(), new_m.len(), new_v.len()), (3, 3, 3));
         let host = |a: &[Array]| a.iter().map(|x| x.as_slice::<f32>().to_vec()).collect::<Vec<_>>();
         let host_parts: Vec<Vec<Vec<f32>>> = parts.iter().map(|g| host(g)).collect();
-        let (want_norm, want_p) = reference(&h, &host(&p), &host(&m), &host(&v), &decays, &host_parts);
+        let (want_norm, want) = reference(&h, &host(&p), &host(&m), &host(&v), &decays, &host_parts);
         assert!(want_norm > 0.5 * 1.5, "the clip must bind: norm {want_norm}");
         let got_norm = norm.item_exact::<f32>() as f64;
         assert!((got_norm - want_norm).abs() <= 1e-5 * want_norm, "norm {got_norm} vs {want_norm}");
-        for (j, (got, want)) in host(&new_p).iter().zip(&want_p).enumerate() {
-            assert_eq!(got.len(), sizes[j]);
-            for (i, (g, w)) in got.iter().zip(want).enumerate() {
-                assert!((*g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()), "parameter {j}[{i}]: {g} vs {w}");
+        for (what, got, want) in [("p'", &new_p, &want[0]), ("m'", &new_m, &want[1]), ("v'", &new_v, &want[2])] {
+            for (j, (got, want)) in host(got).iter().zip(want).enumerate() {
+                assert_eq!(got.len(), sizes[j]);
+                for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!((*g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()), "{what} {j}[{i}]: {g} vs {w}");
+                }
             }
         }
         // More parts than the kernel takes: declined, not failed.

@@ -43,7 +43,8 @@ pub fn set_own_gemm(on: bool) -> bool {
 }
 
 /// Whether the primitives' products run on mlx-gpt's own GEMM (switched on, unless
-/// `MLX_GPT_OWN_GEMM=0`, and the CPU has AVX-512) rather than the BLAS.
+/// `MLX_GPT_OWN_GEMM=0`, and the CPU has AVX-512) rather than the BLAS. It also hands the
+/// switch's state to the C++ side, which every primitive using the GEMM calls first.
 pub fn own_gemm_active() -> bool {
     // SAFETY: a plain flag store on the C++ side.
     unsafe { crate::csrc::mlx_gpt_set_own_gemm(OWN_GEMM.get()) }
@@ -90,11 +91,9 @@ mod tests {
     use super::*;
     use mlx_rs::{ops, random, transforms};
 
-    /// The switches are process-wide and tests run on parallel threads.
-    fn lock() -> std::sync::MutexGuard<'static, ()> {
-        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+    // These tests leave the process-wide switches alone: other tests in this binary
+    // compare forward passes bit for bit. The BLAS fallback and the model's wiring are
+    // tested in tests/linear_primitive.rs, a process of their own.
 
     fn close(a: &Array, b: &Array, what: &str) {
         assert_eq!(a.shape(), b.shape(), "{what}");
@@ -111,112 +110,91 @@ mod tests {
         b.map_or(y.clone(), |b| y.add(b).unwrap())
     }
 
+    /// Gradients of Σ cot · f(x, w[, b]) with respect to the inputs in `argnums`, through the
+    /// primitive (`custom`) or MLX ops.
+    fn grads(custom: bool, args: &[Array], argnums: &[i32], cot: &Array, w_t: bool) -> Vec<Array> {
+        let cot = cot.clone();
+        let f = move |a: &[Array]| -> Result<Vec<Array>, Exception> {
+            let y = if custom {
+                linear(&a[0], &a[1], a.get(2), w_t)?.expect("float32 on the CPU")
+            } else {
+                reference(&a[0], &a[1], a.get(2), w_t)
+            };
+            Ok(vec![y.multiply(&cot)?.sum(None)?])
+        };
+        let mut vg = transforms::value_and_grad_with_argnums(f, argnums);
+        let (_, g) = vg(args).unwrap();
+        g
+    }
+
     /// Forward and all three gradients against MLX ops, over shapes that cover every tile
-    /// edge (rows not a multiple of 12, 1–65 outputs, a depth past one 256-deep block),
-    /// both weight orientations, with and without bias, with mlx-gpt's GEMM and with the
-    /// BLAS.
+    /// edge and block of the GEMM: rows not a multiple of 12, 1–70 outputs, a depth past
+    /// one 256-deep block in the forward product (300 inputs) and in the weight gradient
+    /// (300 rows, which also pass the 192-row block), both weight orientations, with and
+    /// without bias.
     #[test]
     fn forward_and_gradients_match_mlx_ops() {
-        let _guard = lock();
         let key = |k| random::key(k).unwrap();
         let normal = |shape: &[i32], k| random::normal::<f32>(shape, None, None, &key(k)).unwrap();
-        for own in [true, false] {
-            set_own_gemm(own);
-            for &(lead, n_in, n_out) in &[
-                (&[1][..], 5, 1),
-                (&[13][..], 7, 16),
-                (&[2, 11][..], 33, 17),
-                (&[3, 9][..], 300, 65),
-                (&[25][..], 64, 32),
-            ] {
-                let x_shape: Vec<i32> = lead.iter().copied().chain([n_in]).collect();
-                let x = normal(&x_shape, 1);
-                let b = normal(&[n_out], 3);
-                let cot_shape: Vec<i32> = lead.iter().copied().chain([n_out]).collect();
-                let cot = normal(&cot_shape, 4);
-                for w_t in [false, true] {
-                    let w_shape = if w_t { [n_out, n_in] } else { [n_in, n_out] };
-                    let w = normal(&w_shape, 2);
-                    for bias in [Some(&b), None] {
-                        let what = format!("own {own}, x {x_shape:?}, w_t {w_t}, bias {}", bias.is_some());
-                        let custom = linear(&x, &w, bias, w_t).unwrap().expect("float32 on the CPU");
-                        close(&custom, &reference(&x, &w, bias, w_t), &what);
-                        // Gradients of sum(cot · f(x, w, b)) for every input.
-                        let grads = |custom: bool| -> Vec<Array> {
-                            let cot = cot.clone();
-                            let f = move |a: &[Array]| -> Result<Vec<Array>, Exception> {
-                                let y = if custom {
-                                    linear(&a[0], &a[1], a.get(2), w_t)?.expect("float32 on the CPU")
-                                } else {
-                                    reference(&a[0], &a[1], a.get(2), w_t)
-                                };
-                                Ok(vec![y.multiply(&cot)?.sum(None)?])
-                            };
-                            let mut args = vec![x.clone(), w.clone()];
-                            args.extend(bias.cloned());
-                            let argnums: Vec<i32> = (0..args.len() as i32).collect();
-                            let mut vg = transforms::value_and_grad_with_argnums(f, &argnums[..]);
-                            let (_, grads) = vg(&args).unwrap();
-                            grads
-                        };
-                        let (mine, theirs) = (grads(true), grads(false));
-                        assert_eq!(mine.len(), theirs.len());
-                        for (i, (p, q)) in mine.iter().zip(&theirs).enumerate() {
-                            close(p, q, &format!("{what}, gradient {i}"));
-                        }
+        for &(lead, n_in, n_out) in &[
+            (&[1][..], 5, 1),
+            (&[13][..], 7, 16),
+            (&[2, 11][..], 33, 17),
+            (&[3, 9][..], 300, 65),
+            (&[25][..], 64, 32),
+            (&[2, 150][..], 20, 70),
+        ] {
+            let x_shape: Vec<i32> = lead.iter().copied().chain([n_in]).collect();
+            let x = normal(&x_shape, 1);
+            let b = normal(&[n_out], 3);
+            let cot_shape: Vec<i32> = lead.iter().copied().chain([n_out]).collect();
+            let cot = normal(&cot_shape, 4);
+            for w_t in [false, true] {
+                let w_shape = if w_t { [n_out, n_in] } else { [n_in, n_out] };
+                let w = normal(&w_shape, 2);
+                for bias in [Some(&b), None] {
+                    let what = format!("x {x_shape:?}, w_t {w_t}, bias {}", bias.is_some());
+                    let custom = linear(&x, &w, bias, w_t).unwrap().expect("float32 on the CPU");
+                    close(&custom, &reference(&x, &w, bias, w_t), &what);
+                    let mut args = vec![x.clone(), w.clone()];
+                    args.extend(bias.cloned());
+                    let argnums: Vec<i32> = (0..args.len() as i32).collect();
+                    let (mine, theirs) =
+                        (grads(true, &args, &argnums, &cot, w_t), grads(false, &args, &argnums, &cot, w_t));
+                    assert_eq!(mine.len(), argnums.len());
+                    for (i, (p, q)) in mine.iter().zip(&theirs).enumerate() {
+                        close(p, q, &format!("{what}, gradient {i}"));
                     }
                 }
             }
         }
-        set_own_gemm(true);
+    }
+
+    /// Asked for some of the gradients only (x alone, W alone, the bias alone), the
+    /// gradient primitive returns those, right.
+    #[test]
+    fn gradients_for_some_inputs_only() {
+        let normal = |shape: &[i32], k| random::normal::<f32>(shape, None, None, &random::key(k).unwrap()).unwrap();
+        let (x, w, b, cot) = (normal(&[30, 24], 1), normal(&[24, 40], 2), normal(&[40], 3), normal(&[30, 40], 4));
+        let args = [x, w, b];
+        for argnums in [&[0][..], &[1], &[2], &[2, 0]] {
+            let (mine, theirs) = (grads(true, &args, argnums, &cot, false), grads(false, &args, argnums, &cot, false));
+            assert_eq!(mine.len(), argnums.len());
+            for (p, q) in mine.iter().zip(&theirs) {
+                close(p, q, &format!("argnums {argnums:?}"));
+            }
+        }
     }
 
     /// Inputs that are views (a transposed x) are read correctly, other dtypes are
     /// declined, and a wrong width is an error that names both sizes.
     #[test]
     fn strided_inputs_other_dtypes_and_bad_shapes() {
-        let _guard = lock();
         let x = random::normal::<f32>(&[20, 6], None, None, &random::key(7).unwrap()).unwrap().t(); // (6, 20)
         let w = random::normal::<f32>(&[20, 3], None, None, &random::key(8).unwrap()).unwrap();
         close(&linear(&x, &w, None, false).unwrap().unwrap(), &reference(&x, &w, None, false), "strided x");
         assert!(linear(&x.as_dtype(Dtype::Float16).unwrap(), &w, None, false).unwrap().is_none());
         let err = linear(&x, &w.t(), None, false).unwrap_err().to_string();
         assert!(err.contains("20 features") && err.contains("takes 3"), "{err}");
-    }
-
-    /// The model wired through the primitive (every dense layer and the tied head, as in
-    /// training) gives the same loss and gradients as through MLX ops.
-    #[test]
-    fn model_loss_and_gradients_match_mlx_ops() {
-        let _guard = lock();
-        use crate::{Gpt, GptConfig};
-        use mlx_rs::module::ModuleParameters as _;
-        // The condition the training step's streams create (see `model_uses_it`).
-        crate::runtime::set_blas_threads(1);
-        let c = GptConfig { block_size: 16, vocab_size: 37, n_layer: 2, n_head: 2, n_embd: 48, ..GptConfig::baby(37) };
-        let x = random::randint::<_, i32>(0, 37, &[3, 16], &random::key(11).unwrap()).unwrap();
-        let y = random::randint::<_, i32>(0, 37, &[3, 16], &random::key(12).unwrap()).unwrap();
-        if !own_gemm_active() {
-            // Then the model never uses the primitive (its BLAS fallback is covered above).
-            eprintln!("model_loss_and_gradients_match_mlx_ops: no AVX-512 here, the model keeps MLX's matmul");
-            return;
-        }
-        let run = |on: bool| {
-            set_enabled(on);
-            assert_eq!(model_uses_it(), on);
-            let mut m = Gpt::new(c.clone(), 3).unwrap();
-            let loss_fn = |m: &mut Gpt, (x, y): (&Array, &Array)| -> Result<Array, Exception> { m.loss(x, y) };
-            let (loss, grads) = mlx_rs::nn::value_and_grad(loss_fn)(&mut m, (&x, &y)).unwrap();
-            let n = m.parameters().flatten().len();
-            assert_eq!(grads.len(), n);
-            (loss, grads)
-        };
-        let (loss_on, grads_on) = run(true);
-        let (loss_off, grads_off) = run(false);
-        set_enabled(true);
-        close(&loss_on, &loss_off, "loss");
-        for (name, g) in &grads_off {
-            close(&grads_on[name], g, name);
-        }
     }
 }
