@@ -9,8 +9,11 @@ use mlx_gpt_model::{Activation, Gpt, GptConfig};
 use mlx_rs::{Array, Dtype};
 use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
+
+#[path = "common/hf_fixture.rs"]
+mod hf_fixture;
+use hf_fixture::{check_against, expected};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -21,40 +24,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-struct Expected {
-    idx: Array,
-    targets: Array,
-    logits: Vec<f32>,
-    shape: Vec<i32>,
-    loss: f32,
-}
-
-fn expected(dir: &Path) -> Expected {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let grid = |key: &str| {
-        let rows = v[key].as_array().unwrap();
-        let flat: Vec<i32> =
-            rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32)).collect();
-        Array::from_slice(&flat, &[rows.len() as i32, (flat.len() / rows.len()) as i32])
-    };
-    Expected {
-        idx: grid("idx"),
-        targets: grid("targets"),
-        logits: v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
-        shape: v["logits_shape"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect(),
-        loss: v["loss"].as_f64().unwrap() as f32,
-    }
-}
-
-/// Largest absolute difference between our logits and the reference.
-fn check_against(model: &mut Gpt, e: &Expected) -> (f32, f32) {
-    let (logits, loss) = model.forward(&e.idx, Some(&e.targets)).unwrap();
-    assert_eq!(logits.shape(), &e.shape[..]);
-    let got = logits.as_dtype(Dtype::Float32).unwrap();
-    let max = got.as_slice::<f32>().iter().zip(&e.logits).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    (max, (loss.unwrap().item_exact::<f32>() - e.loss).abs())
 }
 
 #[test]

@@ -8,8 +8,11 @@ use mlx_gpt_model::{hf, Gpt, GptConfig};
 use mlx_rs::error::Exception;
 use mlx_rs::module::ModuleParameters as _;
 use mlx_rs::{ops, random, transforms, Array};
-use serde_json::Value;
 use std::path::Path;
+
+#[path = "common/hf_fixture.rs"]
+mod hf_fixture;
+use hf_fixture::{check_against, expected};
 
 fn close(a: &Array, b: &Array, tol: f32, what: &str) {
     assert_eq!(a.shape(), b.shape(), "{what}");
@@ -85,21 +88,10 @@ fn model_matches_mlx_ops() {
 fn transformers_logits_hold() {
     assert!(model_uses_it());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gpt2_tiny_hf");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let grid = |key: &str| {
-        let rows = v[key].as_array().unwrap();
-        let flat: Vec<i32> =
-            rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32)).collect();
-        Array::from_slice(&flat, &[rows.len() as i32, (flat.len() / rows.len()) as i32])
-    };
-    let want: Vec<f32> = v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     let mut model = hf::load_pretrained(&dir).unwrap();
-    let (logits, loss) = model.forward(&grid("idx"), Some(&grid("targets"))).unwrap();
-    let max = logits.as_slice::<f32>().iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    assert_eq!(logits.size(), want.len());
-    assert!(max < 1e-4, "max |logit diff| {max}");
-    let loss_diff = (loss.unwrap().item_exact::<f32>() - v["loss"].as_f64().unwrap() as f32).abs();
-    assert!(loss_diff < 1e-4, "loss diff {loss_diff}");
+    let (logits, loss) = check_against(&mut model, &expected(&dir));
+    assert!(logits < 1e-4, "max |logit diff| {logits}");
+    assert!(loss < 1e-4, "loss diff {loss}");
 }
 
 #[test]
