@@ -16,7 +16,7 @@
 //! on the BLAS the primitive measured no faster than MLX's matmul, and elsewhere a
 //! multi-threaded BLAS does one large product faster. `MLX_GPT_CUSTOM_LINEAR=0` (or
 //! [`set_enabled`]) switches it off for comparison; results agree to float rounding
-//! (tested here, and by the parity and training tests).
+//! (tested here, in tests/linear_primitive.rs, and by the training tests).
 
 use crate::switch::Switch;
 use mlx_rs::error::Exception;
