@@ -201,7 +201,7 @@ class CausalAttention : public mlx_gpt::CpuPrimitive {
       const std::vector<int>& argnums,
       const std::vector<mx::array>& outputs) override {
     // Only y is handed out (mlx_gpt_causal_attention), so only its cotangent can be non-zero.
-    auto dy = mx::contiguous(cotangents[0], false, stream());
+    auto dy = mlx_gpt::dense(cotangents[0], stream());
     std::vector<mx::array> inputs = {primals[0], outputs[1], dy};
     if (primals.size() > 1) {
       inputs.push_back(primals[1]);
@@ -258,13 +258,13 @@ int mlx_gpt_causal_attention(mlx_array* res, const mlx_array qkv, const mlx_arra
     auto stream = mx::default_stream(mx::Device::cpu);
     const mx::Shape y_shape = {a.shape(0), a.shape(1), c};
     const mx::Shape w_shape = {a.shape(0), n_head, a.shape(1), a.shape(1)};
-    std::vector<mx::array> inputs = {mx::contiguous(a, false, stream)};
+    std::vector<mx::array> inputs = {mlx_gpt::dense(a, stream)};
     if (mask.ctx != nullptr) {
       const mx::array& m = mlx_array_get_(mask);
       if (m.dtype() != mx::float32 || m.shape() != w_shape) {
         throw std::invalid_argument("[CausalAttention] the dropout mask must be float32 (B, n_head, T, T)");
       }
-      inputs.push_back(mx::contiguous(m, false, stream));
+      inputs.push_back(mlx_gpt::dense(m, stream));
     }
     auto outs = mx::array::make_arrays(
         {y_shape, w_shape}, {mx::float32, mx::float32}, std::make_shared<CausalAttention>(stream, n_head, scale),

@@ -146,7 +146,7 @@ class Gelu : public mlx_gpt::CpuPrimitive {
       const std::vector<mx::array>& cotangents,
       const std::vector<int>&,
       const std::vector<mx::array>&) override {
-    auto g = mx::contiguous(cotangents[0], false, stream());
+    auto g = mlx_gpt::dense(cotangents[0], stream());
     return {mx::array(primals[0].shape(), mx::float32, std::make_shared<GeluGrad>(stream(), tanh_), {primals[0], g})};
   }
 
@@ -178,7 +178,7 @@ int mlx_gpt_gelu(mlx_array* res, const mlx_array x, bool tanh) {
       throw std::invalid_argument("[Gelu] takes float32 only");
     }
     auto stream = mx::default_stream(mx::Device::cpu);
-    auto xc = mx::contiguous(xa, false, stream);
+    auto xc = mlx_gpt::dense(xa, stream);
     mlx_array_set_(*res, mx::array(xa.shape(), mx::float32, std::make_shared<Gelu>(stream, tanh), {xc}));
     return 0;
   });

@@ -107,7 +107,7 @@ int mlx_gpt_host_gemv(mlx_array* res, const mlx_array x, const mlx_array w, cons
     }
     auto stream = mx::default_stream(mx::Device::cpu);
     // The activation row is small: copy it if it is strided.
-    std::vector<mx::array> inputs = {mx::contiguous(xa, false, stream), wa};
+    std::vector<mx::array> inputs = {mlx_gpt::dense(xa, stream), wa};
     if (bias.ctx != nullptr) {
       const mx::array& ba = mlx_array_get_(bias);
       if (ba.dtype() != mx::float32 || ba.size() != static_cast<size_t>(n)) {

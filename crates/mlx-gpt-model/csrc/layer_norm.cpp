@@ -162,7 +162,7 @@ class LayerNorm : public mlx_gpt::CpuPrimitive {
       const std::vector<int>& argnums,
       const std::vector<mx::array>& outputs) override {
     // Only y is handed out (mlx_gpt_layer_norm), so only its cotangent can be non-zero.
-    auto dy = mx::contiguous(cotangents[0], false, stream());
+    auto dy = mlx_gpt::dense(cotangents[0], stream());
     auto grads = mx::array::make_arrays(
         {primals[0].shape(), primals[1].shape(), primals[1].shape()},
         {mx::float32, mx::float32, mx::float32},
@@ -206,13 +206,13 @@ int mlx_gpt_layer_norm(mlx_array* res, const mlx_array x, const mlx_array w, con
       throw std::invalid_argument("[LayerNorm] needs float32 x (..., C) and a float32 weight (C)");
     }
     auto stream = mx::default_stream(mx::Device::cpu);
-    std::vector<mx::array> inputs = {mx::contiguous(xa, false, stream), mx::contiguous(wa, false, stream)};
+    std::vector<mx::array> inputs = {mlx_gpt::dense(xa, stream), mlx_gpt::dense(wa, stream)};
     if (bias.ctx != nullptr) {
       const mx::array& ba = mlx_array_get_(bias);
       if (ba.dtype() != mx::float32 || ba.shape() != wa.shape()) {
         throw std::invalid_argument("[LayerNorm] the bias must be float32 of the weight's shape");
       }
-      inputs.push_back(mx::contiguous(ba, false, stream));
+      inputs.push_back(mlx_gpt::dense(ba, stream));
     }
     const mx::Shape rows = {static_cast<int>(xa.size() / wa.size())};
     auto outs = mx::array::make_arrays(

@@ -140,7 +140,7 @@ class Linear : public mlx_gpt::CpuPrimitive {
     for (int arg : argnums) {
       want[arg] = true;
     }
-    auto g = mx::contiguous(cotangents[0], false, stream());
+    auto g = mlx_gpt::dense(cotangents[0], stream());
     std::vector<mx::Shape> shapes;
     std::vector<mx::Dtype> dtypes;
     int slot[3] = {-1, -1, -1};
@@ -197,13 +197,13 @@ int mlx_gpt_linear(mlx_array* res, const mlx_array x, const mlx_array w, const m
                                   std::to_string(in));
     }
     auto stream = mx::default_stream(mx::Device::cpu);
-    std::vector<mx::array> inputs = {mx::contiguous(xa, false, stream), mx::contiguous(wa, false, stream)};
+    std::vector<mx::array> inputs = {mlx_gpt::dense(xa, stream), mlx_gpt::dense(wa, stream)};
     if (bias.ctx != nullptr) {
       const mx::array& b = mlx_array_get_(bias);
       if (b.dtype() != mx::float32 || b.ndim() != 1 || b.shape(0) != out) {
         throw std::invalid_argument("[Linear] the bias must be float32 (" + std::to_string(out) + ",)");
       }
-      inputs.push_back(mx::contiguous(b, false, stream));
+      inputs.push_back(mlx_gpt::dense(b, stream));
     }
     auto shape = xa.shape();
     shape.back() = out;

@@ -42,10 +42,12 @@ inline mlx::core::cpu::CommandEncoder& prepare(
   return encoder;
 }
 
-// `a` as a dense row-major array for a primitive's input: `a` itself when it is already
-// computed and dense, else a Contiguous node (a copy only where needed). The node costs a
-// task and a graph vertex even when it copies nothing, which adds up for a primitive
-// with hundreds of inputs (the optimizer step's).
+// `a` as a dense row-major array for a primitive's input (every entry point in csrc/
+// passes its inputs through here): `a` itself when it is already computed and dense,
+// else a Contiguous node (a copy only where needed). The node costs a task and a graph
+// vertex even when it copies nothing: per token in generation, and hundreds of times in
+// the optimizer step. Unevaluated inputs (everything under compile) still get the node,
+// since their layout is not known yet.
 inline mlx::core::array dense(const mlx::core::array& a, mlx::core::Stream stream) {
   if (a.is_available() && a.flags().row_contiguous) {
     return a;
