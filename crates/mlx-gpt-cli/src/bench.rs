@@ -516,10 +516,18 @@ impl TorchReference {
     }
 }
 
-/// The Python that runs the PyTorch reference (`MLX_GPT_TORCH_PYTHON`, else `python3`),
-/// if it can import torch.
+/// The Python that runs the PyTorch reference: `MLX_GPT_TORCH_PYTHON`, else `python3`.
+fn torch_python_name() -> String {
+    std::env::var("MLX_GPT_TORCH_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn torch_missing(python: &str) -> String {
+    format!("{python} with torch not found; set MLX_GPT_TORCH_PYTHON")
+}
+
+/// The Python that runs the PyTorch reference, if it can import torch.
 fn torch_python() -> Result<String, String> {
-    let python = std::env::var("MLX_GPT_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = torch_python_name();
     let ok = std::process::Command::new(&python)
         .args(["-c", "import torch"])
         .stdout(std::process::Stdio::null())
@@ -529,28 +537,34 @@ fn torch_python() -> Result<String, String> {
     if ok {
         Ok(python)
     } else {
-        Err(format!("{python} with torch not found; set MLX_GPT_TORCH_PYTHON"))
+        Err(torch_missing(&python))
     }
 }
 
-/// Run `scripts/bench_torch.py` with `args` under a Python that has torch
-/// (`MLX_GPT_TORCH_PYTHON`, else `python3`) and parse the JSON line it prints last.
-/// The error says why no figure came back.
+/// Run `scripts/bench_torch.py` with `args` under the reference's Python and parse the
+/// JSON line it prints last. The error says why no figure came back.
 fn run_torch_script(args: &[String]) -> Result<serde_json::Value, String> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
     if !script.is_file() {
         return Err(format!("{} is not here", script.display()));
     }
-    let python = std::env::var("MLX_GPT_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let not_found = || format!("{python} with torch not found; set MLX_GPT_TORCH_PYTHON");
-    let out = std::process::Command::new(&python).arg(&script).args(args).output().map_err(|_| not_found())?;
+    let python = torch_python_name();
+    let out =
+        std::process::Command::new(&python).arg(&script).args(args).output().map_err(|_| torch_missing(&python))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("No module named 'torch'") {
+            return Err(torch_missing(&python));
+        }
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
         return Err(format!("{} failed under {python}: {last}", script.display()));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout.lines().last().and_then(|l| serde_json::from_str(l).ok()).ok_or_else(not_found)
+    stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| format!("{} printed no result line under {python}", script.display()))
 }
 
 fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
