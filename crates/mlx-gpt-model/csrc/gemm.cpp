@@ -95,27 +95,77 @@ struct Panels {
   ~Panels() { std::free(data); }
 };
 
+// The mask of the first `n` (≤ 16) lanes.
+inline __mmask16 first_lanes(size_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+
+// Transposes the 16 × 16 block in r (r[i] is row i) in place: afterwards r[j] holds
+// what was column j. (GCC 12 warns that the intrinsics' unused "undefined" source
+// operand may be uninitialised: a known false positive.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // Within each 128-bit lane: t[4q + {0, 1, 2, 3}] hold pairs of rows 4q..4q+3; gather
+  // the four rows' element 0, 1, 2, 3 of each lane.
+  for (int q = 0; q < 16; q += 4) {
+    r[q] = _mm512_shuffle_ps(t[q], t[q + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[q + 1] = _mm512_shuffle_ps(t[q], t[q + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[q + 2] = _mm512_shuffle_ps(t[q + 1], t[q + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[q + 3] = _mm512_shuffle_ps(t[q + 1], t[q + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  // r[4q + e] now holds, in 128-bit lane L, element 4L + e of rows 4q..4q+3. Interleave
+  // the lanes of the four row groups.
+  for (int e = 0; e < 4; ++e) {
+    const __m512 a = _mm512_shuffle_f32x4(r[e], r[4 + e], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512 b = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512 c = _mm512_shuffle_f32x4(r[e], r[4 + e], _MM_SHUFFLE(3, 1, 3, 1));
+    const __m512 d = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], _MM_SHUFFLE(3, 1, 3, 1));
+    t[e] = _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0));       // lane 0: column e
+    t[8 + e] = _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1));   // lane 2: column 8 + e
+    t[4 + e] = _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(2, 0, 2, 0));   // lane 1: column 4 + e
+    t[12 + e] = _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 1, 3, 1));  // lane 3: column 12 + e
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+#pragma GCC diagnostic pop
+
 // op(B)'s rows k0..k0+kc, columns j0..j0+nc (nc ≤ kNc) as ceil(nc/32) panels of kc × 32,
-// zero-padded on the right.
-void pack_b(const float* b, size_t ldb, bool tb, size_t j0, size_t nc, size_t k0, size_t kc, float* out) {
+// zero-padded on the right. Vectorised: as scalar code (the transposed case a value at a
+// time) the packing took as long as the prefetching (docs/performance.md).
+__attribute__((target("avx512f"))) void pack_b(const float* b, size_t ldb, bool tb, size_t j0, size_t nc,
+                                              size_t k0, size_t kc, float* out) {
   for (size_t p = 0; p < nc; p += kNr) {
     const size_t cols = std::min<size_t>(kNr, nc - p);
     float* dst = out + p * kc;
     if (!tb) {
+      const __mmask16 m0 = first_lanes(cols), m1 = cols > 16 ? first_lanes(cols - 16) : 0;
       for (size_t k = 0; k < kc; ++k) {
         const float* src = b + (k0 + k) * ldb + j0 + p;
-        float* d = dst + k * kNr;
-        size_t c = 0;
-        for (; c < cols; ++c) d[c] = src[c];
-        for (; c < kNr; ++c) d[c] = 0.0f;
+        _mm512_store_ps(dst + k * kNr, _mm512_maskz_loadu_ps(m0, src));
+        _mm512_store_ps(dst + k * kNr + 16, _mm512_maskz_loadu_ps(m1, src + 16));
       }
-    } else {
-      for (size_t c = 0; c < kNr; ++c) {
-        if (c < cols) {
-          const float* src = b + (j0 + p + c) * ldb + k0;
-          for (size_t k = 0; k < kc; ++k) dst[k * kNr + c] = src[k];
-        } else {
-          for (size_t k = 0; k < kc; ++k) dst[k * kNr + c] = 0.0f;
+      continue;
+    }
+    // op(B) = Bᵀ: panel column c is B's row j0 + p + c. Blocks of 16 × 16 are transposed
+    // in registers; missing columns are zeros.
+    for (size_t c0 = 0; c0 < kNr; c0 += 16) {
+      const size_t rows = cols > c0 ? std::min<size_t>(16, cols - c0) : 0;
+      for (size_t k = 0; k < kc; k += 16) {
+        const size_t depth = std::min<size_t>(16, kc - k);
+        const __mmask16 mk = first_lanes(depth);
+        __m512 r[16];
+        for (size_t c = 0; c < 16; ++c) {
+          r[c] = c < rows ? _mm512_maskz_loadu_ps(mk, b + (j0 + p + c0 + c) * ldb + k0 + k) : _mm512_setzero_ps();
+        }
+        transpose16(r);
+        for (size_t kk = 0; kk < depth; ++kk) {
+          _mm512_store_ps(dst + (k + kk) * kNr + c0, r[kk]);
         }
       }
     }
@@ -124,15 +174,13 @@ void pack_b(const float* b, size_t ldb, bool tb, size_t j0, size_t nc, size_t k0
 
 // Aᵀ's rows 0..mc (columns of A, row stride lda) over k 0..kc as ceil(mc/12) panels of
 // kc × 12, zero-padded: panel q holds out[q·12·kc + k·12 + r] = A[k, 12q + r].
-void pack_a_transposed(const float* a, size_t lda, size_t mc, size_t kc, float* out) {
+__attribute__((target("avx512f"))) void pack_a_transposed(const float* a, size_t lda, size_t mc, size_t kc,
+                                                          float* out) {
   for (size_t q = 0; q < mc; q += kMr) {
-    const size_t rows = std::min<size_t>(kMr, mc - q);
+    const __mmask16 rows = first_lanes(std::min<size_t>(kMr, mc - q));
     float* dst = out + q * kc;
     for (size_t k = 0; k < kc; ++k) {
-      const float* src = a + k * lda + q;
-      size_t r = 0;
-      for (; r < rows; ++r) dst[k * kMr + r] = src[r];
-      for (; r < kMr; ++r) dst[k * kMr + r] = 0.0f;
+      _mm512_mask_storeu_ps(dst + k * kMr, first_lanes(kMr), _mm512_maskz_loadu_ps(rows, a + k * lda + q));
     }
   }
 }
