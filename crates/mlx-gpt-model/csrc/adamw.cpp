@@ -64,17 +64,38 @@ MLX_GPT_CLONES float squared_tail(const float* __restrict g, size_t n, float sca
 // The same arithmetic, in the same order, as the compiled per-parameter kernel
 // (mlx-gpt-train's optimizer.rs): g = (g·scale)·coef; m' = m·β1 + g·(1−β1);
 // v' = v·β2 + g²·(1−β2); p' = p·decay − (m' / (√v' / √bc2 + ε))·step_size.
+struct Updated {
+  float p, m, v;
+};
+inline Updated adamw(float g, float p, float m, float v, const Hyper& h, float coef, float decay) {
+  const float gi = (g * h.scale) * coef;
+  const float mi = m * h.beta1 + gi * h.one_minus_beta1;
+  const float vi = v * h.beta2 + (gi * gi) * h.one_minus_beta2;
+  const float denom = std::sqrt(vi) / h.bc2_sqrt + h.eps;
+  return {p * decay - (mi / denom) * h.step_size, mi, vi};
+}
+
+// p', m', v' into new buffers.
 MLX_GPT_CLONES void update(const float* __restrict g, const float* __restrict p, const float* __restrict m,
                            const float* __restrict v, float* __restrict p_out, float* __restrict m_out,
                            float* __restrict v_out, size_t n, Hyper h, float coef, float decay) {
   for (size_t i = 0; i < n; ++i) {
-    const float gi = (g[i] * h.scale) * coef;
-    const float mi = m[i] * h.beta1 + gi * h.one_minus_beta1;
-    const float vi = v[i] * h.beta2 + (gi * gi) * h.one_minus_beta2;
-    const float denom = std::sqrt(vi) / h.bc2_sqrt + h.eps;
-    p_out[i] = p[i] * decay - (mi / denom) * h.step_size;
-    m_out[i] = mi;
-    v_out[i] = vi;
+    const Updated u = adamw(g[i], p[i], m[i], v[i], h, coef, decay);
+    p_out[i] = u.p;
+    m_out[i] = u.m;
+    v_out[i] = u.v;
+  }
+}
+
+// p', m', v' over p, m, v (their buffers were donated): a function of its own, since
+// `update`'s pointers must not alias.
+MLX_GPT_CLONES void update_in_place(const float* __restrict g, float* __restrict p, float* __restrict m,
+                                    float* __restrict v, size_t n, Hyper h, float coef, float decay) {
+  for (size_t i = 0; i < n; ++i) {
+    const Updated u = adamw(g[i], p[i], m[i], v[i], h, coef, decay);
+    p[i] = u.p;
+    m[i] = u.m;
+    v[i] = u.v;
   }
 }
 
@@ -118,8 +139,34 @@ class AdamWStep : public mlx_gpt::CpuPrimitive {
       : mlx_gpt::CpuPrimitive(stream), n_(n), n_parts_(n_parts), decays_(std::move(decays)), h_(h) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const size_t n = n_, n_parts = n_parts_;
+    // p', m' and v' are written over p, m and v where nobody else holds those (the
+    // training step lets go of its handles first): element by element, each is read
+    // before it is written. Measured: the task went from 1.9 to 1.2 ms on the baby GPT,
+    // as it no longer brings 3n fresh buffers into the cache to write them.
+    //
+    // MLX gives each output of a primitive its own copy of the input list, so every input
+    // here is held 1 + 3n times and would never look donatable. Only the list this call
+    // reads is needed: MLX detaches all the outputs from the graph right after it (they
+    // are not tracers: this primitive is never compiled or transformed). The other
+    // copies are let go of first.
+    for (auto& o : outputs) {
+      if (&o.inputs() != &inputs && !o.is_tracer()) {
+        o.inputs().clear();
+      }
+    }
+    // All three or none, so that `update` never sees aliased buffers.
+    std::vector<int> donors(outputs.size(), -1);
+    for (size_t j = 0; j < n; ++j) {
+      bool all = true;
+      for (size_t t = 0; t < 3; ++t) {
+        all = all && mlx_gpt::can_donate(inputs[t * n + j], outputs[1 + t * n + j]);
+      }
+      for (size_t t = 0; all && t < 3; ++t) {
+        donors[1 + t * n + j] = static_cast<int>(t * n + j);
+      }
+    }
+    auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs, &donors);
     std::vector<const float*> in(inputs.size());
     std::vector<size_t> sizes(n);
     for (size_t k = 0; k < inputs.size(); ++k) {
@@ -191,9 +238,16 @@ class AdamWStep : public mlx_gpt::CpuPrimitive {
       auto update_pass = [&](size_t from, size_t to, float coef) {
         for (size_t j = from; j < to; ++j) {
           const float decay = decays[j] ? h.decay : 1.0f;
+          // Donated together or not at all (eval_cpu).
+          const bool in_place = in[j] == out[1 + j] && in[n + j] == out[1 + n + j] && in[2 * n + j] == out[1 + 2 * n + j];
           chunks(j, [&](const float* g, size_t start, size_t len) {
-            update(g, in[j] + start, in[n + j] + start, in[2 * n + j] + start, out[1 + j] + start,
-                   out[1 + n + j] + start, out[1 + 2 * n + j] + start, len, h, coef, decay);
+            if (in_place) {
+              update_in_place(g, out[1 + j] + start, out[1 + n + j] + start, out[1 + 2 * n + j] + start, len, h, coef,
+                              decay);
+            } else {
+              update(g, in[j] + start, in[n + j] + start, in[2 * n + j] + start, out[1 + j] + start,
+                     out[1 + n + j] + start, out[1 + 2 * n + j] + start, len, h, coef, decay);
+            }
           });
         }
       };

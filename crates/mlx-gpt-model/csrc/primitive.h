@@ -29,13 +29,37 @@ class CpuPrimitive : public mlx::core::Primitive {
 // Allocates every output and registers every input and output with `stream`'s encoder,
 // which keeps their buffers alive until the task dispatched next on it has run (the
 // tasks capture raw pointers). Returns the encoder, for that dispatch.
-inline mlx::core::cpu::CommandEncoder& prepare(
-    mlx::core::Stream stream, const std::vector<mlx::core::array>& inputs, std::vector<mlx::core::array>& outputs) {
+//
+// `donors`, when given, has one entry per output: the index of an input whose buffer
+// that output may take over, or −1. It does so only where can_donate: nothing else can
+// see that input any more (MLX's is_donatable: no other handle, no view of its buffer),
+// and it is dense and of the output's size and type. The task then writes the output
+// over the input, and must read each of the input's elements no later than it writes
+// the output's.
+inline bool can_donate(const mlx::core::array& in, const mlx::core::array& out) {
+  return in.is_donatable() && in.flags().row_contiguous && in.data_size() == in.size() && in.nbytes() == out.nbytes() &&
+         in.dtype() == out.dtype();
+}
+
+inline mlx::core::cpu::CommandEncoder& prepare(mlx::core::Stream stream,
+                                              const std::vector<mlx::core::array>& inputs,
+                                              std::vector<mlx::core::array>& outputs,
+                                              const std::vector<int>* donors = nullptr) {
   auto& encoder = mlx::core::cpu::get_command_encoder(stream);
   for (auto& in : inputs) {
     encoder.set_input_array(in);
   }
-  for (auto& out : outputs) {
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    auto& out = outputs[k];
+    const int d = donors == nullptr ? -1 : (*donors)[k];
+    if (d >= 0) {
+      const auto& in = inputs[d];
+      if (can_donate(in, out)) {
+        out.copy_shared_buffer(in);
+        encoder.set_output_array(out);
+        continue;
+      }
+    }
     out.set_data(mlx::core::allocator::malloc(out.nbytes()));
     encoder.set_output_array(out);
   }

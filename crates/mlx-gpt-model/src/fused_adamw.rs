@@ -218,4 +218,57 @@ mod tests {
         let many: Vec<Vec<Array>> = (0..MAX_PARTS + 1).map(|_| parts[0].clone()).collect();
         assert!(step(&h, &p, &m, &v, &decays, &many).unwrap().is_none());
     }
+
+    /// With no other handle on p, m and v, the step writes p', m' and v' over their
+    /// buffers (csrc/adamw.cpp), and the results are bitwise those of a step whose inputs
+    /// are still held (which gets new buffers).
+    #[test]
+    fn writes_over_its_inputs_when_nothing_else_holds_them() {
+        let sizes = [7, 3000];
+        let make = || {
+            let normal = |n: usize, k: u64| {
+                random::normal::<f32>(&[n as i32], None, Some(0.1), &random::key(k).unwrap()).unwrap()
+            };
+            let p: Vec<Array> = sizes.iter().enumerate().map(|(j, &n)| normal(n, j as u64)).collect();
+            let m: Vec<Array> = sizes.iter().enumerate().map(|(j, &n)| normal(n, 10 + j as u64)).collect();
+            let v: Vec<Array> =
+                sizes.iter().enumerate().map(|(j, &n)| normal(n, 20 + j as u64).square().unwrap()).collect();
+            let parts: Vec<Vec<Array>> = (0..2)
+                .map(|q| sizes.iter().enumerate().map(|(j, &n)| normal(n, 30 + 2 * q + j as u64)).collect())
+                .collect();
+            mlx_rs::transforms::eval(p.iter().chain(&m).chain(&v).chain(parts.iter().flatten())).unwrap();
+            (p, m, v, parts)
+        };
+        let h = Hyper {
+            scale: 0.5,
+            clip: 1.0,
+            clipping: true,
+            beta1: 0.9,
+            beta2: 0.99,
+            decay: 0.999,
+            step_size: 1e-2,
+            bc2_sqrt: 0.1,
+            eps: 1e-8,
+        };
+        let decays = [false, true];
+        let ptrs = |a: &[Array]| a.iter().map(|x| x.as_slice::<f32>().as_ptr() as usize).collect::<Vec<_>>();
+        let host = |a: &[Array]| a.iter().map(|x| x.as_slice::<f32>().to_vec()).collect::<Vec<_>>();
+
+        let (p, m, v, parts) = make();
+        let (_, held_p, held_m, held_v) = step(&h, &p, &m, &v, &decays, &parts).unwrap().unwrap();
+        mlx_rs::transforms::eval(held_p.iter().chain(&held_m).chain(&held_v)).unwrap();
+        let old: Vec<usize> = [ptrs(&p), ptrs(&m), ptrs(&v)].concat();
+        let new: Vec<usize> = [ptrs(&held_p), ptrs(&held_m), ptrs(&held_v)].concat();
+        assert!(old.iter().all(|a| !new.contains(a)), "held inputs must not be written over");
+
+        let (p, m, v, parts) = make();
+        let old: Vec<usize> = [ptrs(&p), ptrs(&m), ptrs(&v)].concat();
+        let (_, new_p, new_m, new_v) = step(&h, &p, &m, &v, &decays, &parts).unwrap().unwrap();
+        drop((p, m, v));
+        mlx_rs::transforms::eval(new_p.iter().chain(&new_m).chain(&new_v)).unwrap();
+        assert_eq!([ptrs(&new_p), ptrs(&new_m), ptrs(&new_v)].concat(), old, "written over p, m and v");
+        for (got, want) in [(&new_p, &held_p), (&new_m, &held_m), (&new_v, &held_v)] {
+            assert_eq!(host(got), host(want));
+        }
+    }
 }

@@ -462,6 +462,9 @@ pub fn train_step(
         }
     };
     model.update_flattened(new.into_iter().map(|(k, v)| (k.as_str().into(), v)).collect());
+    // The old parameters are now held by the update's graph alone, so the fused update
+    // can write the new ones over them (csrc/adamw.cpp).
+    drop(params);
     let mut outputs: Vec<&Array> = vec![&mean_loss, &norm];
     let model_params = model.parameters().flatten();
     outputs.extend(model_params.values().copied());
