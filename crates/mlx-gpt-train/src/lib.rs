@@ -15,6 +15,7 @@
 //! docs/training.md walks through a run.
 #![warn(missing_docs)]
 
+pub mod affinity;
 pub mod checkpoint;
 pub mod config;
 pub mod distributed;

@@ -223,6 +223,8 @@ impl CompiledGrad {
 /// share of the batch, so the average is the whole batch's mean.
 pub struct StreamSplit {
     workers: Vec<Worker>,
+    /// The CPU each worker is pinned to, if they are (crate::affinity).
+    cpus: Option<Vec<usize>>,
     names: Vec<String>,
     finish: Finish,
     /// The (x, y) shapes every worker has already traced.
@@ -242,7 +244,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(template: &Gpt, index: usize) -> Worker {
+    fn spawn(template: &Gpt, index: usize, cpu: Option<usize>) -> Worker {
         let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
         let (answer_tx, answer_rx) = std::sync::mpsc::channel::<Answer>();
         let template = template.clone();
@@ -252,6 +254,12 @@ impl Worker {
             // give them a main thread's stack rather than the 2 MiB default.
             .stack_size(8 << 20)
             .spawn(move || {
+                // Before the stream exists: its thread inherits this thread's CPU mask.
+                if let Some(cpu) = cpu {
+                    if !crate::affinity::pin_current_thread(cpu) {
+                        tracing::debug!(cpu, "could not pin training stream {index}");
+                    }
+                }
                 // Built here: the compiled function and this thread's default stream
                 // belong to this thread.
                 let mut grad = CompiledGrad::new(&template);
@@ -292,11 +300,24 @@ impl Drop for Worker {
 }
 
 impl StreamSplit {
-    /// `n` parts, each with its own thread, stream and compiled function.
+    /// `n` parts, each with its own thread, stream and compiled function, each on a core
+    /// of its own where [`crate::affinity::worker_cpus`] finds them.
     pub fn new(template: &Gpt, n: usize) -> Self {
+        Self::with_cpus(template, n, crate::affinity::worker_cpus(n))
+    }
+
+    /// As [`StreamSplit::new`], with worker `i` pinned to `cpus[i]`, or not pinned.
+    pub fn with_cpus(template: &Gpt, n: usize, cpus: Option<Vec<usize>>) -> Self {
+        let cpus = cpus.filter(|c| c.len() == n);
         let names = param_names(template);
         let finish = Finish::new(names.len(), true);
-        StreamSplit { workers: (0..n).map(|i| Worker::spawn(template, i)).collect(), names, finish, warm: None }
+        let workers = (0..n).map(|i| Worker::spawn(template, i, cpus.as_ref().map(|c| c[i]))).collect();
+        StreamSplit { workers, cpus, names, finish, warm: None }
+    }
+
+    /// The CPU each part's threads are pinned to, if they are.
+    pub fn cpus(&self) -> Option<&[usize]> {
+        self.cpus.as_deref()
     }
 
     /// Number of parts.

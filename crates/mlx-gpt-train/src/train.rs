@@ -189,7 +189,10 @@ impl GradEngine {
         if streams > 1 && c.batch_size.is_multiple_of(streams) && on_cpu {
             // Each stream's matmuls run on its own core: BLAS must not also fan out.
             mlx_gpt_model::runtime::set_blas_threads(1);
-            return GradEngine::Streams(StreamSplit::new(model, streams));
+            // Pinned only as the one process on this machine: the processes of a
+            // distributed run would all choose the same cores.
+            let cpus = if world_size == 1 { crate::affinity::worker_cpus(streams) } else { None };
+            return GradEngine::Streams(StreamSplit::with_cpus(model, streams, cpus));
         }
         if streams > 1 {
             tracing::info!(
@@ -215,7 +218,14 @@ impl GradEngine {
         match self {
             GradEngine::Eager => "eager".into(),
             GradEngine::Compiled(_) => "compiled".into(),
-            GradEngine::Streams(s) => format!("compiled on {} CPU streams, BLAS on 1 thread each", s.len()),
+            GradEngine::Streams(s) => match s.cpus() {
+                Some(cpus) => format!(
+                    "compiled on {} CPU streams pinned to CPUs {}, BLAS on 1 thread each",
+                    s.len(),
+                    cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+                ),
+                None => format!("compiled on {} CPU streams, BLAS on 1 thread each", s.len()),
+            },
         }
     }
 }
