@@ -147,20 +147,24 @@ Dims dims_of(const mx::array& qkv, int n_head) {
 }
 
 // inputs: qkv (B, T, 3C), weights (B, nh, T, T), dy (B, T, C) and, with dropout, its
-// multiplier (B, nh, T, T), all dense; output: dqkv (B, T, 3C).
+// multiplier (B, nh, T, T); output: dqkv (B, T, 3C).
 class CausalAttentionGrad : public mlx_gpt::CpuPrimitive {
  public:
   CausalAttentionGrad(mx::Stream stream, int n_head, float scale)
       : mlx_gpt::CpuPrimitive(stream), n_head_(n_head), scale_(scale) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const mlx_gpt::DenseInputs in(inputs);
     auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const Dims d = dims_of(inputs[0], n_head_);
-    const float *qkv = inputs[0].data<float>(), *att = inputs[1].data<float>(), *dy = inputs[2].data<float>();
-    const float* mask = inputs.size() > 3 ? inputs[3].data<float>() : nullptr;
+    const float *qkv = in[0].data<float>(), *att = in[1].data<float>(), *dy = in[2].data<float>();
+    const float* mask = in.size() > 3 ? in[3].data<float>() : nullptr;
     float* dqkv = outputs[0].data<float>();
     const float scale = scale_;
-    encoder.dispatch([=]() { attention_backward(qkv, att, mask, dy, dqkv, d, scale); });
+    encoder.dispatch([=]() {
+      in.fill();
+      attention_backward(qkv, att, mask, dy, dqkv, d, scale);
+    });
   }
   const char* name() const override {
     return "CausalAttentionGrad";
@@ -178,7 +182,7 @@ class CausalAttentionGrad : public mlx_gpt::CpuPrimitive {
   float scale_;
 };
 
-// inputs: qkv (B, T, 3C) and, with dropout, the multiplier (B, nh, T, T), dense; outputs:
+// inputs: qkv (B, T, 3C) and, with dropout, the multiplier (B, nh, T, T); outputs:
 // y (B, T, C) and the weights before dropout (B, nh, T, T), which only the gradient reads.
 class CausalAttention : public mlx_gpt::CpuPrimitive {
  public:
@@ -186,13 +190,17 @@ class CausalAttention : public mlx_gpt::CpuPrimitive {
       : mlx_gpt::CpuPrimitive(stream), n_head_(n_head), scale_(scale) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const mlx_gpt::DenseInputs in(inputs);
     auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const Dims d = dims_of(inputs[0], n_head_);
-    const float* qkv = inputs[0].data<float>();
-    const float* mask = inputs.size() > 1 ? inputs[1].data<float>() : nullptr;
+    const float* qkv = in[0].data<float>();
+    const float* mask = in.size() > 1 ? in[1].data<float>() : nullptr;
     float *y = outputs[0].data<float>(), *att = outputs[1].data<float>();
     const float scale = scale_;
-    encoder.dispatch([=]() { attention_forward(qkv, mask, y, att, d, scale); });
+    encoder.dispatch([=]() {
+      in.fill();
+      attention_forward(qkv, mask, y, att, d, scale);
+    });
   }
 
   std::vector<mx::array> vjp(
@@ -201,8 +209,7 @@ class CausalAttention : public mlx_gpt::CpuPrimitive {
       const std::vector<int>& argnums,
       const std::vector<mx::array>& outputs) override {
     // Only y is handed out (mlx_gpt_causal_attention), so only its cotangent can be non-zero.
-    auto dy = mlx_gpt::dense(cotangents[0], stream());
-    std::vector<mx::array> inputs = {primals[0], outputs[1], dy};
+    std::vector<mx::array> inputs = {primals[0], outputs[1], cotangents[0]};
     if (primals.size() > 1) {
       inputs.push_back(primals[1]);
     }
@@ -258,13 +265,13 @@ int mlx_gpt_causal_attention(mlx_array* res, const mlx_array qkv, const mlx_arra
     auto stream = mx::default_stream(mx::Device::cpu);
     const mx::Shape y_shape = {a.shape(0), a.shape(1), c};
     const mx::Shape w_shape = {a.shape(0), n_head, a.shape(1), a.shape(1)};
-    std::vector<mx::array> inputs = {mlx_gpt::dense(a, stream)};
+    std::vector<mx::array> inputs = {a};
     if (mask.ctx != nullptr) {
       const mx::array& m = mlx_array_get_(mask);
       if (m.dtype() != mx::float32 || m.shape() != w_shape) {
         throw std::invalid_argument("[CausalAttention] the dropout mask must be float32 (B, n_head, T, T)");
       }
-      inputs.push_back(mlx_gpt::dense(m, stream));
+      inputs.push_back(m);
     }
     auto outs = mx::array::make_arrays(
         {y_shape, w_shape}, {mx::float32, mx::float32}, std::make_shared<CausalAttention>(stream, n_head, scale),

@@ -96,14 +96,18 @@ MLX_GPT_CLONES void gelu_backward(const float* __restrict x, const float* __rest
 template <typename F>
 void dispatch_elementwise(
     mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs, F kernel) {
+  const mlx_gpt::DenseInputs in(inputs);
   auto& encoder = mlx_gpt::prepare(stream, inputs, outputs);
   std::vector<const float*> ptrs;
-  for (auto& in : inputs) {
-    ptrs.push_back(in.data<float>());
+  for (size_t k = 0; k < in.size(); ++k) {
+    ptrs.push_back(in[k].data<float>());
   }
   float* y = outputs[0].data<float>();
   size_t n = outputs[0].size();
-  encoder.dispatch([ptrs = std::move(ptrs), y, n, kernel]() { kernel(ptrs, y, n); });
+  encoder.dispatch([in, ptrs = std::move(ptrs), y, n, kernel]() {
+    in.fill();
+    kernel(ptrs, y, n);
+  });
 }
 
 class GeluGrad : public mlx_gpt::CpuPrimitive {
@@ -146,8 +150,8 @@ class Gelu : public mlx_gpt::CpuPrimitive {
       const std::vector<mx::array>& cotangents,
       const std::vector<int>&,
       const std::vector<mx::array>&) override {
-    auto g = mlx_gpt::dense(cotangents[0], stream());
-    return {mx::array(primals[0].shape(), mx::float32, std::make_shared<GeluGrad>(stream(), tanh_), {primals[0], g})};
+    return {mx::array(
+        primals[0].shape(), mx::float32, std::make_shared<GeluGrad>(stream(), tanh_), {primals[0], cotangents[0]})};
   }
 
   const char* name() const override {
@@ -178,8 +182,7 @@ int mlx_gpt_gelu(mlx_array* res, const mlx_array x, bool tanh) {
       throw std::invalid_argument("[Gelu] takes float32 only");
     }
     auto stream = mx::default_stream(mx::Device::cpu);
-    auto xc = mlx_gpt::dense(xa, stream);
-    mlx_array_set_(*res, mx::array(xa.shape(), mx::float32, std::make_shared<Gelu>(stream, tanh), {xc}));
+    mlx_array_set_(*res, mx::array(xa.shape(), mx::float32, std::make_shared<Gelu>(stream, tanh), {xa}));
     return 0;
   });
 }

@@ -115,19 +115,23 @@ MLX_GPT_CLONES void ln_backward(
   }
 }
 
-// inputs: x (..., C), w (C), mean (rows), rstd (rows), dy (..., C), all dense;
-// outputs: dx (..., C), dw (C), db (C).
+// inputs: x (..., C), w (C), mean (rows), rstd (rows), dy (..., C); outputs: dx (..., C),
+// dw (C), db (C).
 class LayerNormGrad : public mlx_gpt::CpuPrimitive {
  public:
   explicit LayerNormGrad(mx::Stream stream) : mlx_gpt::CpuPrimitive(stream) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const mlx_gpt::DenseInputs in(inputs);
     auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const size_t c = inputs[1].size(), rows = inputs[2].size();
-    const float *x = inputs[0].data<float>(), *w = inputs[1].data<float>(), *mean = inputs[2].data<float>(),
-                *rstd = inputs[3].data<float>(), *dy = inputs[4].data<float>();
+    const float *x = in[0].data<float>(), *w = in[1].data<float>(), *mean = in[2].data<float>(),
+                *rstd = in[3].data<float>(), *dy = in[4].data<float>();
     float *dx = outputs[0].data<float>(), *dw = outputs[1].data<float>(), *db = outputs[2].data<float>();
-    encoder.dispatch([=]() { ln_backward(x, w, mean, rstd, dy, dx, dw, db, rows, c); });
+    encoder.dispatch([=]() {
+      in.fill();
+      ln_backward(x, w, mean, rstd, dy, dx, dw, db, rows, c);
+    });
   }
   const char* name() const override {
     return "LayerNormGrad";
@@ -140,20 +144,24 @@ class LayerNormGrad : public mlx_gpt::CpuPrimitive {
   }
 };
 
-// inputs: x (..., C), w (C) and optionally b (C), all dense; outputs: y (..., C), and
-// each row's mean and 1/σ (rows), which only the gradient reads.
+// inputs: x (..., C), w (C) and optionally b (C); outputs: y (..., C), and each row's
+// mean and 1/σ (rows), which only the gradient reads.
 class LayerNorm : public mlx_gpt::CpuPrimitive {
  public:
   LayerNorm(mx::Stream stream, float eps) : mlx_gpt::CpuPrimitive(stream), eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const mlx_gpt::DenseInputs in(inputs);
     auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const size_t c = inputs[1].size(), rows = outputs[1].size();
-    const float *x = inputs[0].data<float>(), *w = inputs[1].data<float>();
-    const float* b = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
+    const float *x = in[0].data<float>(), *w = in[1].data<float>();
+    const float* b = in.size() > 2 ? in[2].data<float>() : nullptr;
     float *y = outputs[0].data<float>(), *mean = outputs[1].data<float>(), *rstd = outputs[2].data<float>();
     const float eps = eps_;
-    encoder.dispatch([=]() { ln_forward(x, w, b, y, mean, rstd, rows, c, eps); });
+    encoder.dispatch([=]() {
+      in.fill();
+      ln_forward(x, w, b, y, mean, rstd, rows, c, eps);
+    });
   }
 
   std::vector<mx::array> vjp(
@@ -162,7 +170,7 @@ class LayerNorm : public mlx_gpt::CpuPrimitive {
       const std::vector<int>& argnums,
       const std::vector<mx::array>& outputs) override {
     // Only y is handed out (mlx_gpt_layer_norm), so only its cotangent can be non-zero.
-    auto dy = mlx_gpt::dense(cotangents[0], stream());
+    const auto& dy = cotangents[0];
     auto grads = mx::array::make_arrays(
         {primals[0].shape(), primals[1].shape(), primals[1].shape()},
         {mx::float32, mx::float32, mx::float32},
@@ -206,13 +214,13 @@ int mlx_gpt_layer_norm(mlx_array* res, const mlx_array x, const mlx_array w, con
       throw std::invalid_argument("[LayerNorm] needs float32 x (..., C) and a float32 weight (C)");
     }
     auto stream = mx::default_stream(mx::Device::cpu);
-    std::vector<mx::array> inputs = {mlx_gpt::dense(xa, stream), mlx_gpt::dense(wa, stream)};
+    std::vector<mx::array> inputs = {xa, wa};
     if (bias.ctx != nullptr) {
       const mx::array& ba = mlx_array_get_(bias);
       if (ba.dtype() != mx::float32 || ba.shape() != wa.shape()) {
         throw std::invalid_argument("[LayerNorm] the bias must be float32 of the weight's shape");
       }
-      inputs.push_back(mlx_gpt::dense(ba, stream));
+      inputs.push_back(ba);
     }
     const mx::Shape rows = {static_cast<int>(xa.size() / wa.size())};
     auto outs = mx::array::make_arrays(

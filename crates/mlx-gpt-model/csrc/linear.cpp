@@ -55,23 +55,25 @@ MLX_GPT_CLONES void column_sums(const float* __restrict g, size_t rows, size_t o
   }
 }
 
-// inputs: x (rows, in), W, g (rows, out), all dense; outputs, in this order, those asked
-// for: dx (x's shape), dW (W's shape), db (out).
+// inputs: x (rows, in), W, g (rows, out); outputs, in this order, those asked for: dx
+// (x's shape), dW (W's shape), db (out).
 class LinearGrad : public mlx_gpt::CpuPrimitive {
  public:
   LinearGrad(mx::Stream stream, bool w_t, bool want_dx, bool want_dw, bool want_db)
       : mlx_gpt::CpuPrimitive(stream), w_t_(w_t), want_dx_(want_dx), want_dw_(want_dw), want_db_(want_db) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const mlx_gpt::DenseInputs in(inputs);
     auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const Dims d = dims_of(inputs[0], inputs[1], w_t_);
-    const float *x = inputs[0].data<float>(), *w = inputs[1].data<float>(), *g = inputs[2].data<float>();
+    const float *x = in[0].data<float>(), *w = in[1].data<float>(), *g = in[2].data<float>();
     size_t next = 0;
     float* dx = want_dx_ ? outputs[next++].data<float>() : nullptr;
     float* dw = want_dw_ ? outputs[next++].data<float>() : nullptr;
     float* db = want_db_ ? outputs[next++].data<float>() : nullptr;
     const bool w_t = w_t_;
     encoder.dispatch([=]() {
+      in.fill();
       if (dx != nullptr) {
         // x, saved from the forward pass, is long out of L2; ask for it now so that the
         // weight gradient below finds it there (when it fits).
@@ -112,20 +114,22 @@ class LinearGrad : public mlx_gpt::CpuPrimitive {
   bool w_t_, want_dx_, want_dw_, want_db_;
 };
 
-// inputs: x (..., in), W ((in, out), or (out, in) when w_t) and optionally b (out), all
-// dense; output: y (..., out).
+// inputs: x (..., in), W ((in, out), or (out, in) when w_t) and optionally b (out);
+// output: y (..., out).
 class Linear : public mlx_gpt::CpuPrimitive {
  public:
   Linear(mx::Stream stream, bool w_t) : mlx_gpt::CpuPrimitive(stream), w_t_(w_t) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const mlx_gpt::DenseInputs in(inputs);
     auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
     const Dims d = dims_of(inputs[0], inputs[1], w_t_);
-    const float *x = inputs[0].data<float>(), *w = inputs[1].data<float>();
-    const float* b = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
+    const float *x = in[0].data<float>(), *w = in[1].data<float>();
+    const float* b = in.size() > 2 ? in[2].data<float>() : nullptr;
     float* y = outputs[0].data<float>();
     const bool w_t = w_t_;
     encoder.dispatch([=]() {
+      in.fill();
       mlx_gpt::gemm(false, w_t, d.rows, d.out, d.in, 1.0f, x, d.in, w, w_t ? d.in : d.out, y, d.out,
                     b != nullptr ? GemmInit::Bias : GemmInit::Zero, b);
     });
@@ -140,7 +144,7 @@ class Linear : public mlx_gpt::CpuPrimitive {
     for (int arg : argnums) {
       want[arg] = true;
     }
-    auto g = mlx_gpt::dense(cotangents[0], stream());
+    const auto& g = cotangents[0];
     std::vector<mx::Shape> shapes;
     std::vector<mx::Dtype> dtypes;
     int slot[3] = {-1, -1, -1};
@@ -197,13 +201,13 @@ int mlx_gpt_linear(mlx_array* res, const mlx_array x, const mlx_array w, const m
                                   std::to_string(in));
     }
     auto stream = mx::default_stream(mx::Device::cpu);
-    std::vector<mx::array> inputs = {mlx_gpt::dense(xa, stream), mlx_gpt::dense(wa, stream)};
+    std::vector<mx::array> inputs = {xa, wa};
     if (bias.ctx != nullptr) {
       const mx::array& b = mlx_array_get_(bias);
       if (b.dtype() != mx::float32 || b.ndim() != 1 || b.shape(0) != out) {
         throw std::invalid_argument("[Linear] the bias must be float32 (" + std::to_string(out) + ",)");
       }
-      inputs.push_back(mlx_gpt::dense(b, stream));
+      inputs.push_back(b);
     }
     auto shape = xa.shape();
     shape.back() = out;

@@ -10,8 +10,11 @@
 #include <mlx/backend/cpu/encoder.h>
 #include <mlx/primitives.h>
 
+#include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mlx_gpt {
@@ -66,17 +69,73 @@ inline mlx::core::cpu::CommandEncoder& prepare(mlx::core::Stream stream,
   return encoder;
 }
 
-// `a` as a dense row-major array for a primitive's input (every entry point in csrc/
-// passes its inputs through here): `a` itself when it is already computed and dense,
-// else a Contiguous node (a copy only where needed). The node costs a task and a graph
-// vertex even when it copies nothing: per token in generation, and hundreds of times in
-// the optimizer step. Unevaluated inputs (everything under compile) still get the node,
-// since their layout is not known yet.
+// `a` as a dense row-major array for a primitive's input, decided when the graph is
+// built: `a` itself when it is already computed and dense, else a Contiguous node (a
+// copy only where needed). For inputs that are computed already, as the optimizer
+// step's are; under compile nothing is, and a node per input made up 94 of the 225
+// nodes of a baby GPT's half-batch graph, so the primitives used there take their
+// inputs as they come and go through DenseInputs instead.
 inline mlx::core::array dense(const mlx::core::array& a, mlx::core::Stream stream) {
   if (a.is_available() && a.flags().row_contiguous) {
     return a;
   }
   return mlx::core::contiguous(a, false, stream);
 }
+
+// A primitive's inputs as dense row-major arrays, decided in eval_cpu, when their
+// layouts are known: each input itself where it is one (nearly always), else a new
+// buffer that fill() copies it into. The task calls fill() before it reads anything
+// (the inputs are only computed by then), and holds this object, and so the copies,
+// until it has run.
+class DenseInputs {
+ public:
+  explicit DenseInputs(const std::vector<mlx::core::array>& inputs) {
+    for (const auto& in : inputs) {
+      if (in.flags().row_contiguous) {
+        arrays_.push_back(in);
+        continue;
+      }
+      mlx::core::array copy(in.shape(), in.dtype(), nullptr, {});
+      copy.set_data(mlx::core::allocator::malloc(copy.nbytes()));
+      copies_.emplace_back(in, copy);
+      arrays_.push_back(copy);
+    }
+  }
+
+  const mlx::core::array& operator[](size_t k) const {
+    return arrays_[k];
+  }
+  size_t size() const {
+    return arrays_.size();
+  }
+
+  // Copies the inputs that were not dense into their buffers, element by element.
+  void fill() const {
+    for (auto& [src, dst] : copies_) {
+      const size_t item = src.itemsize(), ndim = src.ndim();
+      const char* from = src.data<char>();
+      char* to = dst.data<char>();
+      std::vector<int64_t> index(ndim, 0);
+      for (size_t n = 0; n < dst.size(); ++n) {
+        int64_t offset = 0;
+        for (size_t d = 0; d < ndim; ++d) {
+          offset += index[d] * src.strides()[d];
+        }
+        std::memcpy(to + n * item, from + offset * static_cast<int64_t>(item), item);
+        for (size_t d = ndim; d-- > 0;) {
+          if (++index[d] < src.shape(static_cast<int>(d))) {
+            break;
+          }
+          index[d] = 0;
+        }
+      }
+    }
+  }
+
+ private:
+  std::vector<mlx::core::array> arrays_;
+  // (input, its dense copy); fill() writes the copies' buffers from a const task.
+  mutable std::vector<std::pair<mlx::core::array, mlx::core::array>> copies_;
+};
 
 }  // namespace mlx_gpt
