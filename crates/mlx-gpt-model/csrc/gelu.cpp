@@ -92,6 +92,35 @@ MLX_GPT_CLONES void gelu_backward(const float* __restrict x, const float* __rest
   }
 }
 
+// GELU and its slope together, for training: y = x Φ(x), and s = Φ(x) + x φ(x) computed
+// exactly as gelu_backward computes its factor, so that g·s is bitwise its result. The
+// slope shares erf's exp, so it costs the forward pass a few operations and a store;
+// the backward pass is then a product, where it recomputed exp and erf from x.
+MLX_GPT_CLONES void gelu_forward_slope(const float* __restrict x, float* __restrict y, float* __restrict s, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float u = v * kInvSqrt2;
+    const float e = mlx_gpt::exp1(-u * u);
+    const float erf = erf_given_exp(u, e);
+    y[i] = 0.5f * v * (1.0f + erf);
+    const float cdf = 0.5f * (1.0f + erf);
+    const float pdf = kInvSqrt2Pi * e;
+    s[i] = cdf + v * pdf;
+  }
+}
+
+// The tanh form's value and slope (as gelu_tanh_backward's factor).
+MLX_GPT_CLONES void gelu_tanh_forward_slope(const float* __restrict x, float* __restrict y, float* __restrict s,
+                                            size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float t = tanh1(kSqrt2OverPi * (v + kTanhCubic * v * v * v));
+    y[i] = 0.5f * v * (1.0f + t);
+    const float du = kSqrt2OverPi * (1.0f + 3.0f * kTanhCubic * v * v);
+    s[i] = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+  }
+}
+
 // Allocates outputs[0] (same shape as inputs[0]) and dispatches `kernel(ptrs..., out, n)`.
 template <typename F>
 void dispatch_elementwise(
@@ -134,14 +163,29 @@ class GeluGrad : public mlx_gpt::CpuPrimitive {
   bool tanh_;
 };
 
+// inputs: x; outputs: y and, `with_slope`, the slope at x (for training: the gradient is
+// then the cotangent times the slope, a product compile can fuse with its neighbours).
 class Gelu : public mlx_gpt::CpuPrimitive {
  public:
-  Gelu(mx::Stream stream, bool tanh) : mlx_gpt::CpuPrimitive(stream), tanh_(tanh) {}
+  Gelu(mx::Stream stream, bool tanh, bool with_slope)
+      : mlx_gpt::CpuPrimitive(stream), tanh_(tanh), with_slope_(with_slope) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const bool tanh = tanh_;
-    dispatch_elementwise(stream(), inputs, outputs, [tanh](const std::vector<const float*>& p, float* y, size_t n) {
-      (tanh ? gelu_tanh_forward : gelu_forward)(p[0], y, n);
+    if (!with_slope_) {
+      dispatch_elementwise(stream(), inputs, outputs, [tanh](const std::vector<const float*>& p, float* y, size_t n) {
+        (tanh ? gelu_tanh_forward : gelu_forward)(p[0], y, n);
+      });
+      return;
+    }
+    const mlx_gpt::DenseInputs in(inputs);
+    auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
+    const float* x = in[0].data<float>();
+    float *y = outputs[0].data<float>(), *slope = outputs[1].data<float>();
+    const size_t n = outputs[0].size();
+    encoder.dispatch([=]() {
+      in.fill();
+      (tanh ? gelu_tanh_forward_slope : gelu_forward_slope)(x, y, slope, n);
     });
   }
 
@@ -149,7 +193,10 @@ class Gelu : public mlx_gpt::CpuPrimitive {
       const std::vector<mx::array>& primals,
       const std::vector<mx::array>& cotangents,
       const std::vector<int>&,
-      const std::vector<mx::array>&) override {
+      const std::vector<mx::array>& outputs) override {
+    if (with_slope_) {
+      return {mx::multiply(cotangents[0], outputs[1], stream())};
+    }
     return {mx::array(
         primals[0].shape(), mx::float32, std::make_shared<GeluGrad>(stream(), tanh_), {primals[0], cotangents[0]})};
   }
@@ -158,14 +205,18 @@ class Gelu : public mlx_gpt::CpuPrimitive {
     return "Gelu";
   }
   bool is_equivalent(const mx::Primitive& other) const override {
-    return tanh_ == static_cast<const Gelu&>(other).tanh_;
+    auto& o = static_cast<const Gelu&>(other);
+    return tanh_ == o.tanh_ && with_slope_ == o.with_slope_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    if (with_slope_) {
+      return {inputs[0].shape(), inputs[0].shape()};
+    }
     return {inputs[0].shape()};
   }
 
  private:
-  bool tanh_;
+  bool tanh_, with_slope_;
 };
 
 }  // namespace
@@ -173,16 +224,22 @@ class Gelu : public mlx_gpt::CpuPrimitive {
 extern "C" {
 
 // *res = GELU(x) for float32 x (exact, or the tanh approximation when `tanh`), on this
-// thread's default CPU stream, differentiable. Returns 0, or 1 with the reason in
+// thread's default CPU stream, differentiable; `with_slope` (for training) also computes
+// the slope in the forward pass, for the gradient. Returns 0, or 1 with the reason in
 // mlx_gpt_last_error().
-int mlx_gpt_gelu(mlx_array* res, const mlx_array x, bool tanh) {
+int mlx_gpt_gelu(mlx_array* res, const mlx_array x, bool tanh, bool with_slope) {
   return mlx_gpt::guarded([&]() {
     const mx::array& xa = mlx_array_get_(x);
     if (xa.dtype() != mx::float32) {
       throw std::invalid_argument("[Gelu] takes float32 only");
     }
     auto stream = mx::default_stream(mx::Device::cpu);
-    mlx_array_set_(*res, mx::array(xa.shape(), mx::float32, std::make_shared<Gelu>(stream, tanh), {xa}));
+    auto primitive = std::make_shared<Gelu>(stream, tanh, with_slope);
+    if (with_slope) {
+      mlx_array_set_(*res, mx::array::make_arrays({xa.shape(), xa.shape()}, {mx::float32, mx::float32}, primitive, {xa})[0]);
+    } else {
+      mlx_array_set_(*res, mx::array(xa.shape(), mx::float32, primitive, {xa}));
+    }
     return 0;
   });
 }

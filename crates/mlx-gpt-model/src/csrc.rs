@@ -31,7 +31,12 @@ extern "C" {
     /// (on, and the CPU has AVX-512).
     pub(crate) fn mlx_gpt_set_own_gemm(on: bool) -> bool;
     /// `*res = x·Φ(x)` (or the tanh approximation) as a `Gelu` primitive (csrc/gelu.cpp).
-    pub(crate) fn mlx_gpt_gelu(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array, tanh: bool) -> libc::c_int;
+    pub(crate) fn mlx_gpt_gelu(
+        res: *mut mlx_sys::mlx_array,
+        x: mlx_sys::mlx_array,
+        tanh: bool,
+        with_slope: bool,
+    ) -> libc::c_int;
     /// `*res = LayerNorm(x; w, bias, eps)` as a `LayerNorm` primitive (csrc/layer_norm.cpp);
     /// `bias` may be an empty handle.
     pub(crate) fn mlx_gpt_layer_norm(

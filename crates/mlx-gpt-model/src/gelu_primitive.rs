@@ -23,7 +23,10 @@ pub fn enabled() -> bool {
 
 /// GELU through the primitive, `x·Φ(x)` or (`tanh`) `x·½(1 + tanh(√(2/π)(x + 0.044715x³)))`,
 /// or `Ok(None)` when it does not apply (switched off, not float32, not on the CPU).
-pub fn gelu(x: &Array, tanh: bool) -> Result<Option<Array>, Exception> {
+/// `with_slope` (for training) has the forward pass also store GELU's slope, so that the
+/// gradient is a product instead of a second evaluation of erf (or tanh) and exp; the
+/// results are bitwise the same either way.
+pub fn gelu(x: &Array, tanh: bool, with_slope: bool) -> Result<Option<Array>, Exception> {
     if !enabled()
         || x.dtype() != Dtype::Float32
         || crate::device::default_device() != Some(crate::device::DeviceKind::Cpu)
@@ -31,7 +34,7 @@ pub fn gelu(x: &Array, tanh: bool) -> Result<Option<Array>, Exception> {
         return Ok(None);
     }
     // SAFETY: mlx_gpt_gelu with the given handle; `x` outlives the call.
-    unsafe { crate::csrc::call(|res| crate::csrc::mlx_gpt_gelu(res, x.as_ptr(), tanh)) }
+    unsafe { crate::csrc::call(|res| crate::csrc::mlx_gpt_gelu(res, x.as_ptr(), tanh, with_slope)) }
 }
 
 #[cfg(test)]
@@ -40,9 +43,10 @@ mod tests {
     use crate::config::Activation;
     use mlx_rs::{random, transforms};
 
-    /// Forward and gradient of both forms against their formulas written as MLX ops
-    /// (`mlp::gelu_ops`), on
-    /// values that cover the tails, plus a strided input.
+    /// Forward and gradient of both forms, with and without the stored slope, against
+    /// their formulas written as MLX ops (`mlp::gelu_ops`), on values that cover the
+    /// tails, plus a strided input; with the slope, value and gradient are bitwise those
+    /// without.
     #[test]
     fn forward_and_gradient_match_the_formulas() {
         let x = random::normal::<f32>(&[7, 33], None, Some(3.0), &random::key(5).unwrap()).unwrap();
@@ -55,24 +59,30 @@ mod tests {
             }
         };
         let w = random::normal::<f32>(&[7, 33], None, None, &random::key(6).unwrap()).unwrap();
+        // Gradient of sum(w · f(x)) with a non-trivial cotangent w (transposed with x).
+        let grad_of = |f: &dyn Fn(&Array) -> Result<Array, Exception>, x: &Array| {
+            let w = if x.shape() == w.shape() { w.clone() } else { w.t() };
+            let mut g =
+                transforms::grad(move |x: &Array| -> Result<Array, Exception> { f(x)?.multiply(&w)?.sum(None) });
+            g(x).unwrap()
+        };
+        let bits =
+            |a: &Array| a.reshape(&[-1]).unwrap().as_slice::<f32>().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for tanh in [false, true] {
-            let custom =
-                move |x: &Array| -> Result<Array, Exception> { Ok(gelu(x, tanh)?.expect("float32 on the CPU")) };
             let activation = if tanh { Activation::GeluNew } else { Activation::Gelu };
             let reference = move |x: &Array| crate::mlp::gelu_ops(x, activation);
-            close(&custom(&x).unwrap(), &reference(&x).unwrap());
-            let strided = x.t();
-            close(&custom(&strided).unwrap(), &reference(&strided).unwrap());
-            // Gradient of sum(w · gelu(x)) with a non-trivial cotangent w.
-            let grad_of = |f: &dyn Fn(&Array) -> Result<Array, Exception>| {
-                let w = w.clone();
-                let mut g =
-                    transforms::grad(move |x: &Array| -> Result<Array, Exception> { f(x)?.multiply(&w)?.sum(None) });
-                g(&x).unwrap()
-            };
-            close(&grad_of(&custom), &grad_of(&reference));
+            let plain =
+                move |x: &Array| -> Result<Array, Exception> { Ok(gelu(x, tanh, false)?.expect("float32 on the CPU")) };
+            let sloped =
+                move |x: &Array| -> Result<Array, Exception> { Ok(gelu(x, tanh, true)?.expect("float32 on the CPU")) };
+            for input in [x.clone(), x.t()] {
+                close(&plain(&input).unwrap(), &reference(&input).unwrap());
+                close(&grad_of(&plain, &input), &grad_of(&reference, &input));
+                assert_eq!(bits(&sloped(&input).unwrap()), bits(&plain(&input).unwrap()), "tanh {tanh}: value");
+                assert_eq!(bits(&grad_of(&sloped, &input)), bits(&grad_of(&plain, &input)), "tanh {tanh}: gradient");
+            }
             // Not for other dtypes.
-            assert!(gelu(&x.as_dtype(Dtype::Float16).unwrap(), tanh).unwrap().is_none());
+            assert!(gelu(&x.as_dtype(Dtype::Float16).unwrap(), tanh, false).unwrap().is_none());
         }
     }
 }

@@ -36,7 +36,11 @@ impl Mlp {
     /// x (B, T, C) → (B, T, C)
     pub fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
         let h = self.c_fc.forward(x)?; // (B, T, 4C)
-        let h = gelu(&h, self.activation)?;
+                                       // Training: the primitive also keeps GELU's slope for the backward pass.
+        let h = match crate::gelu_primitive::gelu(&h, self.activation == Activation::GeluNew, self.dropout.training)? {
+            Some(y) => y,
+            None => gelu_ops(&h, self.activation)?,
+        };
         self.dropout.forward(&self.c_proj.forward(&h)?)
     }
 }
@@ -45,7 +49,7 @@ impl Mlp {
 /// Exact: `x·½(1 + erf(x/√2))`; tanh: `x·½(1 + tanh(√(2/π)(x + 0.044715x³)))`.
 pub fn gelu(x: &Array, activation: Activation) -> Result<Array, Exception> {
     // float32 on the CPU: one-pass forward and gradient (crate::gelu_primitive).
-    if let Some(y) = crate::gelu_primitive::gelu(x, activation == Activation::GeluNew)? {
+    if let Some(y) = crate::gelu_primitive::gelu(x, activation == Activation::GeluNew, false)? {
         return Ok(y);
     }
     gelu_ops(x, activation)
