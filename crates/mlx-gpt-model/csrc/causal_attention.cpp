@@ -45,10 +45,7 @@ MLX_GPT_INLINE void gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float a
 MLX_GPT_CLONES void causal_softmax_rows(float* __restrict p, size_t T) {
   for (size_t t = 0; t < T; ++t, p += T) {
     const size_t n = t + 1;
-    float m = p[0];
-    for (size_t t2 = 1; t2 < n; ++t2) {
-      m = p[t2] > m ? p[t2] : m;
-    }
+    const float m = mlx_gpt::max(p, n);
     for (size_t t2 = 0; t2 < n; ++t2) {
       p[t2] = mlx_gpt::exp1(p[t2] - m);
     }
@@ -60,6 +57,53 @@ MLX_GPT_CLONES void causal_softmax_rows(float* __restrict p, size_t T) {
       p[t2] = 0.0f;
     }
   }
+}
+
+#if MLX_GPT_AVX512
+// causal_softmax_rows with AVX-512 intrinsics: a row of the baby GPT is 1 to 64 values,
+// and the generic code's reductions (a scalar max, the kLanes partial sums added up
+// through shuffles) took most of its time. Same exp (exp16); the sum is added up in
+// another order. (GCC 12's -Wmaybe-uninitialized on the reduce intrinsics is a known
+// false positive.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) void causal_softmax_rows_avx512(float* __restrict p, size_t T) {
+  for (size_t t = 0; t < T; ++t, p += T) {
+    const size_t n = t + 1;
+    __m512 vmax = _mm512_set1_ps(p[0]);
+    for (size_t i = 0; i < n; i += 16) {
+      const __mmask16 k = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+      vmax = _mm512_mask_max_ps(vmax, k, vmax, _mm512_maskz_loadu_ps(k, p + i));
+    }
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+    __m512 sum = _mm512_setzero_ps();
+    for (size_t i = 0; i < n; i += 16) {
+      const __mmask16 k = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+      const __m512 e = mlx_gpt::exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + i), m));
+      sum = _mm512_mask_add_ps(sum, k, sum, e);
+      _mm512_mask_storeu_ps(p + i, k, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (size_t i = 0; i < T; i += 16) {
+      // Positions 0..n scaled, the rest (the future) zero.
+      const __mmask16 k = i >= n ? 0 : n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+      const __mmask16 all = T - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (T - i)) - 1);
+      _mm512_mask_storeu_ps(p + i, all, _mm512_maskz_mul_ps(k, _mm512_maskz_loadu_ps(k, p + i), inv));
+    }
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+// The softmax kernel for this CPU.
+void causal_softmax(float* p, size_t T) {
+#if MLX_GPT_AVX512
+  if (mlx_gpt::cpu_has_avx512()) {
+    causal_softmax_rows_avx512(p, T);
+    return;
+  }
+#endif
+  causal_softmax_rows(p, T);
 }
 
 // dS = P ∘ (dP − rowsum(P ∘ dP)) · scale, in place over dP (T × T); zero where P is.
@@ -98,7 +142,7 @@ void attention_forward(const float* qkv, const float* mask, float* y, float* att
       const float* q = qkv + b * T * ld + h * hs;
       float* p = att + (b * d.n_head + h) * T * T;
       gemm(false, true, T, T, hs, scale, q, ld, q + C, ld, p, T);
-      causal_softmax_rows(p, T);
+      causal_softmax(p, T);
       const float* weights = p;
       if (mask != nullptr) {
         apply_mask(p, mask + (b * d.n_head + h) * T * T, dropped.data(), T * T);

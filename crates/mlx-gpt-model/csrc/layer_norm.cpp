@@ -115,6 +115,108 @@ MLX_GPT_CLONES void ln_backward(
   }
 }
 
+#if MLX_GPT_AVX512
+// The same two kernels with AVX-512 intrinsics, for C a multiple of 16 (the models'
+// widths). With the generic code above, GCC kept the kLanes partial sums on the stack and
+// added them up through a long chain of shuffles and scalar adds: for the baby GPT's
+// 128 features that was most of a row's time (docs/performance.md). Here the sums stay in
+// registers and are reduced as a tree; the results differ from the generic kernels' in
+// the order of the additions only. (GCC 12 warns that _mm512_reduce_add_ps's unused
+// "undefined" operand may be uninitialised: a known false positive.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) void ln_forward_avx512(const float* __restrict x, const float* __restrict w,
+                                                         const float* __restrict b, float* __restrict y,
+                                                         float* __restrict mean, float* __restrict rstd, size_t rows,
+                                                         size_t c, float eps) {
+  const float inv_c = 1.0f / static_cast<float>(c);
+  for (size_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * c;
+    float* yr = y + r * c;
+    __m512 s = _mm512_setzero_ps();
+    for (size_t i = 0; i < c; i += 16) {
+      s = _mm512_add_ps(s, _mm512_loadu_ps(xr + i));
+    }
+    const float m = _mm512_reduce_add_ps(s) * inv_c;
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512 q = _mm512_setzero_ps();
+    for (size_t i = 0; i < c; i += 16) {
+      const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xr + i), vm);
+      q = _mm512_fmadd_ps(d, d, q);
+    }
+    const float rs = 1.0f / std::sqrt(_mm512_reduce_add_ps(q) * inv_c + eps);
+    const __m512 vrs = _mm512_set1_ps(rs);
+    for (size_t i = 0; i < c; i += 16) {
+      const __m512 n = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xr + i), vm), vrs);
+      const __m512 bias = b != nullptr ? _mm512_loadu_ps(b + i) : _mm512_setzero_ps();
+      _mm512_storeu_ps(yr + i, _mm512_fmadd_ps(n, _mm512_loadu_ps(w + i), bias));
+    }
+    mean[r] = m;
+    rstd[r] = rs;
+  }
+}
+
+__attribute__((target("avx512f"))) void ln_backward_avx512(const float* __restrict x, const float* __restrict w,
+                                                          const float* __restrict mean, const float* __restrict rstd,
+                                                          const float* __restrict dy, float* __restrict dx,
+                                                          float* __restrict dw, float* __restrict db, size_t rows,
+                                                          size_t c) {
+  const float inv_c = 1.0f / static_cast<float>(c);
+  for (size_t i = 0; i < c; ++i) {
+    dw[i] = 0.0f;
+    db[i] = 0.0f;
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * c;
+    const float* gr = dy + r * c;
+    float* dxr = dx + r * c;
+    const __m512 vm = _mm512_set1_ps(mean[r]), vrs = _mm512_set1_ps(rstd[r]);
+    __m512 sg = _mm512_setzero_ps(), sgn = _mm512_setzero_ps();
+    for (size_t i = 0; i < c; i += 16) {
+      const __m512 g = _mm512_mul_ps(_mm512_loadu_ps(gr + i), _mm512_loadu_ps(w + i));
+      const __m512 n = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xr + i), vm), vrs);
+      sg = _mm512_add_ps(sg, g);
+      sgn = _mm512_fmadd_ps(g, n, sgn);
+    }
+    const __m512 mg = _mm512_set1_ps(_mm512_reduce_add_ps(sg) * inv_c);
+    const __m512 mgn = _mm512_set1_ps(_mm512_reduce_add_ps(sgn) * inv_c);
+    for (size_t i = 0; i < c; i += 16) {
+      const __m512 gi = _mm512_loadu_ps(gr + i);
+      const __m512 n = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xr + i), vm), vrs);
+      // (g·w − mean(g·w) − n·mean(g·w·n))·rstd
+      const __m512 t = _mm512_fnmadd_ps(n, mgn, _mm512_sub_ps(_mm512_mul_ps(gi, _mm512_loadu_ps(w + i)), mg));
+      _mm512_storeu_ps(dxr + i, _mm512_mul_ps(t, vrs));
+      _mm512_storeu_ps(dw + i, _mm512_fmadd_ps(gi, n, _mm512_loadu_ps(dw + i)));
+      _mm512_storeu_ps(db + i, _mm512_add_ps(gi, _mm512_loadu_ps(db + i)));
+    }
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+// The kernels for this CPU and width.
+void layer_norm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
+                        size_t rows, size_t c, float eps) {
+#if MLX_GPT_AVX512
+  if (c % 16 == 0 && mlx_gpt::cpu_has_avx512()) {
+    ln_forward_avx512(x, w, b, y, mean, rstd, rows, c, eps);
+    return;
+  }
+#endif
+  ln_forward(x, w, b, y, mean, rstd, rows, c, eps);
+}
+
+void layer_norm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
+                         float* dx, float* dw, float* db, size_t rows, size_t c) {
+#if MLX_GPT_AVX512
+  if (c % 16 == 0 && mlx_gpt::cpu_has_avx512()) {
+    ln_backward_avx512(x, w, mean, rstd, dy, dx, dw, db, rows, c);
+    return;
+  }
+#endif
+  ln_backward(x, w, mean, rstd, dy, dx, dw, db, rows, c);
+}
+
 // inputs: x (..., C), w (C), mean (rows), rstd (rows), dy (..., C); outputs: dx (..., C),
 // dw (C), db (C).
 class LayerNormGrad : public mlx_gpt::CpuPrimitive {
@@ -130,7 +232,7 @@ class LayerNormGrad : public mlx_gpt::CpuPrimitive {
     float *dx = outputs[0].data<float>(), *dw = outputs[1].data<float>(), *db = outputs[2].data<float>();
     encoder.dispatch([=]() {
       in.fill();
-      ln_backward(x, w, mean, rstd, dy, dx, dw, db, rows, c);
+      layer_norm_backward(x, w, mean, rstd, dy, dx, dw, db, rows, c);
     });
   }
   const char* name() const override {
@@ -160,7 +262,7 @@ class LayerNorm : public mlx_gpt::CpuPrimitive {
     const float eps = eps_;
     encoder.dispatch([=]() {
       in.fill();
-      ln_forward(x, w, b, y, mean, rstd, rows, c, eps);
+      layer_norm_forward(x, w, b, y, mean, rstd, rows, c, eps);
     });
   }
 

@@ -19,7 +19,50 @@
 
 #define MLX_GPT_INLINE inline __attribute__((always_inline))
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MLX_GPT_AVX512 1
+#include <immintrin.h>
+#else
+#define MLX_GPT_AVX512 0
+#endif
+
 namespace mlx_gpt {
+
+// Whether this CPU has AVX-512 (for kernels written with its intrinsics, in functions
+// marked target("avx512f")).
+inline bool cpu_has_avx512() {
+#if MLX_GPT_AVX512
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+#if MLX_GPT_AVX512
+// exp1 on 16 lanes: the same operations in the same order, so bitwise the same values.
+__attribute__((target("avx512f"))) inline __m512 exp16(__m512 x0) {
+  const __m512 x = _mm512_mul_ps(x0, _mm512_set1_ps(1.442695f));
+  const __m512 ipart = _mm512_roundscale_ps(_mm512_add_ps(x, _mm512_set1_ps(0.5f)), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, ipart);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(ipart), _mm512_set1_epi32(127)), 23);
+  __m512 r = _mm512_mul_ps(_mm512_castsi512_ps(bits), p);
+  r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x0, _mm512_set1_ps(88.0f), _CMP_GT_OQ), r,
+                           _mm512_set1_ps(__builtin_inff()));
+  r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x0, _mm512_set1_ps(-88.0f), _CMP_LT_OQ), r, _mm512_setzero_ps());
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x0, x0, _CMP_UNORD_Q), r, x0);
+}
+#endif
 
 // Lanes of the partial sums below: one AVX-512 register of floats. The compiler keeps
 // the lanes in registers and vectorises the loop, which it may not do for a single
@@ -50,6 +93,29 @@ MLX_GPT_INLINE float exp1(float x0) {
   return x0 != x0 ? x0 : r;
 }
 
+// Σ acc[0..kLanes) as a tree (lane l plus lane l + 8, then + 4, + 2, + 1), overwriting
+// acc: a few shuffles and vector adds. Adding the lanes in order was a chain of 16
+// dependent scalar adds, which took most of the time of a row as short as the baby
+// GPT's 128 features or a causal softmax row (docs/performance.md).
+MLX_GPT_INLINE float hsum(float* acc) {
+  for (int w = kLanes / 2; w > 0; w /= 2) {
+    for (int l = 0; l < w; ++l) {
+      acc[l] += acc[l + w];
+    }
+  }
+  return acc[0];
+}
+
+// max(acc[0..kLanes)) as a tree, overwriting acc.
+MLX_GPT_INLINE float hmax(float* acc) {
+  for (int w = kLanes / 2; w > 0; w /= 2) {
+    for (int l = 0; l < w; ++l) {
+      acc[l] = acc[l + w] > acc[l] ? acc[l + w] : acc[l];
+    }
+  }
+  return acc[0];
+}
+
 // Σ a[i]·b[i] over n, in kLanes partial sums.
 MLX_GPT_INLINE float dot(const float* a, const float* b, size_t n) {
   float acc[kLanes] = {};
@@ -63,10 +129,7 @@ MLX_GPT_INLINE float dot(const float* a, const float* b, size_t n) {
   for (; i < n; ++i) {
     s += a[i] * b[i];
   }
-  for (int l = 0; l < kLanes; ++l) {
-    s += acc[l];
-  }
-  return s;
+  return hsum(acc) + s;
 }
 
 // Σ a[i] over n, in kLanes partial sums.
@@ -82,10 +145,25 @@ MLX_GPT_INLINE float sum(const float* a, size_t n) {
   for (; i < n; ++i) {
     s += a[i];
   }
+  return hsum(acc) + s;
+}
+
+// max a[i] over n ≥ 1, in kLanes partial maxima.
+MLX_GPT_INLINE float max(const float* a, size_t n) {
+  float acc[kLanes];
   for (int l = 0; l < kLanes; ++l) {
-    s += acc[l];
+    acc[l] = a[0];
   }
-  return s;
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      acc[l] = a[i + l] > acc[l] ? a[i + l] : acc[l];
+    }
+  }
+  for (; i < n; ++i) {
+    acc[0] = a[i] > acc[0] ? a[i] : acc[0];
+  }
+  return hmax(acc);
 }
 
 }  // namespace mlx_gpt
