@@ -281,24 +281,26 @@ void own_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const
     // Later depth blocks add to what the first wrote (which carries the bias).
     const GemmInit block_init = k0 == 0 ? init : GemmInit::Accumulate;
     const float* a_k = ta ? a + k0 * lda : a + k0;
+    // op(A) = Aᵀ: its 12 values for one k lie side by side, but consecutive k are a row
+    // of A apart; with a row of 2 KiB (a 512-wide layer) they fall into two L1 sets and
+    // thrash. Copied into 12-wide panels (the tile reads them with a row stride of 12),
+    // they are read in sequence. All of this depth block's rows at once, before the
+    // column blocks that all read them (it was copied again for each).
+    float* packed_a = nullptr;
+    if (ta) {
+      packed_a = a_panels.get((m + kMr - 1) / kMr * kMr * kc);
+      for (size_t i0 = 0; i0 < m; i0 += kMc) {
+        pack_a_transposed(a_k + i0, lda, std::min(kMc, m - i0), kc, packed_a + i0 * kc);
+      }
+    }
     for (size_t j0 = 0; j0 < n; j0 += kNc) {
       const size_t nc = std::min(kNc, n - j0);
       float* packed = panels.get((nc + kNr - 1) / kNr * kNr * kc);
       pack_b(b, ldb, tb, j0, nc, k0, kc, packed);
       for (size_t i0 = 0; i0 < m; i0 += kMc) {
         const size_t mc = std::min(kMc, m - i0);
-        // op(A) = Aᵀ: its 12 values for one k lie side by side, but consecutive k are a
-        // row of A apart; with a row of 2 KiB (a 512-wide layer) they fall into two L1
-        // sets and thrash. Copied once into 12-wide panels (the tile reads them with a
-        // row stride of 12), they are read in sequence.
-        const float* a_block = ta ? a_k + i0 : a_k + i0 * lda;
-        size_t a_ld = lda;
-        if (ta) {
-          float* packed_a = a_panels.get((mc + kMr - 1) / kMr * kMr * kc);
-          pack_a_transposed(a_block, lda, mc, kc, packed_a);
-          a_block = packed_a;
-          a_ld = kMr;
-        }
+        const float* a_block = ta ? packed_a + i0 * kc : a_k + i0 * lda;
+        const size_t a_ld = ta ? kMr : lda;
         for (size_t p = 0; p < nc; p += kNr) {
           const size_t cols = std::min<size_t>(kNr, nc - p);
           const auto& row_tiles = kTiles[cols > 16 ? 1 : 0][ta ? 1 : 0];
