@@ -35,10 +35,13 @@ struct Dims {
   size_t batch, t, c, n_head;
 };
 
-// C (m, n) = alpha · op(A) op(B), row-major (gemm.h).
+using mlx_gpt::Structure;
+
+// C (m, n) = alpha · op(A) op(B), row-major, skipping the causal zeros `s` says are there
+// (gemm.h).
 MLX_GPT_INLINE void gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda,
-                         const float* b, size_t ldb, float* c, size_t ldc) {
-  mlx_gpt::gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc);
+                         const float* b, size_t ldb, float* c, size_t ldc, Structure s) {
+  mlx_gpt::gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, mlx_gpt::GemmInit::Zero, nullptr, s);
 }
 
 // Row t of the scores (T) in place → the causal softmax: positions 0..=t, zero after.
@@ -106,12 +109,17 @@ void causal_softmax(float* p, size_t T) {
   causal_softmax_rows(p, T);
 }
 
-// dS = P ∘ (dP − rowsum(P ∘ dP)) · scale, in place over dP (T × T); zero where P is.
+// dS = P ∘ (dP − rowsum(P ∘ dP)) · scale, in place over dP (T × T); zero where P is. Only
+// dP's lower triangle is read (the product skipped the rest); the upper one is zeroed.
 MLX_GPT_CLONES void softmax_backward_rows(const float* __restrict p, float* __restrict dp, size_t T, float scale) {
   for (size_t t = 0; t < T; ++t, p += T, dp += T) {
-    const float pd = mlx_gpt::dot(p, dp, T);
-    for (size_t t2 = 0; t2 < T; ++t2) {
+    const size_t n = t + 1;
+    const float pd = mlx_gpt::dot(p, dp, n);
+    for (size_t t2 = 0; t2 < n; ++t2) {
       dp[t2] = p[t2] * (dp[t2] - pd) * scale;
+    }
+    for (size_t t2 = n; t2 < T; ++t2) {
+      dp[t2] = 0.0f;
     }
   }
 }
@@ -131,9 +139,10 @@ MLX_GPT_CLONES void scale_by_mask(float* __restrict x, const float* __restrict m
 }
 
 // Per (sequence, head): S = scale·Q Kᵀ (gemm.h), P = causal softmax(S) (kept), with dropout
-// P' = P ∘ M, Y = P' V (gemm.h), all on c_attn's output in place (row stride 3C). The full
-// T × T product is computed and its upper half discarded: small whole products beat
-// hand-written triangular loops here. `mask` (B, nh, T, T) may be null (no dropout).
+// P' = P ∘ M, Y = P' V (gemm.h), all on c_attn's output in place (row stride 3C). The
+// products skip the register tiles that fall in the causal zeros (S's upper triangle is
+// not computed; P's is zero), about a third of their work. `mask` (B, nh, T, T) may be
+// null (no dropout).
 void attention_forward(const float* qkv, const float* mask, float* y, float* att, Dims d, float scale) {
   const size_t T = d.t, C = d.c, hs = C / d.n_head, ld = 3 * C;
   std::vector<float> dropped(mask != nullptr ? T * T : 0);
@@ -141,14 +150,14 @@ void attention_forward(const float* qkv, const float* mask, float* y, float* att
     for (size_t h = 0; h < d.n_head; ++h) {
       const float* q = qkv + b * T * ld + h * hs;
       float* p = att + (b * d.n_head + h) * T * T;
-      gemm(false, true, T, T, hs, scale, q, ld, q + C, ld, p, T);
+      gemm(false, true, T, T, hs, scale, q, ld, q + C, ld, p, T, Structure::LowerC);
       causal_softmax(p, T);
       const float* weights = p;
       if (mask != nullptr) {
         apply_mask(p, mask + (b * d.n_head + h) * T * T, dropped.data(), T * T);
         weights = dropped.data();
       }
-      gemm(false, false, T, hs, T, 1.0f, weights, T, q + 2 * C, ld, y + b * T * C + h * hs, C);
+      gemm(false, false, T, hs, T, 1.0f, weights, T, q + 2 * C, ld, y + b * T * C + h * hs, C, Structure::LowerA);
     }
   }
 }
@@ -173,14 +182,14 @@ void attention_backward(const float* qkv, const float* att, const float* mask, c
         apply_mask(p, m, dropped.data(), T * T);
         weights = dropped.data();
       }
-      gemm(true, false, T, hs, T, 1.0f, weights, T, g, C, dq + 2 * C, ld);  // dV
-      gemm(false, true, T, T, hs, 1.0f, g, C, q + 2 * C, ld, ds.data(), T);  // dP (after dropout)
+      gemm(true, false, T, hs, T, 1.0f, weights, T, g, C, dq + 2 * C, ld, Structure::UpperA);  // dV
+      gemm(false, true, T, T, hs, 1.0f, g, C, q + 2 * C, ld, ds.data(), T, Structure::LowerC);  // dP (after dropout)
       if (m != nullptr) {
         scale_by_mask(ds.data(), m, T * T);  // dP (before dropout)
       }
       softmax_backward_rows(p, ds.data(), T, scale);                       // dS (scaled)
-      gemm(false, false, T, hs, T, 1.0f, ds.data(), T, q + C, ld, dq, ld);  // dQ
-      gemm(true, false, T, hs, T, 1.0f, ds.data(), T, q, ld, dq + C, ld);   // dK
+      gemm(false, false, T, hs, T, 1.0f, ds.data(), T, q + C, ld, dq, ld, Structure::LowerA);  // dQ
+      gemm(true, false, T, hs, T, 1.0f, ds.data(), T, q, ld, dq + C, ld, Structure::UpperA);   // dK
     }
   }
 }

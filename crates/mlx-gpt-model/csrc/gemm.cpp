@@ -264,7 +264,7 @@ void prefetch_operands(bool ta, bool tb, size_t m, size_t n, size_t k, const flo
 }
 
 void own_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda, const float* b,
-              size_t ldb, float* c, size_t ldc, GemmInit init, const float* bias) {
+              size_t ldb, float* c, size_t ldc, GemmInit init, const float* bias, Structure structure) {
   thread_local Panels panels, a_panels;
   prefetch_operands(ta, tb, m, n, k, a, lda, b, ldb, c, ldc);
   if (k == 0) {
@@ -308,8 +308,20 @@ void own_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const
           const float* bias_p = bias == nullptr ? nullptr : bias + j0 + p;
           for (size_t i = 0; i < mc; i += kMr) {
             const size_t rows = std::min<size_t>(kMr, mc - i);
-            const float* a_i = ta ? a_block + i * kc : a_block + i * lda;
-            row_tiles[rows](kc, a_i, a_ld, panel, c + (i0 + i) * ldc + j0 + p, ldc, cols, alpha, block_init, bias_p);
+            const size_t r0 = i0 + i;  // the tile's first row of C
+            if (structure == Structure::LowerC && j0 + p > r0 + rows - 1) {
+              continue;  // every column of the tile lies above the diagonal
+            }
+            // The part of this depth block where op(A)'s rows r0..r0+rows can be non-zero.
+            size_t k_from = 0, k_to = kc;
+            if (structure == Structure::LowerA) {
+              k_to = std::min(kc, r0 + rows > k0 ? r0 + rows - k0 : 0);
+            } else if (structure == Structure::UpperA) {
+              k_from = std::min(kc, r0 > k0 ? r0 - k0 : 0);
+            }
+            const float* a_i = ta ? a_block + i * kc + k_from * kMr : a_block + i * lda + k_from;
+            row_tiles[rows](k_to - k_from, a_i, a_ld, panel + k_from * kNr, c + r0 * ldc + j0 + p, ldc, cols, alpha,
+                            block_init, bias_p);
           }
         }
       }
@@ -338,13 +350,13 @@ bool own_gemm_active() {
 }
 
 void gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda, const float* b,
-          size_t ldb, float* c, size_t ldc, GemmInit init, const float* bias) {
+          size_t ldb, float* c, size_t ldc, GemmInit init, const float* bias, Structure structure) {
   if (m == 0 || n == 0) {
     return;
   }
 #if MLX_GPT_OWN_GEMM
   if (own_gemm_active() && (m * k + k * n + m * n) <= kOwnGemmMaxFloats) {
-    own_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias);
+    own_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias, structure);
     return;
   }
 #endif

@@ -21,11 +21,19 @@ namespace mlx_gpt {
 // (n values, broadcast over the rows).
 enum class GemmInit { Zero, Accumulate, Bias };
 
+// Zeros a product may skip, for causal attention's T × T matrices (position r attends to
+// positions k ≤ r): op(A) lower triangular (op(A)[r, k] = 0 for k > r: P·V), op(A) upper
+// triangular (zero for k < r: Pᵀ·dY), or only C's lower triangle wanted (Q·Kᵀ: C[r, j]
+// for j > r may be left as it was). The own kernel skips the work of whole register
+// tiles that fall in the zeros; the BLAS computes everything, which is as correct.
+enum class Structure { General, LowerA, UpperA, LowerC };
+
 // C (m × n, row stride ldc) = alpha · op(A) · op(B) [+ C | + bias], row-major; op(A) is
 // m × k (A stored k × m when ta), op(B) is k × n (B stored n × k when tb). Runs on the
 // calling thread. Throws when neither the own kernel nor a CBLAS is available.
 void gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda, const float* b,
-          size_t ldb, float* c, size_t ldc, GemmInit init = GemmInit::Zero, const float* bias = nullptr);
+          size_t ldb, float* c, size_t ldc, GemmInit init = GemmInit::Zero, const float* bias = nullptr,
+          Structure structure = Structure::General);
 
 // Asks for the lines of a rows × cols block (row stride ld) to be brought towards L2,
 // without waiting for them; `write`: for writing (fetched for ownership).
