@@ -65,8 +65,8 @@ MLX_GPT_CLONES void causal_softmax_rows(float* __restrict p, size_t T) {
 #if MLX_GPT_AVX512
 // causal_softmax_rows with AVX-512 intrinsics: a row of the baby GPT is 1 to 64 values,
 // and the generic code's reductions (a scalar max, the kLanes partial sums added up
-// through shuffles) took most of its time. Same exp (exp16); the sum is added up in
-// another order. (GCC 12's -Wmaybe-uninitialized on the reduce intrinsics is a known
+// through shuffles) took most of its time. The same exp formula (exp16); the sum is
+// added up in another order. (GCC 12's -Wmaybe-uninitialized on the reduce intrinsics is a known
 // false positive.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -75,13 +75,13 @@ __attribute__((target("avx512f"))) void causal_softmax_rows_avx512(float* __rest
     const size_t n = t + 1;
     __m512 vmax = _mm512_set1_ps(p[0]);
     for (size_t i = 0; i < n; i += 16) {
-      const __mmask16 k = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+      const __mmask16 k = mlx_gpt::first_lanes(n - i);
       vmax = _mm512_mask_max_ps(vmax, k, vmax, _mm512_maskz_loadu_ps(k, p + i));
     }
     const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
     __m512 sum = _mm512_setzero_ps();
     for (size_t i = 0; i < n; i += 16) {
-      const __mmask16 k = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+      const __mmask16 k = mlx_gpt::first_lanes(n - i);
       const __m512 e = mlx_gpt::exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + i), m));
       sum = _mm512_mask_add_ps(sum, k, sum, e);
       _mm512_mask_storeu_ps(p + i, k, e);
@@ -89,8 +89,8 @@ __attribute__((target("avx512f"))) void causal_softmax_rows_avx512(float* __rest
     const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
     for (size_t i = 0; i < T; i += 16) {
       // Positions 0..n scaled, the rest (the future) zero.
-      const __mmask16 k = i >= n ? 0 : n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
-      const __mmask16 all = T - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (T - i)) - 1);
+      const __mmask16 k = i >= n ? 0 : mlx_gpt::first_lanes(n - i);
+      const __mmask16 all = mlx_gpt::first_lanes(T - i);
       _mm512_mask_storeu_ps(p + i, all, _mm512_maskz_mul_ps(k, _mm512_maskz_loadu_ps(k, p + i), inv));
     }
   }

@@ -7,6 +7,7 @@
 #include "gemm.h"
 
 #include "blas.h"
+#include "vector.h"
 
 #include <algorithm>
 #include <array>
@@ -95,11 +96,6 @@ struct Panels {
   ~Panels() { std::free(data); }
 };
 
-// The mask of the first `n` (≤ 16) lanes.
-inline __mmask16 first_lanes(size_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
-}
-
 // Transposes the 16 × 16 block in r (r[i] is row i) in place: afterwards r[j] holds
 // what was column j. (GCC 12 warns that the intrinsics' unused "undefined" source
 // operand may be uninitialised: a known false positive.)
@@ -144,7 +140,7 @@ __attribute__((target("avx512f"))) void pack_b(const float* b, size_t ldb, bool 
     const size_t cols = std::min<size_t>(kNr, nc - p);
     float* dst = out + p * kc;
     if (!tb) {
-      const __mmask16 m0 = first_lanes(cols), m1 = cols > 16 ? first_lanes(cols - 16) : 0;
+      const __mmask16 m0 = mlx_gpt::first_lanes(cols), m1 = cols > 16 ? mlx_gpt::first_lanes(cols - 16) : 0;
       for (size_t k = 0; k < kc; ++k) {
         const float* src = b + (k0 + k) * ldb + j0 + p;
         _mm512_store_ps(dst + k * kNr, _mm512_maskz_loadu_ps(m0, src));
@@ -158,7 +154,7 @@ __attribute__((target("avx512f"))) void pack_b(const float* b, size_t ldb, bool 
       const size_t rows = cols > c0 ? std::min<size_t>(16, cols - c0) : 0;
       for (size_t k = 0; k < kc; k += 16) {
         const size_t depth = std::min<size_t>(16, kc - k);
-        const __mmask16 mk = first_lanes(depth);
+        const __mmask16 mk = mlx_gpt::first_lanes(depth);
         __m512 r[16];
         for (size_t c = 0; c < 16; ++c) {
           r[c] = c < rows ? _mm512_maskz_loadu_ps(mk, b + (j0 + p + c0 + c) * ldb + k0 + k) : _mm512_setzero_ps();
@@ -177,10 +173,10 @@ __attribute__((target("avx512f"))) void pack_b(const float* b, size_t ldb, bool 
 __attribute__((target("avx512f"))) void pack_a_transposed(const float* a, size_t lda, size_t mc, size_t kc,
                                                           float* out) {
   for (size_t q = 0; q < mc; q += kMr) {
-    const __mmask16 rows = first_lanes(std::min<size_t>(kMr, mc - q));
+    const __mmask16 rows = mlx_gpt::first_lanes(std::min<size_t>(kMr, mc - q));
     float* dst = out + q * kc;
     for (size_t k = 0; k < kc; ++k) {
-      _mm512_mask_storeu_ps(dst + k * kMr, first_lanes(kMr), _mm512_maskz_loadu_ps(rows, a + k * lda + q));
+      _mm512_mask_storeu_ps(dst + k * kMr, mlx_gpt::first_lanes(kMr), _mm512_maskz_loadu_ps(rows, a + k * lda + q));
     }
   }
 }
@@ -209,8 +205,7 @@ __attribute__((target("avx512f"))) void tile(size_t kc, const float* __restrict 
       if (V == 2) acc1[r] = _mm512_fmadd_ps(x, b1, acc1[r]);
     }
   }
-  const __mmask16 m0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
-  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
+  const __mmask16 m0 = mlx_gpt::first_lanes(cols), m1 = cols > 16 ? mlx_gpt::first_lanes(cols - 16) : 0;
   const __m512 scale = _mm512_set1_ps(alpha);
   __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
   if (init == GemmInit::Bias) {
@@ -329,21 +324,13 @@ void own_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const
   }
 }
 
-bool cpu_has_avx512() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
-  return has;
-}
-
 #endif  // MLX_GPT_OWN_GEMM
 
 }  // namespace
 
 bool own_gemm_active() {
 #if MLX_GPT_OWN_GEMM
-  return own_gemm_on.load(std::memory_order_relaxed) && cpu_has_avx512();
+  return own_gemm_on.load(std::memory_order_relaxed) && mlx_gpt::cpu_has_avx512();
 #else
   return false;
 #endif

@@ -120,8 +120,9 @@ MLX_GPT_CLONES void ln_backward(
 // widths). With the generic code above, GCC kept the kLanes partial sums on the stack and
 // added them up through a long chain of shuffles and scalar adds: for the baby GPT's
 // 128 features that was most of a row's time (docs/performance.md). Here the sums stay in
-// registers and are reduced as a tree; the results differ from the generic kernels' in
-// the order of the additions only. (GCC 12 warns that _mm512_reduce_add_ps's unused
+// registers and are reduced as a tree. The results agree with the generic kernels' to
+// rounding: the additions come in another order, and products are grouped and fused
+// (FMA) differently. (GCC 12 warns that _mm512_reduce_add_ps's unused
 // "undefined" operand may be uninitialised: a known false positive.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"

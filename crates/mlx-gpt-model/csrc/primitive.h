@@ -29,16 +29,44 @@ class CpuPrimitive : public mlx::core::Primitive {
   }
 };
 
-// Allocates every output and registers every input and output with `stream`'s encoder,
-// which keeps their buffers alive until the task dispatched next on it has run (the
-// tasks capture raw pointers). Returns the encoder, for that dispatch.
+// Allocates every output and registers every input and output with `stream`'s encoder
+// (no-ops in MLX 0.32, where cpu::eval itself keeps the primitive's input and output
+// buffers alive until the task dispatched next has run: the tasks capture raw
+// pointers). Returns the encoder, for that dispatch.
 //
 // `donors`, when given, has one entry per output: the index of an input whose buffer
-// that output may take over, or −1. It does so only where can_donate: nothing else can
-// see that input any more (MLX's is_donatable: no other handle, no view of its buffer),
-// and it is dense and of the output's size and type. The task then writes the output
-// over the input, and must read each of the input's elements no later than it writes
-// the output's.
+// that output takes over, or −1. The caller decides with can_donate (nothing else can
+// see that input any more: MLX's is_donatable, no other handle and no view of its
+// buffer; and it is dense and of the output's size and type), as it may have to decide
+// for several outputs together. The task then writes the output over the input, and
+// must read each of the input's elements no later than it writes the output's.
+// MLX gives each output of a primitive its own copy of the input list, so with several
+// outputs every input is held more than once and never looks donatable. MLX 0.32 hands
+// eval_cpu one output's own list (`inputs`), and after it keeps exactly those buffers
+// alive until the task has run (cpu::eval dispatches a task holding them) and detaches
+// the outputs from the graph. This lets go of the other outputs' copies, for a primitive
+// that donates. It does nothing, and returns false, where that does not hold: under
+// compile's tracing (the graph is kept), or if `inputs` is not one output's own list.
+inline bool release_sibling_inputs(const std::vector<mlx::core::array>& inputs,
+                                   std::vector<mlx::core::array>& outputs) {
+  size_t own = 0;
+  for (auto& o : outputs) {
+    own += &o.inputs() == &inputs;
+    if (o.is_tracer()) {
+      return false;
+    }
+  }
+  if (own != 1) {
+    return false;
+  }
+  for (auto& o : outputs) {
+    if (&o.inputs() != &inputs) {
+      o.inputs().clear();
+    }
+  }
+  return true;
+}
+
 inline bool can_donate(const mlx::core::array& in, const mlx::core::array& out) {
   return in.is_donatable() && in.flags().row_contiguous && in.data_size() == in.size() && in.nbytes() == out.nbytes() &&
          in.dtype() == out.dtype();
@@ -56,12 +84,9 @@ inline mlx::core::cpu::CommandEncoder& prepare(mlx::core::Stream stream,
     auto& out = outputs[k];
     const int d = donors == nullptr ? -1 : (*donors)[k];
     if (d >= 0) {
-      const auto& in = inputs[d];
-      if (can_donate(in, out)) {
-        out.copy_shared_buffer(in);
-        encoder.set_output_array(out);
-        continue;
-      }
+      out.copy_shared_buffer(inputs[d]);
+      encoder.set_output_array(out);
+      continue;
     }
     out.set_data(mlx::core::allocator::malloc(out.nbytes()));
     encoder.set_output_array(out);

@@ -43,7 +43,14 @@ inline bool cpu_has_avx512() {
 }
 
 #if MLX_GPT_AVX512
-// exp1 on 16 lanes: the same operations in the same order, so bitwise the same values.
+// The mask of the first `n` lanes (all 16 for n ≥ 16).
+inline __mmask16 first_lanes(size_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+
+// exp1 on 16 lanes: the same operations in the same order (whether the compiler fuses a
+// product and a sum into one FMA may differ between the two, so the values agree to
+// rounding, not necessarily bit for bit).
 __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x0) {
   const __m512 x = _mm512_mul_ps(x0, _mm512_set1_ps(1.442695f));
   const __m512 ipart = _mm512_roundscale_ps(_mm512_add_ps(x, _mm512_set1_ps(0.5f)), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);

@@ -270,5 +270,20 @@ mod tests {
         for (got, want) in [(&new_p, &held_p), (&new_m, &held_m), (&new_v, &held_v)] {
             assert_eq!(host(got), host(want));
         }
+
+        // With m still held, nothing of p, m or v is written over (all three or none),
+        // and m keeps its values.
+        let (p, m, v, parts) = make();
+        let old: Vec<usize> = [ptrs(&p), ptrs(&m), ptrs(&v)].concat();
+        let m_before = host(&m);
+        let (_, new_p, new_m, new_v) = step(&h, &p, &m, &v, &decays, &parts).unwrap().unwrap();
+        drop((p, v));
+        mlx_rs::transforms::eval(new_p.iter().chain(&new_m).chain(&new_v)).unwrap();
+        let new: Vec<usize> = [ptrs(&new_p), ptrs(&new_m), ptrs(&new_v)].concat();
+        assert!(old.iter().all(|a| !new.contains(a)), "a held moment blocks the whole parameter's donation");
+        assert_eq!(host(&m), m_before);
+        for (got, want) in [(&new_p, &held_p), (&new_m, &held_m), (&new_v, &held_v)] {
+            assert_eq!(host(got), host(want));
+        }
     }
 }

@@ -186,13 +186,29 @@ mod tests {
         }
     }
 
-    /// Inputs that are views (a transposed x) are read correctly, other dtypes are
+    /// Inputs that are views (a transposed x; the broadcast cotangent that the gradient of
+    /// a plain sum hands the gradient primitive) are read correctly, other dtypes are
     /// declined, and a wrong width is an error that names both sizes.
     #[test]
     fn strided_inputs_other_dtypes_and_bad_shapes() {
         let x = random::normal::<f32>(&[20, 6], None, None, &random::key(7).unwrap()).unwrap().t(); // (6, 20)
         let w = random::normal::<f32>(&[20, 3], None, None, &random::key(8).unwrap()).unwrap();
         close(&linear(&x, &w, None, false).unwrap().unwrap(), &reference(&x, &w, None, false), "strided x");
+        let sum_grad = |custom: bool| {
+            let f = move |a: &[Array]| -> Result<Vec<Array>, Exception> {
+                let y = if custom {
+                    linear(&a[0], &a[1], None, false)?.expect("float32")
+                } else {
+                    reference(&a[0], &a[1], None, false)
+                };
+                Ok(vec![y.sum(None)?])
+            };
+            let mut vg = transforms::value_and_grad_with_argnums(f, &[0, 1][..]);
+            vg(&[x.clone(), w.clone()]).unwrap().1
+        };
+        for (i, (p, q)) in sum_grad(true).iter().zip(&sum_grad(false)).enumerate() {
+            close(p, q, &format!("gradient {i} of a sum (broadcast cotangent)"));
+        }
         assert!(linear(&x.as_dtype(Dtype::Float16).unwrap(), &w, None, false).unwrap().is_none());
         let err = linear(&x, &w.t(), None, false).unwrap_err().to_string();
         assert!(err.contains("20 features") && err.contains("takes 3"), "{err}");

@@ -37,10 +37,7 @@ impl Mlp {
     pub fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
         let h = self.c_fc.forward(x)?; // (B, T, 4C)
                                        // Training: the primitive also keeps GELU's slope for the backward pass.
-        let h = match crate::gelu_primitive::gelu(&h, self.activation == Activation::GeluNew, self.dropout.training)? {
-            Some(y) => y,
-            None => gelu_ops(&h, self.activation)?,
-        };
+        let h = gelu_with(&h, self.activation, self.dropout.training)?;
         self.dropout.forward(&self.c_proj.forward(&h)?)
     }
 }
@@ -48,8 +45,13 @@ impl Mlp {
 /// GELU in the input's dtype (mlx-rs's own promotes bfloat16/float16 inputs to float32).
 /// Exact: `x·½(1 + erf(x/√2))`; tanh: `x·½(1 + tanh(√(2/π)(x + 0.044715x³)))`.
 pub fn gelu(x: &Array, activation: Activation) -> Result<Array, Exception> {
+    gelu_with(x, activation, false)
+}
+
+/// [`gelu`]; `with_slope` (training) has the primitive keep GELU's slope for the gradient.
+fn gelu_with(x: &Array, activation: Activation, with_slope: bool) -> Result<Array, Exception> {
     // float32 on the CPU: one-pass forward and gradient (crate::gelu_primitive).
-    if let Some(y) = crate::gelu_primitive::gelu(x, activation == Activation::GeluNew, false)? {
+    if let Some(y) = crate::gelu_primitive::gelu(x, activation == Activation::GeluNew, with_slope)? {
         return Ok(y);
     }
     gelu_ops(x, activation)

@@ -279,7 +279,7 @@ impl Worker {
                 // Before the stream exists: its thread inherits this thread's CPU mask.
                 if let Some(cpu) = cpu {
                     if !crate::affinity::pin_current_thread(cpu) {
-                        tracing::debug!(cpu, "could not pin training stream {index}");
+                        tracing::warn!(cpu, "could not pin training stream {index} to its CPU; it runs unpinned");
                     }
                 }
                 // Built here: the compiled function and this thread's default stream
@@ -356,7 +356,7 @@ impl StreamSplit {
 
     fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<LossAndParts, Exception> {
         let n = self.workers.len();
-        if n == 0 || x.shape().first().is_none_or(|&rows| rows as usize % n != 0) {
+        if n == 0 || x.shape().first().is_none_or(|&rows| !(rows as usize).is_multiple_of(n)) {
             return Err(Exception::custom(format!("a batch of shape {:?} does not split into {n} parts", x.shape())));
         }
         let params = params_in_order(model, &self.names);
@@ -610,5 +610,25 @@ mod tests {
             assert_eq!(g[0].as_slice::<f32>(), &[f32::INFINITY, 1.0]);
             assert_eq!(g[1].as_slice::<f32>(), &[2.0]);
         }
+    }
+
+    /// A worker's share: its rows of the batch, and the key chain key → (rest, k0),
+    /// rest → (rest, k1), … that the step drew its parts' dropout keys from.
+    #[test]
+    fn each_part_takes_its_rows_and_its_key_of_the_chain() {
+        let x = Array::from_slice(&(0..12).collect::<Vec<i32>>(), &[6, 2]);
+        let y = x.add(Array::from_int(100)).unwrap();
+        let key = random::key(42).unwrap();
+        let mut next = key.clone();
+        for i in 0..3 {
+            let (rest, want) = random::split(&next, 2).unwrap();
+            next = rest;
+            let (xi, yi, ki) = part(&x, &y, &key, i, 3).unwrap();
+            let rows: Vec<i32> = (4 * i as i32..4 * i as i32 + 4).collect();
+            assert_eq!(xi.as_slice::<i32>(), &rows[..]);
+            assert_eq!(yi.as_slice::<i32>(), &rows.iter().map(|r| r + 100).collect::<Vec<_>>()[..]);
+            assert_eq!(ki.as_slice::<u32>(), want.as_slice::<u32>(), "part {i}'s key");
+        }
+        assert!(part(&x, &y, &key, 0, 4).is_err(), "6 rows do not split into 4 parts");
     }
 }
