@@ -29,17 +29,6 @@ class CpuPrimitive : public mlx::core::Primitive {
   }
 };
 
-// Allocates every output and registers every input and output with `stream`'s encoder
-// (no-ops in MLX 0.32, where cpu::eval itself keeps the primitive's input and output
-// buffers alive until the task dispatched next has run: the tasks capture raw
-// pointers). Returns the encoder, for that dispatch.
-//
-// `donors`, when given, has one entry per output: the index of an input whose buffer
-// that output takes over, or −1. The caller decides with can_donate (nothing else can
-// see that input any more: MLX's is_donatable, no other handle and no view of its
-// buffer; and it is dense and of the output's size and type), as it may have to decide
-// for several outputs together. The task then writes the output over the input, and
-// must read each of the input's elements no later than it writes the output's.
 // MLX gives each output of a primitive its own copy of the input list, so with several
 // outputs every input is held more than once and never looks donatable. MLX 0.32 hands
 // eval_cpu one output's own list (`inputs`), and after it keeps exactly those buffers
@@ -67,11 +56,23 @@ inline bool release_sibling_inputs(const std::vector<mlx::core::array>& inputs,
   return true;
 }
 
+// Whether `out` may take over `in`'s buffer (prepare's `donors`).
 inline bool can_donate(const mlx::core::array& in, const mlx::core::array& out) {
   return in.is_donatable() && in.flags().row_contiguous && in.data_size() == in.size() && in.nbytes() == out.nbytes() &&
          in.dtype() == out.dtype();
 }
 
+// Allocates every output and registers every input and output with `stream`'s encoder
+// (no-ops in MLX 0.32, where cpu::eval itself keeps the primitive's input and output
+// buffers alive until the task dispatched next has run: the tasks capture raw
+// pointers). Returns the encoder, for that dispatch.
+//
+// `donors`, when given, has one entry per output: the index of an input whose buffer
+// that output takes over, or −1. The caller decides with can_donate (nothing else can
+// see that input any more: MLX's is_donatable, no other handle and no view of its
+// buffer; and it is dense and of the output's size and type), as it may have to decide
+// for several outputs together. The task then writes the output over the input, and
+// must read each of the input's elements no later than it writes the output's.
 inline mlx::core::cpu::CommandEncoder& prepare(mlx::core::Stream stream,
                                               const std::vector<mlx::core::array>& inputs,
                                               std::vector<mlx::core::array>& outputs,
