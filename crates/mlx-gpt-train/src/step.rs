@@ -233,7 +233,7 @@ pub struct StreamSplit {
 
 /// What a worker is given: parameters (sorted by name), the whole batch's inputs and
 /// targets and the step's dropout key, all evaluated, and how many parts there are.
-/// Worker `i` takes its part of the batch and derives its key itself (`Part`), so that
+/// Worker `i` takes its part of the batch and derives its key itself (`part`), so that
 /// the main thread has nothing to evaluate between steps: an evaluation there cost a
 /// round trip through its stream's thread (0.2 ms a step on the baby GPT).
 type Job = (Vec<Array>, Array, Array, Array, usize);
