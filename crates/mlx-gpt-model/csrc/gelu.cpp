@@ -70,30 +70,40 @@ MLX_GPT_CLONES void gelu_tanh_forward(const float* __restrict x, float* __restri
   }
 }
 
-// With t = tanh(u), u = a(x + bx³): d/dx = ½(1 + t) + ½x(1 − t²)·a(1 + 3bx²).
+// The tanh form's slope at x given t = tanh(u), u = a(x + bx³):
+// d/dx = ½(1 + t) + ½x(1 − t²)·a(1 + 3bx²).
+MLX_GPT_INLINE float gelu_tanh_slope(float v, float t) {
+  const float du = kSqrt2OverPi * (1.0f + 3.0f * kTanhCubic * v * v);
+  return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+}
+
 MLX_GPT_CLONES void gelu_tanh_backward(const float* __restrict x, const float* __restrict g, float* __restrict dx, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     const float v = x[i];
     const float t = tanh1(kSqrt2OverPi * (v + kTanhCubic * v * v * v));
-    const float du = kSqrt2OverPi * (1.0f + 3.0f * kTanhCubic * v * v);
-    dx[i] = g[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+    dx[i] = g[i] * gelu_tanh_slope(v, t);
   }
 }
 
+// The exact form's slope at x given erf(x/√2) and e = exp(−x²/2):
 // d/dx [x Φ(x)] = Φ(x) + x φ(x), Φ(x) = (1 + erf(x/√2))/2, φ(x) = exp(-x²/2)/√(2π).
+MLX_GPT_INLINE float gelu_slope(float v, float erf, float e) {
+  const float cdf = 0.5f * (1.0f + erf);
+  const float pdf = kInvSqrt2Pi * e;
+  return cdf + v * pdf;
+}
+
 MLX_GPT_CLONES void gelu_backward(const float* __restrict x, const float* __restrict g, float* __restrict dx, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     const float v = x[i];
     const float u = v * kInvSqrt2;
     const float e = mlx_gpt::exp1(-u * u);  // exp(−x²/2): in erf and in the density
-    const float cdf = 0.5f * (1.0f + erf_given_exp(u, e));
-    const float pdf = kInvSqrt2Pi * e;
-    dx[i] = g[i] * (cdf + v * pdf);
+    dx[i] = g[i] * gelu_slope(v, erf_given_exp(u, e), e);
   }
 }
 
-// GELU and its slope together, for training: y = x Φ(x), and s = Φ(x) + x φ(x) computed
-// exactly as gelu_backward computes its factor, so that g·s is bitwise its result. The
+// GELU and its slope together, for training: y = x Φ(x), and s = Φ(x) + x φ(x) through
+// the helper gelu_backward uses, so that g·s is bitwise its result. The
 // slope shares erf's exp, so it costs the forward pass a few operations and a store;
 // the backward pass is then a product, where it recomputed exp and erf from x.
 MLX_GPT_CLONES void gelu_forward_slope(const float* __restrict x, float* __restrict y, float* __restrict s, size_t n) {
@@ -103,21 +113,18 @@ MLX_GPT_CLONES void gelu_forward_slope(const float* __restrict x, float* __restr
     const float e = mlx_gpt::exp1(-u * u);
     const float erf = erf_given_exp(u, e);
     y[i] = 0.5f * v * (1.0f + erf);
-    const float cdf = 0.5f * (1.0f + erf);
-    const float pdf = kInvSqrt2Pi * e;
-    s[i] = cdf + v * pdf;
+    s[i] = gelu_slope(v, erf, e);
   }
 }
 
-// The tanh form's value and slope (as gelu_tanh_backward's factor).
+// The tanh form's value and slope.
 MLX_GPT_CLONES void gelu_tanh_forward_slope(const float* __restrict x, float* __restrict y, float* __restrict s,
                                             size_t n) {
   for (size_t i = 0; i < n; ++i) {
     const float v = x[i];
     const float t = tanh1(kSqrt2OverPi * (v + kTanhCubic * v * v * v));
     y[i] = 0.5f * v * (1.0f + t);
-    const float du = kSqrt2OverPi * (1.0f + 3.0f * kTanhCubic * v * v);
-    s[i] = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+    s[i] = gelu_tanh_slope(v, t);
   }
 }
 
