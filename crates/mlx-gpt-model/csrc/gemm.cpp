@@ -18,12 +18,9 @@
 #include <stdexcept>
 #include <utility>
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define MLX_GPT_OWN_GEMM 1
-#include <immintrin.h>
-#else
-#define MLX_GPT_OWN_GEMM 0
-#endif
+// The own kernel is written with AVX-512 intrinsics: built where vector.h can include
+// them (and run where the CPU has them).
+#define MLX_GPT_OWN_GEMM MLX_GPT_AVX512
 
 namespace mlx_gpt {
 
