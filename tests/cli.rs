@@ -57,11 +57,82 @@ fn binary_runs_without_library_path() {
 
 #[test]
 fn matmul_bench_prints_figures() {
-    let out = mlx_gpt(&["bench", "matmul", "--sizes", "64", "--reps", "2"]);
+    let out = mlx_gpt(&["bench", "matmul", "--sizes", "64", "--shapes", "48x40x56", "--reps", "2"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let row = stdout.lines().last().unwrap();
-    let cols: Vec<f64> = row.split_whitespace().map(|c| c.parse().unwrap()).collect();
-    assert_eq!(cols.len(), 5, "{row}");
-    assert!(cols.iter().all(|v| v.is_finite() && *v > 0.0), "{row}");
+    assert!(stdout.contains("BLAS kernel: ") && stdout.contains("ceiling: "), "{stdout}");
+    let rows: Vec<&str> = stdout.lines().rev().take(2).collect();
+    for (row, shape) in rows.iter().zip(["48x40x56", "64x64x64"]) {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols.len(), 6, "{row}");
+        assert_eq!(cols[0], shape, "{row}");
+        let nums: Vec<f64> = cols[1..].iter().map(|c| c.trim_end_matches('%').parse().unwrap()).collect();
+        // GFLOP/s (a debug build's tiny products round the ratio and share down to 0).
+        assert!(nums[..3].iter().all(|v| v.is_finite() && *v > 0.0), "{row}");
+        // The ratio, and the product's share of the FMA ceiling.
+        assert!(nums[3] >= 0.0 && (0.0..100.0).contains(&nums[4]), "{row}");
+    }
+    let bad = mlx_gpt(&["bench", "matmul", "--shapes", "12x0x4"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--shapes: '12x0x4'"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
+/// What `info` says of the BLAS kernel and the FMA ceiling; with the user's own
+/// OPENBLAS_CORETYPE, that choice is kept and named.
+#[test]
+fn info_names_the_blas_kernel_and_the_ceiling() {
+    let out = mlx_gpt(&["info"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("FMA ceiling (MFU's denominator): ") && stdout.contains("GFLOP/s"), "{stdout}");
+    if mlx_gpt_model::blas_kernel::openblas_corename().is_none() {
+        return; // not OpenBLAS: no kernel line
+    }
+    let kernel = stdout.lines().find(|l| l.trim_start().starts_with("kernel: ")).expect("a kernel line");
+    assert!(!kernel.contains("WEAKER"), "{kernel}");
+    let user = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
+        .arg("info")
+        .env("OPENBLAS_CORETYPE", "Prescott")
+        .env_remove("MLX_GPT_BLAS_CORRECTION")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&user.stdout);
+    assert!(
+        stdout.contains("kernel: Prescott (generic; OPENBLAS_CORETYPE=Prescott set by the user, kept)"),
+        "{stdout}"
+    );
+}
+
+/// The correction's protocol, on any CPU with AVX2 or AVX-512: a child started with the
+/// kernel mlx-gpt would force (and its marker) checks it against the reference product
+/// and reports it as corrected; a marker of rejection is reported as such.
+#[test]
+fn a_forced_kernel_is_checked_and_reported() {
+    use mlx_gpt_model::blas_kernel::{cpu_class, openblas_corename};
+    let Some(target) = cpu_class().openblas_core() else { return };
+    if openblas_corename().is_none() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
+        .arg("info")
+        .env("OPENBLAS_CORETYPE", target)
+        .env("MLX_GPT_BLAS_CORRECTION", format!("Prescott>{target}"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("kernel: {target} (")), "{stdout}");
+    assert!(stdout.contains("corrected from Prescott") && stdout.contains("max rel. error"), "{stdout}");
+    let out = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
+        .arg("info")
+        .env_remove("OPENBLAS_CORETYPE")
+        .env("MLX_GPT_BLAS_CORRECTION", format!("rejected:{target}:wrong products"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("{target} was forced and failed its check (wrong products)")), "{stdout}");
 }

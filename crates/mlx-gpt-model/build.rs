@@ -25,6 +25,7 @@ fn main() {
         "csrc/linear.cpp",
     ]);
     println!("cargo:rerun-if-env-changed=DEP_MLX_INCLUDE");
+    println!("cargo:rerun-if-env-changed=DEP_MLX_LIB_DIR");
     // As system headers: their warnings are MLX's, ours stay visible.
     for dir in env::split_paths(&include) {
         build.flag("-isystem").flag(dir.to_str().expect("a UTF-8 path"));
@@ -42,4 +43,11 @@ fn main() {
         build.cpp_link_stdlib("c++");
     }
     build.compile("mlx_gpt_kernels");
+
+    // `links = "mlx_gpt_model"` metadata: a program that depends on this crate (and not on
+    // mlx-sys directly, so it does not see DEP_MLX_LIB_DIR) reads libmlx's folder as
+    // DEP_MLX_GPT_MODEL_LIB_DIR and gives its binaries an rpath to it (examples/dependent).
+    if let Ok(dir) = env::var("DEP_MLX_LIB_DIR") {
+        println!("cargo:lib_dir={dir}");
+    }
 }

@@ -123,6 +123,15 @@ struct MatmulArgs {
     /// Square sizes n (an n×n by n×n product is 2n³ FLOPs).
     #[arg(long, value_delimiter = ',', default_values_t = [1024, 2048])]
     sizes: Vec<i32>,
+    /// Products MxNxK ((M×K)·(K×N), 2·M·N·K FLOPs) timed after the squares. The default
+    /// is the largest products of a training step: the baby GPT's half-batch (384 rows:
+    /// c_attn, c_fc and its gradient's shape, the head) and the shakespeare_char preset's
+    /// half-batch (8192 rows); `--shapes none` skips them.
+    #[arg(long, value_delimiter = ',', default_values_t = [
+        "384x384x128".to_string(), "384x512x128".to_string(), "384x128x512".to_string(), "384x65x128".to_string(),
+        "8192x1152x384".to_string(), "8192x1536x384".to_string(), "8192x384x1536".to_string(),
+    ])]
+    shapes: Vec<String>,
     /// Timed repetitions per size and implementation (after 2 warm-up runs).
     #[arg(long, default_value_t = 10)]
     reps: usize,
@@ -177,24 +186,37 @@ fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
     }
     let blas = runtime::blas();
     let sgemm = load_sgemm(&args.reference_lib)?;
+    let ceiling = mlx_gpt_train::peak::device_peak(0.0, mlx_gpt_train::peak::default_threads());
     println!(
         "f32 matmul, {} timed runs each, MLX on {device} with {} vs direct cblas_sgemm from {}",
         args.reps,
         blas.name(),
         args.reference_lib
     );
-    println!("{:>6} {:>14} {:>14} {:>14} {:>8}", "n", "MLX GFLOP/s", "MLX best", "sgemm GFLOP/s", "ratio");
-    let key = mlx_rs::random::key(0)?;
+    println!("BLAS kernel: {}", mlx_gpt_model::blas_kernel::status().describe());
+    println!("ceiling: {}", ceiling.describe());
+    let mut shapes = Vec::new();
     for &n in &args.sizes {
         if n <= 0 {
             bail!("--sizes: {n} is not a positive size");
         }
-        let a = mlx_rs::random::normal::<f32>(&[n, n][..], None, None, &key)?;
-        let b = mlx_rs::random::normal::<f32>(&[n, n][..], None, None, &key)?;
+        shapes.push((n, n, n));
+    }
+    for s in args.shapes.iter().filter(|s| s.as_str() != "none") {
+        shapes.push(parse_shape(s)?);
+    }
+    println!(
+        "{:>16} {:>12} {:>10} {:>12} {:>8} {:>10}",
+        "M x N x K", "MLX GFLOP/s", "MLX best", "sgemm GFLOP/s", "ratio", "% ceiling"
+    );
+    let key = mlx_rs::random::key(0)?;
+    for (m, n, k) in shapes {
+        let a = mlx_rs::random::normal::<f32>(&[m, k][..], None, None, &key)?;
+        let b = mlx_rs::random::normal::<f32>(&[k, n][..], None, None, &key)?;
         mlx_rs::transforms::eval([&a, &b])?;
         let (ha, hb) = (a.as_slice::<f32>().to_vec(), b.as_slice::<f32>().to_vec());
-        let mut hc = vec![0f32; (n * n) as usize];
-        let flops = 2.0 * (n as f64).powi(3);
+        let mut hc = vec![0f32; (m * n) as usize];
+        let flops = 2.0 * m as f64 * n as f64 * k as f64;
         let run_mlx = || -> anyhow::Result<f64> {
             let t = Instant::now();
             let c: Array = a.matmul(&b)?;
@@ -203,18 +225,18 @@ fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
         };
         let mut run_sgemm = || {
             let t = Instant::now();
-            // SAFETY: the buffers hold n*n floats each; row-major with leading dimension n.
+            // SAFETY: the buffers hold m×k, k×n and m×n floats, row-major.
             unsafe {
                 sgemm(
                     CBLAS_ROW_MAJOR,
                     CBLAS_NO_TRANS,
                     CBLAS_NO_TRANS,
+                    m,
                     n,
-                    n,
-                    n,
+                    k,
                     1.0,
                     ha.as_ptr(),
-                    n,
+                    k,
                     hb.as_ptr(),
                     n,
                     0.0,
@@ -236,9 +258,27 @@ fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
         }
         let best = tm.iter().cloned().fold(f64::INFINITY, f64::min);
         let (gm, gs) = (flops / median(&mut tm) / 1e9, flops / median(&mut ts) / 1e9);
-        println!("{n:>6} {gm:>14.1} {:>14.1} {gs:>14.1} {:>8.2}", flops / best / 1e9, gm / gs);
+        println!(
+            "{:>16} {gm:>12.1} {:>10.1} {gs:>12.1} {:>8.2} {:>9.1}%",
+            format!("{m}x{n}x{k}"),
+            flops / best / 1e9,
+            gm / gs,
+            gm * 1e9 / ceiling.flops * 100.0
+        );
     }
     Ok(())
+}
+
+/// `MxNxK` as three positive sizes.
+fn parse_shape(s: &str) -> anyhow::Result<(i32, i32, i32)> {
+    let dims: Vec<i32> = s
+        .split('x')
+        .map(|d| d.trim().parse::<i32>())
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|d: &Vec<i32>| d.len() == 3 && d.iter().all(|&x| x > 0))
+        .with_context(|| format!("--shapes: '{s}' is not MxNxK with three positive sizes (e.g. 384x512x128)"))?;
+    Ok((dims[0], dims[1], dims[2]))
 }
 
 fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
@@ -350,7 +390,8 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
         let x = t.clone();
         (x, t)
     };
-    let peak = mlx_gpt_train::peak::measure_matmul_flops()?;
+    let ceiling = mlx_gpt_train::peak::device_peak(0.0, mlx_gpt_train::peak::default_threads());
+    let peak = ceiling.flops;
     let tokens = c.tokens_per_iter() as f64;
     let flops = model.flops_per_token(c.block_size) * tokens;
     println!("bench train: {} layers, {} heads, {} wide, block {}, batch {} x {} accum, {} on {device}; {:.2}M parameters, {:.2} GFLOP/iter",
@@ -414,7 +455,7 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
         tokens / med,
         flops / med / peak * 100.0
     );
-    println!("(MFU against this device's measured f32 matmul peak: {:.1} GFLOP/s)", peak / 1e9);
+    println!("(MFU against the CPU's FMA ceiling: {})", ceiling.describe());
     match &torch {
         Err(why) => println!("PyTorch reference: not run ({why})"),
         Ok(_) => {

@@ -29,6 +29,10 @@ pub fn run(args: Args, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Res
     if let BlasKind::OpenBlas { config, threads } = &blas.kind {
         println!("  {config}, {threads} threads");
     }
+    let kernel = mlx_gpt_model::blas_kernel::status();
+    if kernel.core.is_some() {
+        println!("  kernel: {}", kernel.describe());
+    }
     if !blas.is_optimized() {
         println!(
             "  warning: matmuls will be ~30x slower than with OpenBLAS; install it \
@@ -49,6 +53,10 @@ pub fn run(args: Args, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Res
     );
     println!("CPU: {} ({} logical cores)", cpu_model(), available_cores());
     println!("  features: {}", cpu_features().join(" "));
+    // Measured now (a quarter of a second), so `info` also refreshes the cached figure
+    // that training divides MFU by.
+    let peak = mlx_gpt_train::peak::measure_and_cache(mlx_gpt_train::peak::default_threads());
+    println!("  FMA ceiling (MFU's denominator): {}", peak.describe());
     match memory_bytes() {
         Some(b) => println!("memory: {:.1} GiB", b as f64 / (1u64 << 30) as f64),
         None => println!("memory: unknown"),

@@ -54,6 +54,7 @@ impl Gpt {
 
     /// The model's structure with every parameter zero (gains one); for loading weights.
     pub fn zeros(config: GptConfig) -> Result<Gpt, ModelError> {
+        crate::blas_kernel::keep_linked();
         config.validate()?;
         let c = &config;
         let model = Gpt {

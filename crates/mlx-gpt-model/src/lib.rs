@@ -8,7 +8,10 @@
 //! - [`generate`]: sampling (temperature, top-k, top-p) with a per-layer KV cache;
 //! - [`hf`]: safetensors in Hugging Face GPT-2 layout — every checkpoint quirk lives there;
 //! - [`device`], [`runtime`], [`jit`]: choosing `cpu`/`gpu`, the BLAS MLX is bound to, and
-//!   native code for MLX's CPU compile.
+//!   native code for MLX's CPU compile;
+//! - [`blas_kernel`]: OpenBLAS's kernel checked against the CPU before `main`, and
+//!   corrected when OpenBLAS fell back to a generic one (automatic in every program that
+//!   links this crate; [`blas_kernel::status`] says what happened).
 //!
 //! docs/model.md explains the architecture with the shapes at each step.
 //!
@@ -35,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+pub mod blas_kernel;
 pub mod block;
 pub mod causal_attention;
 pub mod config;

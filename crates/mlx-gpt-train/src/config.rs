@@ -114,7 +114,8 @@ pub struct TrainConfig {
     pub streams: usize,
     /// Seed of initialisation, batches and dropout.
     pub seed: u64,
-    /// Peak FLOP/s for MFU; 0 measures the device's matmul peak at start.
+    /// Peak FLOP/s of one machine for MFU; 0 uses the CPU's measured FMA ceiling on all
+    /// its cores (mlx_gpt_train::peak).
     pub peak_flops: f64,
     /// GPT-2 BPE files for sampling BPE datasets (default: models/gpt2).
     pub tokenizer: Option<PathBuf>,

@@ -191,3 +191,33 @@ pub fn check_hostfile(path: &str) -> Result<usize, DistError> {
     }
     Ok(ranks.len())
 }
+
+/// How many machines a hostfile spreads its ranks over: the distinct hosts of each rank's
+/// first address, loopback addresses counting as this one machine. None if unreadable.
+pub fn machines_in_hostfile(path: &str) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let mut hosts: Vec<String> = v
+        .as_array()?
+        .iter()
+        .filter_map(|addrs| addrs.as_array()?.first()?.as_str()?.rsplit_once(':').map(|(h, _)| h.to_string()))
+        .map(|h| if h == "localhost" || h.starts_with("127.") || h == "[::1]" { "loopback".into() } else { h })
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    (!hosts.is_empty()).then_some(hosts.len())
+}
+
+#[cfg(test)]
+mod hostfile_tests {
+    #[test]
+    fn machines_are_distinct_hosts() {
+        let dir = std::env::temp_dir().join(format!("mlx-gpt-hosts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("h.json");
+        std::fs::write(&p, r#"[["127.0.0.1:5000"],["localhost:5001"],["10.0.0.2:5000"],["10.0.0.2:5001"]]"#).unwrap();
+        assert_eq!(super::machines_in_hostfile(p.to_str().unwrap()), Some(2));
+        std::fs::write(&p, "not json").unwrap();
+        assert_eq!(super::machines_in_hostfile(p.to_str().unwrap()), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

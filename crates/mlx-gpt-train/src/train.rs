@@ -371,8 +371,21 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let n_params = model.num_params(true);
     let tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * block; // all ranks together
     let flops_per_iter = model.flops_per_token(block) * tokens_per_iter as f64;
-    let peak = if c.peak_flops > 0.0 { c.peak_flops } else { crate::peak::measure_matmul_flops()? };
+    // MFU's denominator: the FMA ceiling of this machine's cores, times the machines a
+    // multi-machine run spans (ranks launched on one machine share its cores).
+    let machine_peak = crate::peak::device_peak(c.peak_flops, crate::peak::default_threads());
+    let machines = match std::env::var("MLX_HOSTFILE") {
+        Ok(path) if world_size > 1 => crate::distributed::machines_in_hostfile(&path).unwrap_or(world_size),
+        _ => 1,
+    };
+    let peak = machine_peak.flops * machines as f64;
     if master {
+        tracing::info!("BLAS kernel: {}", mlx_gpt_model::blas_kernel::status().describe());
+        tracing::info!(
+            "MFU ceiling: {}{}",
+            machine_peak.describe(),
+            if machines > 1 { format!(" × {machines} machines") } else { String::new() }
+        );
         tracing::info!(
             world_size,
             device = %device,
