@@ -107,9 +107,11 @@ fn info_names_the_blas_kernel_and_the_ceiling() {
     );
 }
 
-/// The correction's protocol, on any CPU with AVX2 or AVX-512: a child started with the
-/// kernel mlx-gpt would force (and its marker) checks it against the reference product
-/// and reports it as corrected; a marker of rejection is reported as such.
+/// The correction's protocol, on any CPU with AVX2 or AVX-512: a process started with
+/// the kernel mlx-gpt would force and a marker naming its own pid (as after the
+/// re-execution) checks that kernel against the reference product and reports it as
+/// corrected; with another pid (a child) it trusts the parent's check; a marker of
+/// rejection is reported as such.
 #[test]
 fn a_forced_kernel_is_checked_and_reported() {
     use mlx_gpt_model::blas_kernel::{cpu_class, openblas_corename};
@@ -117,16 +119,25 @@ fn a_forced_kernel_is_checked_and_reported() {
     if openblas_corename().is_none() {
         return;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
-        .arg("info")
+    // `exec` keeps the shell's pid, so $$ is mlx-gpt's.
+    let out = Command::new("sh")
+        .args(["-c", &format!("MLX_GPT_BLAS_CORRECTION=\"Prescott>{target}@$$\" exec \"$0\" info")])
+        .arg(env!("CARGO_BIN_EXE_mlx-gpt"))
         .env("OPENBLAS_CORETYPE", target)
-        .env("MLX_GPT_BLAS_CORRECTION", format!("Prescott>{target}"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("kernel: {target} (")), "{stdout}");
     assert!(stdout.contains("corrected from Prescott") && stdout.contains("max rel. error"), "{stdout}");
+    let child = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
+        .arg("info")
+        .env("OPENBLAS_CORETYPE", target)
+        .env("MLX_GPT_BLAS_CORRECTION", format!("Prescott>{target}@1"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(stdout.contains("corrected from Prescott") && stdout.contains("by the parent process"), "{stdout}");
     let out = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
         .arg("info")
         .env_remove("OPENBLAS_CORETYPE")

@@ -270,8 +270,14 @@ fn mfu_of_a_short_run_stays_below_the_ceiling() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let output = mlx_gpt(&args);
+    // Its own cache folder: the ceiling is measured in this run, not read from the user's.
+    let output = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
+        .args(&args)
+        .env("XDG_CACHE_HOME", run.path().join("cache"))
+        .output()
+        .expect("run mlx-gpt");
     ok(&output);
+    assert!(run.path().join("cache/mlx-gpt/peak-flops.json").is_file());
     let log = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
     assert!(log.contains("BLAS kernel: "), "{log}");
     assert!(log.contains("MFU ceiling: ") && log.contains("FMA loop"), "{log}");

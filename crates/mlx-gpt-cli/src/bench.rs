@@ -186,7 +186,7 @@ fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
     }
     let blas = runtime::blas();
     let sgemm = load_sgemm(&args.reference_lib)?;
-    let ceiling = mlx_gpt_train::peak::device_peak(0.0, mlx_gpt_train::peak::default_threads());
+    let ceiling = mlx_gpt_train::peak::peak_for(device, 0.0, mlx_gpt_train::peak::default_threads())?;
     println!(
         "f32 matmul, {} timed runs each, MLX on {device} with {} vs direct cblas_sgemm from {}",
         args.reps,
@@ -390,7 +390,7 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
         let x = t.clone();
         (x, t)
     };
-    let ceiling = mlx_gpt_train::peak::device_peak(0.0, mlx_gpt_train::peak::default_threads());
+    let ceiling = mlx_gpt_train::peak::peak_for(device, 0.0, mlx_gpt_train::peak::default_threads())?;
     let peak = ceiling.flops;
     let tokens = c.tokens_per_iter() as f64;
     let flops = model.flops_per_token(c.block_size) * tokens;
@@ -455,7 +455,7 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
         tokens / med,
         flops / med / peak * 100.0
     );
-    println!("(MFU against the CPU's FMA ceiling: {})", ceiling.describe());
+    println!("(MFU against the ceiling: {})", ceiling.describe());
     match &torch {
         Err(why) => println!("PyTorch reference: not run ({why})"),
         Ok(_) => {

@@ -18,7 +18,7 @@
 //! so a weaker kernel is corrected by re-executing the program once with
 //! `OPENBLAS_CORETYPE` set to the CPU's class (`SkylakeX` or `Haswell`): a constructor
 //! that runs before `main` (and before any thread of ours) does it, so every program that
-//! links this crate gets it with nothing to call. The re-executed program then checks the
+//! builds a `Gpt` (or asks [`status`]) gets it with nothing to call. The re-executed program then checks the
 //! forced kernel against a plain double-precision product; if it computes wrong results,
 //! the program re-executes once more without it and says so ([`Correction::Rejected`]).
 //!
@@ -33,7 +33,8 @@ use std::sync::OnceLock;
 pub const CORETYPE_VAR: &str = "OPENBLAS_CORETYPE";
 /// Set by the correction beside `OPENBLAS_CORETYPE`, so the re-executed program (and its
 /// children, which inherit both) know the setting is mlx-gpt's and not the user's:
-/// `FROM>TO` when forced, `rejected:TO:why` when the forced kernel failed its check.
+/// `FROM>TO@PID` when forced (the process `PID`, which `execv` keeps, checks the kernel;
+/// its children trust that check), `rejected:TO:why` when the forced kernel failed it.
 pub const MARKER_VAR: &str = "MLX_GPT_BLAS_CORRECTION";
 
 /// How capable a kernel set (or a CPU) is, weakest first.
@@ -96,21 +97,22 @@ pub fn cpu_class() -> KernelClass {
 /// What the start-up check did about the kernel.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Correction {
-    /// Not an x86-64 Linux process bound to OpenBLAS: nothing to check.
+    /// The BLAS is not OpenBLAS: nothing to check.
     NotApplicable(String),
     /// OpenBLAS's own choice is of the CPU's class.
     NotNeeded,
     /// `OPENBLAS_CORETYPE` was set by the user and is kept as it is.
     UserChoice(String),
-    /// The program re-executed itself with `OPENBLAS_CORETYPE` set, and the forced kernel
+    /// The program (or the mlx-gpt process that started it, whose environment it
+    /// inherited) re-executed itself with `OPENBLAS_CORETYPE` set, and the forced kernel
     /// passed its check.
     Corrected {
         /// OpenBLAS's own choice.
         from: String,
         /// The core forced.
         to: String,
-        /// The check's largest relative error.
-        max_rel_err: f32,
+        /// The check's largest relative error; None where the parent process checked.
+        max_rel_err: Option<f32>,
     },
     /// The forced kernel failed its check; the program runs on OpenBLAS's own choice.
     Rejected {
@@ -146,7 +148,11 @@ impl BlasKernel {
             Correction::UserChoice(v) => format!("{CORETYPE_VAR}={v} set by the user, kept"),
             Correction::Corrected { from, to, max_rel_err } => format!(
                 "corrected from {from}, which OpenBLAS chose for this CPU: re-executed with \
-                 {CORETYPE_VAR}={to}; checked against a reference product, max rel. error {max_rel_err:.1e}"
+                 {CORETYPE_VAR}={to}; checked against a reference product{}",
+                match max_rel_err {
+                    Some(e) => format!(", max rel. error {e:.1e}"),
+                    None => " by the parent process".into(),
+                }
             ),
             Correction::Rejected { core, reason } => {
                 format!("{core} was forced and failed its check ({reason}); OpenBLAS's own choice kept")
@@ -173,9 +179,10 @@ pub fn status() -> &'static BlasKernel {
     STATUS.get_or_init(|| startup(None))
 }
 
-/// Refers to the constructor, so that it is linked into every program that builds a model:
-/// the linker takes an object out of this crate's archive only when something refers to
-/// it, and nothing calls a constructor by name. `Gpt::zeros` calls this.
+/// Refers to the constructor, so that it is linked into every program that builds a model
+/// or asks about its BLAS: the linker takes an object out of this crate's archive only
+/// when something refers to it, and nothing calls a constructor by name. `Gpt::zeros`,
+/// [`status`] and `runtime::blas` call this.
 #[inline]
 pub(crate) fn keep_linked() {
     std::hint::black_box(&STARTUP);
@@ -208,7 +215,8 @@ pub fn check_sgemm() -> Result<f32, String> {
     let mut worst = 0.0f32;
     for &(m, n, k, ta, tb) in &[(37, 29, 53, false, false), (163, 141, 131, false, true), (130, 97, 160, true, false)] {
         let e = check_one(sgemm, m, n, k, ta, tb);
-        if !(e <= 1e-4) {
+        // check_one reports NaN as infinity, so this also refuses NaN.
+        if e > 1e-4 {
             return Err(format!("{m}x{n}x{k} product off by {e:.2e} (relative)"));
         }
         worst = worst.max(e);
@@ -284,17 +292,104 @@ static STARTUP: () = ();
 
 #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
 extern "C" fn on_load(_argc: libc::c_int, argv: *const *const libc::c_char, _envp: *const *const libc::c_char) {
+    // Only the program's own start may re-execute it: not a library that was dlopen'ed
+    // into a running process (a Python extension, say), nor a program started through
+    // `ld.so prog`, where /proc/self/exe is the loader.
+    let argv = in_main_executable(on_load as *const () as usize).then_some(argv);
     // A panic must not unwind out of a C constructor.
-    let status = std::panic::catch_unwind(|| startup(Some(argv))).unwrap_or_else(|_| BlasKernel {
-        core: openblas_corename(),
-        kernel_class: KernelClass::Generic,
-        cpu_class: cpu_class(),
-        correction: Correction::NotCorrected("the start-up check panicked".into()),
+    let status = std::panic::catch_unwind(|| startup(argv)).unwrap_or_else(|_| {
+        let core = openblas_corename();
+        BlasKernel {
+            kernel_class: core.as_deref().map_or(KernelClass::Generic, core_class),
+            core,
+            cpu_class: cpu_class(),
+            correction: Correction::NotCorrected("the start-up check panicked".into()),
+        }
     });
     let _ = STATUS.set(status);
 }
 
-/// Decide, and when `argv` is given (the constructor), correct by re-executing.
+/// Whether the code at `addr` belongs to the file `/proc/self/exe` names (the program's
+/// own executable, mapped from the same device and inode).
+#[cfg(target_os = "linux")]
+fn in_main_executable(addr: usize) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(exe) = std::fs::metadata("/proc/self/exe") else { return false };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return false };
+    maps.lines().any(|line| {
+        // start-end perms offset dev inode path
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some((lo, hi)) = f.first().and_then(|r| r.split_once('-')) else { return false };
+        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) else { return false };
+        let inode = f.get(4).and_then(|i| i.parse::<u64>().ok());
+        (lo..hi).contains(&addr)
+            && f.len() >= 6
+            && inode == Some(exe.ino())
+            && std::fs::metadata(f[5]).is_ok_and(|m| m.dev() == exe.dev())
+    })
+}
+
+/// What the start-up check does, from what it reads; a pure function of its inputs.
+#[derive(Debug, Clone, PartialEq)]
+enum Action {
+    /// Nothing to do: report this.
+    Report(Correction),
+    /// Re-execute with `OPENBLAS_CORETYPE=to` and the marker `FROM>TO@pid`.
+    Force { to: &'static str },
+    /// This process was re-executed with `to` forced: check the kernel.
+    Check { from: String, to: String },
+}
+
+/// Decide from OpenBLAS's core and build, the CPU's class, `OPENBLAS_CORETYPE`, the
+/// marker and this process's id.
+fn decide(
+    core: &str,
+    dynamic_arch: bool,
+    cpu: KernelClass,
+    coretype: Option<&str>,
+    marker: Option<&str>,
+    pid: u32,
+) -> Action {
+    if let Some(set) = coretype {
+        // Ours when the marker names the same core: `FROM>TO@PID`.
+        let ours = marker
+            .and_then(|m| m.split_once('>'))
+            .and_then(|(from, rest)| Some((from, rest.split_once('@')?)))
+            .filter(|(_, (to, _))| *to == set);
+        let Some((from, (to, by))) = ours else {
+            return Action::Report(Correction::UserChoice(set.into()));
+        };
+        if core_class(core) < core_class(to) {
+            // OpenBLAS did not take the setting (or lowered it itself).
+            return Action::Report(Correction::NotCorrected(format!(
+                "{CORETYPE_VAR}={to} was set, but OpenBLAS runs {core}"
+            )));
+        }
+        return if by == pid.to_string() {
+            Action::Check { from: from.into(), to: to.into() }
+        } else {
+            // A child of the process that checked it, with the same library.
+            Action::Report(Correction::Corrected { from: from.into(), to: to.into(), max_rel_err: None })
+        };
+    }
+    if let Some(rejected) = marker.and_then(|m| m.strip_prefix("rejected:")) {
+        let (forced, reason) = rejected.split_once(':').unwrap_or((rejected, "failed its check"));
+        return Action::Report(Correction::Rejected { core: forced.into(), reason: reason.into() });
+    }
+    if core_class(core) >= cpu {
+        return Action::Report(Correction::NotNeeded);
+    }
+    let Some(to) = cpu.openblas_core() else { return Action::Report(Correction::NotNeeded) };
+    if !dynamic_arch {
+        return Action::Report(Correction::NotCorrected(
+            "this OpenBLAS was built for one CPU (no DYNAMIC_ARCH), so OPENBLAS_CORETYPE cannot change it".into(),
+        ));
+    }
+    Action::Force { to }
+}
+
+/// Decide, and when `argv` is given (the program's own constructor), correct by
+/// re-executing.
 fn startup(argv: Option<*const *const libc::c_char>) -> BlasKernel {
     let cpu = cpu_class();
     let Some(core) = openblas_corename() else {
@@ -307,20 +402,15 @@ fn startup(argv: Option<*const *const libc::c_char>) -> BlasKernel {
     };
     let kernel = core_class(&core);
     let done = |correction| BlasKernel { core: Some(core.clone()), kernel_class: kernel, cpu_class: cpu, correction };
+    // A value that is not UTF-8 is the user's all the same: kept, shown lossily.
+    let coretype = std::env::var_os(CORETYPE_VAR).map(|v| v.to_string_lossy().into_owned());
     let marker = std::env::var(MARKER_VAR).ok();
-    let coretype = std::env::var(CORETYPE_VAR).ok();
-
-    if let Some(rejected) = marker.as_deref().and_then(|m| m.strip_prefix("rejected:")) {
-        let (forced, reason) = rejected.split_once(':').unwrap_or((rejected, "failed its check"));
-        return done(Correction::Rejected { core: forced.into(), reason: reason.into() });
-    }
-    if let Some(set) = coretype {
-        let ours = marker.as_deref().and_then(|m| m.split_once('>')).filter(|(_, to)| *to == set);
-        let Some((from, to)) = ours else {
-            return done(Correction::UserChoice(set));
-        };
-        return match check_sgemm() {
-            Ok(max_rel_err) => done(Correction::Corrected { from: from.into(), to: to.into(), max_rel_err }),
+    let dynamic_arch = openblas_config().is_some_and(|c| c.contains("DYNAMIC_ARCH"));
+    let pid = std::process::id();
+    match decide(&core, dynamic_arch, cpu, coretype.as_deref(), marker.as_deref(), pid) {
+        Action::Report(correction) => done(correction),
+        Action::Check { from, to } => match check_sgemm() {
+            Ok(e) => done(Correction::Corrected { from, to, max_rel_err: Some(e) }),
             Err(reason) => {
                 let reason = reason.replace(':', ";");
                 let marker = format!("rejected:{to}:{reason}");
@@ -331,22 +421,34 @@ fn startup(argv: Option<*const *const libc::c_char>) -> BlasKernel {
                         "{to} failed its check ({reason}) and re-executing without it failed: {err}"
                     )));
                 }
-                done(Correction::Rejected { core: to.into(), reason })
+                done(Correction::Rejected { core: to, reason })
             }
-        };
+        },
+        Action::Force { to } => {
+            let Some(argv) = argv else {
+                return done(Correction::NotCorrected(
+                    "not re-executed: the check runs at the program's own start only".into(),
+                ));
+            };
+            let marker = format!("{core}>{to}@{pid}");
+            let err = reexec(argv, &[(CORETYPE_VAR, Some(to)), (MARKER_VAR, Some(&marker))]);
+            done(Correction::NotCorrected(format!("could not re-execute the program: {err}")))
+        }
     }
-    if kernel >= cpu {
-        return done(Correction::NotNeeded);
+}
+
+/// `openblas_get_config()`, if the process's BLAS is OpenBLAS.
+fn openblas_config() -> Option<String> {
+    let f = crate::runtime::lookup("openblas_get_config");
+    if f.is_null() {
+        return None;
     }
-    let Some(target) = cpu.openblas_core() else {
-        return done(Correction::NotNeeded);
-    };
-    let Some(argv) = argv else {
-        return done(Correction::NotCorrected("the start-up constructor did not run".into()));
-    };
-    let marker = format!("{core}>{target}");
-    let err = reexec(argv, &[(CORETYPE_VAR, Some(target)), (MARKER_VAR, Some(&marker))]);
-    done(Correction::NotCorrected(format!("could not re-execute the program: {err}")))
+    // SAFETY: OpenBLAS's `char* openblas_get_config(void)` returns a static string.
+    unsafe {
+        let f: extern "C" fn() -> *const libc::c_char = std::mem::transmute(f);
+        let p = f();
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
 }
 
 /// Replace the process with a fresh start of the same program and arguments, with `env`
@@ -435,12 +537,68 @@ mod tests {
     }
 
     #[test]
+    fn decisions() {
+        use KernelClass::*;
+        let report = |c| Action::Report(c);
+        let d = |core, cpu, coretype, marker| decide(core, true, cpu, coretype, marker, 42);
+        // OpenBLAS's own choice fits, or is better.
+        assert_eq!(d("SkylakeX", Avx512, None, None), report(Correction::NotNeeded));
+        assert_eq!(d("Haswell", Avx2, None, None), report(Correction::NotNeeded));
+        assert_eq!(d("Prescott", Generic, None, None), report(Correction::NotNeeded));
+        // Weaker: force the CPU's class.
+        assert_eq!(d("Prescott", Avx512, None, None), Action::Force { to: "SkylakeX" });
+        assert_eq!(d("Sandybridge", Avx2, None, None), Action::Force { to: "Haswell" });
+        assert_eq!(d("Haswell", Avx512, None, None), Action::Force { to: "SkylakeX" });
+        // Not without DYNAMIC_ARCH.
+        assert!(matches!(
+            decide("Prescott", false, Avx512, None, None, 42),
+            Action::Report(Correction::NotCorrected(_))
+        ));
+        // The re-executed process checks; its children only report.
+        let check = Action::Check { from: "Prescott".into(), to: "SkylakeX".into() };
+        assert_eq!(d("SkylakeX", Avx512, Some("SkylakeX"), Some("Prescott>SkylakeX@42")), check);
+        assert_eq!(
+            d("SkylakeX", Avx512, Some("SkylakeX"), Some("Prescott>SkylakeX@7")),
+            report(Correction::Corrected { from: "Prescott".into(), to: "SkylakeX".into(), max_rel_err: None })
+        );
+        // OpenBLAS ignored the setting.
+        assert!(matches!(
+            d("Prescott", Avx512, Some("SkylakeX"), Some("Prescott>SkylakeX@42")),
+            Action::Report(Correction::NotCorrected(_))
+        ));
+        // The user's own setting wins, whatever a marker says.
+        for marker in [None, Some("Prescott>Haswell@42"), Some("rejected:SkylakeX:why"), Some("junk")] {
+            assert_eq!(
+                d("Prescott", Avx512, Some("Prescott"), marker),
+                report(Correction::UserChoice("Prescott".into()))
+            );
+        }
+        // A rejected kernel is not forced again.
+        assert_eq!(
+            d("Prescott", Avx512, None, Some("rejected:SkylakeX:off by 1e-2")),
+            report(Correction::Rejected { core: "SkylakeX".into(), reason: "off by 1e-2".into() })
+        );
+    }
+
+    #[test]
+    fn the_test_binary_is_the_main_executable() {
+        fn probe() {}
+        assert!(in_main_executable(probe as *const () as usize));
+        // libc's code is not.
+        assert!(!in_main_executable(libc::getpid as *const () as usize));
+    }
+
+    #[test]
     fn describe_says_what_was_done() {
         let k = BlasKernel {
             core: Some("SkylakeX".into()),
             kernel_class: KernelClass::Avx512,
             cpu_class: KernelClass::Avx512,
-            correction: Correction::Corrected { from: "Prescott".into(), to: "SkylakeX".into(), max_rel_err: 1e-7 },
+            correction: Correction::Corrected {
+                from: "Prescott".into(),
+                to: "SkylakeX".into(),
+                max_rel_err: Some(1e-7),
+            },
         };
         let d = k.describe();
         assert!(d.contains("corrected from Prescott") && d.contains("OPENBLAS_CORETYPE=SkylakeX"), "{d}");

@@ -64,6 +64,8 @@ pub(crate) fn lookup(symbol: &str) -> *mut libc::c_void {
 
 /// Inspect the BLAS that MLX's `cblas_sgemm` calls resolve to in this process.
 pub fn blas() -> BlasInfo {
+    // A program that asks which BLAS it runs gets the kernel check too.
+    crate::blas_kernel::keep_linked();
     let sgemm = lookup("cblas_sgemm");
     let library = if sgemm.is_null() {
         None

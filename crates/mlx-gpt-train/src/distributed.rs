@@ -208,7 +208,7 @@ pub fn machines_in_hostfile(path: &str) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod hostfile_tests {
+mod tests {
     #[test]
     fn machines_are_distinct_hosts() {
         let dir = std::env::temp_dir().join(format!("mlx-gpt-hosts-{}", std::process::id()));

@@ -38,6 +38,8 @@ pub enum PeakSource {
     Cached(PathBuf),
     /// `peak_flops` in the configuration.
     Config,
+    /// A GPU: the best of a few f32 1024³ matmuls on it (the FMA loop measures the CPU).
+    DeviceMatmul,
 }
 
 impl Peak {
@@ -49,6 +51,12 @@ impl Peak {
             PeakSource::Config => {
                 return format!("{:.1} GFLOP/s (peak_flops from the configuration)", self.flops / 1e9)
             }
+            PeakSource::DeviceMatmul => {
+                return format!(
+                    "{:.1} GFLOP/s (best f32 1024³ matmul on the GPU; set peak_flops for its datasheet figure)",
+                    self.flops / 1e9
+                )
+            }
         };
         format!(
             "{:.1} GFLOP/s (f32 FMA loop, {}-bit vectors, {} thread{}; {how})",
@@ -58,6 +66,40 @@ impl Peak {
             if self.threads == 1 { "" } else { "s" }
         )
     }
+}
+
+/// The ceiling of a run on `device`: [`device_peak`] on the CPU; on a GPU, `peak_flops`
+/// when given, else its best f32 matmul (the CPU's FMA loop says nothing of a GPU).
+pub fn peak_for(
+    device: mlx_gpt_model::DeviceKind,
+    peak_flops: f64,
+    threads: usize,
+) -> Result<Peak, mlx_rs::error::Exception> {
+    if device == mlx_gpt_model::DeviceKind::Gpu && peak_flops <= 0.0 {
+        return measure_matmul_flops().map(|flops| Peak {
+            flops,
+            threads: 0,
+            vector_bits: 0,
+            source: PeakSource::DeviceMatmul,
+        });
+    }
+    Ok(device_peak(peak_flops, threads))
+}
+
+/// Best f32 matmul FLOP/s on the default device over a few 1024³ products.
+fn measure_matmul_flops() -> Result<f64, mlx_rs::error::Exception> {
+    let n = 1024;
+    let key = mlx_rs::random::key(0)?;
+    let a = mlx_rs::random::normal::<f32>(&[n, n][..], None, None, &key)?;
+    let b = mlx_rs::random::normal::<f32>(&[n, n][..], None, None, &key)?;
+    mlx_rs::transforms::eval([&a, &b])?;
+    let mut best = f64::INFINITY;
+    for _ in 0..6 {
+        let t = Instant::now();
+        a.matmul(&b)?.eval()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / best)
 }
 
 /// Cores a run computes on: every core this process may use.
@@ -103,45 +145,58 @@ pub fn measure_and_cache(threads: usize) -> Peak {
     peak
 }
 
-/// The FMA ceiling on `threads` threads: each thread runs the loop for about 40 ms; the
-/// best of five rounds counts (turbo clocks settle in the first).
+/// The FMA ceiling on `threads` threads: the larger of the loop run on all of them at
+/// once and one thread's rate times `threads`, each the best of five rounds of about
+/// 40 ms. The second guards against measuring too low when other work shares the cores
+/// (the ranks of a distributed run starting together, a test suite): a lone thread still
+/// finds a free core at some point, and with turbo clocks one core alone runs at least
+/// as fast as each of several, so the figure errs high (MFU low), never low.
 pub fn measure_fma_flops(threads: usize) -> Peak {
     let threads = threads.max(1);
     let kernel = fma_loop();
-    // Calibrate the iteration count to about 40 ms on one thread.
+    let iters = calibrate(kernel);
+    let (mut all, mut single) = (0.0f64, 0.0f64);
+    for _ in 0..5 {
+        all = all.max(run_on(kernel, iters, threads));
+        single = single.max(run_on(kernel, iters, 1));
+    }
+    Peak { flops: all.max(single * threads as f64), threads, vector_bits: kernel.bits, source: PeakSource::Measured }
+}
+
+/// Iterations for about 40 ms on one thread.
+fn calibrate(kernel: FmaLoop) -> u64 {
     let mut iters = 1u64 << 14;
     loop {
         let t = Instant::now();
         (kernel.run)(iters);
-        if t.elapsed().as_secs_f64() > 0.01 || iters > 1 << 30 {
-            let per_iter = t.elapsed().as_secs_f64() / iters as f64;
-            iters = ((0.04 / per_iter) as u64).max(1);
-            break;
+        let secs = t.elapsed().as_secs_f64();
+        if secs > 0.01 || iters > 1 << 30 {
+            return ((0.04 / (secs / iters as f64)) as u64).max(1);
         }
         iters *= 2;
     }
-    let mut best = 0.0f64;
-    for _ in 0..5 {
-        let barrier = std::sync::Barrier::new(threads);
-        let start = std::sync::Mutex::new(None::<Instant>);
-        let elapsed: Vec<f64> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        barrier.wait();
-                        let t0 = *start.lock().unwrap().get_or_insert_with(Instant::now);
-                        (kernel.run)(iters);
-                        t0.elapsed().as_secs_f64()
-                    })
+}
+
+/// FLOP/s of `threads` threads running `iters` iterations each, started together: all
+/// their work over the time until the last one finished.
+fn run_on(kernel: FmaLoop, iters: u64, threads: usize) -> f64 {
+    let barrier = std::sync::Barrier::new(threads);
+    let start = std::sync::Mutex::new(None::<Instant>);
+    let elapsed: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let t0 = *start.lock().unwrap().get_or_insert_with(Instant::now);
+                    (kernel.run)(iters);
+                    t0.elapsed().as_secs_f64()
                 })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("FMA thread")).collect()
-        });
-        // All threads' work over the time until the last one finished.
-        let wall = elapsed.iter().cloned().fold(0.0, f64::max);
-        best = best.max(threads as f64 * iters as f64 * kernel.flops_per_iter / wall);
-    }
-    Peak { flops: best, threads, vector_bits: kernel.bits, source: PeakSource::Measured }
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("FMA thread")).collect()
+    });
+    let wall = elapsed.iter().cloned().fold(0.0, f64::max);
+    threads as f64 * iters as f64 * kernel.flops_per_iter / wall
 }
 
 /// One FMA loop: `run(iters)` does `iters × flops_per_iter` FLOPs.
@@ -164,13 +219,17 @@ fn fma_loop() -> FmaLoop {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
-            return FmaLoop { run: x86::fma512, flops_per_iter: (16 * 16 * 2) as f64, bits: 512 };
+            return FmaLoop { run: x86::fma512, flops_per_iter: (14 * 16 * 2) as f64, bits: 512 };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             return FmaLoop { run: x86::fma256, flops_per_iter: (12 * 8 * 2) as f64, bits: 256 };
         }
-        // SSE2, no FMA: 8 multiplies and 8 adds, which run on separate ports.
-        FmaLoop { run: x86::mul_add128, flops_per_iter: (16 * 4) as f64, bits: 128 }
+        // No FMA (Sandy Bridge, Ivy Bridge): multiplies and adds, which such cores issue
+        // on separate ports, 7 of each into their own accumulators.
+        if std::is_x86_feature_detected!("avx") {
+            return FmaLoop { run: x86::mul_add256, flops_per_iter: (14 * 8) as f64, bits: 256 };
+        }
+        FmaLoop { run: x86::mul_add128, flops_per_iter: (14 * 4) as f64, bits: 128 }
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -191,6 +250,8 @@ mod x86 {
         unsafe { fma512_impl(iters) }
     }
 
+    /// 14 accumulators and the two factors in zmm0–15: registers `vzeroupper` clears, so
+    /// no dirty upper half is left behind for SSE code.
     #[target_feature(enable = "avx512f")]
     unsafe fn fma512_impl(iters: u64) {
         asm!(
@@ -198,23 +259,21 @@ mod x86 {
             "vmovaps zmm4, zmm0", "vmovaps zmm5, zmm0", "vmovaps zmm6, zmm0", "vmovaps zmm7, zmm0",
             "vmovaps zmm8, zmm0", "vmovaps zmm9, zmm0", "vmovaps zmm10, zmm0", "vmovaps zmm11, zmm0",
             "vmovaps zmm12, zmm0", "vmovaps zmm13, zmm0", "vmovaps zmm14, zmm0", "vmovaps zmm15, zmm0",
-            "vmovaps zmm16, zmm0", "vmovaps zmm17, zmm0",
             "2:",
-            "vfmadd231ps zmm0, zmm16, zmm17", "vfmadd231ps zmm1, zmm16, zmm17",
-            "vfmadd231ps zmm2, zmm16, zmm17", "vfmadd231ps zmm3, zmm16, zmm17",
-            "vfmadd231ps zmm4, zmm16, zmm17", "vfmadd231ps zmm5, zmm16, zmm17",
-            "vfmadd231ps zmm6, zmm16, zmm17", "vfmadd231ps zmm7, zmm16, zmm17",
-            "vfmadd231ps zmm8, zmm16, zmm17", "vfmadd231ps zmm9, zmm16, zmm17",
-            "vfmadd231ps zmm10, zmm16, zmm17", "vfmadd231ps zmm11, zmm16, zmm17",
-            "vfmadd231ps zmm12, zmm16, zmm17", "vfmadd231ps zmm13, zmm16, zmm17",
-            "vfmadd231ps zmm14, zmm16, zmm17", "vfmadd231ps zmm15, zmm16, zmm17",
+            "vfmadd231ps zmm0, zmm14, zmm15", "vfmadd231ps zmm1, zmm14, zmm15",
+            "vfmadd231ps zmm2, zmm14, zmm15", "vfmadd231ps zmm3, zmm14, zmm15",
+            "vfmadd231ps zmm4, zmm14, zmm15", "vfmadd231ps zmm5, zmm14, zmm15",
+            "vfmadd231ps zmm6, zmm14, zmm15", "vfmadd231ps zmm7, zmm14, zmm15",
+            "vfmadd231ps zmm8, zmm14, zmm15", "vfmadd231ps zmm9, zmm14, zmm15",
+            "vfmadd231ps zmm10, zmm14, zmm15", "vfmadd231ps zmm11, zmm14, zmm15",
+            "vfmadd231ps zmm12, zmm14, zmm15", "vfmadd231ps zmm13, zmm14, zmm15",
             "dec {n}",
             "jnz 2b",
             "vzeroupper",
             n = inout(reg) iters.max(1) => _,
             out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _, out("zmm5") _,
             out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
+            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
             options(nostack, nomem),
         );
     }
@@ -250,6 +309,34 @@ mod x86 {
         );
     }
 
+    pub fn mul_add256(iters: u64) {
+        // SAFETY: chosen only where avx is detected; touches only the listed registers.
+        unsafe { mul_add256_impl(iters) }
+    }
+
+    #[target_feature(enable = "avx")]
+    unsafe fn mul_add256_impl(iters: u64) {
+        asm!(
+            "vxorps ymm0, ymm0, ymm0", "vmovaps ymm1, ymm0", "vmovaps ymm2, ymm0", "vmovaps ymm3, ymm0",
+            "vmovaps ymm4, ymm0", "vmovaps ymm5, ymm0", "vmovaps ymm6, ymm0", "vmovaps ymm7, ymm0",
+            "vmovaps ymm8, ymm0", "vmovaps ymm9, ymm0", "vmovaps ymm10, ymm0", "vmovaps ymm11, ymm0",
+            "vmovaps ymm12, ymm0", "vmovaps ymm13, ymm0", "vmovaps ymm14, ymm0", "vmovaps ymm15, ymm0",
+            "2:",
+            "vmulps ymm0, ymm0, ymm15", "vaddps ymm7, ymm7, ymm14", "vmulps ymm1, ymm1, ymm15", "vaddps ymm8, ymm8, ymm14",
+            "vmulps ymm2, ymm2, ymm15", "vaddps ymm9, ymm9, ymm14", "vmulps ymm3, ymm3, ymm15", "vaddps ymm10, ymm10, ymm14",
+            "vmulps ymm4, ymm4, ymm15", "vaddps ymm11, ymm11, ymm14", "vmulps ymm5, ymm5, ymm15", "vaddps ymm12, ymm12, ymm14",
+            "vmulps ymm6, ymm6, ymm15", "vaddps ymm13, ymm13, ymm14",
+            "dec {n}",
+            "jnz 2b",
+            "vzeroupper",
+            n = inout(reg) iters.max(1) => _,
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+            out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+            options(nostack, nomem),
+        );
+    }
+
     pub fn mul_add128(iters: u64) {
         // SAFETY: SSE2 is part of x86-64; touches only the listed registers.
         unsafe {
@@ -259,10 +346,10 @@ mod x86 {
                 "movaps xmm8, xmm0", "movaps xmm9, xmm0", "movaps xmm10, xmm0", "movaps xmm11, xmm0",
                 "movaps xmm12, xmm0", "movaps xmm13, xmm0", "movaps xmm14, xmm0", "movaps xmm15, xmm0",
                 "2:",
-                "mulps xmm0, xmm15", "addps xmm8, xmm15", "mulps xmm1, xmm15", "addps xmm9, xmm15",
-                "mulps xmm2, xmm15", "addps xmm10, xmm15", "mulps xmm3, xmm15", "addps xmm11, xmm15",
-                "mulps xmm4, xmm15", "addps xmm12, xmm15", "mulps xmm5, xmm15", "addps xmm13, xmm15",
-                "mulps xmm6, xmm15", "addps xmm14, xmm15", "mulps xmm7, xmm15", "addps xmm8, xmm15",
+                "mulps xmm0, xmm15", "addps xmm7, xmm14", "mulps xmm1, xmm15", "addps xmm8, xmm14",
+                "mulps xmm2, xmm15", "addps xmm9, xmm14", "mulps xmm3, xmm15", "addps xmm10, xmm14",
+                "mulps xmm4, xmm15", "addps xmm11, xmm14", "mulps xmm5, xmm15", "addps xmm12, xmm14",
+                "mulps xmm6, xmm15", "addps xmm13, xmm14",
                 "dec {n}",
                 "jnz 2b",
                 n = inout(reg) iters.max(1) => _,
@@ -331,14 +418,13 @@ fn cache_path() -> Option<PathBuf> {
 
 /// What makes two machines' ceilings differ: the CPU, the loop's width, the threads.
 fn cache_key(threads: usize) -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
+    // x86 names its CPU in "model name"; Arm in "CPU implementer" and "CPU part".
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name")
+        .or_else(|| Some(format!("{} {}", field("CPU implementer")?, field("CPU part")?)))
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     format!("v2 {model} | {}-bit | {threads} threads", fma_loop().bits)
 }

@@ -371,17 +371,22 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let n_params = model.num_params(true);
     let tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * block; // all ranks together
     let flops_per_iter = model.flops_per_token(block) * tokens_per_iter as f64;
-    // MFU's denominator: the FMA ceiling of this machine's cores, times the machines a
-    // multi-machine run spans (ranks launched on one machine share its cores).
-    let machine_peak = crate::peak::device_peak(c.peak_flops, crate::peak::default_threads());
+    // MFU's denominator: the ceiling of one machine, times the machines a distributed run
+    // spans: those of its hostfile (ranks launched on one machine share its cores), else
+    // (MPI) one per rank, which can only make MFU read low.
+    let machine_peak = crate::peak::peak_for(device, c.peak_flops, crate::peak::default_threads())?;
     let machines = match std::env::var("MLX_HOSTFILE") {
-        Ok(path) if world_size > 1 => crate::distributed::machines_in_hostfile(&path).unwrap_or(world_size),
-        _ => 1,
+        _ if world_size == 1 => 1,
+        Ok(path) => crate::distributed::machines_in_hostfile(&path).unwrap_or(world_size),
+        Err(_) => world_size,
     };
     let peak = machine_peak.flops * machines as f64;
     if master {
-        tracing::info!("BLAS kernel: {}", mlx_gpt_model::blas_kernel::status().describe());
+        let kernel = mlx_gpt_model::blas_kernel::status();
+        tracing::info!(blas_kernel = kernel.core.as_deref().unwrap_or("n/a"), "BLAS kernel: {}", kernel.describe());
         tracing::info!(
+            peak_gflops = peak / 1e9,
+            machines,
             "MFU ceiling: {}{}",
             machine_peak.describe(),
             if machines > 1 { format!(" × {machines} machines") } else { String::new() }

@@ -6,7 +6,7 @@ use mlx_gpt_model::generate::{generate, SamplingParams};
 use mlx_gpt_model::{blas_kernel, Gpt, GptConfig};
 use mlx_rs::Array;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> anyhow::Result<()> {
     let config = GptConfig { block_size: 32, n_layer: 2, n_head: 2, n_embd: 64, ..GptConfig::baby(65) };
     let mut model = Gpt::new(config, 1337)?;
     let idx = Array::from_slice(&[1i32, 2, 3, 4, 5, 6, 7, 8], &[2, 4]); // (B, T)
