@@ -199,8 +199,11 @@ fn ctrl_c_saves_a_checkpoint_and_damaged_or_incompatible_ones_are_refused() {
     // SAFETY: sending SIGINT to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let output = child.wait_with_output().unwrap();
-    let stdout = ok(&output);
-    assert!(stdout.contains("interrupted; resume with"), "{stdout}");
+    // Interrupted is not finished: 130, as a shell reports a program stopped by Ctrl-C.
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("interrupted at iter") && stdout.contains("--init_from resume"), "{stdout}");
+    assert!(!stdout.contains("final:"), "{stdout}");
     let ckpts = mlx_gpt_train::checkpoint::list(&out);
     assert_eq!(ckpts.len(), 1);
     let (iter, dir) = ckpts[0].clone();
@@ -290,4 +293,108 @@ fn mfu_of_a_short_run_stays_below_the_ceiling() {
         .collect();
     assert!(mfus.len() >= 10, "{mfus:?}");
     assert!(mfus.iter().all(|&m| m > 0.0 && m <= 1.0), "MFU outside (0, 100 %]: {mfus:?}");
+}
+
+/// A run that diverges stops with a named error and exits non-zero, without saving or
+/// pruning anything of the diverged weights; a resume does not re-save the checkpoint it
+/// loaded; a damaged newest checkpoint is skipped for the newest one that loads.
+#[test]
+fn a_diverging_run_keeps_its_finite_checkpoints_and_resume_falls_back_past_damage() {
+    let Some(data) = data_dir() else { return };
+    let run = common::Scratch::new("diverge");
+    let out = run.path().join("out");
+    let base = ["--eval_interval", "10", "--always_save_checkpoint", "true", "--keep_last", "2", "--warmup_iters", "5"];
+    ok(&mlx_gpt(&tiny(&data, &out, &[&base[..], &["--max_iters", "20", "--lr_decay_iters", "20"]].concat())));
+    let iters = |out: &Path| mlx_gpt_train::checkpoint::list(out).into_iter().map(|c| c.0).collect::<Vec<_>>();
+    assert_eq!(iters(&out), vec![10, 20]);
+    let done20 = out.join("checkpoints/iter-0000020/DONE");
+    let written = std::fs::metadata(&done20).unwrap().modified().unwrap();
+
+    let diverge = [
+        "--init_from",
+        "resume",
+        "--max_iters",
+        "60",
+        "--lr_decay_iters",
+        "60",
+        "--learning_rate",
+        "1e6",
+        "--min_lr",
+        "1e5",
+        "--grad_clip",
+        "0",
+    ];
+    let err = failure(&mlx_gpt(&tiny(&data, &out, &[&base[..], &diverge[..]].concat())));
+    assert!(err.contains("training diverged at iter") && err.contains("not finite"), "{err}");
+    assert!(err.contains("iter-0000020") && err.contains("is intact"), "{err}");
+    // Nothing was saved or pruned, and the loaded checkpoint was not written again.
+    assert_eq!(iters(&out), vec![10, 20]);
+    assert_eq!(std::fs::metadata(&done20).unwrap().modified().unwrap(), written);
+
+    // Non-finite hyper-parameters are refused before anything runs.
+    let err = failure(&mlx_gpt(&tiny(&data, &out, &["--learning_rate", "nan"])));
+    assert!(err.contains("learning_rate must be a finite number"), "{err}");
+
+    // The newest checkpoint damaged: the resume takes iter 10 and says what it skipped.
+    std::fs::write(out.join("checkpoints/iter-0000020/state.json"), "{").unwrap();
+    let resumed = mlx_gpt(&tiny(
+        &data,
+        &out,
+        &[&base[..], &["--init_from", "resume", "--max_iters", "30", "--lr_decay_iters", "30"]].concat(),
+    ));
+    let stdout = ok(&resumed);
+    assert!(stdout.contains("final: iter 30"), "{stdout}");
+    // The log (on stdout) names the checkpoint skipped and why.
+    assert!(stdout.contains("skipped a damaged checkpoint") && stdout.contains("iter-0000020"), "{stdout}");
+    assert!(stdout.contains("state.json is not valid"), "{stdout}");
+    assert!(train_losses(&out).iter().any(|l| l.0 == 10), "training restarted from iter 10");
+}
+
+/// One training run per run directory: a second is refused and names the first; SIGTERM
+/// (what docker, systemd and Slurm send) finishes the step, saves a checkpoint and exits
+/// 130 like Ctrl-C.
+#[test]
+fn a_second_writer_is_refused_and_sigterm_saves_a_checkpoint() {
+    let Some(data) = data_dir() else { return };
+    let run = common::Scratch::new("lock");
+    let out = run.path().join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
+        .args(tiny(&data, &out, &["--max_iters", "100000", "--eval_interval", "1000"]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while train_losses(&out).len() < 3 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = failure(&mlx_gpt(&tiny(&data, &out, &["--max_iters", "10"])));
+    assert!(err.contains("is in use by another training run") && err.contains(&format!("pid {}", child.id())), "{err}");
+    // Readers are not locked out.
+    let sample = mlx_gpt(&[
+        "sample".into(),
+        "--out-dir".into(),
+        out.display().to_string(),
+        "--max-new-tokens".into(),
+        "1".into(),
+    ]);
+    assert!(
+        !String::from_utf8_lossy(&sample.stderr).contains("in use by another"),
+        "{}",
+        String::from_utf8_lossy(&sample.stderr)
+    );
+
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("interrupted at iter"));
+    assert_eq!(mlx_gpt_train::checkpoint::list(&out).len(), 1);
+    // The lock went with the process: the run can be resumed.
+    let at = mlx_gpt_train::checkpoint::list(&out)[0].0;
+    let to = (at + 2).to_string();
+    let resumed =
+        ok(&mlx_gpt(&tiny(&data, &out, &["--init_from", "resume", "--max_iters", &to, "--lr_decay_iters", "100000"])));
+    assert!(resumed.contains(&format!("final: iter {to}")), "{resumed}");
 }

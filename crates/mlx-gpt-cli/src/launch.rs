@@ -3,10 +3,19 @@
 //! `MLX_RANK` and `MLX_HOSTFILE` (MLX's own convention; for several machines, run
 //! `mlx-gpt train` on each with those two variables set: docs/distributed.md). If one rank
 //! fails, the others are stopped and the failing rank is named.
+//!
+//! Signals: the ranks run in a process group of their own, so a terminal's Ctrl-C reaches
+//! `launch` only; `launch` passes Ctrl-C, SIGTERM and SIGHUP on to every rank once, as
+//! SIGINT (each finishes its step, rank 0 saves a checkpoint, all stop), and exits 130
+//! once they have. A rank whose `launch` dies (even by SIGKILL) gets SIGTERM from the
+//! kernel (`PR_SET_PDEATHSIG`) and stops the same way: no orphans that train on.
 
 use anyhow::{bail, Context};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -62,31 +71,59 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let hosts: Vec<Vec<String>> = ports.iter().map(|p| vec![format!("127.0.0.1:{p}")]).collect();
     let hostfile = std::env::temp_dir().join(format!("mlx-gpt-hosts-{}.json", std::process::id()));
     std::fs::write(&hostfile, serde_json::to_string(&hosts)?).with_context(|| hostfile.display().to_string())?;
-    // Ctrl-C reaches every rank through the terminal; the ranks checkpoint and stop together.
-    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+    // Ctrl-C, SIGTERM and SIGHUP go to every rank once, as SIGINT: the ranks checkpoint
+    // and stop together.
+    let pids: Arc<Mutex<Vec<i32>>> = Arc::default();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let (pids, interrupted) = (pids.clone(), interrupted.clone());
+        ctrlc::set_handler(move || {
+            if !interrupted.swap(true, Ordering::SeqCst) {
+                eprintln!("launch: interrupted; asking every rank to save a checkpoint and stop");
+                for &pid in pids.lock().unwrap().iter() {
+                    // SAFETY: signalling our own child processes.
+                    unsafe { libc::kill(pid, libc::SIGINT) };
+                }
+            }
+        })
+        .context("installing the handler of Ctrl-C, SIGTERM and SIGHUP")?;
+    }
     let exe = std::env::current_exe()?;
     // Ranks share this machine's cores: unless told otherwise, each rank's BLAS gets its share.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let blas_threads = std::env::var("OPENBLAS_NUM_THREADS").unwrap_or_else(|_| (cores / args.n).max(1).to_string());
     let mut children = Vec::new();
     for rank in 0..args.n {
-        let child = Command::new(&exe)
-            .args(&args.command)
+        let mut cmd = Command::new(&exe);
+        cmd.args(&args.command)
             .env("OPENBLAS_NUM_THREADS", &blas_threads)
             .env("MLX_RANK", rank.to_string())
             .env("MLX_HOSTFILE", &hostfile)
-            .spawn()
-            .with_context(|| format!("starting rank {rank}"))?;
+            // Its own process group: the terminal's Ctrl-C reaches launch alone, which
+            // passes it on once (two would abort the rank's checkpoint).
+            .process_group(0);
+        // SAFETY: prctl only sets a flag of the child, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting rank {rank}"))?;
+        pids.lock().unwrap().push(child.id() as i32);
         children.push((rank, child));
     }
+    // The first rank seen to fail is the one named: a peer that loses it fails later.
+    let mut failed = None;
     let result = loop {
         std::thread::sleep(Duration::from_millis(100));
         let mut running = 0;
-        let mut failed = None;
         for (rank, c) in children.iter_mut() {
             match c.try_wait()? {
                 None => running += 1,
-                Some(s) if !s.success() => failed = Some((*rank, s)),
+                Some(s) if !s.success() && !interrupted.load(Ordering::SeqCst) => {
+                    failed.get_or_insert((*rank, s));
+                }
                 Some(_) => {}
             }
         }
@@ -100,5 +137,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_file(&hostfile);
+    if interrupted.load(Ordering::SeqCst) {
+        eprintln!("launch: every rank has stopped; resume with --init_from resume");
+        std::process::exit(130);
+    }
     result
 }

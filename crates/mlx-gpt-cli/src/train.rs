@@ -37,16 +37,32 @@ pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
     let flag = stop.clone();
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("second Ctrl-C: exiting without a checkpoint");
+            eprintln!("second interrupt: exiting without a checkpoint");
             // _exit, not exit: no static destructors while training threads may still be
             // inside MLX. Finished checkpoints are already complete on disk.
             // SAFETY: _exit only ends the process.
             unsafe { libc::_exit(130) };
         }
-        eprintln!("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to abort)");
+        eprintln!(
+            "interrupted (Ctrl-C, SIGTERM or SIGHUP): finishing this step, then saving a checkpoint \
+             (interrupt again to abort)"
+        );
     })
-    .context("installing the Ctrl-C handler")?;
+    .context("installing the handler of Ctrl-C, SIGTERM and SIGHUP")?;
     let summary = run(&c, &RunOptions { stop, progress: true })?;
+    if summary.interrupted {
+        // Not a finished run: say where it stopped, and exit as an interrupted program
+        // does (128 + SIGINT), so a script or scheduler does not take it for done.
+        if master {
+            println!(
+                "interrupted at iter {}{}; resume with: mlx-gpt train {} --init_from resume",
+                summary.iter,
+                summary.checkpoint.as_ref().map(|p| format!(" (checkpoint {})", p.display())).unwrap_or_default(),
+                args.args.join(" ")
+            );
+        }
+        std::process::exit(130);
+    }
     if !master {
         return Ok(());
     }
@@ -55,9 +71,6 @@ pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
             "final: iter {}, train loss {:.4}, val loss {:.4}, best val loss {:.4}, {:.1} s",
             summary.iter, l.train, l.val, summary.best_val_loss, summary.wall_s
         );
-    }
-    if summary.interrupted {
-        println!("interrupted; resume with: mlx-gpt train {} --init_from resume", args.args.join(" "));
     }
     Ok(())
 }

@@ -114,12 +114,36 @@ pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Res
         .and_then(|_| std::fs::File::open(&done)?.sync_all())
         .map_err(io(&done))?;
     let dest = root.join(&name);
-    if dest.exists() {
-        // Re-saving the same iteration (after a resume): replace it.
-        std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
-    }
-    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    replace_dir(&tmp, &dest)?;
     Ok(dest)
+}
+
+/// Put the folder `new` in place of `dest`, never deleting `dest` before `new` is there:
+/// an existing `dest` is renamed aside first, and removed only after `new` took its name.
+/// A kill between the renames leaves the old checkpoint aside (`.iter-N.old-PID`, whole,
+/// with its DONE) and the new one under its temporary name; [`list`] then finds neither
+/// under `iter-N`, and the older checkpoints are untouched.
+fn replace_dir(new: &Path, dest: &Path) -> Result<(), TrainError> {
+    let name = dest.file_name().expect("a checkpoint name").to_string_lossy().into_owned();
+    let aside = dest.with_file_name(format!(".{name}.old-{}", std::process::id()));
+    let moved = if dest.exists() {
+        let _ = std::fs::remove_dir_all(&aside);
+        std::fs::rename(dest, &aside).map_err(io(dest))?;
+        true
+    } else {
+        false
+    };
+    if let Err(e) = std::fs::rename(new, dest) {
+        if moved {
+            // Put the old one back where it was.
+            let _ = std::fs::rename(&aside, dest);
+        }
+        return Err(io(dest)(e));
+    }
+    if moved {
+        std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+    }
+    Ok(())
 }
 
 /// Delete the oldest complete checkpoints beyond `keep`, and abandoned temporary folders.
@@ -131,11 +155,33 @@ pub fn prune(out_dir: &Path, keep: usize) -> Result<(), TrainError> {
     }
     for e in std::fs::read_dir(checkpoints_dir(out_dir)).into_iter().flatten().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(".iter-") && !n.ends_with(&format!(".tmp-{}", std::process::id())) {
+        let ours = n.ends_with(&format!(".tmp-{}", std::process::id()))
+            || n.ends_with(&format!(".old-{}", std::process::id()));
+        if n.starts_with(".iter-") && !ours {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
     Ok(())
+}
+
+/// Load the newest complete checkpoint of `out_dir` that loads, skipping damaged newer
+/// ones; returns what was loaded and, for each one skipped, its folder and why. When none
+/// loads, the newest one's error.
+pub fn load_latest_valid(
+    out_dir: &Path,
+    adamw: AdamWConfig,
+) -> Result<(PathBuf, Loaded, Vec<(PathBuf, TrainError)>), TrainError> {
+    let mut skipped = Vec::new();
+    for (_, dir) in list(out_dir).into_iter().rev() {
+        match load(&dir, adamw) {
+            Ok(loaded) => return Ok((dir, loaded, skipped)),
+            Err(e) => skipped.push((dir, e)),
+        }
+    }
+    match skipped.into_iter().next() {
+        Some((_, newest)) => Err(newest),
+        None => Err(TrainError::NoCheckpoint { out_dir: out_dir.into() }),
+    }
 }
 
 /// What a checkpoint restores.

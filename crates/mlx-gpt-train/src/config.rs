@@ -283,10 +283,30 @@ impl TrainConfig {
             ("n_embd", self.n_embd),
             ("eval_interval", self.eval_interval),
             ("log_interval", self.log_interval),
+            ("eval_iters", self.eval_iters),
         ] {
             if v == 0 {
                 return bad(format!("{k} must be at least 1"));
             }
+        }
+        // Numbers a run cannot train with: NaN or inf would train to NaN, a negative decay
+        // or clip would turn the update around. Each with the range it must be in.
+        for (k, v, ok, range) in [
+            ("learning_rate", self.learning_rate, self.learning_rate >= 0.0, "≥ 0"),
+            ("min_lr", self.min_lr, self.min_lr >= 0.0, "≥ 0"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0.0, "≥ 0"),
+            ("beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "in [0, 1)"),
+            ("beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "in [0, 1)"),
+            ("grad_clip", self.grad_clip, self.grad_clip >= 0.0, "≥ 0 (0 turns clipping off)"),
+            ("dist_timeout", self.dist_timeout, self.dist_timeout > 0.0, "> 0 seconds"),
+            ("peak_flops", self.peak_flops, self.peak_flops >= 0.0, "≥ 0 (0 measures it)"),
+        ] {
+            if !v.is_finite() || !ok {
+                return bad(format!("{k} must be a finite number {range}, got {v}"));
+            }
+        }
+        if self.out_dir.as_os_str().is_empty() {
+            return bad("out_dir must not be empty (it is the run's folder: checkpoints, metrics, config)".into());
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
@@ -362,6 +382,32 @@ mod tests {
         // The resolved config round-trips through its TOML.
         let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn numbers_that_cannot_train_are_refused() {
+        for (k, v) in [
+            ("learning_rate", "nan"),
+            ("learning_rate", "inf"),
+            ("learning_rate", "-1"),
+            ("min_lr", "nan"),
+            ("beta1", "2"),
+            ("beta2", "nan"),
+            ("weight_decay", "-10"),
+            ("grad_clip", "-1"),
+            ("grad_clip", "nan"),
+            ("dist_timeout", "-1"),
+            ("dist_timeout", "nan"),
+            ("peak_flops", "-1"),
+            ("eval_iters", "0"),
+        ] {
+            let e = TrainConfig::resolve(None, &kv(&[(k, v)])).unwrap_err().to_string();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
+        let e = TrainConfig::resolve(None, &kv(&[("out_dir", "")])).unwrap_err().to_string();
+        assert!(e.contains("out_dir must not be empty"), "{e}");
+        // The edges that are allowed.
+        TrainConfig::resolve(None, &kv(&[("grad_clip", "0"), ("beta1", "0"), ("weight_decay", "0")])).unwrap();
     }
 
     #[test]

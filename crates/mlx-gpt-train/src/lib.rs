@@ -7,8 +7,9 @@
 //! - [`optimizer`]: AdamW as PyTorch's (bias correction, decay on ≥ 2-D weights only);
 //! - [`eval`]: `estimate_loss` over both splits;
 //! - [`checkpoint`]: atomic checkpoints with a DONE marker, strict loading, pruning;
+//! - [`lock`]: one training run per run directory;
 //! - [`metrics`]: `metrics.jsonl` and the `loss.svg` plot;
-//! - [`peak`]: the measured FLOP/s that MFU divides by;
+//! - [`peak`]: the CPU's FMA ceiling that MFU divides by;
 //! - [`distributed`]: MLX's process groups and collectives, for data-parallel training;
 //! - [`train`]: the loop itself, [`train::run`].
 //!
@@ -20,6 +21,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod distributed;
 pub mod eval;
+pub mod lock;
 pub mod metrics;
 pub mod optimizer;
 pub mod peak;
@@ -103,4 +105,22 @@ pub enum TrainError {
     /// MLX failed.
     #[error("MLX: {}", .0.what())]
     Mlx(#[from] mlx_rs::error::Exception),
+    /// The run diverged: a loss, gradient norm or weight became NaN or infinite. Nothing
+    /// was saved from that point on, so the checkpoints on disk are all finite.
+    #[error(
+        "training diverged at iter {iter}: {what} is not finite; stopped without saving it{}. \
+         Lower learning_rate, set grad_clip, or use float32",
+        .last_checkpoint.as_ref().map(|p| format!(" (the last checkpoint, {}, is intact: resume from it with --init_from resume)", p.display())).unwrap_or_default()
+    )]
+    NonFinite {
+        /// The iteration.
+        iter: usize,
+        /// What was not finite, with its value (`train loss NaN`, `gradient norm inf`, ...).
+        what: String,
+        /// The newest complete checkpoint of the run, if any.
+        last_checkpoint: Option<PathBuf>,
+    },
+    /// Another process trains into the same run directory.
+    #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
 }

@@ -108,9 +108,10 @@ pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, Ad
     let (mut model, opt, state) = match c.init_from() {
         InitFrom::Scratch => (Gpt::new(wanted, c.seed)?, AdamW::new(adamw), None),
         InitFrom::Resume => {
-            let dir = checkpoint::latest(&c.out_dir)
-                .ok_or_else(|| TrainError::NoCheckpoint { out_dir: c.out_dir.clone() })?;
-            let loaded = checkpoint::load(&dir, adamw)?;
+            let (dir, loaded, skipped) = checkpoint::load_latest_valid(&c.out_dir, adamw)?;
+            for (bad, why) in &skipped {
+                tracing::warn!(checkpoint = %bad.display(), "skipped a damaged checkpoint: {why}");
+            }
             let diff = model_differences(&loaded.state.model, &wanted);
             if !diff.is_empty() {
                 return Err(TrainError::Incompatible { checkpoint: dir, differences: diff });
@@ -366,6 +367,8 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         None => BatchSampler::new(train_file, c.batch_size, block, Order::Random, c.seed + rank as u64)?,
     };
     let mut iter = state.as_ref().map_or(0, |s| s.iter);
+    // The checkpoint a resumed run loaded is on disk already: not saved again.
+    let resumed_at = state.as_ref().map(|s| s.iter);
     let mut best_val_loss = state.as_ref().map_or(f64::INFINITY, |s| s.best_val_loss);
 
     let n_params = model.num_params(true);
@@ -406,6 +409,8 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     // Rank 0 writes the run directory; the others only compute.
     let writes = master && !c.eval_only;
     std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
+    // One writer per run directory, held until this function returns (crate::lock).
+    let _lock = if writes { Some(crate::lock::acquire(&c.out_dir)?) } else { None };
     if writes {
         let resolved = c.out_dir.join("config.toml");
         mlx_gpt_model::write_atomic(&resolved, c.to_toml().as_bytes())
@@ -465,6 +470,15 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         if !master {
             return Ok(None);
         }
+        // Never a checkpoint of weights that are no longer numbers (one that replaced or
+        // pruned a finite one would lose the run).
+        if let Some(name) = first_non_finite_parameter(model)? {
+            return Err(TrainError::NonFinite {
+                iter,
+                what: format!("parameter {name}"),
+                last_checkpoint: checkpoint::latest(&c.out_dir),
+            });
+        }
         let st = TrainState {
             version: STATE_VERSION,
             iter,
@@ -500,11 +514,20 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
                     losses.val
                 )
             });
+            for (what, v) in [("train loss", losses.train), ("val loss", losses.val)] {
+                if !v.is_finite() && !c.eval_only {
+                    return Err(TrainError::NonFinite {
+                        iter,
+                        what: format!("the evaluation's {what} ({v})"),
+                        last_checkpoint: checkpoint::latest(&c.out_dir),
+                    });
+                }
+            }
             record(Record::Eval { iter, train_loss: losses.train, val_loss: losses.val })?;
             last_eval = Some(losses);
             if losses.val < best_val_loss || c.always_save_checkpoint {
                 best_val_loss = best_val_loss.min(losses.val);
-                if iter > 0 && !c.eval_only {
+                if iter > 0 && !c.eval_only && Some(iter) != resumed_at {
                     if let Some(p) = save(&model, &opt, &sampler, iter, best_val_loss)? {
                         say(&|| tracing::info!(checkpoint = %p.display(), "saving checkpoint to {}", p.display()));
                         checkpoint_path = Some(p);
@@ -533,6 +556,17 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
             h.beat();
         }
         let secs = t0.elapsed().as_secs_f64();
+        // A diverged step stops the run before anything of it is saved (the weights it
+        // updated are NaN too). Every rank sees the same averaged values.
+        for (what, v) in [("train loss", stats.loss), ("gradient norm", stats.grad_norm)] {
+            if !v.is_finite() {
+                return Err(TrainError::NonFinite {
+                    iter,
+                    what: format!("the {what} ({v})"),
+                    last_checkpoint: checkpoint::latest(&c.out_dir),
+                });
+            }
+        }
         if iter % c.log_interval == 0 {
             let tok_per_s = tokens_per_iter as f64 / secs;
             let mfu = flops_per_iter / secs / peak;
@@ -590,4 +624,20 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         interrupted,
         checkpoint: checkpoint_path,
     })
+}
+
+/// The first parameter (in name order) holding a NaN or an infinity, if any.
+fn first_non_finite_parameter(model: &Gpt) -> Result<Option<String>, TrainError> {
+    use mlx_rs::module::ModuleParameters;
+    let params = model.parameters().flatten();
+    let mut names: Vec<_> = params.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let p = &params[&name];
+        let finite = p.is_finite()?.all(None)?.item_exact::<bool>();
+        if !finite {
+            return Ok(Some(name.to_string()));
+        }
+    }
+    Ok(None)
 }
