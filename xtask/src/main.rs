@@ -76,7 +76,9 @@ fn project_root() -> PathBuf {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_target(false).without_time().init();
+    // Colours only on a terminal: a redirected log stays plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_target(false).without_time().with_ansi(ansi).init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -81,6 +81,8 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        // Colours only on a terminal: a redirected log (a file, a CI job) stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     if let Err(err) = run(cli, jit) {
         eprintln!("error: {err:#}");

@@ -201,7 +201,9 @@ pub fn generate(
     let block = model.config.block_size;
     let mut rng = SampleRng::new(params.seed);
     let mut tokens = prompt.to_vec();
-    let mut out = Vec::with_capacity(max_new_tokens);
+    // Reserved up to a point: a huge max_new_tokens (a stream meant to run until stopped)
+    // must not ask for its whole capacity up front.
+    let mut out = Vec::with_capacity(max_new_tokens.min(1 << 16));
     let mut kv: Vec<LayerKv> = vec![LayerKv::default(); model.config.n_layer];
     let mut cached = 0usize; // how many of `tokens` the cache holds (a suffix ending before the pending ones)
                              // Decoding multiplies single rows by every weight matrix: sgemv (crate::matvec).

@@ -81,7 +81,18 @@ pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Res
     let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    if let Err(e) = write_into(&tmp, model, opt, state) {
+        // A failed save (a full disk, say) leaves no half-written folder taking space.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let dest = root.join(&name);
+    replace_dir(&tmp, &dest)?;
+    Ok(dest)
+}
 
+/// Every file of a checkpoint into `tmp`, DONE last.
+fn write_into(tmp: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Result<(), TrainError> {
     hf::save_pretrained(model, &tmp)?;
     // Optimizer moments, float32, as m.<param> and v.<param>.
     let arrays: Vec<(String, &Array)> = opt
@@ -102,6 +113,10 @@ pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Res
     let opt_path = tmp.join("optimizer.safetensors");
     safetensors::serialize_to_file(views, Some(meta), &opt_path)
         .map_err(|e| TrainError::Checkpoint { path: opt_path.clone(), what: e.to_string() })?;
+    // safetensors creates its file readable by the owner only; the checkpoint's other
+    // files follow the umask (0644 as a rule). Give it theirs.
+    let mode = std::fs::metadata(tmp.join("model.safetensors")).map_err(io(tmp))?.permissions();
+    std::fs::set_permissions(&opt_path, mode).map_err(io(&opt_path))?;
     let state_path = tmp.join("state.json");
     std::fs::write(&state_path, serde_json::to_string_pretty(state).expect("state serializes"))
         .map_err(io(&state_path))?;
@@ -113,9 +128,7 @@ pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Res
     std::fs::write(&done, state.iter.to_string())
         .and_then(|_| std::fs::File::open(&done)?.sync_all())
         .map_err(io(&done))?;
-    let dest = root.join(&name);
-    replace_dir(&tmp, &dest)?;
-    Ok(dest)
+    Ok(())
 }
 
 /// Put the folder `new` in place of `dest`, never deleting `dest` before `new` is there:
@@ -207,6 +220,13 @@ pub fn load(dir: &Path, adamw: AdamWConfig) -> Result<Loaded, TrainError> {
     if state.version != STATE_VERSION {
         return Err(damaged(format!("state.json version {} (expected {STATE_VERSION})", state.version)));
     }
+    if state.world_size == 0 || state.samplers.len() != state.world_size {
+        return Err(damaged(format!(
+            "state.json holds {} batch-sampler states for a world size of {}",
+            state.samplers.len(),
+            state.world_size
+        )));
+    }
     let model = hf::load_pretrained(dir).map_err(|e| damaged(format!("weights: {e}")))?;
     if model.config != state.model {
         return Err(damaged("config.json and state.json describe different models".into()));
@@ -248,4 +268,30 @@ pub fn load(dir: &Path, adamw: AdamWConfig) -> Result<Loaded, TrainError> {
         return Err(damaged(format!("optimizer state covers {} of {} parameters", optimizer.m.len(), params.len())));
     }
     Ok(Loaded { model, optimizer, state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacing_a_checkpoint_never_deletes_it_first() {
+        let root = std::env::temp_dir().join(format!("mlx-gpt-replace-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (dest, new) = (root.join("iter-0000010"), root.join(".iter-0000010.tmp-1"));
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::write(dest.join("DONE"), "old").unwrap();
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("DONE"), "new").unwrap();
+        replace_dir(&new, &dest).unwrap();
+        assert_eq!(std::fs::read_to_string(dest.join("DONE")).unwrap(), "new");
+        assert!(!new.exists());
+        // Nothing left aside.
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
+        // A rename that fails puts the old folder back.
+        let missing = root.join(".iter-0000010.tmp-2");
+        assert!(replace_dir(&missing, &dest).is_err());
+        assert_eq!(std::fs::read_to_string(dest.join("DONE")).unwrap(), "new");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -6,7 +6,49 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 
+/// f64 as a JSON number when finite, else as `"NaN"`, `"inf"` or `"-inf"`; `null` (what
+/// older files hold for NaN) reads as NaN.
+mod any_f64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            Num(f64),
+            Text(String),
+            Null(()),
+        }
+        match Any::deserialize(d)? {
+            Any::Num(v) => Ok(v),
+            Any::Null(()) => Ok(f64::NAN),
+            Any::Text(t) => match t.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                other => Err(serde::de::Error::custom(format!("not a number: {other:?}"))),
+            },
+        }
+    }
+}
+
 /// One line of `metrics.jsonl`.
+///
+/// Numbers are written so they read back exactly (serde_json's `float_roundtrip`), and a
+/// NaN or infinity as the strings `"NaN"`, `"inf"`, `"-inf"` (JSON has no such numbers;
+/// serde_json would write `null`, which reads back as nothing).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
@@ -15,16 +57,22 @@ pub enum Record {
         /// Iteration.
         iter: usize,
         /// Mean loss over the step's micro-batches.
+        #[serde(with = "any_f64")]
         loss: f64,
         /// Learning rate used.
+        #[serde(with = "any_f64")]
         lr: f64,
         /// Wall time of the step.
+        #[serde(with = "any_f64")]
         ms: f64,
         /// Tokens per second.
+        #[serde(with = "any_f64")]
         tok_per_s: f64,
         /// Model FLOPs utilisation.
+        #[serde(with = "any_f64")]
         mfu: f64,
         /// Gradient norm before clipping.
+        #[serde(with = "any_f64")]
         grad_norm: f64,
     },
     /// An evaluation.
@@ -32,8 +80,10 @@ pub enum Record {
         /// Iteration.
         iter: usize,
         /// Mean train loss over eval_iters batches.
+        #[serde(with = "any_f64")]
         train_loss: f64,
         /// Mean val loss over eval_iters batches.
+        #[serde(with = "any_f64")]
         val_loss: f64,
     },
 }
@@ -58,12 +108,111 @@ pub fn append(path: &Path, r: &Record) -> std::io::Result<()> {
     writeln!(f, "{}", serde_json::to_string(r).expect("record serializes"))
 }
 
-/// Keep only the records before iteration `iter`: a run resumed there evaluates and logs
-/// from `iter` on again.
+/// Keep the records before iteration `iter` (for a resume from a checkpoint at `iter`):
+/// those lines stay byte for byte as written; later ones, and lines that are not records
+/// (a line cut short by a kill), are dropped. Written atomically.
 pub fn truncate_after(path: &Path, iter: usize) -> std::io::Result<()> {
-    let kept: Vec<Record> = read(path).into_iter().filter(|r| r.iter() < iter).collect();
-    let text: String = kept.iter().map(|r| serde_json::to_string(r).expect("serializes") + "\n").collect();
-    mlx_gpt_model::write_atomic(path, text.as_bytes())
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("iter")?.as_u64())
+                .is_some_and(|i| (i as usize) < iter)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept == text {
+        return Ok(());
+    }
+    mlx_gpt_model::write_atomic(path, kept.as_bytes())
+}
+
+/// What `loss.svg` draws, kept in memory and bounded: every evaluation, and the training
+/// steps averaged in buckets of iterations that double in width whenever more than
+/// [`LossSummary::MAX_POINTS`] would be kept. Drawing it costs the same at iteration
+/// 2,000 as at 2,000,000 (reading all of `metrics.jsonl` at each evaluation did not).
+#[derive(Debug, Clone, Default)]
+pub struct LossSummary {
+    /// (first iteration of the bucket, sum of losses, count).
+    steps: Vec<(usize, f64, usize)>,
+    width: usize,
+    evals: Vec<Record>,
+}
+
+impl LossSummary {
+    /// Most training-step points kept.
+    pub const MAX_POINTS: usize = 2048;
+
+    /// A summary of the records of an existing file (a resumed run's).
+    pub fn from_records(records: &[Record]) -> LossSummary {
+        let mut s = LossSummary::default();
+        for r in records {
+            s.push(r);
+        }
+        s
+    }
+
+    /// Add one record.
+    pub fn push(&mut self, r: &Record) {
+        match r {
+            Record::Train { iter, loss, .. } => {
+                let width = self.width.max(1);
+                let start = iter / width * width;
+                match self.steps.last_mut() {
+                    Some(last) if last.0 == start => {
+                        last.1 += loss;
+                        last.2 += 1;
+                    }
+                    _ => self.steps.push((start, *loss, 1)),
+                }
+                if self.steps.len() > Self::MAX_POINTS {
+                    self.width = width * 2;
+                    let w = self.width;
+                    let mut merged: Vec<(usize, f64, usize)> = Vec::with_capacity(self.steps.len() / 2 + 1);
+                    for (i, sum, n) in self.steps.drain(..) {
+                        let start = i / w * w;
+                        match merged.last_mut() {
+                            Some(m) if m.0 == start => {
+                                m.1 += sum;
+                                m.2 += n;
+                            }
+                            _ => merged.push((start, sum, n)),
+                        }
+                    }
+                    self.steps = merged;
+                }
+            }
+            Record::Eval { .. } => self.evals.push(r.clone()),
+        }
+    }
+
+    /// The records to draw: one train record per bucket (mean loss), then the evaluations.
+    pub fn records(&self) -> Vec<Record> {
+        self.steps
+            .iter()
+            .map(|&(iter, sum, n)| Record::Train {
+                iter,
+                loss: sum / n as f64,
+                lr: 0.0,
+                ms: 0.0,
+                tok_per_s: 0.0,
+                mfu: 0.0,
+                grad_norm: 0.0,
+            })
+            .chain(self.evals.iter().cloned())
+            .collect()
+    }
+
+    /// `loss.svg`'s text.
+    pub fn svg(&self) -> String {
+        plot_svg(&self.records())
+    }
 }
 
 /// Draw train-step loss (thin), and eval train/val loss (thick) as an SVG line chart.
@@ -109,4 +258,62 @@ pub fn plot_svg(records: &[Record]) -> String {
     svg += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">iteration</text>\n", w / 2.0, h - 15.0);
     svg += &format!("<text x=\"{pad}\" y=\"30\">loss — <tspan fill=\"#9ecae1\">train step</tspan>, <tspan fill=\"#08519c\">train (eval)</tspan>, <tspan fill=\"#e6550d\">val (eval)</tspan></text>\n");
     svg + "</svg>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_earlier_lines_byte_for_byte_and_non_finite_values_survive() {
+        let dir = std::env::temp_dir().join(format!("mlx-gpt-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("metrics.jsonl");
+        let odd = 0.1f64 + 0.2; // 0.30000000000000004: needs every digit
+        let lines = [
+            r#"{"kind":"train","iter":0,"loss":4.1743218,"lr":0.30000000000000004,"ms":1.0,"tok_per_s":2.0,"mfu":0.5,"grad_norm":1.0}"#,
+            r#"{"kind":"eval","iter":0,"train_loss":4.2,"val_loss":null}"#,
+            r#"{"kind":"train","iter":1,"loss":"NaN","lr":1e-3,"ms":1.0,"tok_per_s":2.0,"mfu":0.5,"grad_norm":"inf"}"#,
+            r#"{"kind":"train","iter":2,"loss":3.0,"lr":1e-3,"ms":1.0,"tok_per_s":2.0,"mfu":0.5,"grad_norm":1.0}"#,
+            r#"{"kind":"train","iter":3,"lo"#,
+        ];
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        truncate_after(&p, 2).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), lines[..3].join("\n") + "\n");
+        let r = read(&p);
+        assert_eq!(r.len(), 3);
+        assert!(matches!(r[0], Record::Train { lr, .. } if lr == odd));
+        assert!(matches!(r[1], Record::Eval { val_loss, .. } if val_loss.is_nan()));
+        assert!(matches!(r[2], Record::Train { loss, grad_norm, .. } if loss.is_nan() && grad_norm == f64::INFINITY));
+        // And written back as they were read.
+        let back = serde_json::to_string(&r[2]).unwrap();
+        assert!(back.contains(r#""loss":"NaN""#) && back.contains(r#""grad_norm":"inf""#), "{back}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_plot_summary_stays_bounded() {
+        let mut s = LossSummary::default();
+        let n = 100_000;
+        for iter in 0..n {
+            s.push(&Record::Train {
+                iter,
+                loss: 1.0 + (iter % 2) as f64,
+                lr: 0.0,
+                ms: 0.0,
+                tok_per_s: 0.0,
+                mfu: 0.0,
+                grad_norm: 0.0,
+            });
+        }
+        s.push(&Record::Eval { iter: n, train_loss: 1.5, val_loss: 1.6 });
+        let records = s.records();
+        assert!(records.len() <= LossSummary::MAX_POINTS + 1, "{}", records.len());
+        // Buckets average the steps they hold; the iterations stay in order.
+        for r in &records[..records.len() - 1] {
+            assert!(matches!(r, Record::Train { loss, .. } if (loss - 1.5).abs() < 1e-3));
+        }
+        assert!(records.windows(2).all(|w| w[0].iter() < w[1].iter()));
+        assert!(s.svg().len() < 200_000);
+    }
 }

@@ -426,14 +426,23 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
             let _ = std::fs::remove_file(&metrics_path);
         }
     }
+    // The plot's data, bounded, kept in memory: read from the file once (a resume), not at
+    // every evaluation.
+    let summary = std::cell::RefCell::new(if writes && state.is_some() {
+        metrics::LossSummary::from_records(&metrics::read(&metrics_path))
+    } else {
+        metrics::LossSummary::default()
+    });
     let record = |r: Record| -> Result<(), TrainError> {
         if !writes {
             return Ok(());
         }
         metrics::append(&metrics_path, &r).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
+        let mut summary = summary.borrow_mut();
+        summary.push(&r);
         if matches!(r, Record::Eval { .. }) {
             let svg = c.out_dir.join("loss.svg");
-            mlx_gpt_model::write_atomic(&svg, metrics::plot_svg(&metrics::read(&metrics_path)).as_bytes())
+            mlx_gpt_model::write_atomic(&svg, summary.svg().as_bytes())
                 .map_err(|source| TrainError::Io { path: svg, source })?;
         }
         Ok(())
