@@ -257,3 +257,43 @@ fn bad_hostfiles_busy_ports_and_indivisible_accumulation_are_named() {
     );
     assert!(err.contains("rank") && err.contains("stopping the other ranks"), "{err}");
 }
+
+/// SIGTERM to `launch` (what a scheduler sends) reaches every rank once: they finish the
+/// step, rank 0 saves a checkpoint, all stop, and launch exits 130 leaving no rank behind.
+#[test]
+fn sigterm_to_launch_stops_every_rank_with_a_checkpoint() {
+    let Some(data) = data_dir() else { return };
+    let run = common::Scratch::new("dist-term");
+    let out = run.path().join("out");
+    let extra = ["--max_iters", "100000", "--eval_interval", "100000", "--gradient_accumulation_steps", "2"];
+    let launch = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
+        .args(args(&["launch", "-n", "2", "--"], &data, &out, &extra))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(launch.id() as i32, libc::SIGTERM) };
+    let o = launch.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("every rank has stopped after an interrupt"), "{stderr}");
+    assert!(!stderr.contains("failed"), "{stderr}");
+    assert_eq!(mlx_gpt_train::checkpoint::list(&out).len(), 1, "{stderr}");
+    // No rank trains on: no process still has this run's folder on its command line.
+    let needle = out.display().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -4,15 +4,16 @@
 //! `mlx-gpt train` on each with those two variables set: docs/distributed.md). If one rank
 //! fails, the others are stopped and the failing rank is named.
 //!
-//! Signals: the ranks run in a process group of their own, so a terminal's Ctrl-C reaches
+//! Signals: each rank runs in a process group of its own, so a terminal's Ctrl-C reaches
 //! `launch` only; `launch` passes Ctrl-C, SIGTERM and SIGHUP on to every rank once, as
 //! SIGINT (each finishes its step, rank 0 saves a checkpoint, all stop), and exits 130
-//! once they have. A rank whose `launch` dies (even by SIGKILL) gets SIGTERM from the
-//! kernel (`PR_SET_PDEATHSIG`) and stops the same way: no orphans that train on.
+//! once they have; a second, later interrupt kills the ranks. On Linux a rank whose
+//! `launch` dies (even by SIGKILL) gets SIGTERM from the kernel (`PR_SET_PDEATHSIG`) and
+//! stops the same way: no orphans that train on.
 
 use anyhow::{bail, Context};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,18 +76,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // and stop together.
     let pids: Arc<Mutex<Vec<i32>>> = Arc::default();
     let interrupted = Arc::new(AtomicBool::new(false));
+    let signal_all = |pids: &Mutex<Vec<i32>>, sig| {
+        for &pid in pids.lock().unwrap().iter() {
+            // SAFETY: signalling our own child processes.
+            unsafe { libc::kill(pid, sig) };
+        }
+    };
     {
-        let (pids, interrupted) = (pids.clone(), interrupted.clone());
-        ctrlc::set_handler(move || {
-            if !interrupted.swap(true, Ordering::SeqCst) {
+        let (pids, pids2, interrupted) = (pids.clone(), pids.clone(), interrupted.clone());
+        crate::signals::on_interrupt(
+            move || {
+                interrupted.store(true, Ordering::SeqCst);
                 eprintln!("launch: interrupted; asking every rank to save a checkpoint and stop");
-                for &pid in pids.lock().unwrap().iter() {
-                    // SAFETY: signalling our own child processes.
-                    unsafe { libc::kill(pid, libc::SIGINT) };
-                }
-            }
-        })
-        .context("installing the handler of Ctrl-C, SIGTERM and SIGHUP")?;
+                signal_all(&pids, libc::SIGINT);
+            },
+            move || {
+                eprintln!("launch: interrupted again; killing the ranks without a checkpoint");
+                signal_all(&pids2, libc::SIGKILL);
+            },
+        )?;
     }
     let exe = std::env::current_exe()?;
     // Ranks share this machine's cores: unless told otherwise, each rank's BLAS gets its share.
@@ -99,32 +107,54 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .env("OPENBLAS_NUM_THREADS", &blas_threads)
             .env("MLX_RANK", rank.to_string())
             .env("MLX_HOSTFILE", &hostfile)
+            .env(crate::signals::LAUNCHED_VAR, "1")
             // Its own process group: the terminal's Ctrl-C reaches launch alone, which
-            // passes it on once (two would abort the rank's checkpoint).
+            // passes it on once.
             .process_group(0);
-        // SAFETY: prctl only sets a flag of the child, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
+        #[cfg(target_os = "linux")]
+        {
+            // The death signal is tied to the thread that forks: this is the main thread,
+            // which lives as long as launch does.
+            let parent = std::process::id() as libc::pid_t;
+            // SAFETY: prctl, getppid and _exit are async-signal-safe, as pre_exec requires.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    // launch died before the flag was set: nobody would stop this rank.
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().with_context(|| format!("starting rank {rank}"))?;
         pids.lock().unwrap().push(child.id() as i32);
+        if interrupted.load(Ordering::SeqCst) {
+            // Interrupted while it started: it did not get the forwarded signal.
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        }
         children.push((rank, child));
     }
     // The first rank seen to fail is the one named: a peer that loses it fails later.
+    // A rank that stopped because it was interrupted (exit 130, or killed by SIGINT or
+    // SIGTERM) has not failed: a rank signalled directly stops all of them that way.
     let mut failed = None;
+    let mut stopped_by_interrupt = false;
     let result = loop {
         std::thread::sleep(Duration::from_millis(100));
         let mut running = 0;
         for (rank, c) in children.iter_mut() {
             match c.try_wait()? {
                 None => running += 1,
-                Some(s) if !s.success() && !interrupted.load(Ordering::SeqCst) => {
+                Some(s) if s.success() => {}
+                Some(s) if s.code() == Some(130) || matches!(s.signal(), Some(libc::SIGINT | libc::SIGTERM)) => {
+                    stopped_by_interrupt = true;
+                }
+                Some(s) => {
                     failed.get_or_insert((*rank, s));
                 }
-                Some(_) => {}
             }
         }
         if let Some((rank, status)) = failed {
@@ -137,9 +167,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_file(&hostfile);
-    if interrupted.load(Ordering::SeqCst) {
-        eprintln!("launch: every rank has stopped; resume with --init_from resume");
+    result?;
+    if interrupted.load(Ordering::SeqCst) || stopped_by_interrupt {
+        eprintln!("launch: every rank has stopped after an interrupt; resume with --init_from resume");
         std::process::exit(130);
     }
-    result
+    Ok(())
 }

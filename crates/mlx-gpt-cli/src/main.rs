@@ -6,6 +6,7 @@ mod info;
 mod launch;
 mod overrides;
 mod sample;
+mod signals;
 mod train;
 
 use clap::{Parser, Subcommand};

@@ -1,6 +1,5 @@
 //! `mlx-gpt train [CONFIG] [--key value …]`: nanoGPT's `train.py`.
 
-use anyhow::Context;
 use mlx_gpt_train::train::{run, RunOptions};
 use mlx_gpt_train::TrainConfig;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,20 +34,22 @@ pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
+    crate::signals::on_interrupt(
+        move || {
+            flag.store(true, Ordering::SeqCst);
+            eprintln!(
+                "interrupted (Ctrl-C, SIGTERM or SIGHUP): finishing this step, then saving a checkpoint \
+                 (interrupt again to abort)"
+            );
+        },
+        || {
             eprintln!("second interrupt: exiting without a checkpoint");
             // _exit, not exit: no static destructors while training threads may still be
             // inside MLX. Finished checkpoints are already complete on disk.
             // SAFETY: _exit only ends the process.
             unsafe { libc::_exit(130) };
-        }
-        eprintln!(
-            "interrupted (Ctrl-C, SIGTERM or SIGHUP): finishing this step, then saving a checkpoint \
-             (interrupt again to abort)"
-        );
-    })
-    .context("installing the handler of Ctrl-C, SIGTERM and SIGHUP")?;
+        },
+    )?;
     let summary = run(&c, &RunOptions { stop, progress: true })?;
     if summary.interrupted {
         // Not a finished run: say where it stopped, and exit as an interrupted program

@@ -49,6 +49,11 @@ pub fn checkpoints_dir(out_dir: &Path) -> PathBuf {
     out_dir.join("checkpoints")
 }
 
+/// The folder of iteration `iter`'s checkpoint.
+pub fn dir_of(out_dir: &Path, iter: usize) -> PathBuf {
+    checkpoints_dir(out_dir).join(format!("iter-{iter:07}"))
+}
+
 /// Complete checkpoints in `out_dir`, oldest first.
 pub fn list(out_dir: &Path) -> Vec<(usize, PathBuf)> {
     let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(checkpoints_dir(out_dir))
@@ -78,6 +83,7 @@ pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Res
     let root = checkpoints_dir(out_dir);
     std::fs::create_dir_all(&root).map_err(io(&root))?;
     let name = format!("iter-{:07}", state.iter);
+    debug_assert_eq!(root.join(&name), dir_of(out_dir, state.iter));
     let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
@@ -166,15 +172,47 @@ pub fn prune(out_dir: &Path, keep: usize) -> Result<(), TrainError> {
     for (_, p) in all.iter().take(all.len().saturating_sub(keep)) {
         std::fs::remove_dir_all(p).map_err(io(p))?;
     }
+    // Left-overs of saves that did not finish. The caller holds the run directory's lock
+    // (crate::lock) and has run `recover`, so none belongs to a live save.
     for e in std::fs::read_dir(checkpoints_dir(out_dir)).into_iter().flatten().flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        let ours = n.ends_with(&format!(".tmp-{}", std::process::id()))
-            || n.ends_with(&format!(".old-{}", std::process::id()));
-        if n.starts_with(".iter-") && !ours {
+        if e.file_name().to_string_lossy().starts_with(".iter-") {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
     Ok(())
+}
+
+/// Undo what a save killed between its renames left behind (`replace_dir`): where
+/// `iter-N` is missing, a complete temporary folder `.iter-N.tmp-*` (it has DONE) takes
+/// its place, else the old one set aside, `.iter-N.old-*`, goes back. Returns a note for
+/// each folder put back. Call it holding the run directory's lock, before `prune`.
+pub fn recover(out_dir: &Path) -> Result<Vec<String>, TrainError> {
+    let root = checkpoints_dir(out_dir);
+    let mut aside: Vec<PathBuf> = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".iter-")))
+        .collect();
+    // Complete new ones before old ones: the newer save wins.
+    aside.sort_by_key(|p| (!p.to_string_lossy().contains(".tmp-"), p.clone()));
+    let mut notes = Vec::new();
+    for p in aside {
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(name) =
+            n.strip_prefix('.').and_then(|n| n.split_once(".tmp-").or_else(|| n.split_once(".old-"))).map(|(a, _)| a)
+        else {
+            continue;
+        };
+        let dest = root.join(name);
+        if dest.exists() || !p.join("DONE").is_file() {
+            continue;
+        }
+        std::fs::rename(&p, &dest).map_err(io(&dest))?;
+        notes.push(format!("put back {} as {} (a save had stopped between its renames)", p.display(), dest.display()));
+    }
+    Ok(notes)
 }
 
 /// Load the newest complete checkpoint of `out_dir` that loads, skipping damaged newer
@@ -188,12 +226,26 @@ pub fn load_latest_valid(
     for (_, dir) in list(out_dir).into_iter().rev() {
         match load(&dir, adamw) {
             Ok(loaded) => return Ok((dir, loaded, skipped)),
-            Err(e) => skipped.push((dir, e)),
+            // Damage in the checkpoint's own files: try the next older one.
+            Err(e) if is_damage(&e) => skipped.push((dir, e)),
+            // Anything else (no permission, out of memory, ...) would be the same for an
+            // older one, or must not be silently passed over.
+            Err(e) => return Err(e),
         }
     }
     match skipped.into_iter().next() {
         Some((_, newest)) => Err(newest),
         None => Err(TrainError::NoCheckpoint { out_dir: out_dir.into() }),
+    }
+}
+
+/// Whether a load error is damage to the checkpoint's files (worth an older one).
+fn is_damage(e: &TrainError) -> bool {
+    use std::io::ErrorKind::{InvalidData, NotFound, UnexpectedEof};
+    match e {
+        TrainError::Checkpoint { .. } | TrainError::Weights(_) => true,
+        TrainError::Io { source, .. } => matches!(source.kind(), NotFound | InvalidData | UnexpectedEof),
+        _ => false,
     }
 }
 
@@ -293,5 +345,39 @@ mod tests {
         assert!(replace_dir(&missing, &dest).is_err());
         assert_eq!(std::fs::read_to_string(dest.join("DONE")).unwrap(), "new");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// The states a kill inside `replace_dir` can leave, and what `recover` makes of them.
+    #[test]
+    fn a_save_killed_between_its_renames_is_put_back() {
+        let out = std::env::temp_dir().join(format!("mlx-gpt-recover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let root = checkpoints_dir(&out);
+        let folder = |name: &str, done: Option<&str>| {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+            if let Some(d) = done {
+                std::fs::write(root.join(name).join("DONE"), d).unwrap();
+            }
+        };
+        // Killed after setting the old one aside, before the new one took its name: the
+        // complete new one wins.
+        folder(".iter-0000020.old-7", Some("old"));
+        folder(".iter-0000020.tmp-7", Some("new"));
+        // Killed while writing (no DONE) after the old one was set aside: the old one returns.
+        folder(".iter-0000030.old-7", Some("old"));
+        folder(".iter-0000030.tmp-7", None);
+        // A complete checkpoint and a half-written next one: left for prune.
+        folder("iter-0000010", Some("10"));
+        folder(".iter-0000040.tmp-7", None);
+        let notes = recover(&out).unwrap();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert_eq!(std::fs::read_to_string(root.join("iter-0000020/DONE")).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(root.join("iter-0000030/DONE")).unwrap(), "old");
+        assert_eq!(list(&out).iter().map(|c| c.0).collect::<Vec<_>>(), vec![10, 20, 30]);
+        prune(&out, 10).unwrap();
+        let left: Vec<String> =
+            std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(left.iter().all(|n| n.starts_with("iter-")), "{left:?}");
+        std::fs::remove_dir_all(&out).unwrap();
     }
 }

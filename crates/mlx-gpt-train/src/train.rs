@@ -339,6 +339,33 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let world = init_world(c)?;
     let (rank, world_size) = world.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
     let master = rank == 0;
+    // Rank 0 writes the run directory; the others only compute. It is locked before
+    // anything in it is read (a checkpoint to resume) or written (crate::lock), and held
+    // until this function returns.
+    let writes = master && !c.eval_only;
+    let lock = if writes {
+        std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
+        Some(crate::lock::acquire(&c.out_dir))
+    } else {
+        None
+    };
+    if let Some(g) = &world {
+        // Every rank learns whether rank 0 got the lock, and stops with it if not.
+        let refused = matches!(lock, Some(Err(_))) as u8 as f32;
+        if g.all_sum(&mlx_rs::Array::from_f32(refused))?.item_exact::<f32>() > 0.0 && !master {
+            return Err(TrainError::Config(crate::config::ConfigError::Inconsistent(format!(
+                "rank 0 could not lock {}: another training run writes there",
+                c.out_dir.display()
+            ))));
+        }
+    }
+    let _lock = lock.transpose()?;
+    if writes {
+        // A save killed between its renames left its folders aside: put them back.
+        for note in checkpoint::recover(&c.out_dir)? {
+            tracing::warn!("{note}");
+        }
+    }
     if !c.gradient_accumulation_steps.is_multiple_of(world_size) {
         return Err(TrainError::Config(crate::config::ConfigError::Inconsistent(format!(
             "gradient_accumulation_steps ({}) must be divisible by the number of processes ({world_size})",
@@ -351,6 +378,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let adamw =
         AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 };
     let (mut model, mut opt, state) = init(c, &meta, adamw)?;
+    let resumed_from = state.as_ref().map(|s| checkpoint::dir_of(&c.out_dir, s.iter));
     model.set_dtype(dtype_of(&c.dtype))?;
     let block = model.config.block_size.min(c.block_size);
 
@@ -406,11 +434,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
             n_params as f64 / 1e6
         );
     }
-    // Rank 0 writes the run directory; the others only compute.
-    let writes = master && !c.eval_only;
     std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
-    // One writer per run directory, held until this function returns (crate::lock).
-    let _lock = if writes { Some(crate::lock::acquire(&c.out_dir)?) } else { None };
     if writes {
         let resolved = c.out_dir.join("config.toml");
         mlx_gpt_model::write_atomic(&resolved, c.to_toml().as_bytes())
@@ -464,6 +488,9 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
     };
 
+    // The newest checkpoint known whole: the one resumed from, then each one saved. A
+    // diverged run names it (not merely the newest folder, which may be damaged).
+    let last_good = std::cell::RefCell::new(resumed_from.clone());
     let mut engine = GradEngine::new(c, &model, world_size);
     let mut last_eval = None;
     let mut checkpoint_path = None;
@@ -475,18 +502,19 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
                 iter: usize,
                 best: f64|
      -> Result<Option<PathBuf>, TrainError> {
-        let samplers = gather_samplers(world.as_ref(), sampler.state())?;
-        if !master {
-            return Ok(None);
-        }
         // Never a checkpoint of weights that are no longer numbers (one that replaced or
-        // pruned a finite one would lose the run).
+        // pruned a finite one would lose the run). Every rank holds the same weights, so
+        // every rank decides alike, before the collective below.
         if let Some(name) = first_non_finite_parameter(model)? {
             return Err(TrainError::NonFinite {
                 iter,
                 what: format!("parameter {name}"),
-                last_checkpoint: checkpoint::latest(&c.out_dir),
+                last_checkpoint: last_good.borrow().clone(),
             });
+        }
+        let samplers = gather_samplers(world.as_ref(), sampler.state())?;
+        if !master {
+            return Ok(None);
         }
         let st = TrainState {
             version: STATE_VERSION,
@@ -500,6 +528,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         };
         let p = checkpoint::save(&c.out_dir, model, opt, &st)?;
         checkpoint::prune(&c.out_dir, c.keep_last)?;
+        *last_good.borrow_mut() = Some(p.clone());
         Ok(Some(p))
     };
     loop {
@@ -528,7 +557,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
                     return Err(TrainError::NonFinite {
                         iter,
                         what: format!("the evaluation's {what} ({v})"),
-                        last_checkpoint: checkpoint::latest(&c.out_dir),
+                        last_checkpoint: last_good.borrow().clone(),
                     });
                 }
             }
@@ -572,7 +601,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
                 return Err(TrainError::NonFinite {
                     iter,
                     what: format!("the {what} ({v})"),
-                    last_checkpoint: checkpoint::latest(&c.out_dir),
+                    last_checkpoint: last_good.borrow().clone(),
                 });
             }
         }
