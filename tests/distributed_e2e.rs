@@ -226,6 +226,7 @@ fn bad_hostfiles_busy_ports_and_indivisible_accumulation_are_named() {
         ("[[\"127.0.0.1\"]]", "is not host:port"),
         ("[]", "lists no rank"),
         ("[[\"127.0.0.1:1\"], [\"127.0.0.1:2\"]]", "MLX_RANK 5"),
+        ("[[\"127.0.0.1:0\"], [\"127.0.0.1:2\"]]", "port 0 is no port"),
     ] {
         std::fs::write(&hostfile, content).unwrap();
         let o = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
@@ -256,6 +257,48 @@ fn bad_hostfiles_busy_ports_and_indivisible_accumulation_are_named() {
         "{err}"
     );
     assert!(err.contains("rank") && err.contains("stopping the other ranks"), "{err}");
+
+    // One rank alone, without its peers: the same checks come before waiting for them.
+    let two = format!("[[\"127.0.0.1:{}\"], [\"127.0.0.1:{}\"]]", free_port(), free_port());
+    std::fs::write(&hostfile, &two).unwrap();
+    let alone = |rank: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
+            .args(args(
+                &[],
+                &data,
+                &out,
+                &[&["--max_iters", "1", "--gradient_accumulation_steps", "2"][..], extra].concat(),
+            ))
+            .env("MLX_RANK", rank)
+            .env("MLX_HOSTFILE", &hostfile)
+            .output()
+            .unwrap()
+    };
+    let t0 = Instant::now();
+    let o = alone("0", &["--gradient_accumulation_steps", "3"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("must be divisible by the number of processes (2)"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "it waited for its peer first");
+    let o = alone("abc", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("MLX_RANK 'abc' is not a rank"), "{err}");
+    // The peer never starts: dist_timeout bounds the wait for it too.
+    let t0 = Instant::now();
+    let o = alone("0", &["--dist_timeout", "5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("could not connect to the other ranks within dist_timeout"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    // Its own address held by another program: named with the address.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    std::fs::write(&hostfile, format!("[[\"{addr}\"], [\"127.0.0.1:{}\"]]", free_port())).unwrap();
+    let o = alone("0", &["--dist_timeout", "5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("rank 0's address {addr} is in use")), "{err}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// SIGTERM to `launch` (what a scheduler sends) reaches every rank once: they finish the

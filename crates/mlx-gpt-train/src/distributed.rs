@@ -187,9 +187,28 @@ pub fn check_hostfile(path: &str) -> Result<usize, DistError> {
             if host.is_empty() || port.parse::<u16>().is_err() {
                 return Err(bad(format!("rank {r}: '{s}' is not host:port")));
             }
+            if port.parse::<u16>() == Ok(0) {
+                return Err(bad(format!("rank {r}: '{s}': port 0 is no port a peer can connect to")));
+            }
         }
     }
     Ok(ranks.len())
+}
+
+/// Where this machine can bind rank `rank`'s first address, check it is free, so a busy
+/// port is named with its address rather than as MLX's "Couldn't bind socket (error: 98)".
+/// An address of another machine (it cannot be bound here) is left to MLX.
+pub fn check_own_address(path: &str, rank: usize) -> Result<(), DistError> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return Ok(()) };
+    let Some(addr) = v.get(rank).and_then(|a| a.get(0)).and_then(|a| a.as_str()) else { return Ok(()) };
+    match std::net::TcpListener::bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(DistError::Hostfile {
+            path: path.into(),
+            what: format!("rank {rank}'s address {addr} is in use by another program; free it or list another port"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// How many machines a hostfile spreads its ranks over: the distinct hosts of each rank's

@@ -258,11 +258,13 @@ pub fn init_world(c: &TrainConfig) -> Result<Option<Group>, TrainError> {
             ))
         })?;
         let ranks = check_hostfile(&path)?;
-        let rank: usize = std::env::var("MLX_RANK").ok().and_then(|r| r.parse().ok()).ok_or_else(|| {
-            TrainError::Config(crate::config::ConfigError::Inconsistent(
-                "MLX_RANK must be set to this process's rank".into(),
-            ))
-        })?;
+        let inconsistent = |m: String| TrainError::Config(crate::config::ConfigError::Inconsistent(m));
+        let rank: usize = match std::env::var("MLX_RANK") {
+            Err(_) => return Err(inconsistent("MLX_RANK must be set to this process's rank".into())),
+            Ok(r) => r.trim().parse().map_err(|_| {
+                inconsistent(format!("MLX_RANK '{r}' is not a rank (a whole number from 0 to {})", ranks - 1))
+            })?,
+        };
         if rank >= ranks {
             return Err(DistError::Hostfile {
                 path,
@@ -270,8 +272,39 @@ pub fn init_world(c: &TrainConfig) -> Result<Option<Group>, TrainError> {
             }
             .into());
         }
+        // What can be checked without the peers is checked before waiting for them.
+        if !c.gradient_accumulation_steps.is_multiple_of(ranks) {
+            return Err(inconsistent(format!(
+                "gradient_accumulation_steps ({}) must be divisible by the number of processes ({ranks})",
+                c.gradient_accumulation_steps
+            )));
+        }
+        crate::distributed::check_own_address(&path, rank)?;
     }
-    let group = Group::init(backend, true)?;
+    // Connecting has the same bound as a step: a peer that never starts, or an address
+    // nobody answers on, stops this rank after dist_timeout seconds instead of never.
+    let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (connected, timeout) = (connected.clone(), c.dist_timeout);
+        let rank = std::env::var("MLX_RANK").unwrap_or_else(|_| "?".into());
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !connected.load(Ordering::SeqCst) {
+                if t0.elapsed().as_secs_f64() > timeout {
+                    eprintln!(
+                        "error: rank {rank}: could not connect to the other ranks within dist_timeout \
+                         ({timeout} s): is every rank started, with the same hostfile, and can each reach \
+                         the others' addresses?"
+                    );
+                    std::process::exit(3);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+    }
+    let group = Group::init(backend, true);
+    connected.store(true, Ordering::SeqCst);
+    let group = group?;
     Ok((group.size() > 1).then_some(group))
 }
 
