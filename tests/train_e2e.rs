@@ -241,6 +241,14 @@ fn configuration_errors_name_the_problem() {
     assert!(err.contains("unknown config 'no_such_preset'"), "{err}");
     let err = failure(&mlx_gpt(&["sample".into(), "--init-from".into(), "gpt2-xl".into()]));
     assert!(err.contains("cargo xtask fetch-gpt2 gpt2-xl"), "{err}");
+    // A run far larger than the machine: refused with the numbers, before it starts.
+    let data_ok = data_dir();
+    if let Some(d) = &data_ok {
+        let huge = ["--n_layer", "48", "--n_embd", "6400", "--n_head", "50", "--block_size", "1024", "--batch_size", "64"];
+        let err = failure(&mlx_gpt(&tiny(d, &out, &huge)));
+        assert!(err.contains("this run needs about") && err.contains("MiB are available"), "{err}");
+        assert!(err.contains("--memory_check false"), "{err}");
+    }
     for cmd in ["train", "sample", "eval", "bench", "info"] {
         assert!(ok(&mlx_gpt(&[cmd.into(), "--help".into()])).contains("Usage"), "{cmd} --help");
     }

@@ -119,6 +119,9 @@ pub struct TrainConfig {
     pub peak_flops: f64,
     /// GPT-2 BPE files for sampling BPE datasets (default: models/gpt2).
     pub tokenizer: Option<PathBuf>,
+    /// Refuse to start when the memory estimate exceeds the memory available now (false
+    /// starts anyway).
+    pub memory_check: bool,
 }
 
 impl Default for TrainConfig {
@@ -161,6 +164,7 @@ impl Default for TrainConfig {
             seed: 1337,
             peak_flops: 0.0,
             tokenizer: None,
+            memory_check: true,
         }
     }
 }

@@ -120,6 +120,19 @@ pub enum TrainError {
         /// The newest complete checkpoint of the run, if any.
         last_checkpoint: Option<PathBuf>,
     },
+    /// The run would need more memory than the machine has available.
+    #[error(
+        "this run needs about {need_mib:.0} MiB (parameters, AdamW moments, gradients and activations of \
+         batch_size × block_size), and {available_mib:.0} MiB are available: lower batch_size or \
+         block_size (gradient_accumulation_steps keeps the tokens per step), or set \
+         --memory_check false to start anyway"
+    )]
+    OutOfMemory {
+        /// The estimate.
+        need_mib: f64,
+        /// `MemAvailable` now.
+        available_mib: f64,
+    },
     /// Another process trains into the same run directory.
     #[error(transparent)]
     Locked(#[from] crate::lock::LockError),

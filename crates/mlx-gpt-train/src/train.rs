@@ -240,6 +240,13 @@ pub fn estimate_memory_bytes(c: &TrainConfig, n_params: usize) -> f64 {
     16.0 * n_params as f64 + b * t * l * (34.0 * ch + 5.0 * nh * t) * 2.0
 }
 
+/// Memory the system can give a new program now (`MemAvailable`), where it says.
+fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Join the process group the configuration and environment describe, if any.
 pub fn init_world(c: &TrainConfig) -> Result<Option<Group>, TrainError> {
     let hostfile = std::env::var("MLX_HOSTFILE").ok();
@@ -410,6 +417,22 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let (data, meta) = dataset_dir(c)?;
     let adamw =
         AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 };
+    // A run that cannot fit stops here with the numbers, before the model is built, not
+    // later in the kernel's out-of-memory killer with none. (A pretrained or resumed
+    // model's shape comes from its files; the configuration's is what this can check.)
+    if c.memory_check && !c.eval_only {
+        let (l, ch, v, t) = (c.n_layer, c.n_embd, meta.vocab_size, c.block_size);
+        let approx_params = 12 * l * ch * ch + 13 * l * ch + v * ch + t * ch;
+        let need = estimate_memory_bytes(c, approx_params);
+        if let Some(available) = available_memory_bytes() {
+            if need > available as f64 {
+                return Err(TrainError::OutOfMemory {
+                    need_mib: need / (1u64 << 20) as f64,
+                    available_mib: available as f64 / (1u64 << 20) as f64,
+                });
+            }
+        }
+    }
     let (mut model, mut opt, state) = init(c, &meta, adamw)?;
     let resumed_from = state.as_ref().map(|s| checkpoint::dir_of(&c.out_dir, s.iter));
     model.set_dtype(dtype_of(&c.dtype))?;
@@ -433,6 +456,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let mut best_val_loss = state.as_ref().map_or(f64::INFINITY, |s| s.best_val_loss);
 
     let n_params = model.num_params(true);
+    let need = estimate_memory_bytes(c, model.num_params(false));
     let tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * block; // all ranks together
     let flops_per_iter = model.flops_per_token(block) * tokens_per_iter as f64;
     // MFU's denominator: the ceiling of one machine, times the machines a distributed run
@@ -461,7 +485,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
             params = n_params,
             tokens_per_iter,
             gflop_per_iter = flops_per_iter / 1e9,
-            est_memory_mib = estimate_memory_bytes(c, model.num_params(false)) / (1u64 << 20) as f64,
+            est_memory_mib = need / (1u64 << 20) as f64,
             peak_gflops = peak / 1e9,
             "number of parameters: {:.2}M; tokens per iteration will be: {tokens_per_iter}",
             n_params as f64 / 1e6
