@@ -244,7 +244,8 @@ fn configuration_errors_name_the_problem() {
     // A run far larger than the machine: refused with the numbers, before it starts.
     let data_ok = data_dir();
     if let Some(d) = &data_ok {
-        let huge = ["--n_layer", "48", "--n_embd", "6400", "--n_head", "50", "--block_size", "1024", "--batch_size", "64"];
+        let huge =
+            ["--n_layer", "48", "--n_embd", "6400", "--n_head", "50", "--block_size", "1024", "--batch_size", "64"];
         let err = failure(&mlx_gpt(&tiny(d, &out, &huge)));
         assert!(err.contains("this run needs about") && err.contains("MiB are available"), "{err}");
         assert!(err.contains("--memory_check false"), "{err}");

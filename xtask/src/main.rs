@@ -103,6 +103,8 @@ fn fetch_data(a: FetchData) -> anyhow::Result<()> {
         bail!("--from gives the text of one dataset; name only one");
     }
     for name in &a.names {
+        // Before anything is written under the name (the hub manifest below).
+        mlx_gpt_data::datasets::check_name(name)?;
         if let Some(repo) = &a.hf_dataset {
             // A hub dataset under a name of the user's: write its manifest, then prepare.
             let manifest = Manifest {

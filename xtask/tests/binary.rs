@@ -23,3 +23,14 @@ fn runs_without_library_path_and_logs_plain_text() {
     let all = [out.stdout, out.stderr].concat();
     assert!(!all.contains(&0x1b), "{}", String::from_utf8_lossy(&all));
 }
+
+#[test]
+fn a_dataset_name_cannot_leave_the_data_folder() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["fetch-data", "../../escape", "--hf-dataset", "user/repo"])
+        .output()
+        .expect("run xtask");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'../../escape' is not a plain name"), "{err}");
+}

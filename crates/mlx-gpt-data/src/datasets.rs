@@ -165,6 +165,7 @@ pub fn is_prepared(dir: &Path) -> Option<Meta> {
 
 /// Prepare dataset `name` (a manifest's, or a new one made `--from` local text).
 pub fn prepare(name: &str, opts: &PrepareOptions) -> Result<Prepared> {
+    check_name(name)?;
     let dir = opts.data_dir.join(name);
     if opts.from.is_none() {
         if let Some(meta) = is_prepared(&dir) {
@@ -207,6 +208,19 @@ pub fn prepare(name: &str, opts: &PrepareOptions) -> Result<Prepared> {
     };
     let meta = write_split(&dir, &text, manifest.train_fraction.unwrap_or(0.9), &tokenizer)?;
     Ok(Prepared { dir, meta, already: false })
+}
+
+/// A dataset's name is a folder inside the data folder, never a path out of it: letters,
+/// digits, `_`, `-` and `.`, not starting with a dot.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DataError::BadDatasetName(name.into()))
+    }
 }
 
 /// The dataset's text: local files (`--from`), or its sources, downloaded and verified.
@@ -254,6 +268,9 @@ fn read_sources(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Resul
     }
     let mut text = String::new();
     for f in &files {
+        if std::fs::metadata(f).map_err(DataError::io(f))?.len() == 0 {
+            return Err(DataError::Invalid { path: f.clone(), what: "is empty: there is no text to train on".into() });
+        }
         let bytes = std::fs::read(f).map_err(DataError::io(f))?;
         let t = String::from_utf8(bytes)
             .map_err(|e| DataError::Invalid { path: f.clone(), what: format!("not UTF-8 text: {e}") })?;
@@ -304,6 +321,33 @@ impl TokenizerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dataset_names_stay_inside_the_data_folder() {
+        for bad in ["../x", "../../escape", "a/b", "/abs", ".hidden", "", "..", "a\\b"] {
+            assert!(matches!(check_name(bad), Err(DataError::BadDatasetName(_))), "{bad:?}");
+        }
+        for good in ["shakespeare_char", "openwebtext", "my-text.v2"] {
+            check_name(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_empty_corpus_is_refused() {
+        let dir = std::env::temp_dir().join(format!("mlx-gpt-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.txt");
+        std::fs::write(&empty, "").unwrap();
+        let opts = PrepareOptions {
+            data_dir: dir.join("data"),
+            downloader: crate::download::Downloader::new().quiet(true),
+            tokenizer: None,
+            from: Some(empty.clone()),
+        };
+        let err = prepare("mine", &opts).unwrap_err().to_string();
+        assert!(err.contains("empty.txt") && err.contains("is empty"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn builtin_manifests_parse() {

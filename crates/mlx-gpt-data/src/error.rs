@@ -57,6 +57,9 @@ pub enum DataError {
         /// What is wrong.
         what: String,
     },
+    /// A dataset name that is a path, not a folder name.
+    #[error("dataset name '{0}' is not a plain name (letters, digits, _ - . and no leading dot): it names a folder inside the data folder, never a path")]
+    BadDatasetName(String),
     /// A dataset name no manifest describes.
     #[error("unknown dataset '{name}' (known: {known})")]
     UnknownDataset {

@@ -309,6 +309,7 @@ impl TrainConfig {
                 return bad(format!("{k} must be a finite number {range}, got {v}"));
             }
         }
+        mlx_gpt_data::datasets::check_name(&self.dataset).map_err(|e| ConfigError::Inconsistent(e.to_string()))?;
         if self.out_dir.as_os_str().is_empty() {
             return bad("out_dir must not be empty (it is the run's folder: checkpoints, metrics, config)".into());
         }
@@ -408,6 +409,8 @@ mod tests {
             let e = TrainConfig::resolve(None, &kv(&[(k, v)])).unwrap_err().to_string();
             assert!(e.contains(k), "{k}={v}: {e}");
         }
+        let e = TrainConfig::resolve(None, &kv(&[("dataset", "../x")])).unwrap_err().to_string();
+        assert!(e.contains("'../x' is not a plain name"), "{e}");
         let e = TrainConfig::resolve(None, &kv(&[("out_dir", "")])).unwrap_err().to_string();
         assert!(e.contains("out_dir must not be empty"), "{e}");
         // The edges that are allowed.
