@@ -217,6 +217,11 @@ fn ctrl_c_saves_a_checkpoint_and_damaged_or_incompatible_ones_are_refused() {
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 3]).unwrap();
     let err = failure(&mlx_gpt(&tiny(&data, &out, &["--init_from", "resume"])));
+    assert!(err.contains("model.safetensors") && err.contains("contents changed after it was written"), "{err}");
+    // A checkpoint from before the checksums (DONE holds the iteration only): the
+    // safetensors parser names the damage.
+    std::fs::write(dir.join("DONE"), iter.to_string()).unwrap();
+    let err = failure(&mlx_gpt(&tiny(&data, &out, &["--init_from", "resume"])));
     assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors file"), "{err}");
     // A checkpoint folder without its DONE marker is not a checkpoint.
     std::fs::remove_file(dir.join("DONE")).unwrap();
@@ -358,6 +363,11 @@ fn a_diverging_run_keeps_its_finite_checkpoints_and_resume_falls_back_past_damag
     let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
     state["samplers"] = serde_json::json!([]);
     std::fs::write(&state_path, state.to_string()).unwrap();
+    // ... with DONE's checksum updated to match, so the state itself is what is judged.
+    let done_path = out.join("checkpoints/iter-0000020/DONE");
+    let mut done: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&done_path).unwrap()).unwrap();
+    done["sha256"]["state.json"] = mlx_gpt_data::token_file::sha256_file(&state_path).unwrap().into();
+    std::fs::write(&done_path, done.to_string()).unwrap();
     let resumed = mlx_gpt(&tiny(
         &data,
         &out,
@@ -372,6 +382,34 @@ fn a_diverging_run_keeps_its_finite_checkpoints_and_resume_falls_back_past_damag
     // after the truncation, and iter-20 was written anew.
     assert_eq!(eval_losses(&out).iter().filter(|e| e.0 == 20).count(), 1);
     assert_ne!(std::fs::metadata(&done20).unwrap().modified().unwrap(), written);
+
+    // One float changed in the newest weights: DONE's checksum catches it. Sampling names
+    // the file; a resume passes over it to the checkpoint before.
+    assert_eq!(iters(&out), vec![20, 30]);
+    let weights = out.join("checkpoints/iter-0000030/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(&weights, &bytes).unwrap();
+    let sample = mlx_gpt(&[
+        "sample".into(),
+        "--out-dir".into(),
+        out.display().to_string(),
+        "--max-new-tokens".into(),
+        "3".into(),
+    ]);
+    let err = failure(&sample);
+    assert!(
+        err.contains("iter-0000030/model.safetensors") && err.contains("contents changed after it was written"),
+        "{err}"
+    );
+    let resumed = ok(&mlx_gpt(&tiny(
+        &data,
+        &out,
+        &[&base[..], &["--init_from", "resume", "--max_iters", "40", "--lr_decay_iters", "40"]].concat(),
+    )));
+    assert!(resumed.contains("skipped a damaged checkpoint") && resumed.contains("contents changed"), "{resumed}");
+    assert!(resumed.contains("final: iter 40"), "{resumed}");
 }
 
 /// One training run per run directory: a second is refused and names the first; SIGTERM

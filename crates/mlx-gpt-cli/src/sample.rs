@@ -74,6 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 &std::fs::read_to_string(ckpt.join("state.json")).with_context(|| ckpt.display().to_string())?,
             )
             .with_context(|| format!("{}/state.json", ckpt.display()))?;
+            // The weights, their config and the state, as written (the optimizer is not needed).
+            checkpoint::verify(&ckpt, &["model.safetensors", "config.json", "state.json"])?;
             let model = hf::load_pretrained(&ckpt)?;
             let tok = match &state.tokenizer {
                 TokenizerSpec::Gpt2 => bpe(args.tokenizer.as_deref(), None)?,

@@ -130,10 +130,48 @@ fn write_into(tmp: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Resul
     for f in ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"] {
         std::fs::File::open(tmp.join(f)).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
     }
+    // DONE vouches for the files: it holds their sha256, checked on every load.
+    let mut sums = BTreeMap::new();
+    for f in CHECKSUMMED {
+        sums.insert(f.to_string(), mlx_gpt_data::token_file::sha256_file(&tmp.join(f))?);
+    }
     let done = tmp.join("DONE");
-    std::fs::write(&done, state.iter.to_string())
-        .and_then(|_| std::fs::File::open(&done)?.sync_all())
-        .map_err(io(&done))?;
+    let text = serde_json::to_string_pretty(&Done { iter: state.iter, sha256: sums }).expect("serializes");
+    std::fs::write(&done, text).and_then(|_| std::fs::File::open(&done)?.sync_all()).map_err(io(&done))?;
+    Ok(())
+}
+
+/// The files of a checkpoint whose sha256 `DONE` records.
+const CHECKSUMMED: [&str; 4] = ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"];
+
+/// `DONE`: the iteration and each file's sha256. (Checkpoints written before checksums
+/// hold only the iteration; they load without the check.)
+#[derive(Serialize, Deserialize)]
+struct Done {
+    iter: usize,
+    sha256: BTreeMap<String, String>,
+}
+
+/// Check the files of checkpoint `dir` against the sha256 sums in its `DONE`, those in
+/// `files` only (sampling needs no optimizer state). A checkpoint from before checksums
+/// passes.
+pub fn verify(dir: &Path, files: &[&str]) -> Result<(), TrainError> {
+    let done_path = dir.join("DONE");
+    let text = std::fs::read_to_string(&done_path).map_err(io(&done_path))?;
+    let Ok(done) = serde_json::from_str::<Done>(&text) else {
+        return Ok(());
+    };
+    for f in files {
+        let Some(want) = done.sha256.get(*f) else { continue };
+        let path = dir.join(f);
+        let got = mlx_gpt_data::token_file::sha256_file(&path)?;
+        if &got != want {
+            return Err(TrainError::Checkpoint {
+                path: path.clone(),
+                what: format!("its contents changed after it was written (sha256 {got}, DONE records {want})"),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -244,7 +282,9 @@ fn is_damage(e: &TrainError) -> bool {
     use std::io::ErrorKind::{InvalidData, NotFound, UnexpectedEof};
     match e {
         TrainError::Checkpoint { .. } | TrainError::Weights(_) => true,
-        TrainError::Io { source, .. } => matches!(source.kind(), NotFound | InvalidData | UnexpectedEof),
+        TrainError::Io { source, .. } | TrainError::Data(mlx_gpt_data::DataError::Io { source, .. }) => {
+            matches!(source.kind(), NotFound | InvalidData | UnexpectedEof)
+        }
         _ => false,
     }
 }
@@ -265,6 +305,7 @@ pub fn load(dir: &Path, adamw: AdamWConfig) -> Result<Loaded, TrainError> {
     if !dir.join("DONE").is_file() {
         return Err(damaged("incomplete (no DONE marker): it was being written when the run stopped".into()));
     }
+    verify(dir, &CHECKSUMMED)?;
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
     let state: TrainState =
