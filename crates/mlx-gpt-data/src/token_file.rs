@@ -135,11 +135,39 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-/// A token file opened read-only through a memory map and checked against `meta.json`.
+/// A token file opened read-only (into memory, or through a memory map when large) and
+/// checked against `meta.json`.
 #[derive(Debug)]
 pub struct TokenFile {
-    map: memmap2::Mmap,
+    map: Storage,
     path: PathBuf,
+}
+
+/// Up to this size a token file is read into memory; beyond it, mapped.
+///
+/// A mapped file that someone truncates in place while training reads it (re-preparing
+/// into the same folder with a tool that does not replace the file) kills the process
+/// with SIGBUS and no message. Read into memory, the run keeps the tokens it opened.
+/// Files of OpenWebText's size (17 GB) stay mapped: reading them would cost their size
+/// in memory. mlx-gpt's own preparation replaces files atomically, which a mapping
+/// survives.
+pub const READ_INTO_MEMORY_BELOW: u64 = 1 << 30;
+
+/// The file's bytes: in memory, or mapped.
+#[derive(Debug)]
+enum Storage {
+    Heap(Vec<u8>),
+    Map(memmap2::Mmap),
+}
+
+impl std::ops::Deref for Storage {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Storage::Heap(v) => v,
+            Storage::Map(m) => m,
+        }
+    }
 }
 
 impl TokenFile {
@@ -178,10 +206,17 @@ impl TokenFile {
 
     /// Map a token file without a `meta.json` (e.g. one nanoGPT prepared).
     pub fn open_unchecked(path: &Path) -> Result<TokenFile> {
-        let f = std::fs::File::open(path).map_err(DataError::io(path))?;
-        // SAFETY: read-only map; token files are written once (atomically) and never
-        // modified in place.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(DataError::io(path))?;
+        let mut f = std::fs::File::open(path).map_err(DataError::io(path))?;
+        let size = f.metadata().map_err(DataError::io(path))?.len();
+        let map = if size < READ_INTO_MEMORY_BELOW {
+            let mut bytes = Vec::with_capacity(size as usize);
+            std::io::Read::read_to_end(&mut f, &mut bytes).map_err(DataError::io(path))?;
+            Storage::Heap(bytes)
+        } else {
+            // SAFETY: read-only map; token files are written once (atomically) and never
+            // modified in place by mlx-gpt (see READ_INTO_MEMORY_BELOW).
+            Storage::Map(unsafe { memmap2::Mmap::map(&f) }.map_err(DataError::io(path))?)
+        };
         if map.len() % 2 != 0 {
             return Err(DataError::Size {
                 path: path.into(),
@@ -238,6 +273,21 @@ impl TokenFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Truncating the file in place under an open token file (what killed a run with
+    /// SIGBUS when it was mapped) leaves the opened tokens readable.
+    #[test]
+    fn a_file_truncated_underneath_stays_readable() {
+        let p = std::env::temp_dir().join(format!("mlx-gpt-trunc-{}.bin", std::process::id()));
+        let tokens: Vec<u32> = (0..5000).map(|i| i % 65).collect();
+        write_tokens(&p, &tokens).unwrap();
+        let f = TokenFile::open_unchecked(&p).unwrap();
+        std::fs::File::create(&p).unwrap(); // truncates in place, same inode
+        let mut out = vec![0i32; 5000];
+        f.copy_i32(0, &mut out);
+        assert!(out.iter().zip(&tokens).all(|(a, &b)| *a as u32 == b));
+        std::fs::remove_file(&p).unwrap();
+    }
     use proptest::prelude::*;
 
     fn dir(name: &str) -> PathBuf {
