@@ -97,6 +97,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         (None, None) => bail!("say what to sample: --out-dir DIR (a training run) or --init-from gpt2"),
     };
+    // NaN weights would print nothing at all (every logit NaN); say why instead.
+    if let Some(name) = model.first_non_finite_parameter()? {
+        bail!("the model's parameter {name} holds NaN or infinite values: these weights come from a diverged run or a damaged file");
+    }
     let start = match args.start.strip_prefix("FILE:") {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("--start FILE:{path}"))?,
         None => args.start.clone(),

@@ -63,6 +63,10 @@ pub enum ConfigError {
     /// Dropout outside [0, 1).
     #[error("dropout must be in [0, 1), got {0}")]
     Dropout(f32),
+    /// A LayerNorm epsilon that is not a small positive number (a negative one makes
+    /// NaN of any input whose variance is below it).
+    #[error("layer_norm_epsilon must be a finite number > 0, got {0}")]
+    LayerNormEpsilon(f32),
     /// An unknown preset name.
     #[error("unknown model preset '{0}' (known: gpt2, gpt2-medium, gpt2-large, gpt2-xl)")]
     UnknownPreset(String),
@@ -125,6 +129,9 @@ impl GptConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ConfigError::Dropout(self.dropout));
+        }
+        if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
+            return Err(ConfigError::LayerNormEpsilon(self.layer_norm_epsilon));
         }
         Ok(())
     }
@@ -319,6 +326,15 @@ impl GptConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layer_norm_epsilon_must_be_positive() {
+        for eps in [-1e-5f32, 0.0, f32::NAN, f32::INFINITY] {
+            let c = GptConfig { layer_norm_epsilon: eps, ..GptConfig::baby(65) };
+            assert!(matches!(c.validate(), Err(ConfigError::LayerNormEpsilon(_))), "{eps}");
+        }
+        GptConfig::baby(65).validate().unwrap();
+    }
     use proptest::prelude::*;
 
     #[test]

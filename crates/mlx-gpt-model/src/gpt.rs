@@ -52,6 +52,20 @@ impl Gpt {
         Ok(model)
     }
 
+    /// The first parameter (in name order) holding a NaN or an infinity, if any: weights a
+    /// diverged run produced, or a damaged file, which would make every output NaN.
+    pub fn first_non_finite_parameter(&self) -> Result<Option<String>, Exception> {
+        let params = self.parameters().flatten();
+        let mut names: Vec<_> = params.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            if !params[&name].is_finite()?.all(None)?.item_exact::<bool>() {
+                return Ok(Some(name.to_string()));
+            }
+        }
+        Ok(None)
+    }
+
     /// The model's structure with every parameter zero (gains one); for loading weights.
     pub fn zeros(config: GptConfig) -> Result<Gpt, ModelError> {
         crate::blas_kernel::keep_linked();
@@ -228,6 +242,20 @@ impl Gpt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_parameters_are_named() {
+        use mlx_rs::module::ModuleParameters as _;
+        let c = GptConfig { block_size: 8, n_layer: 1, n_head: 2, n_embd: 16, ..GptConfig::baby(11) };
+        let mut m = Gpt::new(c, 1).unwrap();
+        assert_eq!(m.first_non_finite_parameter().unwrap(), None);
+        let mut params = m.parameters_mut().flatten();
+        let p = params.get_mut("h.0.mlp.c_fc.weight").unwrap();
+        let shape = p.shape().to_vec();
+        **p = mlx_rs::ops::full::<f32>(&shape, mlx_rs::Array::from_f32(f32::NAN)).unwrap();
+        drop(params);
+        assert_eq!(m.first_non_finite_parameter().unwrap().as_deref(), Some("h.0.mlp.c_fc.weight"));
+    }
     use crate::config::Activation;
     use proptest::prelude::*;
 

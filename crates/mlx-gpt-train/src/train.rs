@@ -562,7 +562,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         // Never a checkpoint of weights that are no longer numbers (one that replaced or
         // pruned a finite one would lose the run). Every rank holds the same weights, so
         // every rank decides alike, before the collective below.
-        if let Some(name) = first_non_finite_parameter(model)? {
+        if let Some(name) = model.first_non_finite_parameter()? {
             return Err(TrainError::NonFinite {
                 iter,
                 what: format!("parameter {name}"),
@@ -719,20 +719,4 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         interrupted,
         checkpoint: checkpoint_path,
     })
-}
-
-/// The first parameter (in name order) holding a NaN or an infinity, if any.
-fn first_non_finite_parameter(model: &Gpt) -> Result<Option<String>, TrainError> {
-    use mlx_rs::module::ModuleParameters;
-    let params = model.parameters().flatten();
-    let mut names: Vec<_> = params.keys().cloned().collect();
-    names.sort();
-    for name in names {
-        let p = &params[&name];
-        let finite = p.is_finite()?.all(None)?.item_exact::<bool>();
-        if !finite {
-            return Ok(Some(name.to_string()));
-        }
-    }
-    Ok(None)
 }
