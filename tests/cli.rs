@@ -147,3 +147,17 @@ fn a_forced_kernel_is_checked_and_reported() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&format!("{target} was forced and failed its check (wrong products)")), "{stdout}");
 }
+
+/// An error's cause is said once, not once by the error and again by the chain.
+#[test]
+fn errors_say_their_cause_once() {
+    for args in [
+        &["sample", "--init-from", "/nonexistent-mlx-gpt"][..],
+        &["train", "baby_shakespeare_char", "--data_dir", "/nonexistent-mlx-gpt"][..],
+    ] {
+        let out = mlx_gpt(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
+    }
+}

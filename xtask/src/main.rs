@@ -80,7 +80,7 @@ fn main() {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt().with_target(false).without_time().with_ansi(ansi).init();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", mlx_gpt_data::error_chain(&*e));
         std::process::exit(1);
     }
 }
@@ -130,7 +130,17 @@ fn fetch_data(a: FetchData) -> anyhow::Result<()> {
             tokenizer: tokenizer.clone(),
             from: a.from.clone(),
         };
-        let p = prepare(name, &opts).with_context(|| format!("preparing dataset '{name}'"))?;
+        let p = prepare(name, &opts).map_err(|e| {
+            let offline = matches!(e, mlx_gpt_data::DataError::Http { .. });
+            let e = anyhow::Error::new(e).context(format!("preparing dataset '{name}'"));
+            if offline {
+                e.context(
+                    "cannot download: give the text with --from PATH, or a mirror with --mirror URL (docs/data.md)",
+                )
+            } else {
+                e
+            }
+        })?;
         let verb = if p.already { "already prepared" } else { "prepared" };
         println!(
             "{name}: {verb} in {} — vocab {}, train {} tokens, val {} tokens ({} tokenizer)",

@@ -86,7 +86,7 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     if let Err(err) = run(cli, jit) {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", mlx_gpt_data::error_chain(&*err));
         std::process::exit(1);
     }
 }

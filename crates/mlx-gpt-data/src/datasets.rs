@@ -244,7 +244,14 @@ fn read_sources(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Resul
                 if let Some(want) = &src.sha256 {
                     let got = crate::token_file::sha256_file(from)?;
                     if &got != want {
-                        return Err(DataError::Checksum { path: from.clone(), expected: want.clone(), actual: got });
+                        return Err(DataError::Invalid {
+                            path: from.clone(),
+                            what: format!(
+                                "is not {}'s source file (sha256 {got}, expected {want}); for your own text \
+                                 choose another dataset name",
+                                manifest.name
+                            ),
+                        });
                     }
                 }
             }
@@ -330,6 +337,24 @@ mod tests {
         for good in ["shakespeare_char", "openwebtext", "my-text.v2"] {
             check_name(good).unwrap();
         }
+    }
+
+    #[test]
+    fn a_local_copy_of_a_builtin_source_must_be_that_file() {
+        let dir = std::env::temp_dir().join(format!("mlx-gpt-from-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mine = dir.join("mine.txt");
+        std::fs::write(&mine, "not Shakespeare\n").unwrap();
+        let opts = PrepareOptions {
+            data_dir: dir.join("data"),
+            downloader: crate::download::Downloader::new().quiet(true),
+            tokenizer: None,
+            from: Some(mine.clone()),
+        };
+        let err = prepare("shakespeare_char", &opts).unwrap_err().to_string();
+        assert!(err.contains("mine.txt") && err.contains("is not shakespeare_char's source file"), "{err}");
+        assert!(!err.contains("removed") && mine.exists(), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -183,7 +183,19 @@ impl Downloader {
         if have > 0 {
             req = req.header("Range", format!("bytes={have}-"));
         }
-        let resp = req.call().map_err(|e| Attempt::Retry(e.to_string()))?;
+        let resp = req.call().map_err(|e| {
+            let text = e.to_string();
+            // A name that does not resolve will not resolve in a second either: no network,
+            // or no route to that host. Say so at once instead of after minutes of retries.
+            if text.to_ascii_lowercase().contains("dns") {
+                Attempt::Fatal(DataError::Http {
+                    url: url.into(),
+                    reason: format!("{text} (the host name does not resolve: no network?)"),
+                })
+            } else {
+                Attempt::Retry(text)
+            }
+        })?;
         let status = resp.status().as_u16();
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let (mut file, start) = match status {

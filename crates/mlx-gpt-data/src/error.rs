@@ -91,3 +91,35 @@ impl DataError {
 
 /// Result with [`DataError`].
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+/// An error and its causes on one line, `outer: cause: cause`, each cause said once: many
+/// errors already write their cause into their own message ("{path}: {source}"), and
+/// printing the chain as well said it twice ("No such file or directory (os error 2):
+/// No such file or directory (os error 2)").
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let e = super::DataError::Io { path: "/x/train.bin".into(), source: io };
+        let e = anyhow::Error::new(e).context("preparing dataset 'x'");
+        assert_eq!(
+            super::error_chain(&*e),
+            "preparing dataset 'x': /x/train.bin: No such file or directory (os error 2)"
+        );
+    }
+}

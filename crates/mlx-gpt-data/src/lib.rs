@@ -25,4 +25,4 @@ pub mod progress;
 pub mod token_file;
 pub mod tokenizer;
 
-pub use error::{DataError, Result};
+pub use error::{error_chain, DataError, Result};
