@@ -321,9 +321,13 @@ fn sigterm_to_launch_stops_every_rank_with_a_checkpoint() {
         assert!(Instant::now() < deadline, "no progress");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // launch's hostfile is in the user's temporary folder (not the JIT's kernel cache).
+    let hostfile = std::env::temp_dir().join(format!("mlx-gpt-hosts-{}.json", launch.id()));
+    assert!(hostfile.is_file(), "{}", hostfile.display());
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(launch.id() as i32, libc::SIGTERM) };
     let o = launch.wait_with_output().unwrap();
+    assert!(!hostfile.exists(), "launch left its hostfile behind");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("every rank has stopped after an interrupt"), "{stderr}");

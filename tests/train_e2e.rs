@@ -209,6 +209,16 @@ fn ctrl_c_saves_a_checkpoint_and_damaged_or_incompatible_ones_are_refused() {
     let (iter, dir) = ckpts[0].clone();
     assert!(iter >= 5);
 
+    // Evaluation needs the weights only: without the optimizer's file it still runs;
+    // resuming training does not, and names the file.
+    let opt = dir.join("optimizer.safetensors");
+    std::fs::rename(&opt, run.path().join("opt.bak")).unwrap();
+    let mut eval = tiny(&data, &out, &["--init_from", "resume"]);
+    eval[0] = "eval".into();
+    assert!(ok(&mlx_gpt(&eval)).contains("val loss"));
+    let err = failure(&mlx_gpt(&tiny(&data, &out, &["--init_from", "resume"])));
+    assert!(err.contains("optimizer.safetensors"), "{err}");
+    std::fs::rename(run.path().join("opt.bak"), &opt).unwrap();
     // Incompatible configuration: the difference is named.
     let err = failure(&mlx_gpt(&tiny(&data, &out, &["--init_from", "resume", "--n_layer", "3"])));
     assert!(err.contains("n_layer: checkpoint 2, config 3"), "{err}");

@@ -189,8 +189,18 @@ pub fn configure_in(root: &Path) -> Result<Option<JitSetup>, JitError> {
     // SAFETY (of the process environment): documented as a start-of-main call, before
     // threads exist; MLX reads PATH and TMPDIR only when it compiles.
     std::env::set_var("PATH", joined);
+    let _ = USER_TMPDIR.set(std::env::temp_dir());
     std::env::set_var("TMPDIR", &tmp);
     Ok(Some(JitSetup { compiler: real, compiler_version: version, flags: NATIVE_FLAGS.to_string(), dir }))
+}
+
+static USER_TMPDIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The temporary folder the user's environment names (`TMPDIR`, else `/tmp`), also after
+/// [`configure`] pointed `TMPDIR` at the kernel cache: for files of the program's own
+/// that belong in the user's temporary folder, not among compiled kernels.
+pub fn user_temp_dir() -> PathBuf {
+    USER_TMPDIR.get().cloned().unwrap_or_else(std::env::temp_dir)
 }
 
 #[cfg(test)]

@@ -253,16 +253,17 @@ pub fn recover(out_dir: &Path) -> Result<Vec<String>, TrainError> {
     Ok(notes)
 }
 
-/// Load the newest complete checkpoint of `out_dir` that loads, skipping damaged newer
-/// ones; returns what was loaded and, for each one skipped, its folder and why. When none
+/// Load the newest complete checkpoint of `out_dir` that loads (without the optimizer's
+/// file unless `with_optimizer`), skipping damaged newer ones; returns what was loaded and, for each one skipped, its folder and why. When none
 /// loads, the newest one's error.
 pub fn load_latest_valid(
     out_dir: &Path,
     adamw: AdamWConfig,
+    with_optimizer: bool,
 ) -> Result<(PathBuf, Loaded, Vec<(PathBuf, TrainError)>), TrainError> {
     let mut skipped = Vec::new();
     for (_, dir) in list(out_dir).into_iter().rev() {
-        match load(&dir, adamw) {
+        match load_parts(&dir, adamw, with_optimizer) {
             Ok(loaded) => return Ok((dir, loaded, skipped)),
             // Damage in the checkpoint's own files: try the next older one.
             Err(e) if is_damage(&e) => skipped.push((dir, e)),
@@ -301,11 +302,22 @@ pub struct Loaded {
 
 /// Load a checkpoint folder, strictly: every file must be present and consistent.
 pub fn load(dir: &Path, adamw: AdamWConfig) -> Result<Loaded, TrainError> {
+    load_parts(dir, adamw, true)
+}
+
+/// Load what evaluating and sampling need: the weights and `state.json`, without the
+/// optimizer's file (the optimizer comes back fresh).
+pub fn load_for_eval(dir: &Path, adamw: AdamWConfig) -> Result<Loaded, TrainError> {
+    load_parts(dir, adamw, false)
+}
+
+fn load_parts(dir: &Path, adamw: AdamWConfig, with_optimizer: bool) -> Result<Loaded, TrainError> {
     let damaged = |what: String| TrainError::Checkpoint { path: dir.into(), what };
     if !dir.join("DONE").is_file() {
         return Err(damaged("incomplete (no DONE marker): it was being written when the run stopped".into()));
     }
-    verify(dir, &CHECKSUMMED)?;
+    verify(dir, if with_optimizer { &CHECKSUMMED } else { &CHECKSUMMED[..2] })?;
+    verify(dir, &["state.json"])?;
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
     let state: TrainState =
@@ -323,6 +335,9 @@ pub fn load(dir: &Path, adamw: AdamWConfig) -> Result<Loaded, TrainError> {
     let model = hf::load_pretrained(dir).map_err(|e| damaged(format!("weights: {e}")))?;
     if model.config != state.model {
         return Err(damaged("config.json and state.json describe different models".into()));
+    }
+    if !with_optimizer {
+        return Ok(Loaded { model, optimizer: AdamW::new(adamw), state });
     }
     let opt_path = dir.join("optimizer.safetensors");
     let bytes = std::fs::read(&opt_path).map_err(io(&opt_path))?;

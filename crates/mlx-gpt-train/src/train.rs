@@ -108,7 +108,9 @@ pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, Ad
     let (mut model, opt, state) = match c.init_from() {
         InitFrom::Scratch => (Gpt::new(wanted, c.seed)?, AdamW::new(adamw), None),
         InitFrom::Resume => {
-            let (dir, loaded, skipped) = checkpoint::load_latest_valid(&c.out_dir, adamw)?;
+            // Evaluating needs the weights only: a checkpoint without its optimizer file
+            // (copied for evaluation, say) evaluates.
+            let (dir, loaded, skipped) = checkpoint::load_latest_valid(&c.out_dir, adamw, !c.eval_only)?;
             for (bad, why) in &skipped {
                 tracing::warn!(checkpoint = %bad.display(), "skipped a damaged checkpoint: {why}");
             }
