@@ -190,15 +190,22 @@ pub(crate) fn keep_linked() {
 
 /// `openblas_get_corename()`, if the process's BLAS is OpenBLAS.
 pub fn openblas_corename() -> Option<String> {
-    let f = crate::runtime::lookup("openblas_get_corename");
+    openblas_string("openblas_get_corename").map(|s| s.trim().to_string())
+}
+
+/// The result of one of OpenBLAS's `char* openblas_get_*(void)` functions, if the
+/// process's BLAS has it.
+fn openblas_string(symbol: &str) -> Option<String> {
+    let f = crate::runtime::lookup(symbol);
     if f.is_null() {
         return None;
     }
-    // SAFETY: OpenBLAS's `char* openblas_get_corename(void)` returns a static string.
+    // SAFETY: OpenBLAS's `char* openblas_get_corename(void)` and `openblas_get_config`
+    // take nothing and return a static string.
     unsafe {
         let f: extern "C" fn() -> *const libc::c_char = std::mem::transmute(f);
         let p = f();
-        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().trim().to_string())
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
     }
 }
 
@@ -439,16 +446,7 @@ fn startup(argv: Option<*const *const libc::c_char>) -> BlasKernel {
 
 /// `openblas_get_config()`, if the process's BLAS is OpenBLAS.
 fn openblas_config() -> Option<String> {
-    let f = crate::runtime::lookup("openblas_get_config");
-    if f.is_null() {
-        return None;
-    }
-    // SAFETY: OpenBLAS's `char* openblas_get_config(void)` returns a static string.
-    unsafe {
-        let f: extern "C" fn() -> *const libc::c_char = std::mem::transmute(f);
-        let p = f();
-        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
-    }
+    openblas_string("openblas_get_config")
 }
 
 /// Replace the process with a fresh start of the same program and arguments, with `env`
