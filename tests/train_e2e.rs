@@ -128,6 +128,36 @@ fn a_small_model_learns_and_can_be_sampled_and_evaluated() {
     assert_eq!(sample(&["--seed", "7"]), first);
     assert_eq!(sample(&["--seed", "7", "--no-kv-cache"]), first);
     assert_ne!(sample(&["--seed", "8"]), first);
+    // A checkpoint folder given to --init-from samples with the run's own characters.
+    let ckpt = out.join("checkpoints/iter-0000300");
+    let from_folder = |dir: &Path| {
+        mlx_gpt(&[
+            "sample".into(),
+            "--init-from".into(),
+            dir.display().to_string(),
+            "--start".into(),
+            "ROMEO:".into(),
+            "--num-samples".into(),
+            "1".into(),
+            "--max-new-tokens".into(),
+            "60".into(),
+            "--seed".into(),
+            "7".into(),
+        ])
+    };
+    assert_eq!(ok(&from_folder(&ckpt)), first);
+    // A character table shorter than the model's vocabulary: named, not silent gaps.
+    let copy = run.path().join("ckpt-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["model.safetensors", "config.json", "state.json"] {
+        std::fs::copy(ckpt.join(f), copy.join(f)).unwrap();
+    }
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(copy.join("state.json")).unwrap()).unwrap();
+    state["tokenizer"]["itos"].as_array_mut().expect("a character table").truncate(10);
+    std::fs::write(copy.join("state.json"), state.to_string()).unwrap();
+    let err = failure(&from_folder(&copy));
+    assert!(err.contains("character table has 10 entries and the model 65"), "{err}");
 
     // Evaluation of the checkpoint reproduces the final evaluation.
     let eval = ok(&mlx_gpt(&{

@@ -63,6 +63,31 @@ fn bpe(explicit: Option<&Path>, model_dir: Option<&Path>) -> anyhow::Result<Toke
     }
 }
 
+/// The tokenizer a training run recorded, checked against the model it goes with.
+fn run_tokenizer(
+    spec: &TokenizerSpec,
+    bpe_files: Option<&Path>,
+    ckpt: &Path,
+    model: &Gpt,
+) -> anyhow::Result<Tokenizer> {
+    match spec {
+        TokenizerSpec::Gpt2 => bpe(bpe_files, None),
+        TokenizerSpec::Char { itos } => {
+            // Every id the model can emit needs a character, or those tokens print nothing.
+            if itos.len() != model.config.vocab_size {
+                bail!(
+                    "{}/state.json: the character table has {} entries and the model {} outputs; the \
+                     checkpoint is damaged",
+                    ckpt.display(),
+                    itos.len(),
+                    model.config.vocab_size
+                );
+            }
+            Ok(Tokenizer::from_spec(spec, None)?)
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     args.device.select()?;
     let (mut model, tokenizer): (Gpt, Tokenizer) = match (&args.out_dir, &args.init_from) {
@@ -77,10 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             // The weights, their config and the state, as written (the optimizer is not needed).
             checkpoint::verify(&ckpt, &["model.safetensors", "config.json", "state.json"])?;
             let model = hf::load_pretrained(&ckpt)?;
-            let tok = match &state.tokenizer {
-                TokenizerSpec::Gpt2 => bpe(args.tokenizer.as_deref(), None)?,
-                spec => Tokenizer::from_spec(spec, None)?,
-            };
+            let tok = run_tokenizer(&state.tokenizer, args.tokenizer.as_deref(), &ckpt, &model)?;
             (model, tok)
         }
         (None, Some(name)) => {
@@ -93,7 +115,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 PathBuf::from(name)
             };
-            (hf::load_pretrained(&dir)?, bpe(args.tokenizer.as_deref(), Some(&dir))?)
+            let model = hf::load_pretrained(&dir)?;
+            // A checkpoint folder of a training run says which tokenizer it was trained with.
+            let tok = match std::fs::read_to_string(dir.join("state.json")) {
+                Ok(text) => {
+                    let state: checkpoint::TrainState =
+                        serde_json::from_str(&text).with_context(|| format!("{}/state.json", dir.display()))?;
+                    run_tokenizer(&state.tokenizer, args.tokenizer.as_deref(), &dir, &model)?
+                }
+                Err(_) => bpe(args.tokenizer.as_deref(), Some(&dir))?,
+            };
+            (model, tok)
         }
         (None, None) => bail!("say what to sample: --out-dir DIR (a training run) or --init-from gpt2"),
     };
