@@ -309,6 +309,8 @@ fn mfu_of_a_short_run_stays_below_the_ceiling() {
     let run = common::Scratch::new("mfu");
     let out = run.path().join("out");
     let args: Vec<String> = [
+        "--log-format",
+        "json",
         "train",
         "baby_shakespeare_char",
         "--max_iters",
@@ -337,8 +339,12 @@ fn mfu_of_a_short_run_stays_below_the_ceiling() {
     assert!(run.path().join("cache/mlx-gpt/peak-flops.json").is_file());
     let log = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
     assert!(log.contains("BLAS kernel: "), "{log}");
-    // Not a terminal: plain text, no colour codes.
+    // No colour codes; with --log-format json every log line is a JSON object whose
+    // fields carry the step's figures.
     assert!(!log.contains('\x1b'), "{log}");
+    let json: Vec<serde_json::Value> =
+        log.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect(l)).collect();
+    assert!(json.iter().any(|v| v["fields"]["iter"].is_u64() && v["fields"]["mfu"].is_f64()), "{log}");
     assert!(log.contains("MFU ceiling: ") && log.contains("FMA loop"), "{log}");
     let mfus: Vec<f64> = metrics::read(&out.join("metrics.jsonl"))
         .into_iter()

@@ -19,8 +19,17 @@ struct Cli {
     /// MLX_GPT_NATIVE_JIT=0. See docs/performance.md.
     #[arg(long, global = true)]
     no_native_jit: bool,
+    /// Log lines as plain text, or one JSON object per line (for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -76,15 +85,17 @@ fn main() {
             }
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_target(false)
+        .with_target(false);
+    match cli.log_format {
         // Colours only on a terminal: a redirected log (a file, a CI job) stays plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     if let Err(err) = run(cli, jit) {
         eprintln!("error: {}", mlx_gpt_data::error_chain(&*err));
         std::process::exit(1);
