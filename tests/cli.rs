@@ -1,5 +1,7 @@
 //! The `mlx-gpt` binary as a user runs it.
 
+mod common;
+
 use std::process::Command;
 
 fn mlx_gpt(args: &[&str]) -> std::process::Output {
@@ -23,7 +25,7 @@ fn info_names_mlx_devices_and_blas() {
 #[test]
 fn gpu_on_a_cpu_build_is_a_clear_error() {
     if mlx_gpt_model::device::count(mlx_gpt_model::DeviceKind::Gpu) > 0 {
-        eprintln!("skipped: this MLX build has a GPU backend");
+        common::skip("this MLX build has a GPU backend");
         return;
     }
     let out = mlx_gpt(&["info", "--device", "gpu"]);

@@ -24,8 +24,16 @@ pub fn shared() -> Option<PathBuf> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("CI: the shared test data is missing at {} (set MLX_GPT_SHARED)", dir.display());
     }
-    eprintln!("skipped: shared test data not found at {} (set MLX_GPT_SHARED to run this test)", dir.display());
+    skip(&format!("shared test data not found at {} (set MLX_GPT_SHARED to run this test)", dir.display()));
     None
+}
+
+/// Say that a test skips, where the person running the tests sees it: libtest captures
+/// `eprintln!` of a passing test, so this writes to the process's stderr directly.
+pub fn skip(why: &str) {
+    use std::io::Write;
+    let name = std::thread::current().name().unwrap_or("a test").to_string();
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {name}: {why}");
 }
 
 /// Tiny Shakespeare prepared character-level from `../shared` into
