@@ -385,12 +385,8 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     // anything in it is read (a checkpoint to resume) or written (crate::lock), and held
     // until this function returns.
     let writes = master && !c.eval_only;
-    let lock = if writes {
-        std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
-        Some(crate::lock::acquire(&c.out_dir))
-    } else {
-        None
-    };
+    std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
+    let lock = writes.then(|| crate::lock::acquire(&c.out_dir));
     if let Some(g) = &world {
         // Every rank learns whether rank 0 got the lock, and stops with it if not.
         let refused = matches!(lock, Some(Err(_))) as u8 as f32;
@@ -493,7 +489,6 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
             n_params as f64 / 1e6
         );
     }
-    std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
     if writes {
         let resolved = c.out_dir.join("config.toml");
         mlx_gpt_model::write_atomic(&resolved, c.to_toml().as_bytes())
