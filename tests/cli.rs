@@ -150,16 +150,20 @@ fn a_forced_kernel_is_checked_and_reported() {
     assert!(stdout.contains(&format!("{target} was forced and failed its check (wrong products)")), "{stdout}");
 }
 
-/// An error's cause is said once, not once by the error and again by the chain.
+/// An error's cause is said once, not once by the error and again by the chain. A run
+/// that cannot start leaves no run directory behind.
 #[test]
 fn errors_say_their_cause_once() {
+    let out = std::env::temp_dir().join(format!("mlx-gpt-cause-{}", std::process::id()));
+    let out_arg = out.display().to_string();
     for args in [
         &["sample", "--init-from", "/nonexistent-mlx-gpt"][..],
-        &["train", "baby_shakespeare_char", "--data_dir", "/nonexistent-mlx-gpt"][..],
+        &["train", "baby_shakespeare_char", "--data_dir", "/nonexistent-mlx-gpt", "--out_dir", &out_arg][..],
     ] {
         let out = mlx_gpt(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
     }
+    assert!(!out.exists(), "a run that could not start created {}", out.display());
 }

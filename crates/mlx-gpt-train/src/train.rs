@@ -385,6 +385,8 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     // anything in it is read (a checkpoint to resume) or written (crate::lock), and held
     // until this function returns.
     let writes = master && !c.eval_only;
+    // The dataset first: a run that cannot start leaves no run directory behind.
+    let (data, meta) = dataset_dir(c)?;
     std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
     let lock = writes.then(|| crate::lock::acquire(&c.out_dir));
     if let Some(g) = &world {
@@ -412,7 +414,6 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     }
     let accum = c.gradient_accumulation_steps / world_size;
     let heartbeat = (world_size > 1).then(|| Heartbeat::start(rank, c.dist_timeout));
-    let (data, meta) = dataset_dir(c)?;
     let adamw =
         AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 };
     // A run that cannot fit stops here with the numbers, before the model is built, not
