@@ -100,7 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )
             .with_context(|| format!("{}/state.json", ckpt.display()))?;
             // The weights, their config and the state, as written (the optimizer is not needed).
-            checkpoint::verify(&ckpt, &["model.safetensors", "config.json", "state.json"])?;
+            checkpoint::verify(&ckpt, &checkpoint::MODEL_FILES)?;
             let model = hf::load_pretrained(&ckpt)?;
             let tok = run_tokenizer(&state.tokenizer, args.tokenizer.as_deref(), &ckpt, &model)?;
             (model, tok)

@@ -82,8 +82,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Result<PathBuf, TrainError> {
     let root = checkpoints_dir(out_dir);
     std::fs::create_dir_all(&root).map_err(io(&root))?;
-    let name = format!("iter-{:07}", state.iter);
-    debug_assert_eq!(root.join(&name), dir_of(out_dir, state.iter));
+    let dest = dir_of(out_dir, state.iter);
+    let name = dest.file_name().expect("iter-N").to_string_lossy().into_owned();
     let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
@@ -92,7 +92,6 @@ pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Res
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    let dest = root.join(&name);
     replace_dir(&tmp, &dest)?;
     Ok(dest)
 }
@@ -127,7 +126,7 @@ fn write_into(tmp: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Resul
     std::fs::write(&state_path, serde_json::to_string_pretty(state).expect("state serializes"))
         .map_err(io(&state_path))?;
     // Make the contents durable before DONE vouches for them, and DONE before the rename.
-    for f in ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"] {
+    for f in CHECKSUMMED {
         std::fs::File::open(tmp.join(f)).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
     }
     // DONE vouches for the files: it holds their sha256, checked on every load.
@@ -142,7 +141,10 @@ fn write_into(tmp: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Resul
 }
 
 /// The files of a checkpoint whose sha256 `DONE` records.
-const CHECKSUMMED: [&str; 4] = ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"];
+const CHECKSUMMED: [&str; 4] = ["model.safetensors", "config.json", "state.json", "optimizer.safetensors"];
+
+/// Those a model is evaluated or sampled from: all but the optimizer's.
+pub const MODEL_FILES: [&str; 3] = ["model.safetensors", "config.json", "state.json"];
 
 /// `DONE`: the iteration and each file's sha256. (Checkpoints written before checksums
 /// hold only the iteration; they load without the check.)
@@ -254,8 +256,8 @@ pub fn recover(out_dir: &Path) -> Result<Vec<String>, TrainError> {
 }
 
 /// Load the newest complete checkpoint of `out_dir` that loads (without the optimizer's
-/// file unless `with_optimizer`), skipping damaged newer ones; returns what was loaded and, for each one skipped, its folder and why. When none
-/// loads, the newest one's error.
+/// file unless `with_optimizer`), skipping damaged newer ones; returns what was loaded
+/// and, for each one skipped, its folder and why. When none loads, the newest one's error.
 pub fn load_latest_valid(
     out_dir: &Path,
     adamw: AdamWConfig,
@@ -316,8 +318,7 @@ fn load_parts(dir: &Path, adamw: AdamWConfig, with_optimizer: bool) -> Result<Lo
     if !dir.join("DONE").is_file() {
         return Err(damaged("incomplete (no DONE marker): it was being written when the run stopped".into()));
     }
-    verify(dir, if with_optimizer { &CHECKSUMMED } else { &CHECKSUMMED[..2] })?;
-    verify(dir, &["state.json"])?;
+    verify(dir, if with_optimizer { &CHECKSUMMED[..] } else { &MODEL_FILES[..] })?;
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
     let state: TrainState =
