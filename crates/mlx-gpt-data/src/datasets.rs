@@ -339,19 +339,23 @@ mod tests {
         }
     }
 
+    /// Preparing into `dir/data` from the local file `from`, quietly.
+    fn from_file(dir: &Path, from: &Path) -> PrepareOptions {
+        PrepareOptions {
+            data_dir: dir.join("data"),
+            downloader: crate::download::Downloader::new().quiet(true),
+            tokenizer: None,
+            from: Some(from.to_path_buf()),
+        }
+    }
+
     #[test]
     fn a_local_copy_of_a_builtin_source_must_be_that_file() {
         let dir = std::env::temp_dir().join(format!("mlx-gpt-from-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mine = dir.join("mine.txt");
         std::fs::write(&mine, "not Shakespeare\n").unwrap();
-        let opts = PrepareOptions {
-            data_dir: dir.join("data"),
-            downloader: crate::download::Downloader::new().quiet(true),
-            tokenizer: None,
-            from: Some(mine.clone()),
-        };
-        let err = prepare("shakespeare_char", &opts).unwrap_err().to_string();
+        let err = prepare("shakespeare_char", &from_file(&dir, &mine)).unwrap_err().to_string();
         assert!(err.contains("mine.txt") && err.contains("is not shakespeare_char's source file"), "{err}");
         assert!(!err.contains("removed") && mine.exists(), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -363,13 +367,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let empty = dir.join("empty.txt");
         std::fs::write(&empty, "").unwrap();
-        let opts = PrepareOptions {
-            data_dir: dir.join("data"),
-            downloader: crate::download::Downloader::new().quiet(true),
-            tokenizer: None,
-            from: Some(empty.clone()),
-        };
-        let err = prepare("mine", &opts).unwrap_err().to_string();
+        let err = prepare("mine", &from_file(&dir, &empty)).unwrap_err().to_string();
         assert!(err.contains("empty.txt") && err.contains("is empty"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -133,6 +133,20 @@ pub fn truncate_after(path: &Path, iter: usize) -> std::io::Result<()> {
     mlx_gpt_model::write_atomic(path, kept.as_bytes())
 }
 
+/// Add `n` losses summing to `sum` at iteration `iter` to the last bucket of `width`
+/// iterations when `iter` falls in it, else to a new one. Buckets are
+/// (first iteration, sum, count), in order.
+fn add_to_bucket(buckets: &mut Vec<(usize, f64, usize)>, width: usize, iter: usize, sum: f64, n: usize) {
+    let start = iter / width * width;
+    match buckets.last_mut() {
+        Some(last) if last.0 == start => {
+            last.1 += sum;
+            last.2 += n;
+        }
+        _ => buckets.push((start, sum, n)),
+    }
+}
+
 /// What `loss.svg` draws, kept in memory and bounded: every evaluation, and the training
 /// steps averaged in buckets of iterations that double in width whenever more than
 /// [`LossSummary::MAX_POINTS`] would be kept. Drawing it costs the same at iteration
@@ -163,27 +177,13 @@ impl LossSummary {
         match r {
             Record::Train { iter, loss, .. } => {
                 let width = self.width.max(1);
-                let start = iter / width * width;
-                match self.steps.last_mut() {
-                    Some(last) if last.0 == start => {
-                        last.1 += loss;
-                        last.2 += 1;
-                    }
-                    _ => self.steps.push((start, *loss, 1)),
-                }
+                add_to_bucket(&mut self.steps, width, *iter, *loss, 1);
                 if self.steps.len() > Self::MAX_POINTS {
+                    // Twice as wide: neighbouring buckets merge.
                     self.width = width * 2;
-                    let w = self.width;
-                    let mut merged: Vec<(usize, f64, usize)> = Vec::with_capacity(self.steps.len() / 2 + 1);
-                    for (i, sum, n) in self.steps.drain(..) {
-                        let start = i / w * w;
-                        match merged.last_mut() {
-                            Some(m) if m.0 == start => {
-                                m.1 += sum;
-                                m.2 += n;
-                            }
-                            _ => merged.push((start, sum, n)),
-                        }
+                    let mut merged = Vec::with_capacity(self.steps.len() / 2 + 1);
+                    for (start, sum, n) in self.steps.drain(..) {
+                        add_to_bucket(&mut merged, self.width, start, sum, n);
                     }
                     self.steps = merged;
                 }
