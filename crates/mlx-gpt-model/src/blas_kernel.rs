@@ -299,12 +299,8 @@ static STARTUP: () = ();
 
 #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
 extern "C" fn on_load(_argc: libc::c_int, argv: *const *const libc::c_char, _envp: *const *const libc::c_char) {
-    // Only the program's own start may re-execute it: not a library that was dlopen'ed
-    // into a running process (a Python extension, say), nor a program started through
-    // `ld.so prog`, where /proc/self/exe is the loader.
-    let argv = in_main_executable(on_load as *const () as usize).then_some(argv);
     // A panic must not unwind out of a C constructor.
-    let status = std::panic::catch_unwind(|| startup(argv)).unwrap_or_else(|_| {
+    let status = std::panic::catch_unwind(|| startup(Some(argv))).unwrap_or_else(|_| {
         let core = openblas_corename();
         BlasKernel {
             kernel_class: core.as_deref().map_or(KernelClass::Generic, core_class),
@@ -456,6 +452,15 @@ fn openblas_config() -> Option<String> {
 fn reexec(argv: *const *const libc::c_char, env: &[(&str, Option<&str>)]) -> String {
     if argv.is_null() {
         return "no argv".into();
+    }
+    // Only the program's own start may re-execute it: not a library that was dlopen'ed
+    // into a running process (a Python extension, say), nor a program started through
+    // `ld.so prog`, where /proc/self/exe is the loader. (Read only here, where it is
+    // needed: most starts re-execute nothing.)
+    if !in_main_executable(reexec as *const () as usize) {
+        return "this code is not part of the program's own executable (a library loaded into another \
+                program, or a program started through ld.so)"
+            .into();
     }
     let saved: Vec<_> = env.iter().map(|(k, _)| (*k, std::env::var_os(k))).collect();
     for (k, v) in env {
