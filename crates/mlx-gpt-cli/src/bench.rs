@@ -331,7 +331,7 @@ fn batches(args: BatchesArgs) -> anyhow::Result<()> {
     let mut times = Vec::with_capacity(args.count);
     for _ in 0..args.count.max(1) {
         let t = Instant::now();
-        let (x, y) = s.next_batch();
+        let (x, y) = s.next_batch()?;
         mlx_rs::transforms::eval([&x, &y])?;
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
@@ -380,15 +380,15 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
         None
     };
     let mut draw = 0u64;
-    let mut next = || -> (Array, Array) {
+    let mut next = || -> Result<(Array, Array), mlx_rs::error::Exception> {
         if let Some(s) = sampler.as_mut() {
-            return s.next_batch();
+            return s.next_batch().map_err(|e| mlx_rs::error::Exception::custom(e.to_string()));
         }
         draw += 1;
         let key = mlx_rs::random::key(draw).expect("key");
         let t = mlx_rs::random::randint::<_, i32>(0, vocab as i32, &shape[..], &key).expect("randint");
         let x = t.clone();
-        (x, t)
+        Ok((x, t))
     };
     let ceiling = mlx_gpt_train::peak::peak_for(device, 0.0, mlx_gpt_train::peak::default_threads())?;
     let peak = ceiling.flops;

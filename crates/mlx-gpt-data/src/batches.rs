@@ -140,23 +140,24 @@ impl BatchSampler {
         }
     }
 
-    /// The next batch as host vectors: x and y, each B·T tokens, row-major.
-    pub fn next_host(&mut self) -> (Vec<i32>, Vec<i32>) {
+    /// The next batch as host vectors: x and y, each B·T tokens, row-major. An error
+    /// only when the file changed underneath (`TokenFile::copy_i32`).
+    pub fn next_host(&mut self) -> Result<(Vec<i32>, Vec<i32>)> {
         let (b, t) = (self.batch_size, self.block_size);
         let (mut x, mut y) = (vec![0i32; b * t], vec![0i32; b * t]);
         for row in 0..b {
             let off = self.next_offset();
-            self.file.copy_i32(off, &mut x[row * t..(row + 1) * t]);
-            self.file.copy_i32(off + 1, &mut y[row * t..(row + 1) * t]);
+            self.file.copy_i32(off, &mut x[row * t..(row + 1) * t])?;
+            self.file.copy_i32(off + 1, &mut y[row * t..(row + 1) * t])?;
         }
-        (x, y)
+        Ok((x, y))
     }
 
     /// The next batch as MLX int32 arrays, x and y both (B, T).
-    pub fn next_batch(&mut self) -> (Array, Array) {
-        let (x, y) = self.next_host();
+    pub fn next_batch(&mut self) -> Result<(Array, Array)> {
+        let (x, y) = self.next_host()?;
         let shape = [self.batch_size as i32, self.block_size as i32];
-        (Array::from_slice(&x, &shape), Array::from_slice(&y, &shape))
+        Ok((Array::from_slice(&x, &shape), Array::from_slice(&y, &shape)))
     }
 }
 
@@ -185,7 +186,7 @@ mod tests {
             let order = if epoch { Order::Epoch } else { Order::Random };
             let mut s = BatchSampler::new(f, b, t, order, seed).unwrap();
             for _ in 0..5 {
-                let (x, y) = s.next_host();
+                let (x, y) = s.next_host().unwrap();
                 for row in 0..b {
                     let xr = &x[row * t..(row + 1) * t];
                     let yr = &y[row * t..(row + 1) * t];
@@ -206,14 +207,14 @@ mod tests {
             let (f1, p1) = file(&tokens, seed);
             let (f2, p2) = file(&tokens, seed.wrapping_add(1));
             let mut a = BatchSampler::new(f1, 3, 16, order, seed).unwrap();
-            let straight: Vec<_> = (0..30).map(|_| a.next_host()).collect();
+            let straight: Vec<_> = (0..30).map(|_| a.next_host().unwrap()).collect();
             let mut b = BatchSampler::new(f2, 3, 16, order, seed).unwrap();
-            let mut resumed: Vec<_> = (0..split).map(|_| b.next_host()).collect();
+            let mut resumed: Vec<_> = (0..split).map(|_| b.next_host().unwrap()).collect();
             let saved = serde_json::to_string(b.state()).unwrap();
             drop(b);
             let (f3, p3) = file(&tokens, seed.wrapping_add(2));
             let mut c = BatchSampler::with_state(f3, 3, 16, serde_json::from_str(&saved).unwrap()).unwrap();
-            resumed.extend((split..30).map(|_| c.next_host()));
+            resumed.extend((split..30).map(|_| c.next_host().unwrap()));
             prop_assert_eq!(straight, resumed);
             for p in [p1, p2, p3] { std::fs::remove_file(p).unwrap(); }
         }
@@ -224,11 +225,11 @@ mod tests {
         let tokens: Vec<u32> = (0..101u32).collect();
         let (f, p) = file(&tokens, 999);
         let mut s = BatchSampler::new(f, 1, 10, Order::Epoch, 5).unwrap();
-        let mut seen: Vec<i32> = (0..10).map(|_| s.next_host().0[0]).collect();
+        let mut seen: Vec<i32> = (0..10).map(|_| s.next_host().unwrap().0[0]).collect();
         seen.sort();
         assert_eq!(seen, (0..10).map(|k| k * 10).collect::<Vec<_>>());
         assert_eq!(s.state().epoch, 0);
-        s.next_host();
+        s.next_host().unwrap();
         assert_eq!(s.state().epoch, 1);
         std::fs::remove_file(p).unwrap();
     }
@@ -246,7 +247,7 @@ mod tests {
         let tokens: Vec<u32> = (0..100u32).collect();
         let (f, p) = file(&tokens, 1001);
         let mut s = BatchSampler::new(f, 4, 8, Order::Random, 0).unwrap();
-        let (x, y) = s.next_batch();
+        let (x, y) = s.next_batch().unwrap();
         assert_eq!((x.shape(), y.shape()), (&[4, 8][..], &[4, 8][..]));
         assert_eq!(x.dtype(), mlx_rs::Dtype::Int32);
         std::fs::remove_file(p).unwrap();

@@ -139,35 +139,27 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// checked against `meta.json`.
 #[derive(Debug)]
 pub struct TokenFile {
-    map: Storage,
+    storage: Storage,
+    /// Bytes when opened.
+    bytes: u64,
     path: PathBuf,
 }
 
-/// Up to this size a token file is read into memory; beyond it, mapped.
+/// Up to this size a token file is read into memory; beyond it, read where needed.
 ///
-/// A mapped file that someone truncates in place while training reads it (re-preparing
-/// into the same folder with a tool that does not replace the file) kills the process
-/// with SIGBUS and no message. Read into memory, the run keeps the tokens it opened.
-/// Files of OpenWebText's size (17 GB) stay mapped: reading them would cost their size
-/// in memory. mlx-gpt's own preparation replaces files atomically, which a mapping
-/// survives.
+/// Never mapped: a mapped file that someone truncates in place while training reads it
+/// (re-preparing into the same folder with a tool that does not replace the file) kills
+/// the process with SIGBUS and no message. Read into memory, the run keeps the tokens it
+/// opened; read with `pread` (files of OpenWebText's size, 17 GB, which would cost their
+/// size in memory), a shrunk file is a short read and a named error. A batch is a dozen
+/// reads of a few KiB, nothing beside a training step.
 pub const READ_INTO_MEMORY_BELOW: u64 = 1 << 30;
 
-/// The file's bytes: in memory, or mapped.
+/// The file's bytes: in memory, or the open file to read from.
 #[derive(Debug)]
 enum Storage {
     Heap(Vec<u8>),
-    Map(memmap2::Mmap),
-}
-
-impl std::ops::Deref for Storage {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Storage::Heap(v) => v,
-            Storage::Map(m) => m,
-        }
-    }
+    File(std::fs::File),
 }
 
 impl TokenFile {
@@ -184,18 +176,16 @@ impl TokenFile {
             ),
         })?;
         let file = Self::open_unchecked(&path)?;
-        if file.map.len() as u64 != entry.bytes || entry.bytes != 2 * entry.tokens {
+        if file.bytes != entry.bytes || entry.bytes != 2 * entry.tokens {
             return Err(DataError::Size {
                 path,
                 what: format!(
                     "{} bytes, but meta.json records {} tokens in {} bytes; prepare the dataset again",
-                    file.map.len(),
-                    entry.tokens,
-                    entry.bytes
+                    file.bytes, entry.tokens, entry.bytes
                 ),
             });
         }
-        if let Some((i, t)) = file.first_out_of_range(meta.vocab_size) {
+        if let Some((i, t)) = file.first_out_of_range(meta.vocab_size)? {
             return Err(DataError::Invalid {
                 path,
                 what: format!("token {t} at index {i} is not below vocab_size {}", meta.vocab_size),
@@ -204,26 +194,32 @@ impl TokenFile {
         Ok((file, meta))
     }
 
-    /// Map a token file without a `meta.json` (e.g. one nanoGPT prepared).
+    /// Open a token file without a `meta.json` (e.g. one nanoGPT prepared).
     pub fn open_unchecked(path: &Path) -> Result<TokenFile> {
         let mut f = std::fs::File::open(path).map_err(DataError::io(path))?;
-        let size = f.metadata().map_err(DataError::io(path))?.len();
-        let map = if size < READ_INTO_MEMORY_BELOW {
-            let mut bytes = Vec::with_capacity(size as usize);
-            std::io::Read::read_to_end(&mut f, &mut bytes).map_err(DataError::io(path))?;
-            Storage::Heap(bytes)
+        let meta = f.metadata().map_err(DataError::io(path))?;
+        if !meta.is_file() {
+            return Err(DataError::Invalid { path: path.into(), what: "is not a file".into() });
+        }
+        let bytes = meta.len();
+        let storage = if bytes < READ_INTO_MEMORY_BELOW {
+            let mut buf = Vec::with_capacity(bytes as usize);
+            std::io::Read::read_to_end(&mut f, &mut buf).map_err(DataError::io(path))?;
+            Storage::Heap(buf)
         } else {
-            // SAFETY: read-only map; token files are written once (atomically) and never
-            // modified in place by mlx-gpt (see READ_INTO_MEMORY_BELOW).
-            Storage::Map(unsafe { memmap2::Mmap::map(&f) }.map_err(DataError::io(path))?)
+            Storage::File(f)
         };
-        if map.len() % 2 != 0 {
+        let bytes = match &storage {
+            Storage::Heap(v) => v.len() as u64,
+            Storage::File(_) => bytes,
+        };
+        if bytes % 2 != 0 {
             return Err(DataError::Size {
                 path: path.into(),
-                what: format!("{} bytes is not a whole number of uint16 tokens", map.len()),
+                what: format!("{bytes} bytes is not a whole number of uint16 tokens"),
             });
         }
-        Ok(TokenFile { map, path: path.into() })
+        Ok(TokenFile { storage, bytes, path: path.into() })
     }
 
     /// The file's path.
@@ -233,41 +229,111 @@ impl TokenFile {
 
     /// Number of tokens.
     pub fn len(&self) -> usize {
-        self.map.len() / 2
+        (self.bytes / 2) as usize
     }
 
     /// Whether the file holds no token.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.bytes == 0
+    }
+
+    /// Bytes `start..start + buf.len()` of the file into `buf`. A file read from disk that
+    /// shrank since it was opened is an error naming it.
+    fn read_at(&self, start: u64, buf: &mut [u8]) -> Result<()> {
+        match &self.storage {
+            Storage::Heap(v) => {
+                buf.copy_from_slice(&v[start as usize..start as usize + buf.len()]);
+                Ok(())
+            }
+            Storage::File(f) => read_exact_at(f, buf, start).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => DataError::Size {
+                    path: self.path.clone(),
+                    what: format!(
+                        "was {} bytes when opened and is shorter now: it was changed while in use; \
+                         prepare the dataset again (into a new folder, or with cargo xtask fetch-data, \
+                         which replaces files whole) and resume",
+                        self.bytes
+                    ),
+                },
+                _ => DataError::Io { path: self.path.clone(), source: e },
+            }),
+        }
     }
 
     /// Token `i`.
-    #[inline]
-    pub fn get(&self, i: usize) -> u16 {
-        u16::from_le_bytes([self.map[2 * i], self.map[2 * i + 1]])
+    pub fn get(&self, i: usize) -> Result<u16> {
+        let mut b = [0u8; 2];
+        self.read_at(2 * i as u64, &mut b)?;
+        Ok(u16::from_le_bytes(b))
     }
 
     /// Copy tokens `start..start + out.len()` into `out` as i32 (MLX's index type).
-    #[inline]
-    pub fn copy_i32(&self, start: usize, out: &mut [i32]) {
-        let bytes = &self.map[2 * start..2 * (start + out.len())];
-        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            *o = u16::from_le_bytes([b[0], b[1]]) as i32;
+    pub fn copy_i32(&self, start: usize, out: &mut [i32]) -> Result<()> {
+        let convert = |out: &mut [i32], bytes: &[u8]| {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = u16::from_le_bytes([b[0], b[1]]) as i32;
+            }
+        };
+        match &self.storage {
+            Storage::Heap(v) => convert(out, &v[2 * start..2 * (start + out.len())]),
+            Storage::File(_) => {
+                let mut bytes = vec![0u8; 2 * out.len()];
+                self.read_at(2 * start as u64, &mut bytes)?;
+                convert(out, &bytes);
+            }
         }
+        Ok(())
     }
 
-    fn first_out_of_range(&self, vocab: usize) -> Option<(usize, u16)> {
+    fn first_out_of_range(&self, vocab: usize) -> Result<Option<(usize, u16)>> {
         use rayon::prelude::*;
         if vocab >= 1 << 16 {
-            return None;
+            return Ok(None);
         }
-        self.map.par_chunks(1 << 20).enumerate().find_map_first(|(c, chunk)| {
+        const CHUNK: u64 = 1 << 22;
+        let scan = |c: usize, chunk: &[u8]| {
             chunk.chunks_exact(2).enumerate().find_map(|(i, b)| {
                 let t = u16::from_le_bytes([b[0], b[1]]);
-                (t as usize >= vocab).then_some((c * (1 << 19) + i, t))
+                (t as usize >= vocab).then_some((c * (CHUNK / 2) as usize + i, t))
             })
-        })
+        };
+        match &self.storage {
+            Storage::Heap(v) => Ok(v.par_chunks(CHUNK as usize).enumerate().find_map_first(|(c, ch)| scan(c, ch))),
+            Storage::File(_) => (0..self.bytes.div_ceil(CHUNK) as usize)
+                .into_par_iter()
+                .map(|c| {
+                    let start = c as u64 * CHUNK;
+                    let mut buf = vec![0u8; CHUNK.min(self.bytes - start) as usize];
+                    self.read_at(start, &mut buf)?;
+                    Ok(scan(c, &buf))
+                })
+                .find_map_first(|r: Result<Option<(usize, u16)>>| match r {
+                    Ok(None) => None,
+                    Ok(Some(hit)) => Some(Ok(Some(hit))),
+                    Err(e) => Some(Err(e)),
+                })
+                .unwrap_or(Ok(None)),
+        }
     }
+}
+
+#[cfg(unix)]
+fn read_exact_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(f: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(f, buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -284,8 +350,29 @@ mod tests {
         let f = TokenFile::open_unchecked(&p).unwrap();
         std::fs::File::create(&p).unwrap(); // truncates in place, same inode
         let mut out = vec![0i32; 5000];
-        f.copy_i32(0, &mut out);
+        f.copy_i32(0, &mut out).unwrap();
         assert!(out.iter().zip(&tokens).all(|(a, &b)| *a as u32 == b));
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    /// A file too large to read into memory is read where needed; truncated underneath,
+    /// the next read is an error naming it, not SIGBUS.
+    #[test]
+    fn a_large_file_truncated_underneath_is_a_named_error() {
+        let p = std::env::temp_dir().join(format!("mlx-gpt-trunc-large-{}.bin", std::process::id()));
+        let tokens: Vec<u32> = (0..5000).map(|i| i % 65).collect();
+        write_tokens(&p, &tokens).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        let f = TokenFile { storage: Storage::File(f), bytes: 10_000, path: p.clone() };
+        assert_eq!(f.first_out_of_range(65).unwrap(), None);
+        assert_eq!(f.first_out_of_range(64).unwrap(), Some((64, 64)));
+        let mut out = vec![0i32; 100];
+        f.copy_i32(4900, &mut out).unwrap();
+        assert!(out.iter().zip(&tokens[4900..]).all(|(a, &b)| *a as u32 == b));
+        assert_eq!(f.get(130).unwrap(), 0);
+        std::fs::File::create(&p).unwrap(); // truncates in place, same inode
+        let e = f.copy_i32(4900, &mut out).unwrap_err().to_string();
+        assert!(e.contains(&p.display().to_string()) && e.contains("changed while in use"), "{e}");
         std::fs::remove_file(&p).unwrap();
     }
     use proptest::prelude::*;
@@ -321,7 +408,7 @@ mod tests {
             let (f, back) = TokenFile::open(&d, "train").unwrap();
             prop_assert_eq!(back, meta);
             prop_assert_eq!(f.len(), tokens.len());
-            let got: Vec<u32> = (0..f.len()).map(|i| f.get(i) as u32).collect();
+            let got: Vec<u32> = (0..f.len()).map(|i| f.get(i).unwrap() as u32).collect();
             prop_assert_eq!(got, tokens);
             std::fs::remove_dir_all(&d).unwrap();
         }

@@ -80,6 +80,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 
 /// Write a checkpoint of iteration `state.iter`; returns its folder.
 pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Result<PathBuf, TrainError> {
+    save_observed(out_dir, model, opt, state, &|_| ())
+}
+
+/// [`save`], calling `after` with a name for each filesystem step once it is done. The
+/// tests make `after` panic at each step in turn, which stops the save there exactly as a
+/// kill would (no clean-up runs), and check that nothing complete is lost.
+fn save_observed(
+    out_dir: &Path,
+    model: &Gpt,
+    opt: &AdamW,
+    state: &TrainState,
+    after: &dyn Fn(&str),
+) -> Result<PathBuf, TrainError> {
     let root = checkpoints_dir(out_dir);
     std::fs::create_dir_all(&root).map_err(io(&root))?;
     let dest = dir_of(out_dir, state.iter);
@@ -87,18 +100,26 @@ pub fn save(out_dir: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Res
     let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    if let Err(e) = write_into(&tmp, model, opt, state) {
+    after("temporary folder created");
+    if let Err(e) = write_into(&tmp, model, opt, state, after) {
         // A failed save (a full disk, say) leaves no half-written folder taking space.
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    replace_dir(&tmp, &dest)?;
+    replace_dir(&tmp, &dest, after)?;
     Ok(dest)
 }
 
 /// Every file of a checkpoint into `tmp`, DONE last.
-fn write_into(tmp: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Result<(), TrainError> {
-    hf::save_pretrained(model, &tmp)?;
+fn write_into(
+    tmp: &Path,
+    model: &Gpt,
+    opt: &AdamW,
+    state: &TrainState,
+    after: &dyn Fn(&str),
+) -> Result<(), TrainError> {
+    hf::save_pretrained(model, tmp)?;
+    after("weights written");
     // Optimizer moments, float32, as m.<param> and v.<param>.
     let arrays: Vec<(String, &Array)> = opt
         .m
@@ -118,6 +139,7 @@ fn write_into(tmp: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Resul
     let opt_path = tmp.join("optimizer.safetensors");
     safetensors::serialize_to_file(views, Some(meta), &opt_path)
         .map_err(|e| TrainError::Checkpoint { path: opt_path.clone(), what: e.to_string() })?;
+    after("optimizer written");
     // safetensors creates its file readable by the owner only; the checkpoint's other
     // files follow the umask (0644 as a rule). Give it theirs.
     let mode = std::fs::metadata(tmp.join("model.safetensors")).map_err(io(tmp))?.permissions();
@@ -125,10 +147,12 @@ fn write_into(tmp: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Resul
     let state_path = tmp.join("state.json");
     std::fs::write(&state_path, serde_json::to_string_pretty(state).expect("state serializes"))
         .map_err(io(&state_path))?;
+    after("state written");
     // Make the contents durable before DONE vouches for them, and DONE before the rename.
     for f in CHECKSUMMED {
-        std::fs::File::open(tmp.join(f)).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
+        std::fs::File::open(tmp.join(f)).and_then(|f| f.sync_all()).map_err(io(tmp))?;
     }
+    after("files synced");
     // DONE vouches for the files: it holds their sha256, checked on every load.
     let mut sums = BTreeMap::new();
     for f in CHECKSUMMED {
@@ -137,6 +161,7 @@ fn write_into(tmp: &Path, model: &Gpt, opt: &AdamW, state: &TrainState) -> Resul
     let done = tmp.join("DONE");
     let text = serde_json::to_string_pretty(&Done { iter: state.iter, sha256: sums }).expect("serializes");
     std::fs::write(&done, text).and_then(|_| std::fs::File::open(&done)?.sync_all()).map_err(io(&done))?;
+    after("DONE written");
     Ok(())
 }
 
@@ -182,12 +207,13 @@ pub fn verify(dir: &Path, files: &[&str]) -> Result<(), TrainError> {
 /// A kill between the renames leaves the old checkpoint aside (`.iter-N.old-PID`, whole,
 /// with its DONE) and the new one under its temporary name; [`list`] then finds neither
 /// under `iter-N`, and the older checkpoints are untouched.
-fn replace_dir(new: &Path, dest: &Path) -> Result<(), TrainError> {
+fn replace_dir(new: &Path, dest: &Path, after: &dyn Fn(&str)) -> Result<(), TrainError> {
     let name = dest.file_name().expect("a checkpoint name").to_string_lossy().into_owned();
     let aside = dest.with_file_name(format!(".{name}.old-{}", std::process::id()));
     let moved = if dest.exists() {
         let _ = std::fs::remove_dir_all(&aside);
         std::fs::rename(dest, &aside).map_err(io(dest))?;
+        after("old one set aside");
         true
     } else {
         false
@@ -199,23 +225,47 @@ fn replace_dir(new: &Path, dest: &Path) -> Result<(), TrainError> {
         }
         return Err(io(dest)(e));
     }
+    after("new one in place");
     if moved {
-        std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+        remove_checkpoint(&aside, after)?;
     }
     Ok(())
 }
 
-/// Delete the oldest complete checkpoints beyond `keep`, and abandoned temporary folders.
+/// Delete a checkpoint folder, `DONE` first: a kill part-way through removing the rest
+/// leaves a folder no one takes for a checkpoint (no `DONE`), never one that vouches for
+/// files already gone.
+fn remove_checkpoint(dir: &Path, after: &dyn Fn(&str)) -> Result<(), TrainError> {
+    let done = dir.join("DONE");
+    match std::fs::remove_file(&done) {
+        Ok(()) => after("a DONE removed"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&done)(e)),
+    }
+    std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    after("a folder removed");
+    Ok(())
+}
+
+/// Delete the oldest complete checkpoints beyond `keep`, and abandoned folders (of saves
+/// or deletions that did not finish).
 pub fn prune(out_dir: &Path, keep: usize) -> Result<(), TrainError> {
+    prune_observed(out_dir, keep, &|_| ())
+}
+
+fn prune_observed(out_dir: &Path, keep: usize, after: &dyn Fn(&str)) -> Result<(), TrainError> {
     let all = list(out_dir);
     let keep = keep.max(1);
     for (_, p) in all.iter().take(all.len().saturating_sub(keep)) {
-        std::fs::remove_dir_all(p).map_err(io(p))?;
+        remove_checkpoint(p, after)?;
     }
-    // Left-overs of saves that did not finish. The caller holds the run directory's lock
+    // Left-overs: temporary folders of saves that did not finish, and `iter-N` folders
+    // without DONE (a deletion that did not finish; a save never leaves one, it renames
+    // only complete folders into place). The caller holds the run directory's lock
     // (crate::lock) and has run `recover`, so none belongs to a live save.
     for e in std::fs::read_dir(checkpoints_dir(out_dir)).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with(".iter-") {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(".iter-") || (n.starts_with("iter-") && !e.path().join("DONE").exists()) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -255,6 +305,9 @@ pub fn recover(out_dir: &Path) -> Result<Vec<String>, TrainError> {
     Ok(notes)
 }
 
+/// Checkpoints passed over as damaged: each folder and why.
+pub type Skipped = Vec<(PathBuf, TrainError)>;
+
 /// Load the newest complete checkpoint of `out_dir` that loads (without the optimizer's
 /// file unless `with_optimizer`), skipping damaged newer ones; returns what was loaded
 /// and, for each one skipped, its folder and why. When none loads, the newest one's error.
@@ -262,7 +315,7 @@ pub fn load_latest_valid(
     out_dir: &Path,
     adamw: AdamWConfig,
     with_optimizer: bool,
-) -> Result<(PathBuf, Loaded, Vec<(PathBuf, TrainError)>), TrainError> {
+) -> Result<(PathBuf, Loaded, Skipped), TrainError> {
     let mut skipped = Vec::new();
     for (_, dir) in list(out_dir).into_iter().rev() {
         match load_parts(&dir, adamw, with_optimizer) {
@@ -383,6 +436,8 @@ fn load_parts(dir: &Path, adamw: AdamWConfig, with_optimizer: bool) -> Result<Lo
 mod tests {
     use super::*;
 
+    const ADAMW: AdamWConfig = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+
     #[test]
     fn replacing_a_checkpoint_never_deletes_it_first() {
         let root = std::env::temp_dir().join(format!("mlx-gpt-replace-{}", std::process::id()));
@@ -392,16 +447,121 @@ mod tests {
         std::fs::write(dest.join("DONE"), "old").unwrap();
         std::fs::create_dir_all(&new).unwrap();
         std::fs::write(new.join("DONE"), "new").unwrap();
-        replace_dir(&new, &dest).unwrap();
+        replace_dir(&new, &dest, &|_| ()).unwrap();
         assert_eq!(std::fs::read_to_string(dest.join("DONE")).unwrap(), "new");
         assert!(!new.exists());
         // Nothing left aside.
         assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
         // A rename that fails puts the old folder back.
         let missing = root.join(".iter-0000010.tmp-2");
-        assert!(replace_dir(&missing, &dest).is_err());
+        assert!(replace_dir(&missing, &dest, &|_| ()).is_err());
         assert_eq!(std::fs::read_to_string(dest.join("DONE")).unwrap(), "new");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A save of a tiny model at `iter`, marked by `best_val_loss = mark`.
+    fn state(iter: usize, mark: f64) -> (Gpt, AdamW, TrainState) {
+        let model = GptConfig { block_size: 8, n_layer: 1, n_head: 2, n_embd: 16, ..GptConfig::baby(11) };
+        let state = TrainState {
+            version: STATE_VERSION,
+            iter,
+            best_val_loss: mark,
+            model: model.clone(),
+            train: TrainConfig::default(),
+            world_size: 1,
+            samplers: vec![mlx_gpt_data::batches::SamplerState {
+                seed: 1,
+                order: Default::default(),
+                rng: 2,
+                epoch: 0,
+                cursor: 0,
+            }],
+            tokenizer: TokenizerSpec::Char { itos: "abcdefghijk".chars().collect() },
+        };
+        (Gpt::new(model, iter as u64).unwrap(), AdamW::new(ADAMW), state)
+    }
+
+    /// Fault injection: a save and its prune stopped after each filesystem step in turn (a
+    /// panic skips every clean-up, as a kill does). After a restart (`recover`, then
+    /// `prune`), the newest complete checkpoint always loads, checksums and all: the one
+    /// being written, or the one before it; never an older one, never none.
+    #[test]
+    fn a_kill_at_any_step_of_a_save_loses_no_complete_checkpoint() {
+        let out = std::env::temp_dir().join(format!("mlx-gpt-faults-{}", std::process::id()));
+        // (the iteration saved, what is there before it, keep_last)
+        let cases: [(usize, &[usize], usize); 3] = [(30, &[10, 20], 2), (20, &[10, 20], 2), (30, &[20], 1)];
+        for (iter, before, keep) in cases {
+            let steps = std::cell::RefCell::new(Vec::new());
+            let mut k = 0;
+            loop {
+                let _ = std::fs::remove_dir_all(&out);
+                for &b in before {
+                    let (m, o, s) = state(b, b as f64);
+                    save(&out, &m, &o, &s).unwrap();
+                }
+                let (m, o, s) = state(iter, 1000.0 + iter as f64);
+                let count = std::cell::Cell::new(0);
+                let stop = |what: &str| {
+                    if k == 0 {
+                        steps.borrow_mut().push(what.to_string());
+                    }
+                    count.set(count.get() + 1);
+                    if k > 0 && count.get() == k {
+                        panic!("killed after {what}");
+                    }
+                };
+                let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    save_observed(&out, &m, &o, &s, &stop).unwrap();
+                    prune_observed(&out, keep, &stop).unwrap();
+                }))
+                .is_err();
+                let at = if k == 0 { "nowhere".to_string() } else { steps.borrow()[k - 1].clone() };
+                assert_eq!(killed, k > 0, "case {iter} {before:?}: killed after {at}");
+                // The restart. Whatever looks complete right away is complete.
+                recover(&out).unwrap();
+                for (_, d) in list(&out) {
+                    load(&d, ADAMW).unwrap_or_else(|e| panic!("case {iter} {before:?}, killed after {at}: {e}"));
+                }
+                prune(&out, keep).unwrap();
+                let (dir, loaded, skipped) = load_latest_valid(&out, ADAMW, true)
+                    .unwrap_or_else(|e| panic!("case {iter} {before:?}, killed after {at}: nothing loads: {e}"));
+                assert!(skipped.is_empty(), "case {iter} {before:?}, killed after {at}: skipped {:?}", skipped[0]);
+                let newest_before = *before.last().unwrap();
+                let got = (loaded.state.iter, loaded.state.best_val_loss);
+                let new = (iter, 1000.0 + iter as f64);
+                let old = (newest_before, newest_before as f64);
+                assert!(
+                    got == new || got == old,
+                    "case {iter} {before:?}, killed after {at}: loaded {got:?} from {dir:?}"
+                );
+                // Only complete checkpoints are left, every one loads, and no more than kept.
+                let left: Vec<String> = std::fs::read_dir(checkpoints_dir(&out))
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                assert!(left.len() <= keep, "case {iter} {before:?}, killed after {at}: {left:?}");
+                for (_, d) in list(&out) {
+                    load(&d, ADAMW).unwrap();
+                }
+                assert_eq!(list(&out).len(), left.len(), "case {iter} {before:?}, killed after {at}: {left:?}");
+                k += 1;
+                if k > steps.borrow().len() {
+                    break;
+                }
+            }
+            // Every step of the save and of the prune was tried.
+            let steps = steps.into_inner();
+            for s in ["temporary folder created", "weights written", "DONE written", "new one in place"] {
+                assert!(steps.iter().any(|t| t == s), "{s} not among {steps:?}");
+            }
+            if before.contains(&iter) {
+                assert!(steps.iter().any(|t| t == "old one set aside"), "{steps:?}");
+            }
+            if before.len() + usize::from(!before.contains(&iter)) > keep {
+                assert!(steps.iter().any(|t| t == "a DONE removed"), "{steps:?}");
+            }
+        }
+        std::fs::remove_dir_all(&out).unwrap();
     }
 
     /// The states a kill inside `replace_dir` can leave, and what `recover` makes of them.

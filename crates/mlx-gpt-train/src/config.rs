@@ -119,8 +119,9 @@ pub struct TrainConfig {
     pub peak_flops: f64,
     /// GPT-2 BPE files for sampling BPE datasets (default: models/gpt2).
     pub tokenizer: Option<PathBuf>,
-    /// Refuse to start when the memory estimate exceeds the memory available now (false
-    /// starts anyway).
+    /// Refuse to start when the memory estimate exceeds the memory available now, and stop
+    /// with a message when the run is about to exhaust the machine's memory
+    /// (mlx_gpt_train::memory). False: neither.
     pub memory_check: bool,
 }
 

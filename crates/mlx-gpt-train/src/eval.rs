@@ -29,7 +29,7 @@ pub fn split_loss(
     let mut sampler = BatchSampler::new(file, batch, block, Order::Random, seed)?;
     let mut total = 0.0;
     for _ in 0..iters.max(1) {
-        let (x, y) = sampler.next_batch();
+        let (x, y) = sampler.next_batch()?;
         let loss = model.loss(&x, &y)?;
         total += loss.item_exact::<f32>() as f64;
     }

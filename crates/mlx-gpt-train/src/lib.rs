@@ -22,6 +22,7 @@ pub mod config;
 pub mod distributed;
 pub mod eval;
 pub mod lock;
+pub mod memory;
 pub mod metrics;
 pub mod optimizer;
 pub mod peak;

@@ -99,7 +99,12 @@ impl Record {
 
 /// Read `metrics.jsonl` (missing file: none).
 pub fn read(path: &Path) -> Vec<Record> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(read_line).collect()
+}
+
+/// One line of `metrics.jsonl`; `None` for one that is not a record (cut short by a kill).
+pub fn read_line(line: &str) -> Option<Record> {
+    serde_json::from_str(line).ok()
 }
 
 /// Append one record.
@@ -117,16 +122,8 @@ pub fn truncate_after(path: &Path, iter: usize) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("iter")?.as_u64())
-                .is_some_and(|i| (i as usize) < iter)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let kept: String =
+        text.lines().filter(|l| read_line(l).is_some_and(|r| r.iter() < iter)).map(|l| format!("{l}\n")).collect();
     if kept == text {
         return Ok(());
     }

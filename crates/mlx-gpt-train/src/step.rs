@@ -403,12 +403,13 @@ pub enum GradPath<'a> {
     Streams(&'a mut StreamSplit),
 }
 
-/// Run one optimizer step of `accum` micro-batches, each `(x, y)` from `next_batch`.
+/// Run one optimizer step of `accum` micro-batches, each `(x, y)` from `next_batch` (an
+/// error from it, say a token file that changed underneath, ends the step).
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &mut Gpt,
     opt: &mut AdamW,
-    next_batch: &mut dyn FnMut() -> (Array, Array),
+    next_batch: &mut dyn FnMut() -> Result<(Array, Array), Exception>,
     accum: usize,
     lr: f32,
     grad_clip: f32,
@@ -431,7 +432,7 @@ pub fn train_step(
     let scale = Array::from_f32(1.0 / accum as f32);
     for micro in 0..accum {
         let key = random::key(dropout_seed(seed, iter, micro))?;
-        let (x, y) = next_batch();
+        let (x, y) = next_batch()?;
         let (loss, parts): LossAndParts = match &mut path {
             GradPath::Compiled(c) => c.call(model, &x, &y, &key)?,
             GradPath::Streams(s) => s.call(model, &x, &y, &key)?,
@@ -543,7 +544,7 @@ mod tests {
         for iter in 0..2 {
             let mut next = || {
                 n += 1;
-                batch(n)
+                Ok(batch(n))
             };
             let p = match path {
                 "eager" => GradPath::Eager,

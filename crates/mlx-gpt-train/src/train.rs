@@ -233,22 +233,6 @@ impl GradEngine {
     }
 }
 
-/// Rough training memory: weights, gradients and two Adam moments (4 × N × 4 bytes), plus
-/// activations kept for the backward pass, ≈ B·T·L·(34·C + 5·nh·T) × 2 bytes in float32
-/// (Korthikanti et al., 2022, counted for 16-bit activations, doubled here).
-pub fn estimate_memory_bytes(c: &TrainConfig, n_params: usize) -> f64 {
-    let (b, t, l, ch, nh) =
-        (c.batch_size as f64, c.block_size as f64, c.n_layer as f64, c.n_embd as f64, c.n_head as f64);
-    16.0 * n_params as f64 + b * t * l * (34.0 * ch + 5.0 * nh * t) * 2.0
-}
-
-/// Memory the system can give a new program now (`MemAvailable`), where it says.
-fn available_memory_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// Join the process group the configuration and environment describe, if any.
 pub fn init_world(c: &TrainConfig) -> Result<Option<Group>, TrainError> {
     let hostfile = std::env::var("MLX_HOSTFILE").ok();
@@ -422,8 +406,8 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     if c.memory_check && !c.eval_only {
         let (l, ch, v, t) = (c.n_layer, c.n_embd, meta.vocab_size, c.block_size);
         let approx_params = 12 * l * ch * ch + 13 * l * ch + v * ch + t * ch;
-        let need = estimate_memory_bytes(c, approx_params);
-        if let Some(available) = available_memory_bytes() {
+        let need = crate::memory::estimate_bytes(c, approx_params);
+        if let Some(available) = crate::memory::available_bytes() {
             if need > available as f64 {
                 return Err(TrainError::OutOfMemory {
                     need_mib: need / (1u64 << 20) as f64,
@@ -432,6 +416,9 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
             }
         }
     }
+    // And while it runs: stopped with a message when this process is about to exhaust the
+    // machine's memory, before the kernel's out-of-memory killer ends it without one.
+    let _memory_guard = if c.memory_check { crate::memory::MemoryGuard::for_training() } else { None };
     let (mut model, mut opt, state) = init(c, &meta, adamw)?;
     let resumed_from = state.as_ref().map(|s| checkpoint::dir_of(&c.out_dir, s.iter));
     model.set_dtype(dtype_of(&c.dtype))?;
@@ -455,7 +442,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let mut best_val_loss = state.as_ref().map_or(f64::INFINITY, |s| s.best_val_loss);
 
     let n_params = model.num_params(true);
-    let need = estimate_memory_bytes(c, model.num_params(false));
+    let need = crate::memory::estimate_bytes(c, model.num_params(false));
     let tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * block; // all ranks together
     let flops_per_iter = model.flops_per_token(block) * tokens_per_iter as f64;
     // MFU's denominator: the ceiling of one machine, times the machines a distributed run
@@ -633,10 +620,19 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
         model.set_training(true);
         let t0 = Instant::now();
+        // A batch that cannot be read (the token file changed underneath) ends the step;
+        // its error is kept to be returned as itself, naming the file.
+        let mut batch_error = None;
         let stats = train_step(
             &mut model,
             &mut opt,
-            &mut || sampler.next_batch(),
+            &mut || {
+                sampler.next_batch().map_err(|e| {
+                    let message = e.to_string();
+                    batch_error = Some(e);
+                    mlx_rs::error::Exception::custom(message)
+                })
+            },
             accum,
             lr as f32,
             c.grad_clip as f32,
@@ -644,7 +640,11 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
             iter,
             engine.path(),
             world.as_ref(),
-        )?;
+        );
+        let stats = match (stats, batch_error) {
+            (Err(_), Some(e)) => return Err(e.into()),
+            (stats, _) => stats?,
+        };
         if let Some(h) = &heartbeat {
             h.beat();
         }
