@@ -168,12 +168,16 @@ fn gpt2_bpe_round_trips_and_parallel_equals_serial() {
     let Some(shared) = common::shared() else { return };
     let bpe = shared.join("tokenizers/gpt2");
     let tok = Tokenizer::gpt2_from(&bpe).unwrap();
+    let token_bytes = tok.token_bytes();
+    assert_eq!((token_bytes.len(), token_bytes[50256]), (50257, 0));
     let reference = std::cell::RefCell::new(common::gpt2_ref::Gpt2Ref::load(&bpe));
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 64, ..ProptestConfig::default() });
     runner
         .run(&"(\\PC|\\s){0,300}", |text| {
             let ids = tok.encode(&text).unwrap();
             prop_assert_eq!(tok.decode(&ids).unwrap(), text.clone());
+            // Bits per byte's denominator: the tokens' bytes are the text's.
+            prop_assert_eq!(ids.iter().map(|&i| token_bytes[i as usize] as usize).sum::<usize>(), text.len());
             prop_assert_eq!(tok.encode_parallel(&text).unwrap(), ids.clone());
             if text.is_ascii() {
                 prop_assert_eq!(reference.borrow_mut().encode(&text), ids);

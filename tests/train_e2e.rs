@@ -41,6 +41,9 @@ fn tiny(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
         "20",
         "--peak_flops",
         "1e11",
+        // The exact val loss at the end: tested once, below, not paid by every run.
+        "--eval_full",
+        "false",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -91,9 +94,21 @@ fn a_small_model_learns_and_can_be_sampled_and_evaluated() {
     let Some(data) = data_dir() else { return };
     let run = common::Scratch::new("learn");
     let out = run.path().join("out");
-    let stdout =
-        ok(&mlx_gpt(&tiny(&data, &out, &["--max_iters", "300", "--lr_decay_iters", "300", "--eval_interval", "100"])));
+    let cfg = ["--max_iters", "300", "--lr_decay_iters", "300", "--eval_interval", "100", "--eval_full", "true"];
+    let stdout = ok(&mlx_gpt(&tiny(&data, &out, &cfg)));
     assert!(stdout.contains("final: iter 300"), "{stdout}");
+    // The exact val loss: every one of the split's 111,540 − 1 predictions, in metrics.jsonl
+    // too, near the 10-batch estimate; bits per byte is loss / ln 2 (ASCII: a byte a token).
+    let exact = metrics::read(&out.join("metrics.jsonl"))
+        .into_iter()
+        .find_map(|r| match r {
+            Record::Exact { iter: 300, loss, bits_per_byte, .. } => Some((loss, bits_per_byte.unwrap())),
+            _ => None,
+        })
+        .expect("an exact record");
+    let line = format!("exact val loss {:.4}, {:.4} bits per byte over all 111539 tokens", exact.0, exact.1);
+    assert!(stdout.contains(&line), "{stdout}");
+    assert!((exact.1 - exact.0 / std::f64::consts::LN_2).abs() < 1e-9, "{exact:?}");
     let evals = eval_losses(&out);
     assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 100, 200, 300]);
     // Start: ≈ ln 65 = 4.17 (uniform over the vocabulary). A model that predicts each
@@ -101,6 +116,7 @@ fn a_small_model_learns_and_can_be_sampled_and_evaluated() {
     // the preceding characters.
     assert!((evals[0].2 - 65f64.ln()).abs() < 0.15, "{evals:?}");
     assert!(evals[3].2 < 2.6, "val loss after 300 iterations: {evals:?}");
+    assert!((exact.0 - evals[3].2).abs() < 0.1, "exact {exact:?}, estimate {evals:?}");
     assert!(out.join("loss.svg").is_file() && out.join("config.toml").is_file());
 
     // Sampling: deterministic for a seed, starts from the prompt, same with and without the cache.
@@ -161,11 +177,12 @@ fn a_small_model_learns_and_can_be_sampled_and_evaluated() {
 
     // Evaluation of the checkpoint reproduces the final evaluation.
     let eval = ok(&mlx_gpt(&{
-        let mut a = tiny(&data, &out, &["--max_iters", "300", "--lr_decay_iters", "300", "--init_from", "resume"]);
+        let mut a = tiny(&data, &out, &[&cfg[..], &["--init_from", "resume"]].concat());
         a[0] = "eval".into();
         a
     }));
     assert!(eval.contains(&format!("val loss {:.4}", evals[3].2)), "{eval}\n{evals:?}");
+    assert!(eval.contains(&line), "{eval}");
 }
 
 /// `metrics.jsonl` with the values that measure time (`ms`, `tok_per_s`, `mfu`) replaced

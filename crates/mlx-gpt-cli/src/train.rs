@@ -73,5 +73,9 @@ pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
             summary.iter, l.train, l.val, summary.best_val_loss, summary.wall_s
         );
     }
+    if let Some(x) = summary.exact_val {
+        let bpb = x.bits_per_byte.map(|b| format!(", {b:.4} bits per byte")).unwrap_or_default();
+        println!("exact val loss {:.4}{bpb} over all {} tokens of the val split", x.loss, x.tokens);
+    }
     Ok(())
 }

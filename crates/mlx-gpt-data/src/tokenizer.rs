@@ -196,6 +196,24 @@ impl Tokenizer {
         Ok(parts.concat())
     }
 
+    /// The number of UTF-8 bytes of text each token id stands for, by id; 0 for special
+    /// tokens (GPT-2's `<|endoftext|>`), which stand for no text. Bits per byte divides
+    /// by these, so models with different tokenizers compare.
+    pub fn token_bytes(&self) -> Vec<u32> {
+        match self {
+            Tokenizer::Char(c) => c.itos.iter().map(|ch| ch.len_utf8() as u32).collect(),
+            // Byte-level BPE spells each byte as one printable character, so a token's
+            // byte count is its string's character count.
+            Tokenizer::Gpt2(t) => (0..t.get_vocab_size(true) as u32)
+                .map(|id| match t.id_to_token(id) {
+                    Some(_) if id == GPT2_EOT => 0,
+                    Some(s) => s.chars().count() as u32,
+                    None => 0,
+                })
+                .collect(),
+        }
+    }
+
     /// Decode ids to text.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match self {
@@ -244,6 +262,15 @@ mod tests {
         assert_eq!(t.encode("hold").unwrap(), vec![3, 5, 4, 1]);
         let err = t.encode("help!").unwrap_err().to_string();
         assert!(err.contains("'p'") && err.contains("position 3"), "{err}");
+    }
+
+    #[test]
+    fn char_token_bytes_add_up_to_the_text() {
+        let text = "héllo → wörld";
+        let t = Tokenizer::Char(CharTokenizer::from_corpus(text));
+        let bytes = t.token_bytes();
+        let ids = t.encode(text).unwrap();
+        assert_eq!(ids.iter().map(|&i| bytes[i as usize] as usize).sum::<usize>(), text.len());
     }
 
     #[test]

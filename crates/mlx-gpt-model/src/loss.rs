@@ -16,11 +16,24 @@ pub fn cross_entropy(logits: &Array, targets: &Array) -> Result<Array, Exception
     let keep = targets.ne(Array::from_int(IGNORE_INDEX))?; // (N,)
                                                            // An ignored target is replaced by 0 only to make the gather valid; it is masked below.
     let safe = mlx_rs::ops::select(&keep, &targets, Array::from_int(0))?;
-    let lse = crate::kernels::logsumexp_last(&logits)?; // (N,)
-    let picked = logits.take_along_axis(safe.reshape(&[-1, 1])?, -1)?.reshape(&[-1])?; // (N,)
     let keep = keep.as_dtype(Dtype::Float32)?;
-    let nll = lse.subtract(&picked)?.multiply(&keep)?;
+    let nll = nll_of(&logits, &safe)?.multiply(&keep)?;
     nll.sum(None)?.divide(keep.sum(None)?)
+}
+
+/// The cross-entropy of each position, float32: logits (..., V), targets (...) → (N,)
+/// with N the number of positions. For evaluations that sum over a whole split.
+pub fn token_nll(logits: &Array, targets: &Array) -> Result<Array, Exception> {
+    let v = *logits.shape().last().expect("logits have a vocabulary axis");
+    let logits = logits.reshape(&[-1, v])?.as_dtype(Dtype::Float32)?;
+    nll_of(&logits, &targets.reshape(&[-1])?.as_dtype(Dtype::Int32)?)
+}
+
+/// −log softmax(logits)[target] per row: logits (N, V) float32, targets (N,) valid ids.
+fn nll_of(logits: &Array, targets: &Array) -> Result<Array, Exception> {
+    let lse = crate::kernels::logsumexp_last(logits)?; // (N,)
+    let picked = logits.take_along_axis(targets.reshape(&[-1, 1])?, -1)?.reshape(&[-1])?; // (N,)
+    lse.subtract(&picked)
 }
 
 #[cfg(test)]
@@ -38,5 +51,8 @@ mod tests {
         let targets = Array::from_slice(&[2i32, IGNORE_INDEX], &[2]);
         let got = cross_entropy(&logits, &targets).unwrap().item_exact::<f32>() as f64;
         assert!((got - l0).abs() < 1e-6, "{got}");
+        let per = token_nll(&logits, &Array::from_slice(&[2i32, 0], &[2])).unwrap();
+        let per: Vec<f32> = per.as_slice::<f32>().to_vec();
+        assert!((per[0] as f64 - l0).abs() < 1e-6 && (per[1] as f64 - l1).abs() < 1e-6, "{per:?}");
     }
 }

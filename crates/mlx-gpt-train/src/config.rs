@@ -123,6 +123,9 @@ pub struct TrainConfig {
     /// with a message when the run is about to exhaust the machine's memory
     /// (mlx_gpt_train::memory). False: neither.
     pub memory_check: bool,
+    /// At the end of training and in `eval`: the exact loss over every window of the val
+    /// split, and its bits per byte (eval::exact_split_loss), beside the estimate.
+    pub eval_full: bool,
 }
 
 impl Default for TrainConfig {
@@ -166,6 +169,7 @@ impl Default for TrainConfig {
             peak_flops: 0.0,
             tokenizer: None,
             memory_check: true,
+            eval_full: true,
         }
     }
 }

@@ -86,13 +86,26 @@ pub enum Record {
         #[serde(with = "any_f64")]
         val_loss: f64,
     },
+    /// The exact loss of a whole split (`eval_full`), at the end of training.
+    Exact {
+        /// Iteration.
+        iter: usize,
+        /// `val` (or `train`).
+        split: String,
+        /// Mean cross-entropy over every token of the split.
+        #[serde(with = "any_f64")]
+        loss: f64,
+        /// Bits per byte, when the tokenizer was at hand.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bits_per_byte: Option<f64>,
+    },
 }
 
 impl Record {
     /// The iteration it belongs to.
     pub fn iter(&self) -> usize {
         match self {
-            Record::Train { iter, .. } | Record::Eval { iter, .. } => *iter,
+            Record::Train { iter, .. } | Record::Eval { iter, .. } | Record::Exact { iter, .. } => *iter,
         }
     }
 }
@@ -185,7 +198,7 @@ impl LossSummary {
                     self.steps = merged;
                 }
             }
-            Record::Eval { .. } => self.evals.push(r.clone()),
+            Record::Eval { .. } | Record::Exact { .. } => self.evals.push(r.clone()),
         }
     }
 
@@ -229,8 +242,20 @@ pub fn plot_svg(records: &[Record]) -> String {
             _ => None,
         })
         .collect();
-    let xs = steps.iter().map(|p| p.0).chain(evals.iter().map(|p| p.0));
-    let ys = steps.iter().map(|p| p.1).chain(evals.iter().flat_map(|p| [p.1, p.2])).filter(|v| v.is_finite());
+    let exact: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Exact { iter, split, loss, .. } if split == "val" => Some((*iter as f64, *loss)),
+            _ => None,
+        })
+        .collect();
+    let xs = steps.iter().map(|p| p.0).chain(evals.iter().map(|p| p.0)).chain(exact.iter().map(|p| p.0));
+    let ys = steps
+        .iter()
+        .map(|p| p.1)
+        .chain(evals.iter().flat_map(|p| [p.1, p.2]))
+        .chain(exact.iter().map(|p| p.1))
+        .filter(|v| v.is_finite());
     let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
     let (y0, y1) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
     let (x0, x1) = if x0.is_finite() { (x0, x1.max(x0 + 1.0)) } else { (0.0, 1.0) };
@@ -252,8 +277,17 @@ pub fn plot_svg(records: &[Record]) -> String {
     svg += &line(steps, "#9ecae1", 1.0);
     svg += &line(evals.iter().map(|e| (e.0, e.1)).collect(), "#08519c", 2.5);
     svg += &line(evals.iter().map(|e| (e.0, e.2)).collect(), "#e6550d", 2.5);
+    for &(x, y) in exact.iter().filter(|p| p.1.is_finite()) {
+        svg += &format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"#31a354\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#31a354\">{y:.4}</text>\n",
+            sx(x),
+            sy(y),
+            sx(x) - 8.0,
+            sy(y) - 8.0
+        );
+    }
     svg += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">iteration</text>\n", w / 2.0, h - 15.0);
-    svg += &format!("<text x=\"{pad}\" y=\"30\">loss — <tspan fill=\"#9ecae1\">train step</tspan>, <tspan fill=\"#08519c\">train (eval)</tspan>, <tspan fill=\"#e6550d\">val (eval)</tspan></text>\n");
+    svg += &format!("<text x=\"{pad}\" y=\"30\">loss — <tspan fill=\"#9ecae1\">train step</tspan>, <tspan fill=\"#08519c\">train (eval)</tspan>, <tspan fill=\"#e6550d\">val (eval)</tspan>, <tspan fill=\"#31a354\">val (exact, every window)</tspan></text>\n");
     svg + "</svg>\n"
 }
 

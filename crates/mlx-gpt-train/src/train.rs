@@ -44,6 +44,8 @@ pub struct Summary {
     pub interrupted: bool,
     /// Where the last checkpoint went, if one was written.
     pub checkpoint: Option<PathBuf>,
+    /// The exact val loss at the end (`eval_full`; rank 0 only).
+    pub exact_val: Option<crate::eval::SplitScore>,
 }
 
 /// Parse `dtype`.
@@ -709,6 +711,15 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
     }
     bar.finish_and_clear();
+    let exact_val = if c.eval_full && master && !interrupted {
+        let score = exact_val_loss(c, &mut model, &data, &meta, block, opts.progress)?;
+        if !c.eval_only {
+            record(Record::Exact { iter, split: "val".into(), loss: score.loss, bits_per_byte: score.bits_per_byte })?;
+        }
+        Some(score)
+    } else {
+        None
+    };
     Ok(Summary {
         iter,
         last_eval,
@@ -716,5 +727,53 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         wall_s: started.elapsed().as_secs_f64(),
         interrupted,
         checkpoint: checkpoint_path,
+        exact_val,
     })
+}
+
+/// The exact loss of the val split (every window), with bits per byte where the
+/// tokenizer is at hand: a character table always is; GPT-2's BPE needs its files
+/// (`tokenizer`, default `models/gpt2`), and without them the loss comes alone.
+fn exact_val_loss(
+    c: &TrainConfig,
+    model: &mut Gpt,
+    data: &Path,
+    meta: &Meta,
+    block: usize,
+    progress: bool,
+) -> Result<crate::eval::SplitScore, TrainError> {
+    let bpe_dir = c.tokenizer.clone().unwrap_or_else(|| PathBuf::from("models/gpt2"));
+    let token_bytes = match mlx_gpt_data::tokenizer::Tokenizer::from_spec(&meta.tokenizer, Some(&bpe_dir)) {
+        Ok(t) => Some(t.token_bytes()),
+        Err(e) => {
+            tracing::info!("bits per byte left out: {e}");
+            None
+        }
+    };
+    let (file, _) = TokenFile::open(data, "val")?;
+    let bar = if progress && std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template("exact val loss {bar:40} {pos}/{len} batches, ETA {eta}")
+                .expect("template"),
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let score =
+        crate::eval::exact_split_loss(model, &file, block, c.batch_size, token_bytes.as_deref(), &mut |d, n| {
+            bar.set_length(n as u64);
+            bar.set_position(d as u64);
+        })?;
+    bar.finish_and_clear();
+    let bpb = score.bits_per_byte.map(|b| format!(", {b:.4} bits per byte")).unwrap_or_default();
+    tracing::info!(
+        loss = score.loss,
+        bits_per_byte = score.bits_per_byte,
+        tokens = score.tokens,
+        "exact val loss {:.4}{bpb} (all {} tokens, {} windows of {block})",
+        score.loss,
+        score.tokens,
+        score.windows
+    );
+    Ok(score)
 }
