@@ -56,8 +56,10 @@ ap.add_argument("--grad-clip", type=float, default=1.0)
 ap.add_argument("--seed", type=int, default=1337)
 a = ap.parse_args()
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.abspath(a.nanogpt))
 from model import GPT, GPTConfig  # noqa: E402  (nanoGPT's model.py)
+from nanogpt_hf import save_hf  # noqa: E402
 
 torch.set_num_threads(max(1, os.cpu_count() or 1))
 torch.manual_seed(a.seed)
@@ -80,45 +82,8 @@ def get_lr(it):
     return a.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (a.lr - a.min_lr)
 
 
-def save_hf(model, out):
-    """nanoGPT's state dict in Hugging Face GPT-2 layout: `transformer.` names, the four
-    projections transposed to Conv1D's (in, out), zero biases, no lm_head (tied)."""
-    sd = model.state_dict()
-    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    tensors = {}
-    for k, v in sd.items():
-        if k == "lm_head.weight":
-            continue
-        v = v.detach().float()
-        if k.endswith(conv1d):
-            v = v.t()
-        tensors[k] = v.contiguous().numpy()
-        if k.endswith(".weight") and not k.endswith(("wte.weight", "wpe.weight")):
-            tensors[k[: -len("weight")] + "bias"] = np.zeros(v.shape[-1], dtype=np.float32)
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
-    for k in sorted(tensors):
-        b = tensors[k].astype("<f4").tobytes()
-        header[k] = {"dtype": "F32", "shape": list(tensors[k].shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(os.path.join(out, "model.safetensors"), "wb") as f:
-        f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
-    config = {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": V,
-        "n_positions": a.block_size, "n_ctx": a.block_size, "n_embd": a.n_embd,
-        "n_layer": a.n_layer, "n_head": a.n_head, "n_inner": None,
-        "activation_function": "gelu", "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": 0.02,
-        "scale_attn_weights": True, "tie_word_embeddings": True, "bias": False,
-    }
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-
-
 os.makedirs(a.out, exist_ok=True)
-save_hf(model, a.out)
+save_hf(model.state_dict(), cfg, a.out)
 
 steps = []
 T, B = a.block_size, a.batch_size

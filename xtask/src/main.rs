@@ -27,7 +27,8 @@ enum Task {
 
 #[derive(clap::Args)]
 struct FetchData {
-    /// Datasets to prepare (shakespeare_char, shakespeare, openwebtext, or a new name with --from / --hf-dataset).
+    /// Datasets to prepare (shakespeare_char, shakespeare, openwebtext, or a new name with --from / --hf-dataset),
+    /// or hellaswag (the evaluation set, kept as published).
     #[arg(default_value = "shakespeare_char")]
     names: Vec<String>,
     /// Use local text instead of downloading: a file, or a folder of .txt files.
@@ -103,6 +104,25 @@ fn fetch_data(a: FetchData) -> anyhow::Result<()> {
         bail!("--from gives the text of one dataset; name only one");
     }
     for name in &a.names {
+        if name == "hellaswag" {
+            // An evaluation set, not a corpus: kept as published, nothing to tokenize.
+            let downloader = Downloader::new().with_mirror(a.mirror.clone());
+            let path = mlx_gpt_data::hellaswag::fetch(&data_dir, &downloader, a.from.as_deref()).map_err(|e| {
+                let offline = matches!(e, mlx_gpt_data::DataError::Http { .. });
+                let e = anyhow::Error::new(e).context("fetching HellaSwag");
+                if offline {
+                    e.context("cannot download: give the file with --from PATH, or a mirror with --mirror URL")
+                } else {
+                    e
+                }
+            })?;
+            println!(
+                "hellaswag: validation set in {} (git blob {} verified)",
+                path.display(),
+                mlx_gpt_data::hellaswag::GIT_BLOB_SHA1
+            );
+            continue;
+        }
         // Before anything is written under the name (the hub manifest below).
         mlx_gpt_data::datasets::check_name(name)?;
         if let Some(repo) = &a.hf_dataset {

@@ -50,6 +50,12 @@ pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
             unsafe { libc::_exit(130) };
         },
     )?;
+    if c.eval_only && !c.eval_tasks.is_empty() && mlx_gpt_train::train::dataset_dir(&c).is_err() {
+        // `eval` of a task alone (HellaSwag of GPT-2, say) needs no prepared dataset.
+        println!("dataset '{}' is not prepared: scoring eval_tasks only", c.dataset);
+        print_tasks(&mlx_gpt_train::tasks::run_without_dataset(&c, true)?);
+        return Ok(());
+    }
     let summary = run(&c, &RunOptions { stop, progress: true })?;
     if summary.interrupted {
         // Not a finished run: say where it stopped, and exit as an interrupted program
@@ -77,5 +83,12 @@ pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
         let bpb = x.bits_per_byte.map(|b| format!(", {b:.4} bits per byte")).unwrap_or_default();
         println!("exact val loss {:.4}{bpb} over all {} tokens of the val split", x.loss, x.tokens);
     }
+    print_tasks(&summary.tasks);
     Ok(())
+}
+
+fn print_tasks(tasks: &[mlx_gpt_train::tasks::TaskScore]) {
+    for t in tasks {
+        println!("{}: acc {:.4}, acc_norm {:.4} over {} examples", t.task, t.score.acc, t.score.acc_norm, t.score.n);
+    }
 }

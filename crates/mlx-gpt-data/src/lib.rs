@@ -19,6 +19,7 @@ pub mod datasets;
 pub mod download;
 mod error;
 pub mod extract;
+pub mod hellaswag;
 pub mod openwebtext;
 pub mod pretrained;
 pub mod progress;

@@ -20,3 +20,14 @@ pub fn bytes(total: Option<u64>, message: impl Into<String>) -> ProgressBar {
     bar.set_draw_target(ProgressDrawTarget::stderr());
     bar.with_message(message.into())
 }
+
+/// A bar counting `len` items with `template` (indicatif's syntax) on stderr, when `show`
+/// and stderr is a terminal; hidden otherwise.
+pub fn counter(len: u64, template: &str, show: bool) -> ProgressBar {
+    if !show || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len).with_style(ProgressStyle::with_template(template).expect("valid template"));
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar
+}

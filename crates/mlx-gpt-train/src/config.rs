@@ -126,7 +126,31 @@ pub struct TrainConfig {
     /// At the end of training and in `eval`: the exact loss over every window of the val
     /// split, and its bits per byte (eval::exact_split_loss), beside the estimate.
     pub eval_full: bool,
+    /// Zero-shot tasks scored at the end of training and in `eval`: `["hellaswag"]` (or
+    /// `--eval_tasks hellaswag`); empty: none.
+    #[serde(deserialize_with = "one_or_many")]
+    pub eval_tasks: Vec<String>,
+    /// Score only the first N examples of each task (0: all).
+    pub eval_limit: usize,
 }
+
+/// A list, or a single string for a list of one (`--eval_tasks hellaswag`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) if s.is_empty() => vec![],
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// The tasks `eval_tasks` may name.
+pub const TASKS: [&str; 1] = ["hellaswag"];
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -170,6 +194,8 @@ impl Default for TrainConfig {
             tokenizer: None,
             memory_check: true,
             eval_full: true,
+            eval_tasks: vec![],
+            eval_limit: 0,
         }
     }
 }
@@ -283,6 +309,9 @@ impl TrainConfig {
         let bad = |m: String| Err(ConfigError::Inconsistent(m));
         if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head));
+        }
+        if let Some(t) = self.eval_tasks.iter().find(|t| !TASKS.contains(&t.as_str())) {
+            return bad(format!("eval_tasks: unknown task '{t}' (known: {})", TASKS.join(", ")));
         }
         for (k, v) in [
             ("batch_size", self.batch_size),

@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod distributed;
 pub mod eval;
+pub mod hellaswag;
 pub mod lock;
 pub mod memory;
 pub mod metrics;
@@ -28,6 +29,7 @@ pub mod optimizer;
 pub mod peak;
 pub mod schedule;
 pub mod step;
+pub mod tasks;
 pub mod train;
 
 pub use config::TrainConfig;

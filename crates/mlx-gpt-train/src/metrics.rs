@@ -99,13 +99,31 @@ pub enum Record {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bits_per_byte: Option<f64>,
     },
+    /// A zero-shot task's score (`eval_tasks`), at the end of training.
+    Task {
+        /// Iteration.
+        iter: usize,
+        /// Its name (`hellaswag`).
+        task: String,
+        /// Examples scored.
+        n: usize,
+        /// Accuracy by summed log-likelihood.
+        #[serde(with = "any_f64")]
+        acc: f64,
+        /// Accuracy by mean log-likelihood per token.
+        #[serde(with = "any_f64")]
+        acc_norm: f64,
+    },
 }
 
 impl Record {
     /// The iteration it belongs to.
     pub fn iter(&self) -> usize {
         match self {
-            Record::Train { iter, .. } | Record::Eval { iter, .. } | Record::Exact { iter, .. } => *iter,
+            Record::Train { iter, .. }
+            | Record::Eval { iter, .. }
+            | Record::Exact { iter, .. }
+            | Record::Task { iter, .. } => *iter,
         }
     }
 }
@@ -199,6 +217,8 @@ impl LossSummary {
                 }
             }
             Record::Eval { .. } | Record::Exact { .. } => self.evals.push(r.clone()),
+            // Accuracies are not losses: in metrics.jsonl, not on the loss plot.
+            Record::Task { .. } => {}
         }
     }
 

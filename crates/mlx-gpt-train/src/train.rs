@@ -46,6 +46,8 @@ pub struct Summary {
     pub checkpoint: Option<PathBuf>,
     /// The exact val loss at the end (`eval_full`; rank 0 only).
     pub exact_val: Option<crate::eval::SplitScore>,
+    /// The `eval_tasks` scores at the end (rank 0 only).
+    pub tasks: Vec<crate::tasks::TaskScore>,
 }
 
 /// Parse `dtype`.
@@ -373,6 +375,13 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let writes = master && !c.eval_only;
     // The dataset first: a run that cannot start leaves no run directory behind.
     let (data, meta) = dataset_dir(c)?;
+    // And the tasks scored at the end, so a missing file stops the run now, not after it.
+    let task_tokenizer = if master && !c.eval_tasks.is_empty() {
+        crate::tasks::check(c)?;
+        Some(crate::tasks::tokenizer_for(c, &meta.tokenizer, None)?)
+    } else {
+        None
+    };
     std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
     let lock = writes.then(|| crate::lock::acquire(&c.out_dir));
     if let Some(g) = &world {
@@ -720,6 +729,22 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     } else {
         None
     };
+    let tasks = match &task_tokenizer {
+        Some(tok) if !interrupted => {
+            let scores = crate::tasks::run(c, &mut model, tok, opts.progress)?;
+            for t in scores.iter().filter(|_| !c.eval_only) {
+                record(Record::Task {
+                    iter,
+                    task: t.task.clone(),
+                    n: t.score.n,
+                    acc: t.score.acc,
+                    acc_norm: t.score.acc_norm,
+                })?;
+            }
+            scores
+        }
+        _ => vec![],
+    };
     Ok(Summary {
         iter,
         last_eval,
@@ -728,6 +753,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         interrupted,
         checkpoint: checkpoint_path,
         exact_val,
+        tasks,
     })
 }
 
@@ -751,14 +777,7 @@ fn exact_val_loss(
         }
     };
     let (file, _) = TokenFile::open(data, "val")?;
-    let bar = if progress && std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(0).with_style(
-            indicatif::ProgressStyle::with_template("exact val loss {bar:40} {pos}/{len} batches, ETA {eta}")
-                .expect("template"),
-        )
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = mlx_gpt_data::progress::counter(0, "exact val loss {bar:40} {pos}/{len} batches, ETA {eta}", progress);
     let score =
         crate::eval::exact_split_loss(model, &file, block, c.batch_size, token_bytes.as_deref(), &mut |d, n| {
             bar.set_length(n as u64);
