@@ -17,7 +17,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 data=$(cd "${2:-$repo/datasets/shakespeare_char}" && pwd)
 work=${3:-/tmp/mlx-gpt-compare-nanogpt}
 mlx=$repo/target/release/mlx-gpt
-seeds=${SEEDS:-"1337 1 2 3"}
+seeds=${SEEDS:-"1337 1 2 3"}  # LRS (default "2e-3 1e-3") and SEEDS choose the runs
 mkdir -p "$work/nanogpt/data/shakespeare_char"
 # nanoGPT reads ./configurator.py, ./config/ and ./data/<dataset>/ from its working folder.
 cp -r "$nanogpt"/{train.py,model.py,configurator.py,config} "$work/nanogpt/"
@@ -34,11 +34,12 @@ exact_torch() { # hf-dir
   python3 "$repo/scripts/nanogpt_exact_loss.py" --nanogpt "$nanogpt" --data "$data" --hf "$1" \
     | sed -n 's/^exact val loss \([0-9.]*\).*/\1/p'
 }
-for lr in 1e-3 2e-3; do
+# A run already finished in WORK_DIR (its final checkpoint there) is scored, not redone.
+for lr in ${LRS:-2e-3 1e-3}; do
   min_lr=$(python3 -c "print($lr / 10)")
   for seed in $seeds; do
     out=$work/nanogpt-$lr-$seed
-    (cd "$work/nanogpt" && python3 -c "
+    grep -q "^iter 2000:" "$out.log" 2>/dev/null || (cd "$work/nanogpt" && python3 -c "
 import runpy, sys, torch
 seed = int(sys.argv[1]); manual_seed = torch.manual_seed
 torch.manual_seed = lambda s: manual_seed(s - 1337 + seed)
@@ -50,11 +51,13 @@ runpy.run_path('train.py', run_name='__main__')
       --ckpt "$out/ckpt.pt" --to-hf "$out/hf" >/dev/null
     echo "nanoGPT $lr $min_lr $seed $(exact_mlx "$out/hf") $(exact_torch "$out/hf")"
     run=$work/mlx-gpt-$lr-$seed
-    rm -rf "$run"
-    "$mlx" train baby_shakespeare_char --data_dir "$(dirname "$data")" --seed "$seed" \
-      --learning_rate $lr --min_lr $min_lr --always_save_checkpoint true --eval_full false \
-      --out_dir "$run" >"$run.log" 2>&1
-    last=$(ls -d "$run"/checkpoints/iter-* | tail -1)
+    last=$run/checkpoints/iter-0002000
+    if [ ! -d "$last" ]; then
+      rm -rf "$run"
+      "$mlx" train baby_shakespeare_char --data_dir "$(dirname "$data")" --seed "$seed" \
+        --learning_rate $lr --min_lr $min_lr --always_save_checkpoint true --eval_full false \
+        --out_dir "$run" >"$run.log" 2>&1
+    fi
     echo "mlx-gpt $lr $min_lr $seed $(exact_mlx "$last") $(exact_torch "$last")"
   done
 done

@@ -20,9 +20,11 @@ command does (float32, no compile, no GradScaler in effect, dropout 0):
   - batches as train.py's `get_batch`: `torch.randint(len(data) - block_size, (B,))`.
 
 It writes the initial weights in Hugging Face GPT-2 layout (`model.safetensors` with
-Conv1D-shaped projections and zero biases, `config.json` with `"bias": false`), and
+Conv1D-shaped projections; without `--bias`, zero biases and `"bias": false` in
+`config.json`), and
 `run.json`: per step the learning rate, each micro-batch's offsets, the mean loss over the
-micro-batches, and the gradient norm before clipping.
+micro-batches, and the gradient norm before clipping; and the weights after the last step
+(`final/`).
 """
 import argparse
 import hashlib
@@ -54,6 +56,7 @@ ap.add_argument("--beta1", type=float, default=0.9)
 ap.add_argument("--beta2", type=float, default=0.99)
 ap.add_argument("--grad-clip", type=float, default=1.0)
 ap.add_argument("--seed", type=int, default=1337)
+ap.add_argument("--bias", action="store_true", help="biases in Linear and LayerNorm layers (nanoGPT's default: none)")
 a = ap.parse_args()
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +70,7 @@ train_path = os.path.join(a.data, "train.bin")
 data = np.memmap(train_path, dtype=np.uint16, mode="r")
 V = 65
 cfg = GPTConfig(block_size=a.block_size, vocab_size=V, n_layer=a.n_layer, n_head=a.n_head,
-                n_embd=a.n_embd, dropout=0.0, bias=False)
+                n_embd=a.n_embd, dropout=0.0, bias=a.bias)
 model = GPT(cfg)
 opt = model.configure_optimizers(a.weight_decay, a.lr, (a.beta1, a.beta2), "cpu")
 
@@ -110,6 +113,10 @@ for it in range(a.steps):
     if it % 20 == 0:
         print(f"iter {it}: loss {loss_sum:.4f}, grad norm {float(norm):.4f}, lr {lr:.2e}")
 
+# The weights after the last step: small differences in the update (weight decay on a
+# tensor that should have none, say) show there even when the loss cannot see them.
+save_hf(model.state_dict(), cfg, os.path.join(a.out, "final"))
+
 try:
     commit = subprocess.run(["git", "-C", a.nanogpt, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 except OSError:
@@ -126,7 +133,7 @@ run = {
                "min_lr": a.min_lr, "warmup_iters": a.warmup, "lr_decay_iters": a.steps,
                "max_iters": a.steps, "weight_decay": a.weight_decay, "beta1": a.beta1,
                "beta2": a.beta2, "grad_clip": a.grad_clip, "seed": a.seed, "dropout": 0.0,
-               "bias": False},
+               "bias": a.bias},
     "steps": steps,
 }
 with open(os.path.join(a.out, "run.json"), "w") as f:
