@@ -516,6 +516,12 @@ fn a_diverging_run_keeps_its_finite_checkpoints_and_resume_falls_back_past_damag
     )));
     assert!(resumed.contains("skipped a damaged checkpoint") && resumed.contains("contents changed"), "{resumed}");
     assert!(resumed.contains("final: iter 40"), "{resumed}");
+    // Each damaged checkpoint was moved aside, out of prune's count (it would have had the
+    // run's new checkpoints pruned in its place), and kept for inspection.
+    for n in [20, 30] {
+        assert!(out.join(format!("checkpoints/damaged-iter-00000{n}")).is_dir(), "damaged-iter-{n}");
+    }
+    assert_eq!(iters(&out), vec![30, 40]);
 }
 
 /// One training run per run directory: a second is refused and names the first; SIGTERM

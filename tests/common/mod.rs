@@ -19,7 +19,9 @@ pub fn root() -> PathBuf {
 /// failure in CI (`CI=true`), else `None` with a visible note saying why the caller skips.
 pub fn shared() -> Option<PathBuf> {
     let has_data = |dir: &Path| {
-        dir.join("datasets/tinyshakespeare/input.txt").is_file() && dir.join("tokenizers/gpt2/encoder.json").is_file()
+        dir.join("datasets/tinyshakespeare/input.txt").is_file()
+            && dir.join("tokenizers/gpt2/encoder.json").is_file()
+            && dir.join("tokenizers/gpt2/vocab.bpe").is_file()
     };
     let candidates: Vec<PathBuf> = match std::env::var_os("MLX_GPT_SHARED") {
         // A folder the user names is the only one looked at: silently using another

@@ -50,7 +50,8 @@ pub fn run_cmd(args: Args, eval_only: bool) -> anyhow::Result<()> {
             unsafe { libc::_exit(130) };
         },
     )?;
-    if c.eval_only && !c.eval_tasks.is_empty() && mlx_gpt_train::train::dataset_dir(&c).is_err() {
+    let no_dataset = !c.data_dir.join(&c.dataset).join(mlx_gpt_data::token_file::META_FILE).exists();
+    if c.eval_only && !c.eval_tasks.is_empty() && no_dataset {
         // `eval` of a task alone (HellaSwag of GPT-2, say) needs no prepared dataset.
         println!("dataset '{}' is not prepared: scoring eval_tasks only", c.dataset);
         print_tasks(&mlx_gpt_train::tasks::run_without_dataset(&c, true)?);

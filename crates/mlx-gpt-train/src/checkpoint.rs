@@ -160,7 +160,12 @@ fn write_into(
     }
     let done = tmp.join("DONE");
     let text = serde_json::to_string_pretty(&Done { iter: state.iter, sha256: sums }).expect("serializes");
-    std::fs::write(&done, text).and_then(|_| std::fs::File::open(&done)?.sync_all()).map_err(io(&done))?;
+    // Through a temporary name: a kill mid-write leaves no empty or partial DONE.
+    let partial = tmp.join("DONE.partial");
+    std::fs::write(&partial, text)
+        .and_then(|_| std::fs::File::open(&partial)?.sync_all())
+        .and_then(|_| std::fs::rename(&partial, &done))
+        .map_err(io(&done))?;
     after("DONE written");
     Ok(())
 }
@@ -185,9 +190,13 @@ struct Done {
 pub fn verify(dir: &Path, files: &[&str]) -> Result<(), TrainError> {
     let done_path = dir.join("DONE");
     let text = std::fs::read_to_string(&done_path).map_err(io(&done_path))?;
-    let Ok(done) = serde_json::from_str::<Done>(&text) else {
-        return Ok(());
-    };
+    if text.trim().parse::<usize>().is_ok() {
+        return Ok(()); // written before checksums: the iteration alone
+    }
+    let done = serde_json::from_str::<Done>(&text).map_err(|e| TrainError::Checkpoint {
+        path: done_path.clone(),
+        what: format!("is not a valid DONE marker ({e})"),
+    })?;
     for f in files {
         let Some(want) = done.sha256.get(*f) else { continue };
         let path = dir.join(f);
@@ -286,7 +295,7 @@ pub fn recover(out_dir: &Path) -> Result<Vec<String>, TrainError> {
         .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".iter-")))
         .collect();
     // Complete new ones before old ones: the newer save wins.
-    aside.sort_by_key(|p| (!p.to_string_lossy().contains(".tmp-"), p.clone()));
+    aside.sort_by_key(|p| (!p.file_name().is_some_and(|n| n.to_string_lossy().contains(".tmp-")), p.clone()));
     let mut notes = Vec::new();
     for p in aside {
         let n = p.file_name().unwrap().to_string_lossy().into_owned();

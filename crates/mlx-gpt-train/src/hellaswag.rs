@@ -69,6 +69,11 @@ fn rows(
         .collect()
 }
 
+/// Whether `tok` can spell example `ex` (number `index`, for the message).
+pub fn encodable(tok: &Tokenizer, ex: &Example, index: usize) -> Result<(), crate::TrainError> {
+    rows(tok, ex, index, usize::MAX - 1).map(|_| ())
+}
+
 /// Score `examples` with `model` and its tokenizer, `batch` examples (4 rows each) per
 /// forward pass; `progress(done, total)` after each.
 pub fn score(

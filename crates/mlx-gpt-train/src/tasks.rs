@@ -46,6 +46,18 @@ pub fn check(c: &TrainConfig) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// Check, before anything runs, that the model's tokenizer can spell the tasks' examples
+/// (the first of each; a character-level vocabulary cannot).
+pub fn check_tokenizer(c: &TrainConfig, tok: &Tokenizer) -> Result<(), TrainError> {
+    for task in &c.eval_tasks {
+        if task == "hellaswag" {
+            let first = mlx_gpt_data::hellaswag::load(&mlx_gpt_data::hellaswag::path_in(&c.data_dir), Some(1))?;
+            crate::hellaswag::encodable(tok, &first[0], 0)?;
+        }
+    }
+    Ok(())
+}
+
 /// Score `model` (its tokenizer `tok`) on every task of `c.eval_tasks`.
 pub fn run(c: &TrainConfig, model: &mut Gpt, tok: &Tokenizer, progress: bool) -> Result<Vec<TaskScore>, TrainError> {
     let mut out = Vec::new();
@@ -101,5 +113,6 @@ pub fn run_without_dataset(c: &TrainConfig, progress: bool) -> Result<Vec<TaskSc
                 (mlx_gpt_model::hf::load_pretrained(&d)?, tokenizer_for(c, &TokenizerSpec::Gpt2, Some(&d))?)
             }
         };
+    check_tokenizer(c, &tok)?;
     run(c, &mut model, &tok, progress)
 }

@@ -117,6 +117,15 @@ pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, Ad
             let (dir, loaded, skipped) = checkpoint::load_latest_valid(&c.out_dir, adamw, !c.eval_only)?;
             for (bad, why) in &skipped {
                 tracing::warn!(checkpoint = %bad.display(), "skipped a damaged checkpoint: {why}");
+                if !c.eval_only {
+                    // Out of `prune`'s sight: counted among the newest, it would have the
+                    // run's next checkpoints pruned in its place. Kept for inspection.
+                    let name = bad.file_name().expect("iter-N").to_string_lossy().into_owned();
+                    let aside = bad.with_file_name(format!("damaged-{name}"));
+                    if std::fs::rename(bad, &aside).is_ok() {
+                        tracing::warn!(moved_to = %aside.display(), "moved the damaged checkpoint aside");
+                    }
+                }
             }
             let diff = model_differences(&loaded.state.model, &wanted);
             if !diff.is_empty() {
@@ -307,9 +316,11 @@ pub fn init_world(c: &TrainConfig) -> Result<Option<Group>, TrainError> {
 
 /// Stops this process if no step finishes within a timeout: in a distributed run a dead
 /// or unreachable peer would otherwise leave the survivors waiting forever.
+/// Dropped, it stops watching (the end-of-run evaluations, on rank 0 alone, are not steps).
 struct Heartbeat {
     t0: Instant,
     last_ms: Arc<std::sync::atomic::AtomicU64>,
+    stopped: Arc<AtomicBool>,
 }
 
 impl Heartbeat {
@@ -317,8 +328,13 @@ impl Heartbeat {
         let t0 = Instant::now();
         let last_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seen = last_ms.clone();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let done = stopped.clone();
         std::thread::spawn(move || loop {
             std::thread::sleep(std::time::Duration::from_millis(250));
+            if done.load(Ordering::Relaxed) {
+                return;
+            }
             let idle = t0.elapsed().as_secs_f64() - seen.load(Ordering::Relaxed) as f64 / 1e3;
             if idle > timeout {
                 eprintln!(
@@ -328,11 +344,17 @@ impl Heartbeat {
                 std::process::exit(3);
             }
         });
-        Heartbeat { t0, last_ms }
+        Heartbeat { t0, last_ms, stopped }
     }
 
     fn beat(&self) {
         self.last_ms.store(self.t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Relaxed);
     }
 }
 
@@ -378,7 +400,9 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     // And the tasks scored at the end, so a missing file stops the run now, not after it.
     let task_tokenizer = if master && !c.eval_tasks.is_empty() {
         crate::tasks::check(c)?;
-        Some(crate::tasks::tokenizer_for(c, &meta.tokenizer, None)?)
+        let tok = crate::tasks::tokenizer_for(c, &meta.tokenizer, None)?;
+        crate::tasks::check_tokenizer(c, &tok)?;
+        Some(tok)
     } else {
         None
     };
@@ -517,7 +541,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         metrics::append(&metrics_path, &r).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
         let mut summary = summary.borrow_mut();
         summary.push(&r);
-        if matches!(r, Record::Eval { .. }) {
+        if matches!(r, Record::Eval { .. } | Record::Exact { .. }) {
             let svg = c.out_dir.join("loss.svg");
             mlx_gpt_model::write_atomic(&svg, summary.svg().as_bytes())
                 .map_err(|source| TrainError::Io { path: svg, source })?;
@@ -720,6 +744,9 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
     }
     bar.finish_and_clear();
+    // Training is over: what follows runs on rank 0 alone and may take longer than
+    // dist_timeout (the exact loss of a large split), which is no peer's failure.
+    drop(heartbeat);
     let exact_val = if c.eval_full && master && !interrupted {
         let score = exact_val_loss(c, &mut model, &data, &meta, block, opts.progress)?;
         if !c.eval_only {
