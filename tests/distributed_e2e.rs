@@ -105,12 +105,7 @@ fn two_ranks_equal_one_process_on_both_ranks_batches() {
     // `ranks`: which samplers feed the two micro-batches of each step.
     let single = |ranks: [u64; 2]| -> Gpt {
         let mut model = Gpt::new(config.clone(), c.seed).unwrap();
-        let mut opt = AdamW::new(AdamWConfig {
-            beta1: c.beta1 as f32,
-            beta2: c.beta2 as f32,
-            eps: 1e-8,
-            weight_decay: c.weight_decay as f32,
-        });
+        let mut opt = AdamW::new(AdamWConfig::from(&c));
         let mut samplers: Vec<BatchSampler> = ranks
             .iter()
             .map(|r| {

@@ -67,12 +67,7 @@ fn training_matches_nanogpt_step_for_step() {
     let mut model = hf::load_pretrained(&fixture()).unwrap();
     assert!(model.config.bias == c.bias && model.config.dropout == 0.0);
     model.set_training(true);
-    let mut opt = AdamW::new(AdamWConfig {
-        beta1: c.beta1 as f32,
-        beta2: c.beta2 as f32,
-        eps: 1e-8,
-        weight_decay: c.weight_decay as f32,
-    });
+    let mut opt = AdamW::new(AdamWConfig::from(&c));
     let mut engine = GradEngine::new(&c, &model, 1);
     let (file, _) = TokenFile::open(&dataset, "train").unwrap();
     let (b, t) = (c.batch_size, c.block_size);

@@ -366,12 +366,7 @@ fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_model::jit::JitSetup>) -
     let mut model = Gpt::new(gc, c.seed)?;
     model.set_dtype(dtype_of(&c.dtype))?;
     model.set_training(true);
-    let mut opt = AdamW::new(AdamWConfig {
-        beta1: c.beta1 as f32,
-        beta2: c.beta2 as f32,
-        eps: 1e-8,
-        weight_decay: c.weight_decay as f32,
-    });
+    let mut opt = AdamW::new(AdamWConfig::from(&c));
     let shape = [c.batch_size as i32, c.block_size as i32];
     let mut sampler = if args.real_data {
         let (f, _) = TokenFile::open(&dataset_dir(&c)?.0, "train")?;

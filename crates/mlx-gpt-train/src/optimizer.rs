@@ -24,6 +24,13 @@ pub struct AdamWConfig {
     pub weight_decay: f32,
 }
 
+impl From<&crate::config::TrainConfig> for AdamWConfig {
+    /// A run's betas and weight decay, with PyTorch's ε (nanoGPT does not set one).
+    fn from(c: &crate::config::TrainConfig) -> Self {
+        AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 }
+    }
+}
+
 type Kernel = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
 
 /// The gradients' global norm and the new parameters, by name.

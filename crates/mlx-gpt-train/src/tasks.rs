@@ -100,7 +100,8 @@ pub fn run_without_dataset(c: &TrainConfig, progress: bool) -> Result<Vec<TaskSc
                     .into(),
             )),
             InitFrom::Resume => {
-                let adamw = crate::optimizer::AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 };
+                // Weights only: the optimizer that comes back is not used.
+                let adamw = crate::optimizer::AdamWConfig::from(c);
                 let (dir, loaded, _) = crate::checkpoint::load_latest_valid(&c.out_dir, adamw, false)?;
                 let tok = tokenizer_for(c, &loaded.state.tokenizer, Some(&dir))?;
                 (loaded.model, tok)

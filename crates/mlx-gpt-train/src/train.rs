@@ -433,8 +433,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     }
     let accum = c.gradient_accumulation_steps / world_size;
     let heartbeat = (world_size > 1).then(|| Heartbeat::start(rank, c.dist_timeout));
-    let adamw =
-        AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 };
+    let adamw = AdamWConfig::from(c);
     // A run that cannot fit stops here with the numbers, before the model is built, not
     // later in the kernel's out-of-memory killer with none. (A pretrained or resumed
     // model's shape comes from its files; the configuration's is what this can check.)
