@@ -20,11 +20,16 @@ fn info_names_mlx_devices_and_blas() {
     if cfg!(target_os = "linux") && mlx_sys::build_info::BLAS_WIRING.starts_with("openblas:") {
         assert!(blas.starts_with("BLAS: OpenBLAS"), "{blas}");
     }
+    // The kernels, resolved for the CPU: mlx-gpt's where this build has them.
+    let want = if mlx_gpt_model::Kernels::cpu_built() { "kernels: cpu: " } else { "kernels: mlx: " };
+    assert!(stdout.contains(want), "{stdout}");
+    let out = mlx_gpt(&["info", "--kernels", "mlx-fast"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kernels: mlx-fast: "));
 }
 
 #[test]
 fn gpu_on_a_cpu_build_is_a_clear_error() {
-    if mlx_gpt_model::device::count(mlx_gpt_model::DeviceKind::Gpu) > 0 {
+    if mlx_gpt_runtime::device::count(mlx_gpt_runtime::DeviceKind::Gpu) > 0 {
         common::skip("this MLX build has a GPU backend");
         return;
     }
@@ -40,6 +45,10 @@ fn unknown_device_and_flags_are_named() {
     let out = mlx_gpt(&["info", "--device", "tpu"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device 'tpu'"));
+    let out = mlx_gpt(&["info", "--kernels", "fast"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown kernels 'fast'") && stderr.contains("mlx-fast"), "{stderr}");
     let out = mlx_gpt(&["info", "--frobnicate"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--frobnicate"));
@@ -91,7 +100,7 @@ fn info_names_the_blas_kernel_and_the_ceiling() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("FMA ceiling (MFU's denominator): ") && stdout.contains("GFLOP/s"), "{stdout}");
-    if mlx_gpt_model::blas_kernel::openblas_corename().is_none() {
+    if mlx_gpt_runtime::blas_kernel::openblas_corename().is_none() {
         return; // not OpenBLAS: no kernel line
     }
     let kernel = stdout.lines().find(|l| l.trim_start().starts_with("kernel: ")).expect("a kernel line");
@@ -116,7 +125,7 @@ fn info_names_the_blas_kernel_and_the_ceiling() {
 /// rejection is reported as such.
 #[test]
 fn a_forced_kernel_is_checked_and_reported() {
-    use mlx_gpt_model::blas_kernel::{cpu_class, openblas_corename};
+    use mlx_gpt_runtime::blas_kernel::{cpu_class, openblas_corename};
     let Some(target) = cpu_class().openblas_core() else { return };
     if openblas_corename().is_none() {
         return;

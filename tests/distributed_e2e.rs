@@ -185,7 +185,13 @@ fn a_killed_rank_stops_the_other_with_an_error_and_the_checkpoint_survives() {
     let deadline = Instant::now() + Duration::from_secs(300);
     while mlx_gpt_train::checkpoint::list(&out).is_empty() {
         assert!(Instant::now() < deadline, "no checkpoint appeared");
-        assert!(r0.try_wait().unwrap().is_none() && r1.try_wait().unwrap().is_none(), "a rank ended early");
+        for (rank, r) in [(0, &mut r0), (1, &mut r1)] {
+            if let Some(status) = r.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(r.stderr.as_mut().unwrap(), &mut err).unwrap();
+                panic!("rank {rank} ended early ({status}) before a checkpoint appeared:\n{err}");
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));

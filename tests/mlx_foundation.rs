@@ -1,23 +1,23 @@
 //! MLX itself on this platform: the project's mlx-sys build, mlx-rs on top of it, and the
 //! BLAS wired in, checked against plain Rust references on random inputs.
 
+use mlx_gpt_model::generate::SampleRng;
 use mlx_rs::error::Exception;
 use mlx_rs::module::{Module, ModuleParameters};
 use mlx_rs::optimizers::{AdamW, Optimizer};
 use mlx_rs::{nn, ops, transforms, Array, Dtype};
 use std::collections::HashMap;
 
-/// A small deterministic generator, so the references need no MLX.
-struct Rng(u64);
+/// A small deterministic generator (mlx-gpt's SplitMix64 sampler RNG), so the references
+/// need no MLX.
+struct Rng(SampleRng);
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(SampleRng::new(seed))
+    }
+    /// Uniform in [-1, 1).
     fn next_f32(&mut self) -> f32 {
-        // splitmix64, top 24 bits to a float in [-1, 1)
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        (self.0.next_f64() * 2.0 - 1.0) as f32
     }
     fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.next_f32() * scale).collect()
@@ -34,7 +34,7 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
 #[test]
 fn matmul_matches_reference() {
     let (m, k, n) = (37usize, 129usize, 61usize);
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     let (a, b) = (rng.vec(m * k, 1.0), rng.vec(k * n, 1.0));
     let mut want = vec![0f32; m * n];
     for i in 0..m {
@@ -55,7 +55,7 @@ fn matmul_matches_reference() {
 fn large_matmul_goes_through_blas_correctly() {
     // Large enough that MLX hands it to BLAS with several threads.
     let n = 256usize;
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2);
     let (a, b) = (rng.vec(n * n, 1.0), rng.vec(n * n, 1.0));
     let c = Array::from_slice(&a, &[n as i32, n as i32]).matmul(Array::from_slice(&b, &[n as i32, n as i32])).unwrap();
     let c = c.as_slice::<f32>();
@@ -68,7 +68,7 @@ fn large_matmul_goes_through_blas_correctly() {
 #[test]
 fn softmax_matches_reference() {
     let (rows, cols) = (7usize, 33usize);
-    let x = Rng(3).vec(rows * cols, 8.0);
+    let x = Rng::new(3).vec(rows * cols, 8.0);
     let mut want = vec![0f32; rows * cols];
     for r in 0..rows {
         let row = &x[r * cols..(r + 1) * cols];
@@ -85,7 +85,7 @@ fn softmax_matches_reference() {
 #[test]
 fn reductions_match_reference() {
     let (rows, cols) = (9usize, 40usize);
-    let x = Rng(4).vec(rows * cols, 3.0);
+    let x = Rng::new(4).vec(rows * cols, 3.0);
     let arr = Array::from_slice(&x, &[rows as i32, cols as i32]);
     let sums: Vec<f32> = (0..cols).map(|c| (0..rows).map(|r| x[r * cols + c]).sum()).collect();
     let maxes: Vec<f32> =
@@ -100,7 +100,7 @@ fn reductions_match_reference() {
 #[test]
 fn value_and_grad_matches_finite_difference() {
     // f(w) = sum(tanh(x @ w)^2): a nonlinear function of every entry of w.
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let x = Array::from_slice(&rng.vec(6 * 4, 1.0), &[6, 4]);
     let w0 = rng.vec(4 * 3, 0.5);
     let f = |inputs: &[Array]| -> Result<Vec<Array>, Exception> {
@@ -132,7 +132,7 @@ fn value_and_grad_matches_finite_difference() {
 #[test]
 fn linear_and_adamw_lower_a_loss() {
     mlx_rs::random::seed(7).unwrap();
-    let mut rng = Rng(6);
+    let mut rng = Rng::new(6);
     let x = Array::from_slice(&rng.vec(64 * 8, 1.0), &[64, 8]);
     let w_true = Array::from_slice(&rng.vec(8 * 2, 1.0), &[8, 2]);
     let y = x.matmul(&w_true).unwrap();
@@ -159,7 +159,7 @@ fn safetensors_round_trip_keeps_values_and_dtypes() {
     let dir = std::env::temp_dir().join(format!("mlx-gpt-st-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("arrays.safetensors");
-    let values = Rng(8).vec(2 * 3 * 5, 4.0);
+    let values = Rng::new(8).vec(2 * 3 * 5, 4.0);
     let base = Array::from_slice(&values, &[2, 3, 5]);
     let arrays: HashMap<String, Array> = [
         ("f32".to_string(), base.clone()),

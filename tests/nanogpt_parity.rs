@@ -68,7 +68,10 @@ fn training_matches_nanogpt_step_for_step() {
     assert!(model.config.bias == c.bias && model.config.dropout == 0.0);
     model.set_training(true);
     let mut opt = AdamW::new(AdamWConfig::from(&c));
-    let mut engine = GradEngine::new(&c, &model, 1);
+    // The kernels and streams a training run on this CPU picks.
+    let streams = mlx_gpt_train::train::stream_count(&c, mlx_gpt_runtime::DeviceKind::Cpu, 1);
+    model.kernels = mlx_gpt_train::train::kernels_for(&c, mlx_gpt_runtime::DeviceKind::Cpu, streams).unwrap();
+    let mut engine = GradEngine::new(&c, &model, streams, 1);
     let (file, _) = TokenFile::open(&dataset, "train").unwrap();
     let (b, t) = (c.batch_size, c.block_size);
     let steps = run["steps"].as_array().unwrap();

@@ -399,6 +399,8 @@ fn mfu_of_a_short_run_stays_below_the_ceiling() {
     assert!(run.path().join("cache/mlx-gpt/peak-flops.json").is_file());
     let log = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
     assert!(log.contains("BLAS kernel: "), "{log}");
+    // The training header names the kernels the model runs.
+    assert!(log.contains("kernels: "), "{log}");
     // No colour codes; with --log-format json every log line is a JSON object whose
     // fields carry the step's figures.
     assert!(!log.contains('\x1b'), "{log}");

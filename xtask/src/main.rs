@@ -61,7 +61,7 @@ struct FetchData {
 #[derive(clap::Args)]
 struct FetchGpt2 {
     /// Which checkpoint.
-    #[arg(default_value = "gpt2", value_parser = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])]
+    #[arg(default_value = "gpt2", value_parser = clap::builder::PossibleValuesParser::new(mlx_gpt_data::pretrained::GPT2_MODELS))]
     name: String,
     /// Fetch from this base URL instead of the hub (its path is kept); HF_ENDPOINT also works.
     #[arg(long)]

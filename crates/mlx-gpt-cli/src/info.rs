@@ -1,8 +1,8 @@
 //! `mlx-gpt info`: what this build of mlx-gpt will compute with.
 
 use crate::DeviceArgs;
-use mlx_gpt_model::device::{self, DeviceKind};
-use mlx_gpt_model::runtime::{self, BlasKind};
+use mlx_gpt_runtime::blas::{self as runtime, BlasKind};
+use mlx_gpt_runtime::device::{self, DeviceKind};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -10,8 +10,8 @@ pub struct Args {
     device: DeviceArgs,
 }
 
-pub fn run(args: Args, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Result<()> {
-    let selected = args.device.select()?;
+pub fn run(args: Args, jit: Option<mlx_gpt_runtime::jit::JitSetup>) -> anyhow::Result<()> {
+    let (selected, kernels) = args.device.select()?;
     println!("mlx-gpt {}", env!("CARGO_PKG_VERSION"));
     println!("MLX {} ({})", runtime::mlx_version(), runtime::mlx_origin());
     println!("  libmlx: {}", runtime::mlx_lib_dir());
@@ -23,13 +23,18 @@ pub fn run(args: Args, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Res
     }
     println!("default device: {}", device::best_available());
     println!("selected device: {selected}");
+    println!("kernels: {}", kernels.describe());
+    println!(
+        "  mlx-gpt's CPU kernels: {}",
+        if mlx_gpt_model::Kernels::cpu_built() { "built" } else { "not in this build (pure-MLX)" }
+    );
     let blas = runtime::blas();
     let lib = blas.library.as_ref().map(|p| p.display().to_string());
     println!("BLAS: {} ({})", blas.name(), lib.as_deref().unwrap_or("no cblas_sgemm bound"));
     if let BlasKind::OpenBlas { config, threads } = &blas.kind {
         println!("  {config}, {threads} threads");
     }
-    let kernel = mlx_gpt_model::blas_kernel::status();
+    let kernel = mlx_gpt_runtime::blas_kernel::status();
     if kernel.core.is_some() {
         println!("  kernel: {}", kernel.describe());
     }
@@ -45,10 +50,10 @@ pub fn run(args: Args, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Res
     }
     println!(
         "malloc: {}",
-        if runtime::freed_memory_kept() {
+        if mlx_gpt_runtime::malloc::freed_memory_kept() {
             "freed memory kept in the process (mmap threshold 256 MiB, trim threshold 1 GiB)"
         } else {
-            "system defaults (MLX_GPT_MALLOC_TUNING=0, or not glibc)"
+            "system defaults (--no-malloc-tuning, or not glibc)"
         }
     );
     println!("CPU: {} ({} logical cores)", cpu_model(), available_cores());

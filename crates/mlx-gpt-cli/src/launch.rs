@@ -71,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ports = ports(args.n, args.port)?;
     let hosts: Vec<Vec<String>> = ports.iter().map(|p| vec![format!("127.0.0.1:{p}")]).collect();
     // In the user's temporary folder, not the JIT's kernel cache that TMPDIR now names.
-    let hostfile = mlx_gpt_model::jit::user_temp_dir().join(format!("mlx-gpt-hosts-{}.json", std::process::id()));
+    let hostfile = mlx_gpt_runtime::jit::user_temp_dir().join(format!("mlx-gpt-hosts-{}.json", std::process::id()));
     std::fs::write(&hostfile, serde_json::to_string(&hosts)?).with_context(|| hostfile.display().to_string())?;
     // Ctrl-C, SIGTERM and SIGHUP go to every rank once, as SIGINT: the ranks checkpoint
     // and stop together.

@@ -10,15 +10,20 @@ mod signals;
 mod train;
 
 use clap::{Parser, Subcommand};
-use mlx_gpt_model::device::{self, DeviceKind};
+use mlx_gpt_model::{KernelChoice, Kernels};
+use mlx_gpt_runtime::device::{self, DeviceKind};
 
 #[derive(Parser)]
 #[command(name = "mlx-gpt", version, about = "Train and sample GPTs on MLX, nanoGPT style")]
 struct Cli {
-    /// Leave MLX's CPU JIT with its default (scalar) compiler flags; same as
-    /// MLX_GPT_NATIVE_JIT=0. See docs/performance.md.
+    /// Leave MLX's CPU JIT with its default (scalar) compiler flags. See
+    /// docs/performance-history.md.
     #[arg(long, global = true)]
     no_native_jit: bool,
+    /// Leave glibc malloc's thresholds as they are (freed memory goes back to the system
+    /// at once, at the cost of fresh page faults each step).
+    #[arg(long, global = true)]
+    no_malloc_tuning: bool,
     /// Log lines as plain text, or one JSON object per line (for log collectors).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -48,34 +53,46 @@ enum Command {
     Bench(bench::Args),
 }
 
-/// `--device`, shared by every command that computes.
+/// `--device` and `--kernels`, shared by every command that computes outside a training
+/// configuration (which has its own `device` and `kernels` keys).
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {
     /// Where to compute: cpu or gpu [default: the best available]
     #[arg(long, value_parser = parse_device)]
     pub device: Option<DeviceKind>,
+    /// Which formulation of each operation runs: auto, cpu (mlx-gpt's CPU kernels), mlx
+    /// (plain MLX ops) or mlx-fast (MLX's dedicated primitives)
+    #[arg(long, default_value = "auto", value_parser = parse_kernels)]
+    pub kernels: KernelChoice,
 }
 
 fn parse_device(s: &str) -> Result<DeviceKind, String> {
     s.parse().map_err(|e: device::DeviceError| e.to_string())
 }
 
+fn parse_kernels(s: &str) -> Result<KernelChoice, String> {
+    s.parse().map_err(|e: mlx_gpt_model::KernelsError| e.to_string())
+}
+
 impl DeviceArgs {
-    /// Check the device and make it MLX's default.
-    pub fn select(&self) -> anyhow::Result<DeviceKind> {
-        Ok(device::select(self.device)?)
+    /// Check the device, make it MLX's default, and resolve the kernels for it.
+    pub fn select(&self) -> anyhow::Result<(DeviceKind, Kernels)> {
+        let device = device::select(self.device)?;
+        Ok((device, Kernels::resolve(self.kernels, device)?))
     }
 }
 
 fn main() {
-    // Before the first large allocation (see the function).
-    mlx_gpt_model::runtime::keep_freed_memory();
     let cli = Cli::parse();
+    // Before the first large allocation (see the function).
+    if !cli.no_malloc_tuning {
+        mlx_gpt_runtime::malloc::keep_freed_memory();
+    }
     // Before any thread exists and before MLX compiles anything (it sets PATH and TMPDIR).
     let jit = if cli.no_native_jit {
         None
     } else {
-        match mlx_gpt_model::jit::configure() {
+        match mlx_gpt_runtime::jit::configure() {
             Ok(j) => j,
             // Only compiled steps need a compiler; everything else still works, so say it
             // once and go on. A compiled step then fails with MLX's own error.
@@ -102,7 +119,7 @@ fn main() {
     }
 }
 
-fn run(cli: Cli, jit: Option<mlx_gpt_model::jit::JitSetup>) -> anyhow::Result<()> {
+fn run(cli: Cli, jit: Option<mlx_gpt_runtime::jit::JitSetup>) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args, jit),
         Command::Train(args) => train::run_cmd(args, false),

@@ -89,7 +89,7 @@ fn run_tokenizer(
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    args.device.select()?;
+    let (_, kernels) = args.device.select()?;
     let (mut model, tokenizer): (Gpt, Tokenizer) = match (&args.out_dir, &args.init_from) {
         (Some(dir), _) => {
             let ckpt = checkpoint::latest(dir).with_context(|| {
@@ -106,7 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (model, tok)
         }
         (None, Some(name)) => {
-            let dir = if ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"].contains(&name.as_str()) {
+            let dir = if mlx_gpt_data::pretrained::GPT2_MODELS.contains(&name.as_str()) {
                 let d = PathBuf::from("models").join(name);
                 if !d.join("config.json").is_file() {
                     bail!("{name} is not in {}; run `cargo xtask fetch-gpt2 {name}`", d.display());
@@ -129,6 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         (None, None) => bail!("say what to sample: --out-dir DIR (a training run) or --init-from gpt2"),
     };
+    model.kernels = kernels;
     // NaN weights would print nothing at all (every logit NaN); say why instead.
     if let Some(name) = model.first_non_finite_parameter()? {
         bail!("the model's parameter {name} holds NaN or infinite values: these weights come from a diverged run or a damaged file");

@@ -5,8 +5,9 @@
 //! - [`extract`]: gzip / xz / zip / tar sources;
 //! - [`tokenizer`]: character vocabularies and GPT-2's byte-level BPE;
 //! - [`token_file`]: nanoGPT's `train.bin`/`val.bin` (uint16) and the `meta.json` sidecar;
-//! - [`datasets`]: the dataset manifests and `prepare` (shakespeare_char, shakespeare,
-//!   local text files);
+//! - [`manifest`]: a dataset's sources, tokenizer and split, and what preparing it takes
+//!   and gives;
+//! - [`datasets`]: `prepare` (shakespeare_char, shakespeare, local text files);
 //! - [`openwebtext`]: streaming preparation of Hugging Face parquet text datasets;
 //! - [`pretrained`]: OpenAI's GPT-2 checkpoints from the Hugging Face hub;
 //! - [`batches`]: the seeded, resumable `(x, y)` batch sampler.
@@ -20,6 +21,7 @@ pub mod download;
 mod error;
 pub mod extract;
 pub mod hellaswag;
+pub mod manifest;
 pub mod openwebtext;
 pub mod pretrained;
 pub mod progress;

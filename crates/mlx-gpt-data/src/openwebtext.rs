@@ -17,8 +17,8 @@
 //! 4. The shards are concatenated into `train.bin` / `val.bin` (streamed, under temporary
 //!    names), then `meta.json` is written and the shard files removed.
 
-use crate::datasets::{thousands, HubParquet, Manifest, PrepareOptions, Prepared};
 use crate::error::{DataError, Result};
+use crate::manifest::{thousands, HubParquet, Manifest, PrepareOptions, Prepared};
 use crate::token_file::{hex, to_bytes, write_atomic, FileEntry, Meta, META_FILE};
 use crate::tokenizer::{Tokenizer, GPT2_EOT};
 use parquet::file::reader::{FileReader, SerializedFileReader};

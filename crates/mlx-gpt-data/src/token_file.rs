@@ -83,25 +83,13 @@ impl Meta {
     }
 }
 
-/// Write a file through a temporary name in the same folder, then rename.
+/// Write a file through a temporary name in the same folder, then rename
+/// (`mlx_gpt_runtime::fs::write_atomic_with`, with the path in the error).
 pub fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let res = (|| {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        fill(&mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(DataError::io(path))
+    mlx_gpt_runtime::fs::write_atomic_with(path, fill).map_err(DataError::io(path))
 }
 
 /// Encode tokens as nanoGPT's uint16 little-endian bytes; a token ≥ 65536 is an error.

@@ -1,9 +1,11 @@
 //! `Block`: one pre-LayerNorm transformer block, `x + attn(ln_1(x))` then `x + mlp(ln_2(x))`.
 
-use crate::attention::{CausalSelfAttention, LayerKv};
+use crate::attention::CausalSelfAttention;
 use crate::config::GptConfig;
+use crate::kv_cache::LayerKv;
 use crate::layer_norm::LayerNorm;
 use crate::mlp::Mlp;
+use mlx_gpt_ops::Kernels;
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::Array;
@@ -37,9 +39,9 @@ impl Block {
     }
 
     /// x (B, T, C) → (B, T, C)
-    pub fn forward(&mut self, x: &Array, kv: Option<&mut LayerKv>) -> Result<Array, Exception> {
-        let x = x.add(self.attn.forward(&self.ln_1.forward(x)?, kv)?)?;
-        x.add(self.mlp.forward(&self.ln_2.forward(&x)?)?)
+    pub fn forward(&mut self, k: &Kernels, x: &Array, kv: Option<&mut LayerKv>) -> Result<Array, Exception> {
+        let x = x.add(self.attn.forward(k, &self.ln_1.forward(k, x)?, kv)?)?;
+        x.add(self.mlp.forward(k, &self.ln_2.forward(k, &x)?)?)
     }
 
     /// Dropout on or off.

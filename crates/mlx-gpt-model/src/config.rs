@@ -318,7 +318,7 @@ impl GptConfig {
     /// Write `config.json` (Hugging Face layout) atomically: a temporary file, then rename.
     pub fn write_hf(&self, path: &Path) -> Result<(), ConfigError> {
         let text = serde_json::to_string_pretty(&self.to_hf_json()).expect("JSON values serialize");
-        crate::fs_util::write_atomic(path, text.as_bytes())
+        mlx_gpt_runtime::fs::write_atomic(path, text.as_bytes())
             .map_err(|source| ConfigError::Io { path: path.into(), source })
     }
 }

@@ -67,7 +67,7 @@ impl Dropout {
     }
 
     /// The next mask as the factor `forward` multiplies by (0 or 1/(1−p) per element), for
-    /// kernels that apply it themselves (`crate::causal_attention`); `None` when inactive.
+    /// kernels that apply it themselves (`mlx_gpt_ops::causal_attention`); `None` when inactive.
     /// Draws from the same key sequence as `forward`.
     pub fn multiplier(&self, shape: &[i32], dtype: mlx_rs::Dtype) -> Result<Option<Array>, Exception> {
         if !self.active() {

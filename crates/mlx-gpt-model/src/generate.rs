@@ -9,8 +9,8 @@
 //! the host with a seeded generator, so the same seed gives the same tokens with or
 //! without the cache.
 
-use crate::attention::LayerKv;
 use crate::gpt::Gpt;
+use crate::kv_cache::LayerKv;
 use crate::ModelError;
 use mlx_rs::{Array, Dtype};
 
@@ -205,41 +205,40 @@ pub fn generate(
     // must not ask for its whole capacity up front.
     let mut out = Vec::with_capacity(max_new_tokens.min(1 << 16));
     let mut kv: Vec<LayerKv> = vec![LayerKv::default(); model.config.n_layer];
-    let mut cached = 0usize; // how many of `tokens` the cache holds (a suffix ending before the pending ones)
-                             // Decoding multiplies single rows by every weight matrix: sgemv (crate::matvec).
-    crate::matvec::with_host_matvec(|| -> Result<(), ModelError> {
-        for _ in 0..max_new_tokens {
-            let x = if params.use_kv_cache {
-                let pending = tokens.len() - cached;
-                if cached == 0 || cached + pending > block {
-                    // (Re)build from the window of the last block_size tokens.
-                    let window = &tokens[tokens.len().saturating_sub(block)..];
-                    kv.iter_mut().for_each(|l| *l = LayerKv::default());
-                    let x = model.hidden(&ids(window), Some(&mut kv))?; // (1, Tw, C)
-                    cached = window.len();
-                    x
-                } else {
-                    let x = model.hidden(&ids(&tokens[cached..]), Some(&mut kv))?; // (1, pending, C)
-                    cached += pending;
-                    x
-                }
-            } else {
+    // How many of `tokens` the cache holds (a suffix ending before the pending ones).
+    let mut cached = 0usize;
+    // Decoding multiplies single rows by every weight matrix: with the CPU kernels, sgemv.
+    let k = model.kernels.for_decoding();
+    for _ in 0..max_new_tokens {
+        let x = if params.use_kv_cache {
+            let pending = tokens.len() - cached;
+            if cached == 0 || cached + pending > block {
+                // (Re)build from the window of the last block_size tokens.
                 let window = &tokens[tokens.len().saturating_sub(block)..];
-                model.hidden(&ids(window), None)? // (1, Tw, C)
-            };
-            let t = x.shape()[1];
-            let last = x.take_axis(Array::from_slice(&[t - 1], &[1]), 1)?; // (1, 1, C)
-            let logits = model.lm_head(&last)?.as_dtype(Dtype::Float32)?; // (1, 1, V)
-            logits.eval()?;
-            let next = sample(logits.as_slice::<f32>(), params, &mut rng);
-            tokens.push(next);
-            out.push(next);
-            if !on_token(next) || params.stop_token == Some(next) {
-                break;
+                kv.iter_mut().for_each(|l| *l = LayerKv::default());
+                let x = model.hidden_with(&k, &ids(window), Some(&mut kv))?; // (1, Tw, C)
+                cached = window.len();
+                x
+            } else {
+                let x = model.hidden_with(&k, &ids(&tokens[cached..]), Some(&mut kv))?; // (1, pending, C)
+                cached += pending;
+                x
             }
+        } else {
+            let window = &tokens[tokens.len().saturating_sub(block)..];
+            model.hidden_with(&k, &ids(window), None)? // (1, Tw, C)
+        };
+        let t = x.shape()[1];
+        let last = x.take_axis(Array::from_slice(&[t - 1], &[1]), 1)?; // (1, 1, C)
+        let logits = model.lm_head_with(&k, &last)?.as_dtype(Dtype::Float32)?; // (1, 1, V)
+        logits.eval()?;
+        let next = sample(logits.as_slice::<f32>(), params, &mut rng);
+        tokens.push(next);
+        out.push(next);
+        if !on_token(next) || params.stop_token == Some(next) {
+            break;
         }
-        Ok(())
-    })?;
+    }
     Ok(out)
 }
 
@@ -247,6 +246,7 @@ pub fn generate(
 mod tests {
     use super::*;
     use crate::config::GptConfig;
+    use mlx_gpt_ops::Kernels;
 
     fn tiny(block: usize) -> Gpt {
         let c =
@@ -355,18 +355,26 @@ mod tests {
     #[test]
     fn cached_generation_equals_uncached_across_the_window_slide() {
         // block 8, prompt 3, 20 new tokens: the window slides 15 times.
-        for (temperature, top_k, top_p) in [(0.0, None, None), (1.0, None, None), (0.8, Some(5), Some(0.9))] {
-            let params = SamplingParams { temperature, top_k, top_p, seed: 11, ..Default::default() };
-            let before = crate::matvec::calls();
-            let cached = generate(&mut tiny(8), &[1, 2, 3], 20, &params, |_| true).unwrap();
-            // Cached one-token steps ran their products through sgemv (crate::matvec): at
-            // least the 4 before the window first slides, 2 layers × 4 products + the head.
-            let host = crate::matvec::calls() - before;
-            assert!(host >= 4 * 9, "sgemv path taken {host} times");
-            let plain = SamplingParams { use_kv_cache: false, ..params.clone() };
-            let uncached = generate(&mut tiny(8), &[1, 2, 3], 20, &plain, |_| true).unwrap();
-            assert_eq!(cached, uncached, "temperature {temperature}");
-            assert_eq!(cached.len(), 20);
+        let mut sets = vec![Kernels::mlx(), Kernels::mlx_fast()];
+        sets.extend(Kernels::cpu());
+        for k in sets {
+            for (temperature, top_k, top_p) in [(0.0, None, None), (1.0, None, None), (0.8, Some(5), Some(0.9))] {
+                let params = SamplingParams { temperature, top_k, top_p, seed: 11, ..Default::default() };
+                let model = || Gpt { kernels: k, ..tiny(8) };
+                let before = mlx_gpt_ops::sgemv_calls();
+                let cached = generate(&mut model(), &[1, 2, 3], 20, &params, |_| true).unwrap();
+                // With the CPU kernels, cached one-token steps ran their products through
+                // sgemv: at least the 4 before the window first slides, 2 layers × 4
+                // products + the head.
+                let host = mlx_gpt_ops::sgemv_calls() - before;
+                if k.set() == mlx_gpt_ops::KernelSet::Cpu {
+                    assert!(host >= 4 * 9, "sgemv path taken {host} times");
+                }
+                let plain = SamplingParams { use_kv_cache: false, ..params.clone() };
+                let uncached = generate(&mut model(), &[1, 2, 3], 20, &plain, |_| true).unwrap();
+                assert_eq!(cached, uncached, "{}: temperature {temperature}", k.name());
+                assert_eq!(cached.len(), 20);
+            }
         }
     }
 

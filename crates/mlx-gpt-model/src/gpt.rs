@@ -3,13 +3,14 @@
 //!
 //! Shape legend: B batch, T time (positions), C n_embd, V vocab_size.
 
-use crate::attention::LayerKv;
 use crate::block::Block;
 use crate::config::GptConfig;
 use crate::dropout::Dropout;
+use crate::kv_cache::LayerKv;
 use crate::layer_norm::LayerNorm;
 use crate::loss::cross_entropy;
 use crate::ModelError;
+use mlx_gpt_ops::Kernels;
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::{ModuleParameters as _, Param};
@@ -36,6 +37,9 @@ pub struct Gpt {
     pub ln_f: LayerNorm,
     /// The shape this model was built with.
     pub config: GptConfig,
+    /// Which formulation of each operation its forward pass runs (default: plain MLX ops;
+    /// programs set the one resolved from their configuration).
+    pub kernels: Kernels,
 }
 
 fn embedding(rows: usize, c: usize) -> Result<nn::Embedding, Exception> {
@@ -68,7 +72,6 @@ impl Gpt {
 
     /// The model's structure with every parameter zero (gains one); for loading weights.
     pub fn zeros(config: GptConfig) -> Result<Gpt, ModelError> {
-        crate::blas_kernel::keep_linked();
         config.validate()?;
         let c = &config;
         let model = Gpt {
@@ -78,6 +81,7 @@ impl Gpt {
             h: (0..c.n_layer).map(|_| Block::new(c)).collect::<Result<_, _>>()?,
             ln_f: LayerNorm::new(c.n_embd, c.bias, c.layer_norm_epsilon)?,
             config,
+            kernels: Kernels::default(),
         };
         Ok(model)
     }
@@ -146,7 +150,19 @@ impl Gpt {
     /// The final hidden states: idx (B, T) token ids → (B, T, C). `kv`, one entry per layer,
     /// holds the keys and values of earlier positions (generation); positions continue
     /// after them.
-    pub fn hidden(&mut self, idx: &Array, mut kv: Option<&mut [LayerKv]>) -> Result<Array, Exception> {
+    pub fn hidden(&mut self, idx: &Array, kv: Option<&mut [LayerKv]>) -> Result<Array, Exception> {
+        let k = self.kernels;
+        self.hidden_with(&k, idx, kv)
+    }
+
+    /// [`Gpt::hidden`] with the kernels `k` (generation decodes with
+    /// [`Kernels::for_decoding`]).
+    pub fn hidden_with(
+        &mut self,
+        k: &Kernels,
+        idx: &Array,
+        mut kv: Option<&mut [LayerKv]>,
+    ) -> Result<Array, Exception> {
         if idx.ndim() != 2 {
             return Err(Exception::custom(format!("idx must be (B, T), got shape {:?}", idx.shape())));
         }
@@ -160,22 +176,19 @@ impl Gpt {
         let mut x = self.drop.forward(&tok_emb.add(&pos_emb)?)?;
         for (i, block) in self.h.iter_mut().enumerate() {
             let layer_kv = kv.as_mut().map(|kv| &mut kv[i]);
-            x = block.forward(&x, layer_kv)?;
+            x = block.forward(k, &x, layer_kv)?; // (B, T, C)
         }
-        self.ln_f.forward(&x)
+        self.ln_f.forward(k, &x)
     }
 
     /// Logits from hidden states through the tied head: x (..., C) → (..., V).
     pub fn lm_head(&self, x: &Array) -> Result<Array, Exception> {
-        if let Some(y) = crate::matvec::matmul(x, &self.wte.weight, true, None)? {
-            return Ok(y);
-        }
-        if crate::linear_primitive::model_uses_it() {
-            if let Some(y) = crate::linear_primitive::linear(x, &self.wte.weight, None, true)? {
-                return Ok(y);
-            }
-        }
-        x.matmul(self.wte.weight.t())
+        self.lm_head_with(&self.kernels, x)
+    }
+
+    /// [`Gpt::lm_head`] with the kernels `k`.
+    pub fn lm_head_with(&self, k: &Kernels, x: &Array) -> Result<Array, Exception> {
+        mlx_gpt_ops::linear_transposed(k, x, &self.wte.weight)
     }
 
     /// nanoGPT's `forward`: with targets (B, T), logits (B, T, V) and the mean cross-entropy
@@ -185,7 +198,7 @@ impl Gpt {
         match targets {
             Some(targets) => {
                 let logits = self.lm_head(&x)?; // (B, T, V)
-                let loss = cross_entropy(&logits, targets)?;
+                let loss = cross_entropy(&self.kernels, &logits, targets)?;
                 Ok((logits, Some(loss)))
             }
             None => {

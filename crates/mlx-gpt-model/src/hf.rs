@@ -288,5 +288,5 @@ pub fn save_weights(model: &Gpt, path: &Path) -> Result<(), LoadError> {
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
     let bytes = safetensors::serialize(views, metadata)
         .map_err(|e| LoadError::Corrupt { path: path.into(), reason: e.to_string() })?;
-    crate::fs_util::write_atomic(path, &bytes).map_err(|source| LoadError::Io { path: path.into(), source })
+    mlx_gpt_runtime::fs::write_atomic(path, &bytes).map_err(|source| LoadError::Io { path: path.into(), source })
 }

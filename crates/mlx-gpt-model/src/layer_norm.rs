@@ -1,5 +1,6 @@
 //! `LayerNorm` with an optional bias (PyTorch's has none-or-both; nanoGPT needs bias-free).
 
+use mlx_gpt_ops::Kernels;
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;
@@ -30,7 +31,7 @@ impl LayerNorm {
     }
 
     /// x (..., C) → (..., C)
-    pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
-        crate::kernels::layer_norm(x, &self.weight, self.bias.value.as_ref(), self.eps)
+    pub fn forward(&self, k: &Kernels, x: &Array) -> Result<Array, Exception> {
+        mlx_gpt_ops::layer_norm(k, x, &self.weight, self.bias.value.as_ref(), self.eps)
     }
 }

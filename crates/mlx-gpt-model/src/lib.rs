@@ -2,26 +2,28 @@
 //!
 //! Crate map (start here):
 //! - [`config`]: [`GptConfig`], presets, Hugging Face `config.json`;
-//! - the layers, one file each: [`linear`], [`layer_norm`], [`attention`], [`mlp`], [`block`];
+//! - the layers, one file each: [`linear`], [`layer_norm`], [`attention`], [`mlp`], [`block`],
+//!   and [`dropout`];
 //! - [`gpt`]: [`Gpt`] — embeddings, blocks, tied head, loss, parameter and FLOP counts;
 //! - [`loss`]: cross-entropy with an ignore index;
-//! - [`generate`]: sampling (temperature, top-k, top-p) with a per-layer KV cache;
-//! - [`hf`]: safetensors in Hugging Face GPT-2 layout — every checkpoint quirk lives there;
-//! - [`device`], [`runtime`], [`jit`]: choosing `cpu`/`gpu`, the BLAS MLX is bound to, and
-//!   native code for MLX's CPU compile;
-//! - [`blas_kernel`]: OpenBLAS's kernel checked against the CPU before `main`, and
-//!   corrected when OpenBLAS fell back to a generic one (automatic in every program that
-//!   links this crate; [`blas_kernel::status`] says what happened).
+//! - [`kv_cache`] and [`generate`]: sampling (temperature, top-k, top-p) with a per-layer
+//!   KV cache;
+//! - [`hf`]: safetensors in Hugging Face GPT-2 layout — every checkpoint quirk lives there.
 //!
-//! docs/model.md explains the architecture with the shapes at each step.
+//! Each operation is one call into `mlx-gpt-ops` with the model's [`Kernels`] (plain MLX
+//! ops by default; `Kernels::resolve` picks mlx-gpt's CPU kernels where they are built).
+//! docs/model.md explains the architecture with the shapes at each step, and
+//! docs/architecture.md how the crates fit together.
 //!
 //! ```
-//! use mlx_gpt_model::{generate::{generate, SamplingParams}, Gpt, GptConfig};
+//! use mlx_gpt_model::{generate::{generate, SamplingParams}, Gpt, GptConfig, KernelChoice, Kernels};
+//! use mlx_gpt_runtime::DeviceKind;
 //! use mlx_rs::Array;
 //!
 //! let config = GptConfig { block_size: 16, vocab_size: 50, n_layer: 2, n_head: 2, n_embd: 32,
 //!                          ..GptConfig::baby(50) };
 //! let mut model = Gpt::new(config, 1337)?;                  // nanoGPT's initialisation
+//! model.kernels = Kernels::resolve(KernelChoice::Auto, DeviceKind::Cpu)?;
 //! let idx = Array::from_slice(&[1i32, 2, 3, 4], &[1, 4]);      // (B, T)
 //! let targets = Array::from_slice(&[2i32, 3, 4, 5], &[1, 4]);
 //! let (logits, loss) = model.forward(&idx, Some(&targets))?;
@@ -38,37 +40,23 @@
 #![warn(missing_docs)]
 
 pub mod attention;
-pub mod blas_kernel;
 pub mod block;
-pub mod causal_attention;
 pub mod config;
-mod csrc;
-pub mod decode_attention;
-pub mod device;
 pub mod dropout;
-mod fs_util;
-pub mod fused_adamw;
-pub mod gelu_primitive;
 pub mod generate;
 pub mod gpt;
 pub mod hf;
-pub mod jit;
-pub mod kernels;
+pub mod kv_cache;
 pub mod layer_norm;
-pub mod layer_norm_primitive;
 pub mod linear;
-pub mod linear_primitive;
 pub mod loss;
-pub mod matvec;
 pub mod mlp;
-pub mod runtime;
-pub mod switch;
 
 pub use config::{Activation, ConfigError, GptConfig};
-pub use device::{DeviceError, DeviceKind};
-pub use fs_util::{temp_path, write_atomic, write_atomic_with};
 pub use gpt::Gpt;
 pub use hf::LoadError;
+pub use mlx_gpt_ops::{sgemv_calls, KernelChoice, KernelSet, Kernels, KernelsError};
+pub use mlx_gpt_runtime::fs::{temp_path, write_atomic, write_atomic_with};
 
 /// Errors of building or running a model.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! `Linear`: `y = x·W + b` with `W` stored as (in, out), the orientation of GPT-2's Conv1D
 //! checkpoints, so Hugging Face weights load without a transpose.
 
+use mlx_gpt_ops::Kernels;
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;
@@ -27,20 +28,7 @@ impl Linear {
     }
 
     /// x (..., in) → (..., out)
-    pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
-        // One-token decoding on the CPU: a host matrix-vector product (see `matvec`).
-        if let Some(y) = crate::matvec::matmul(x, &self.weight, false, self.bias.value.as_ref())? {
-            return Ok(y);
-        }
-        // Training on the CPU: one primitive per layer and direction (see `linear_primitive`).
-        if crate::linear_primitive::model_uses_it() {
-            if let Some(y) = crate::linear_primitive::linear(x, &self.weight, self.bias.value.as_ref(), false)? {
-                return Ok(y);
-            }
-        }
-        match self.bias.as_ref() {
-            Some(b) => ops::addmm(b, x, &*self.weight, None, None),
-            None => ops::matmul(x, &*self.weight),
-        }
+    pub fn forward(&self, k: &Kernels, x: &Array) -> Result<Array, Exception> {
+        mlx_gpt_ops::linear(k, x, &self.weight, self.bias.value.as_ref())
     }
 }

@@ -14,10 +14,8 @@ use crate::TrainError;
 use mlx_gpt_data::batches::SamplerState;
 use mlx_gpt_data::tokenizer::TokenizerSpec;
 use mlx_gpt_model::{hf, Gpt, GptConfig};
-use mlx_rs::{Array, Dtype};
-use safetensors::tensor::TensorView;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Layout version of `state.json`.
@@ -120,25 +118,8 @@ fn write_into(
 ) -> Result<(), TrainError> {
     hf::save_pretrained(model, tmp)?;
     after("weights written");
-    // Optimizer moments, float32, as m.<param> and v.<param>.
-    let arrays: Vec<(String, &Array)> = opt
-        .m
-        .iter()
-        .map(|(k, a)| (format!("m.{k}"), a))
-        .chain(opt.v.iter().map(|(k, a)| (format!("v.{k}"), a)))
-        .collect();
-    mlx_rs::transforms::eval(arrays.iter().map(|(_, a)| *a))?;
-    let views: Vec<(String, TensorView)> = arrays
-        .iter()
-        .map(|(k, a)| {
-            let shape = a.shape().iter().map(|&d| d as usize).collect();
-            (k.clone(), TensorView::new(safetensors::Dtype::F32, shape, hf::bytes_of(a)).expect("consistent view"))
-        })
-        .collect();
-    let meta = HashMap::from([("step".to_string(), opt.step.to_string())]);
     let opt_path = tmp.join("optimizer.safetensors");
-    safetensors::serialize_to_file(views, Some(meta), &opt_path)
-        .map_err(|e| TrainError::Checkpoint { path: opt_path.clone(), what: e.to_string() })?;
+    opt.save(&opt_path).map_err(|what| TrainError::Checkpoint { path: opt_path.clone(), what })?;
     after("optimizer written");
     // safetensors creates its file readable by the owner only; the checkpoint's other
     // files follow the umask (0644 as a rule). Give it theirs.
@@ -402,42 +383,12 @@ fn load_parts(dir: &Path, adamw: AdamWConfig, with_optimizer: bool) -> Result<Lo
     if !with_optimizer {
         return Ok(Loaded { model, optimizer: AdamW::new(adamw), state });
     }
-    let opt_path = dir.join("optimizer.safetensors");
-    let bytes = std::fs::read(&opt_path).map_err(io(&opt_path))?;
-    let st =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| damaged(format!("optimizer.safetensors: {e}")))?;
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| damaged(format!("optimizer.safetensors: {e}")))?;
-    let step = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("step"))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| damaged("optimizer.safetensors has no step count".into()))?;
-    let mut optimizer = AdamW::new(adamw);
-    optimizer.step = step;
-    let params: BTreeMap<String, Vec<i32>> = {
+    let shapes: BTreeMap<String, Vec<i32>> = {
         use mlx_rs::module::ModuleParameters;
         model.parameters().flatten().iter().map(|(k, v)| (k.to_string(), v.shape().to_vec())).collect()
     };
-    for (name, view) in st.tensors() {
-        let shape: Vec<i32> = view.shape().iter().map(|&d| d as i32).collect();
-        let (kind, param) =
-            name.split_once('.').ok_or_else(|| damaged(format!("unexpected optimizer tensor {name}")))?;
-        if params.get(param) != Some(&shape) || view.dtype() != safetensors::Dtype::F32 {
-            return Err(damaged(format!("optimizer tensor {name} does not match the model")));
-        }
-        // SAFETY: F32 data of `shape`, checked by the parser; MLX copies it.
-        let a = unsafe { Array::from_raw_data(view.data().as_ptr().cast(), &shape, Dtype::Float32) };
-        match kind {
-            "m" => optimizer.m.insert(param.to_string(), a),
-            "v" => optimizer.v.insert(param.to_string(), a),
-            _ => return Err(damaged(format!("unexpected optimizer tensor {name}"))),
-        };
-    }
-    if step > 0 && (optimizer.m.len() != params.len() || optimizer.v.len() != params.len()) {
-        return Err(damaged(format!("optimizer state covers {} of {} parameters", optimizer.m.len(), params.len())));
-    }
+    let optimizer = AdamW::load(&dir.join("optimizer.safetensors"), adamw, &shapes)
+        .map_err(|why| damaged(format!("optimizer.safetensors: {why}")))?;
     Ok(Loaded { model, optimizer, state })
 }
 

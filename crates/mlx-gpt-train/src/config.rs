@@ -1,13 +1,111 @@
 //! `TrainConfig`: every knob of nanoGPT's `train.py`, with its defaults and names, read
 //! from TOML presets (`config/*.toml`) and `--key value` overrides.
 
+use mlx_gpt_ops::KernelChoice;
+use mlx_gpt_runtime::DeviceKind;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Where the initial weights come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An enum written as one of a fixed set of names in configurations: `FromStr` whose
+/// error names the key and lists the valid values, `Display` giving the name back.
+macro_rules! choice {
+    ($(#[$doc:meta])* $name:ident, $key:literal, { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        pub enum $name {
+            #[default]
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, as written in configurations.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self { $($name::$variant => $text),+ })
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!("{} must be one of {}, got '{other}'", $key, Self::NAMES.join(", "))),
+                }
+            }
+        }
+    };
+}
+
+choice!(
+    /// `device`: where MLX computes.
+    Device, "device", {
+        /// The GPU when MLX has one, else the CPU.
+        Auto = "auto",
+        /// The CPU.
+        Cpu = "cpu",
+        /// The GPU (Metal on a Mac, CUDA with MLX's CUDA build).
+        Gpu = "gpu",
+    }
+);
+
+impl Device {
+    /// The device asked for, `None` for the best available.
+    pub fn requested(self) -> Option<DeviceKind> {
+        match self {
+            Device::Auto => None,
+            Device::Cpu => Some(DeviceKind::Cpu),
+            Device::Gpu => Some(DeviceKind::Gpu),
+        }
+    }
+}
+
+choice!(
+    /// `dtype`: the parameters' and activations' type (the optimizer's moments stay
+    /// float32).
+    DtypeChoice, "dtype", {
+        /// 32-bit floats.
+        Float32 = "float32",
+        /// bfloat16.
+        Bfloat16 = "bfloat16",
+        /// IEEE half precision.
+        Float16 = "float16",
+    }
+);
+
+impl DtypeChoice {
+    /// MLX's dtype.
+    pub fn to_mlx(self) -> mlx_rs::Dtype {
+        match self {
+            DtypeChoice::Float32 => mlx_rs::Dtype::Float32,
+            DtypeChoice::Bfloat16 => mlx_rs::Dtype::Bfloat16,
+            DtypeChoice::Float16 => mlx_rs::Dtype::Float16,
+        }
+    }
+}
+
+choice!(
+    /// `backend`: how the processes of a distributed run talk.
+    Backend, "backend", {
+        /// `ring` when MLX_HOSTFILE is set, `mpi` under mpirun, else a single process.
+        Auto = "auto",
+        /// MLX's TCP ring over the hosts in MLX_HOSTFILE.
+        Ring = "ring",
+        /// MPI (under mpirun).
+        Mpi = "mpi",
+        /// A single process.
+        None = "none",
+    }
+);
+
+/// Where the initial weights come from (`init_from`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum InitFrom {
     /// nanoGPT's initialisation.
+    #[default]
     Scratch,
     /// The latest checkpoint in `out_dir`.
     Resume,
@@ -17,15 +115,44 @@ pub enum InitFrom {
     Dir(PathBuf),
 }
 
-impl InitFrom {
-    /// Parse nanoGPT's `init_from` value.
-    pub fn parse(s: &str) -> InitFrom {
-        match s {
+impl std::str::FromStr for InitFrom {
+    type Err = String;
+    /// nanoGPT's `init_from` value; anything else is a directory.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
             "scratch" => InitFrom::Scratch,
             "resume" => InitFrom::Resume,
-            "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl" => InitFrom::Gpt2(s.to_string()),
+            "" => return Err("init_from must not be empty".into()),
+            name if mlx_gpt_data::pretrained::GPT2_MODELS.contains(&name) => InitFrom::Gpt2(name.to_string()),
             path => InitFrom::Dir(PathBuf::from(path)),
+        })
+    }
+}
+
+impl std::fmt::Display for InitFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InitFrom::Scratch => f.write_str("scratch"),
+            InitFrom::Resume => f.write_str("resume"),
+            InitFrom::Gpt2(name) => f.write_str(name),
+            InitFrom::Dir(d) => write!(f, "{}", d.display()),
         }
+    }
+}
+
+/// Serde through `FromStr` and `Display`: the typed values are written as their names.
+mod as_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -48,7 +175,8 @@ pub struct TrainConfig {
     /// Checkpoint at every evaluation, not only when val loss improves.
     pub always_save_checkpoint: bool,
     /// `scratch`, `resume`, `gpt2`…`gpt2-xl`, or a Hugging Face GPT-2 directory.
-    pub init_from: String,
+    #[serde(with = "as_str")]
+    pub init_from: InitFrom,
     /// Checkpoints kept in `out_dir/checkpoints` (oldest removed first).
     pub keep_last: usize,
     // data
@@ -97,14 +225,22 @@ pub struct TrainConfig {
     pub min_lr: f64,
     // system
     /// `cpu`, `gpu`, or `auto` (the best available).
-    pub device: String,
+    #[serde(with = "as_str")]
+    pub device: Device,
     /// `float32`, `bfloat16` or `float16`.
-    pub dtype: String,
+    #[serde(with = "as_str")]
+    pub dtype: DtypeChoice,
+    /// Which formulation of each operation runs: `auto` (mlx-gpt's CPU kernels on the CPU
+    /// where built, MLX's primitives on a GPU), `cpu`, `mlx` (plain MLX ops) or `mlx-fast`
+    /// (MLX's dedicated primitives); see mlx_gpt_ops::Kernels.
+    #[serde(with = "as_str")]
+    pub kernels: KernelChoice,
     /// Compile the training step with MLX.
     pub compile: bool,
     /// Distributed backend: `auto` (ring when MLX_HOSTFILE is set, MPI under mpirun, else a
     /// single process), `ring`, `mpi`, or `none`.
-    pub backend: String,
+    #[serde(with = "as_str")]
+    pub backend: Backend,
     /// Seconds without a finished step after which a distributed rank gives up (a peer
     /// died or cannot connect) instead of hanging.
     pub dist_timeout: f64,
@@ -112,6 +248,9 @@ pub struct TrainConfig {
     /// core; 1 disables, 0 (the default) picks 2 on a CPU with 2–4 cores in a
     /// single-process run with an even batch.
     pub streams: usize,
+    /// Each stream's threads on a physical core of their own (Linux; a single-process
+    /// run), so that the scheduler cannot queue one part behind the other.
+    pub pin_streams: bool,
     /// Seed of initialisation, batches and dropout.
     pub seed: u64,
     /// Peak FLOP/s of one machine for MFU; 0 uses the CPU's measured FMA ceiling on all
@@ -161,7 +300,7 @@ impl Default for TrainConfig {
             eval_iters: 200,
             eval_only: false,
             always_save_checkpoint: true,
-            init_from: "scratch".into(),
+            init_from: InitFrom::Scratch,
             keep_last: 2,
             dataset: "openwebtext".into(),
             data_dir: "datasets".into(),
@@ -183,12 +322,14 @@ impl Default for TrainConfig {
             warmup_iters: 2000,
             lr_decay_iters: 600_000,
             min_lr: 6e-5,
-            device: "auto".into(),
-            dtype: "float32".into(),
+            device: Device::Auto,
+            dtype: DtypeChoice::Float32,
+            kernels: KernelChoice::Auto,
             compile: true,
-            backend: "auto".into(),
+            backend: Backend::Auto,
             dist_timeout: 600.0,
             streams: 0,
+            pin_streams: true,
             seed: 1337,
             peak_flops: 0.0,
             tokenizer: None,
@@ -359,16 +500,7 @@ impl TrainConfig {
                 self.lr_decay_iters, self.warmup_iters
             ));
         }
-        if !["float32", "bfloat16", "float16"].contains(&self.dtype.as_str()) {
-            return bad(format!("dtype must be float32, bfloat16 or float16, got '{}'", self.dtype));
-        }
-        if !["auto", "ring", "mpi", "none"].contains(&self.backend.as_str()) {
-            return bad(format!("backend must be auto, ring, mpi or none, got '{}'", self.backend));
-        }
-        if !["auto", "cpu", "gpu"].contains(&self.device.as_str()) {
-            return bad(format!("device must be auto, cpu or gpu, got '{}'", self.device));
-        }
-        if let InitFrom::Dir(d) = self.init_from() {
+        if let InitFrom::Dir(d) = &self.init_from {
             if !d.join("config.json").is_file() {
                 return bad(format!(
                     "init_from '{}' is not scratch, resume, gpt2…gpt2-xl, or a Hugging Face GPT-2 directory (no config.json there)",
@@ -379,9 +511,18 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// `init_from`, parsed.
-    pub fn init_from(&self) -> InitFrom {
-        InitFrom::parse(&self.init_from)
+    /// The model this configuration describes, for a vocabulary of `vocab_size`.
+    pub fn model_config(&self, vocab_size: usize) -> mlx_gpt_model::GptConfig {
+        mlx_gpt_model::GptConfig {
+            block_size: self.block_size,
+            vocab_size,
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            n_embd: self.n_embd,
+            dropout: self.dropout,
+            bias: self.bias,
+            ..mlx_gpt_model::GptConfig::baby(vocab_size)
+        }
     }
 
     /// Tokens per optimizer step.
@@ -463,5 +604,19 @@ mod tests {
         assert!(e.contains("no_such_preset") && e.contains("baby_shakespeare_char"), "{e}");
         let e = TrainConfig::resolve(None, &kv(&[("init_from", "/nonexistent/model")])).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/model"), "{e}");
+        // The typed values: an unknown one is named with the valid ones.
+        for (key, value, valid) in [
+            ("device", "tpu", "auto, cpu, gpu"),
+            ("dtype", "float8", "float32, bfloat16, float16"),
+            ("backend", "nccl", "auto, ring, mpi, none"),
+            ("kernels", "fast", "auto, cpu, mlx, mlx-fast"),
+        ] {
+            let e = TrainConfig::resolve(None, &kv(&[(key, value)])).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(&format!("'{value}'")) && e.contains(valid), "{key}: {e}");
+        }
+        let c =
+            TrainConfig::resolve(None, &kv(&[("device", "cpu"), ("dtype", "bfloat16"), ("kernels", "mlx")])).unwrap();
+        assert_eq!((c.device, c.dtype, c.kernels), (Device::Cpu, DtypeChoice::Bfloat16, KernelChoice::Mlx));
+        assert_eq!("gpt2-xl".parse::<InitFrom>(), Ok(InitFrom::Gpt2("gpt2-xl".into())));
     }
 }

@@ -111,7 +111,7 @@ pub fn exact_split_loss(
         let shape = [b as i32, t as i32];
         let hidden = model.hidden(&mlx_rs::Array::from_slice(&x, &shape), None)?;
         let logits = model.lm_head(&hidden)?;
-        let nll = mlx_gpt_model::loss::token_nll(&logits, &mlx_rs::Array::from_slice(&y, &shape))?;
+        let nll = mlx_gpt_model::loss::token_nll(&model.kernels, &logits, &mlx_rs::Array::from_slice(&y, &shape))?;
         nll.eval()?;
         for (&l, &target) in nll.as_slice::<f32>().iter().zip(&y) {
             nats += l as f64;

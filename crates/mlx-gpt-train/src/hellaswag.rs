@@ -108,7 +108,7 @@ pub fn score(
         let shape = [all.len() as i32, len as i32];
         let hidden = model.hidden(&mlx_rs::Array::from_slice(&x, &shape), None)?;
         let logits = model.lm_head(&hidden)?;
-        let nll = mlx_gpt_model::loss::token_nll(&logits, &mlx_rs::Array::from_slice(&y, &shape))?;
+        let nll = mlx_gpt_model::loss::token_nll(&model.kernels, &logits, &mlx_rs::Array::from_slice(&y, &shape))?;
         nll.eval()?;
         let nll = nll.as_slice::<f32>();
         for (i, ex) in chunk.iter().enumerate() {

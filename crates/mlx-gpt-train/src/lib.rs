@@ -16,7 +16,6 @@
 //! docs/training.md walks through a run.
 #![warn(missing_docs)]
 
-pub mod affinity;
 pub mod checkpoint;
 pub mod config;
 pub mod distributed;
@@ -101,7 +100,10 @@ pub enum TrainError {
     Model(#[from] mlx_gpt_model::ModelError),
     /// Device selection failed.
     #[error(transparent)]
-    Device(#[from] mlx_gpt_model::DeviceError),
+    Device(#[from] mlx_gpt_runtime::DeviceError),
+    /// The `kernels` asked for cannot run here.
+    #[error(transparent)]
+    Kernels(#[from] mlx_gpt_ops::KernelsError),
     /// The process group could not be formed.
     #[error(transparent)]
     Distributed(#[from] distributed::DistError),

@@ -2,9 +2,10 @@
 //! and per evaluation) and `loss.svg` (train and val loss against iteration), refreshed at
 //! each evaluation.
 
+use crate::TrainError;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// f64 as a JSON number when finite, else as `"NaN"`, `"inf"` or `"-inf"`; `null` (what
 /// older files hold for NaN) reads as NaN.
@@ -242,6 +243,55 @@ impl LossSummary {
     /// `loss.svg`'s text.
     pub fn svg(&self) -> String {
         plot_svg(&self.records())
+    }
+}
+
+/// What a run writes as it goes: `metrics.jsonl`, one record per line, and `loss.svg`,
+/// redrawn at each evaluation from a bounded summary kept in memory. Only the process
+/// that writes the run directory records (rank 0 of a training run, not `eval`); for the
+/// others [`Recorder::record`] does nothing.
+pub struct Recorder {
+    path: PathBuf,
+    svg: PathBuf,
+    writes: bool,
+    summary: LossSummary,
+}
+
+impl Recorder {
+    /// The recorder of the run in `out_dir`: a resumed run (`resumed_at`) keeps the records
+    /// up to its iteration and drops later ones (a run that went further before it
+    /// crashed); a new run starts an empty file.
+    pub fn open(out_dir: &Path, writes: bool, resumed_at: Option<usize>) -> Result<Recorder, TrainError> {
+        let path = out_dir.join("metrics.jsonl");
+        let io = |source| TrainError::Io { path: path.clone(), source };
+        let mut summary = LossSummary::default();
+        if writes {
+            match resumed_at {
+                Some(iter) => {
+                    truncate_after(&path, iter).map_err(io)?;
+                    // Read once here, not at every evaluation.
+                    summary = LossSummary::from_records(&read(&path));
+                }
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(Recorder { svg: out_dir.join("loss.svg"), path, writes, summary })
+    }
+
+    /// Append `r`, and redraw the plot after an evaluation.
+    pub fn record(&mut self, r: Record) -> Result<(), TrainError> {
+        if !self.writes {
+            return Ok(());
+        }
+        append(&self.path, &r).map_err(|source| TrainError::Io { path: self.path.clone(), source })?;
+        self.summary.push(&r);
+        if matches!(r, Record::Eval { .. } | Record::Exact { .. }) {
+            mlx_gpt_model::write_atomic(&self.svg, self.summary.svg().as_bytes())
+                .map_err(|source| TrainError::Io { path: self.svg.clone(), source })?;
+        }
+        Ok(())
     }
 }
 

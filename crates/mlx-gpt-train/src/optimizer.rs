@@ -1,15 +1,22 @@
 //! AdamW as PyTorch's `torch.optim.AdamW` (the optimizer behind nanoGPT's numbers):
 //! bias-corrected moments, and decoupled weight decay applied only to parameters with two
 //! or more dimensions (matmul weights and embeddings; no biases, no LayerNorm gains),
-//! exactly as nanoGPT's `configure_optimizers` groups them.
+//! exactly as nanoGPT's `configure_optimizers` groups them; with the gradients clipped to
+//! a global norm as `clip_grad_norm_` first. Its state (moments and step count) is saved
+//! and loaded here; checkpoints call [`AdamW::save`] and [`AdamW::load`].
 //!
-//! mlx-rs's `AdamW` has no bias correction and one decay for every parameter; checked
-//! against `torch.optim.AdamW` by `tests/fixtures/adamw.json` (scripts/make_adamw_fixture.py).
+//! The arithmetic is one operation of mlx-gpt-ops ([`mlx_gpt_ops::adamw_step`]): one CPU
+//! kernel for the whole step, or its plain-MLX formulation, as the [`Kernels`] say.
+//! mlx-rs's `AdamW` has no bias correction and one decay for every parameter; this is
+//! checked against `torch.optim.AdamW` by `tests/fixtures/adamw.json`
+//! (scripts/make_adamw_fixture.py).
 
+use mlx_gpt_ops::{adamw_step, AdamWHyper, Kernels};
 use mlx_rs::error::Exception;
-use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype};
-use std::collections::BTreeMap;
+use safetensors::tensor::TensorView;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 /// Hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,63 +38,27 @@ impl From<&crate::config::TrainConfig> for AdamWConfig {
     }
 }
 
-type Kernel = Box<dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception>>;
-
 /// The gradients' global norm and the new parameters, by name.
 pub type NormAndParams = (Array, BTreeMap<String, Array>);
 
-/// One parameter's update as an MLX-compiled function, so its dozen element-wise ops run
-/// as one fused kernel: `[p, g, m, v, hp] → [p', m', v']`, with the hyper-parameters
-/// `hp = [β1, 1−β1, β2, 1−β2, decay factor, step size, √bc2, ε]` an input (constants
-/// would be baked into the trace).
-fn compiled_kernel() -> Kernel {
-    let f = |xs: &[Array]| -> Result<Vec<Array>, Exception> {
-        let (p, g, m, v, hp) = (&xs[0], &xs[1], &xs[2], &xs[3], &xs[4]);
-        let k = |i: i32| hp.index(i);
-        let m = m.multiply(k(0))?.add(g.multiply(k(1))?)?;
-        let v = v.multiply(k(2))?.add(g.square()?.multiply(k(3))?)?;
-        let denom = v.sqrt()?.divide(k(6))?.add(k(7))?;
-        let new = p.multiply(k(4))?.subtract(m.divide(&denom)?.multiply(k(5))?)?;
-        Ok(vec![new, m, v])
-    };
-    Box::new(mlx_rs::transforms::compile::compile(f, false))
-}
-
-/// Optimizer state: first and second moments per parameter, and the step count.
-#[derive(Default)]
+/// Optimizer state: first and second moments per parameter (float32), and the step count.
+#[derive(Debug)]
 pub struct AdamW {
-    /// Hyper-parameters.
-    pub config: Option<AdamWConfig>,
-    /// Exponential average of gradients, by parameter name.
-    pub m: BTreeMap<String, Array>,
-    /// Exponential average of squared gradients, by parameter name.
-    pub v: BTreeMap<String, Array>,
-    /// Steps taken.
-    pub step: u64,
-    /// The fused update (used when `compiled`; see [`AdamW::set_compiled`]).
-    kernel: Option<Kernel>,
-}
-
-impl std::fmt::Debug for AdamW {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdamW")
-            .field("config", &self.config)
-            .field("step", &self.step)
-            .field("params", &self.m.len())
-            .finish()
-    }
+    config: AdamWConfig,
+    m: BTreeMap<String, Array>,
+    v: BTreeMap<String, Array>,
+    step: u64,
 }
 
 impl AdamW {
-    /// A fresh optimizer (the fused update on).
+    /// A fresh optimizer.
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config: Some(config), kernel: Some(compiled_kernel()), ..Default::default() }
+        AdamW { config, m: BTreeMap::new(), v: BTreeMap::new(), step: 0 }
     }
 
-    /// Fuse each parameter's update with MLX compile (`true`, the default) or run it op by
-    /// op. Results agree to float rounding.
-    pub fn set_compiled(&mut self, compiled: bool) {
-        self.kernel = compiled.then(compiled_kernel);
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
     }
 
     /// Whether `param` is decayed: nanoGPT decays every tensor with `dim() >= 2`.
@@ -95,89 +66,24 @@ impl AdamW {
         param.ndim() >= 2
     }
 
-    /// One update of every parameter in `params` with its gradient in `grads`, at learning
-    /// rate `lr`. Returns the new parameters (lazy; evaluate them with the state).
-    pub fn update(
+    /// One step from gradient `parts` (each a full set in the order of `params`, whose sum
+    /// times `scale` is the gradient), clipped to global norm `grad_clip` (≤ 0: no
+    /// clipping) as PyTorch's `clip_grad_norm_`, at learning rate `lr`. Returns the
+    /// gradients' norm (before clipping) and the new parameters, lazy: evaluate them with
+    /// [`AdamW::arrays`].
+    pub fn step(
         &mut self,
-        params: &BTreeMap<String, Array>,
-        grads: &BTreeMap<String, Array>,
-        lr: f32,
-    ) -> Result<BTreeMap<String, Array>, Exception> {
-        let c = self.config.expect("AdamW::new sets the config");
-        self.step += 1;
-        let t = self.step as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
-        let step_size = lr / bc1;
-        let bc2_sqrt = bc2.sqrt();
-        let s = |v: f32| Array::from_f32(v);
-        let mut out = BTreeMap::new();
-        let hp = |decay: f32| {
-            Array::from_slice(
-                &[c.beta1, 1.0 - c.beta1, c.beta2, 1.0 - c.beta2, decay, step_size, bc2_sqrt, c.eps],
-                &[8],
-            )
-        };
-        let (hp_decay, hp_plain) = (hp(1.0 - lr * c.weight_decay), hp(1.0));
-        for (name, p) in params {
-            let g = grads.get(name).ok_or_else(|| Exception::custom(format!("no gradient for parameter {name}")))?;
-            let g = g.as_dtype(Dtype::Float32)?;
-            if let Some(kernel) = self.kernel.as_mut() {
-                let zeros = || mlx_rs::ops::zeros_like(&g);
-                let m = self.m.get(name).cloned().map_or_else(zeros, Ok)?;
-                let v = self.v.get(name).cloned().map_or_else(zeros, Ok)?;
-                let hp = if Self::decays(p) { &hp_decay } else { &hp_plain };
-                let mut r = kernel(&[p.as_dtype(Dtype::Float32)?, g, m, v, hp.clone()])?;
-                let (v, m, new) = (r.pop().expect("v"), r.pop().expect("m"), r.pop().expect("p"));
-                out.insert(name.clone(), new.as_dtype(p.dtype())?);
-                self.m.insert(name.clone(), m);
-                self.v.insert(name.clone(), v);
-                continue;
-            }
-            let m = match self.m.get(name) {
-                Some(m) => m.multiply(s(c.beta1))?.add(g.multiply(s(1.0 - c.beta1))?)?,
-                None => g.multiply(s(1.0 - c.beta1))?,
-            };
-            let v = match self.v.get(name) {
-                Some(v) => v.multiply(s(c.beta2))?.add(g.square()?.multiply(s(1.0 - c.beta2))?)?,
-                None => g.square()?.multiply(s(1.0 - c.beta2))?,
-            };
-            // p ← p·(1 − lr·λ) − (lr / bc1) · m / (√v / √bc2 + ε)
-            let mut p32 = p.as_dtype(Dtype::Float32)?;
-            if Self::decays(p) && c.weight_decay != 0.0 {
-                p32 = p32.multiply(s(1.0 - lr * c.weight_decay))?;
-            }
-            let denom = v.sqrt()?.divide(s(bc2_sqrt))?.add(s(c.eps))?;
-            let new = p32.subtract(m.divide(&denom)?.multiply(s(step_size))?)?;
-            out.insert(name.clone(), new.as_dtype(p.dtype())?);
-            self.m.insert(name.clone(), m);
-            self.v.insert(name.clone(), v);
-        }
-        Ok(out)
-    }
-
-    /// One step from gradient parts (each a full set in the order of `params`, whose
-    /// sum times `scale` is the gradient), clipped to global norm `grad_clip` (≤ 0: no
-    /// clipping) as PyTorch's `clip_grad_norm_`, all in one kernel
-    /// (`mlx_gpt_model::fused_adamw`). Returns the gradients' norm (before clipping) and
-    /// the new parameters (lazy), or `Ok(None)`, with nothing changed, when the fused
-    /// kernel does not apply (switched off, the per-parameter kernels switched off with
-    /// [`AdamW::set_compiled`], not float32, not on the CPU).
-    pub fn update_fused(
-        &mut self,
+        k: &Kernels,
         params: &BTreeMap<String, Array>,
         parts: &[Vec<Array>],
         scale: f32,
         grad_clip: f32,
         lr: f32,
-    ) -> Result<Option<NormAndParams>, Exception> {
-        if self.kernel.is_none() || !mlx_gpt_model::fused_adamw::enabled() {
-            return Ok(None);
-        }
-        let c = self.config.expect("AdamW::new sets the config");
+    ) -> Result<NormAndParams, Exception> {
+        let c = self.config;
         let t = (self.step + 1) as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-        let h = mlx_gpt_model::fused_adamw::Hyper {
+        let h = AdamWHyper {
             scale,
             clip: grad_clip,
             clipping: grad_clip > 0.0,
@@ -190,14 +96,14 @@ impl AdamW {
         };
         let p: Vec<Array> = params.values().cloned().collect();
         let state = |moments: &BTreeMap<String, Array>| -> Result<Vec<Array>, Exception> {
-            params.iter().map(|(k, p)| moments.get(k).cloned().map_or_else(|| mlx_rs::ops::zeros_like(p), Ok)).collect()
+            params
+                .iter()
+                .map(|(k, p)| moments.get(k).cloned().map_or_else(|| mlx_rs::ops::zeros::<f32>(p.shape()), Ok))
+                .collect()
         };
         let (m, v) = (state(&self.m)?, state(&self.v)?);
         let decays: Vec<bool> = p.iter().map(Self::decays).collect();
-        let Some((norm, new_p, new_m, new_v)) = mlx_gpt_model::fused_adamw::step(&h, &p, &m, &v, &decays, parts)?
-        else {
-            return Ok(None);
-        };
+        let (norm, new_p, new_m, new_v) = adamw_step(k, &h, &p, &m, &v, &decays, parts)?;
         self.step += 1;
         let mut out = BTreeMap::new();
         for (((name, p), m), v) in params.keys().zip(new_p).zip(new_m).zip(new_v) {
@@ -205,12 +111,68 @@ impl AdamW {
             self.m.insert(name.clone(), m);
             self.v.insert(name.clone(), v);
         }
-        Ok(Some((norm, out)))
+        Ok((norm, out))
     }
 
-    /// All state arrays, for evaluation and saving.
+    /// All state arrays, for evaluation.
     pub fn arrays(&self) -> impl Iterator<Item = &Array> {
         self.m.values().chain(self.v.values())
+    }
+
+    /// Write the state to `path` (safetensors: `m.<param>` and `v.<param>` in float32, the
+    /// step count in the metadata).
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let arrays: Vec<(String, &Array)> = self
+            .m
+            .iter()
+            .map(|(k, a)| (format!("m.{k}"), a))
+            .chain(self.v.iter().map(|(k, a)| (format!("v.{k}"), a)))
+            .collect();
+        mlx_rs::transforms::eval(arrays.iter().map(|(_, a)| *a)).map_err(|e| e.what().to_string())?;
+        let views: Vec<(String, TensorView)> = arrays
+            .iter()
+            .map(|(k, a)| {
+                let shape = a.shape().iter().map(|&d| d as usize).collect();
+                let bytes = mlx_gpt_model::hf::bytes_of(a);
+                (k.clone(), TensorView::new(safetensors::Dtype::F32, shape, bytes).expect("consistent view"))
+            })
+            .collect();
+        let meta = HashMap::from([("step".to_string(), self.step.to_string())]);
+        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| e.to_string())
+    }
+
+    /// Read the state [`AdamW::save`] wrote, for a model whose parameters have `shapes`;
+    /// anything else in the file (a tensor of another shape or name, no step count, state
+    /// for only some parameters) is an error saying what.
+    pub fn load(path: &Path, config: AdamWConfig, shapes: &BTreeMap<String, Vec<i32>>) -> Result<AdamW, String> {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| e.to_string())?;
+        let step = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("step"))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| "no step count".to_string())?;
+        let mut opt = AdamW { step, ..AdamW::new(config) };
+        for (name, view) in st.tensors() {
+            let shape: Vec<i32> = view.shape().iter().map(|&d| d as i32).collect();
+            let (kind, param) = name.split_once('.').ok_or_else(|| format!("unexpected tensor {name}"))?;
+            if shapes.get(param) != Some(&shape) || view.dtype() != safetensors::Dtype::F32 {
+                return Err(format!("tensor {name} does not match the model"));
+            }
+            // SAFETY: F32 data of `shape`, checked by the parser; MLX copies it.
+            let a = unsafe { Array::from_raw_data(view.data().as_ptr().cast(), &shape, Dtype::Float32) };
+            match kind {
+                "m" => opt.m.insert(param.to_string(), a),
+                "v" => opt.v.insert(param.to_string(), a),
+                _ => return Err(format!("unexpected tensor {name}")),
+            };
+        }
+        if step > 0 && (opt.m.len() != shapes.len() || opt.v.len() != shapes.len()) {
+            return Err(format!("state covers {} of {} parameters", opt.m.len(), shapes.len()));
+        }
+        Ok(opt)
     }
 }
 
@@ -227,9 +189,11 @@ mod tests {
         let shape =
             |k: &str| f["shapes"][k].as_array().unwrap().iter().map(|d| d.as_i64().unwrap() as i32).collect::<Vec<_>>();
         let names: Vec<String> = f["shapes"].as_object().unwrap().keys().cloned().collect();
-        // The op-by-op, the compiled per-parameter and the one-kernel update (its gradient
-        // given as two parts that sum to it, clipping off) must all match PyTorch.
-        for (compiled, one_kernel) in [(false, false), (true, false), (true, true)] {
+        // Every kernel set must match PyTorch, with the gradient given whole and as two
+        // parts that sum to it (clipping off).
+        let mut sets = vec![Kernels::mlx()];
+        sets.extend(Kernels::cpu());
+        for (k, split) in sets.iter().flat_map(|k| [(k, false), (k, true)]) {
             let mut params: BTreeMap<String, Array> =
                 names.iter().map(|k| (k.clone(), Array::from_slice(&vec(&f["initial"][k]), &shape(k)))).collect();
             let mut opt = AdamW::new(AdamWConfig {
@@ -238,35 +202,31 @@ mod tests {
                 eps: f["eps"].as_f64().unwrap() as f32,
                 weight_decay: f["weight_decay"].as_f64().unwrap() as f32,
             });
-            opt.set_compiled(compiled);
             for (i, step) in f["steps"].as_array().unwrap().iter().enumerate() {
                 let grads: BTreeMap<String, Array> =
                     names.iter().map(|k| (k.clone(), Array::from_slice(&vec(&step["grads"][k]), &shape(k)))).collect();
                 let lr = step["lr"].as_f64().unwrap() as f32;
-                params = if one_kernel {
-                    let half: Vec<Array> = grads.values().map(|g| g.multiply(Array::from_f32(0.5)).unwrap()).collect();
-                    let parts = [half.clone(), half];
-                    let (norm, new) =
-                        opt.update_fused(&params, &parts, 1.0, 0.0, lr).unwrap().expect("float32 on the CPU");
-                    let want: f32 =
-                        grads.values().map(|g| g.square().unwrap().sum(None).unwrap().item_exact::<f32>()).sum();
-                    assert!((norm.item_exact::<f32>() - want.sqrt()).abs() < 1e-5 * want.sqrt(), "norm");
-                    new
-                } else {
-                    opt.update(&params, &grads, lr).unwrap()
-                };
-                for k in &names {
-                    let want = vec(&step["params"][k]);
-                    let got = params[k].as_slice::<f32>();
+                let whole: Vec<Array> = grads.values().cloned().collect();
+                let half: Vec<Array> = grads.values().map(|g| g.multiply(Array::from_f32(0.5)).unwrap()).collect();
+                let parts = if split { vec![half.clone(), half] } else { vec![whole] };
+                let (norm, new) = opt.step(k, &params, &parts, 1.0, 0.0, lr).unwrap();
+                let want: f32 =
+                    grads.values().map(|g| g.square().unwrap().sum(None).unwrap().item_exact::<f32>()).sum();
+                assert!((norm.item_exact::<f32>() - want.sqrt()).abs() < 1e-5 * want.sqrt(), "norm");
+                params = new;
+                for name in &names {
+                    let want = vec(&step["params"][name]);
+                    let got = params[name].as_slice::<f32>();
                     for (j, (a, b)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             (a - b).abs() < 1e-6,
-                            "compiled={compiled} one_kernel={one_kernel} step {i} {k}[{j}]: {a} vs torch {b}"
+                            "{} split={split} step {i} {name}[{j}]: {a} vs torch {b}",
+                            k.name()
                         );
                     }
                 }
             }
-            assert_eq!(opt.step, 4);
+            assert_eq!(opt.steps(), 4);
         }
     }
 }

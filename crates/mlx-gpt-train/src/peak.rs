@@ -4,7 +4,7 @@
 //! them). nanoGPT divides by an A100's 312 TFLOP/s whatever the machine, which says nothing
 //! on a laptop; dividing by a matmul through the BLAS (this file's first version) says
 //! even less when the BLAS runs a slow kernel: MFU read 90–260 % on a CPU where OpenBLAS
-//! had fallen back to SSE3 (docs/performance.md). Against this ceiling MFU cannot pass
+//! had fallen back to SSE3 (docs/performance-history.md). Against this ceiling MFU cannot pass
 //! 100 % unless the FLOP count is wrong.
 //!
 //! The measurement takes about a quarter of a second; it is cached per machine (CPU model,
@@ -71,11 +71,11 @@ impl Peak {
 /// The ceiling of a run on `device`: [`device_peak`] on the CPU; on a GPU, `peak_flops`
 /// when given, else its best f32 matmul (the CPU's FMA loop says nothing of a GPU).
 pub fn peak_for(
-    device: mlx_gpt_model::DeviceKind,
+    device: mlx_gpt_runtime::DeviceKind,
     peak_flops: f64,
     threads: usize,
 ) -> Result<Peak, mlx_rs::error::Exception> {
-    if device == mlx_gpt_model::DeviceKind::Gpu && peak_flops <= 0.0 {
+    if device == mlx_gpt_runtime::DeviceKind::Gpu && peak_flops <= 0.0 {
         return measure_matmul_flops().map(|flops| Peak {
             flops,
             threads: 0,

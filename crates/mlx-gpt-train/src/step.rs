@@ -56,74 +56,6 @@ pub fn average_across(g: &crate::distributed::Group, grads: &mut BTreeMap<String
     Ok(())
 }
 
-/// The end of the gradient computation, as plain ops on arrays in parameter-name order:
-/// `[scale, clip, clipping (bool), part 0's gradients…, part 1's…, …] → [norm,
-/// gradients…]`. The parts' gradients are summed and multiplied by `scale`; `norm` is
-/// their global L2 norm; with `clipping`, the returned gradients are clipped to norm
-/// `clip` as PyTorch's `clip_grad_norm_` does (scaled by `clip / (norm + 1e-6)`, never
-/// up), and without it they are returned as they are (even when the norm is not finite).
-fn finish_ops(inputs: &[Array], n_params: usize) -> Result<Vec<Array>, Exception> {
-    let (scale, clip, clipping, parts) = (&inputs[0], &inputs[1], &inputs[2], &inputs[3..]);
-    let n_parts = parts.len() / n_params;
-    let mut grads = Vec::with_capacity(n_params);
-    for j in 0..n_params {
-        let mut g = parts[j].clone();
-        for i in 1..n_parts {
-            g = g.add(&parts[i * n_params + j])?;
-        }
-        grads.push(g.multiply(scale)?);
-    }
-    let mut total = Array::from_f32(0.0);
-    for g in &grads {
-        total = total.add(g.square()?.sum(None)?)?;
-    }
-    let norm = total.sqrt()?;
-    let coef = mlx_rs::ops::minimum(clip.divide(norm.add(Array::from_f32(1e-6))?)?, Array::from_f32(1.0))?;
-    let coef = mlx_rs::ops::select(clipping, &coef, Array::from_f32(1.0))?;
-    let mut out = Vec::with_capacity(n_params + 1);
-    out.push(norm);
-    for g in grads {
-        out.push(g.multiply(&coef)?);
-    }
-    Ok(out)
-}
-
-/// [`finish_ops`], op by op or as one MLX-compiled function (a few hundred small
-/// element-wise ops and reductions become a handful of fused kernels).
-pub struct Finish {
-    n_params: usize,
-    compiled: Option<GradFn>,
-}
-
-impl Finish {
-    /// For `n_params` parameters; `compiled` traces it with MLX compile.
-    pub fn new(n_params: usize, compiled: bool) -> Self {
-        let compiled = compiled.then(|| {
-            let f = move |inputs: &[Array]| finish_ops(inputs, n_params);
-            Box::new(mlx_rs::transforms::compile::compile(f, false)) as GradFn
-        });
-        Finish { n_params, compiled }
-    }
-
-    /// `(norm, clipped gradients)` of `parts` (each in parameter-name order) summed and
-    /// scaled by `scale`; `grad_clip <= 0` disables clipping.
-    pub fn run(&mut self, parts: &[Vec<Array>], scale: f32, grad_clip: f32) -> Result<(Array, Vec<Array>), Exception> {
-        let mut inputs = vec![Array::from_f32(scale), Array::from_f32(grad_clip), Array::from_bool(grad_clip > 0.0)];
-        for p in parts {
-            if p.len() != self.n_params {
-                return Err(Exception::custom(format!("{} gradients for {} parameters", p.len(), self.n_params)));
-            }
-            inputs.extend(p.iter().cloned());
-        }
-        let mut out = match &mut self.compiled {
-            Some(f) => f(&inputs)?,
-            None => finish_ops(&inputs, self.n_params)?,
-        };
-        let grads = out.split_off(1);
-        Ok((out.pop().expect("norm"), grads))
-    }
-}
-
 /// The model's parameter names, sorted: the order in which the compiled functions take
 /// parameters and return gradients.
 fn param_names(model: &Gpt) -> Vec<String> {
@@ -147,12 +79,11 @@ type LossAndParts = (Array, Vec<Vec<Array>>);
 /// Loss and gradients of a model, as one MLX-compiled function of explicit arrays:
 /// `[params (sorted by name)…, x, y, dropout key] → [loss, grads (same order)…]`. MLX
 /// traces it once per input shape and fuses its element-wise chains into generated
-/// kernels (see `mlx_gpt_model::jit`). The dropout key is an input, so each call draws
+/// kernels (see `mlx_gpt_runtime::jit`). The dropout key is an input, so each call draws
 /// new masks (`mlx_gpt_model::dropout`).
 pub struct CompiledGrad {
     names: Vec<String>,
     f: GradFn,
-    finish: Finish,
 }
 
 impl CompiledGrad {
@@ -178,8 +109,7 @@ impl CompiledGrad {
             }
             Ok(out)
         };
-        let finish = Finish::new(names.len(), true);
-        CompiledGrad { names, f: Box::new(mlx_rs::transforms::compile::compile(f, false)), finish }
+        CompiledGrad { names, f: Box::new(mlx_rs::transforms::compile::compile(f, false)) }
     }
 
     fn call(&mut self, model: &Gpt, x: &Array, y: &Array, key: &Array) -> Result<LossAndParts, Exception> {
@@ -215,18 +145,18 @@ impl CompiledGrad {
 /// *evaluated* from different host threads: one `eval` of both parts gained nothing
 /// (measured: 125% CPU). It walks the graph part after part and, as we read MLX's
 /// scheduler, waits whenever too many tasks are pending, so the second stream gets work
-/// only near the end of the first (docs/performance.md). MLX 0.32 keeps streams per host
+/// only near the end of the first (docs/performance-history.md). MLX 0.32 keeps streams per host
 /// thread, which this design follows. BLAS should use one thread per part (see
-/// `mlx_gpt_model::runtime::set_blas_threads`).
+/// `mlx_gpt_runtime::blas::set_blas_threads`), and the model's kernels put its dense
+/// layers on mlx-gpt's single-threaded GEMM (`Kernels::with_gemm_layers`).
 ///
 /// The parts' losses and gradients are averaged; each part's loss is a mean over an equal
 /// share of the batch, so the average is the whole batch's mean.
 pub struct StreamSplit {
     workers: Vec<Worker>,
-    /// The CPU each worker is pinned to, if they are (crate::affinity).
+    /// The CPU each worker is pinned to, if they are (mlx_gpt_runtime::affinity).
     cpus: Option<Vec<usize>>,
     names: Vec<String>,
-    finish: Finish,
     /// The (x, y) shapes every worker has already traced.
     warm: Option<(Vec<i32>, Vec<i32>)>,
 }
@@ -278,7 +208,7 @@ impl Worker {
             .spawn(move || {
                 // Before the stream exists: its thread inherits this thread's CPU mask.
                 if let Some(cpu) = cpu {
-                    if !crate::affinity::pin_current_thread(cpu) {
+                    if !mlx_gpt_runtime::affinity::pin_current_thread(cpu) {
                         tracing::warn!(cpu, "could not pin training stream {index} to its CPU; it runs unpinned");
                     }
                 }
@@ -324,19 +254,13 @@ impl Drop for Worker {
 }
 
 impl StreamSplit {
-    /// `n` parts, each with its own thread, stream and compiled function, each on a core
-    /// of its own where [`crate::affinity::worker_cpus`] finds them.
-    pub fn new(template: &Gpt, n: usize) -> Self {
-        Self::with_cpus(template, n, crate::affinity::worker_cpus(n))
-    }
-
-    /// As [`StreamSplit::new`], with worker `i` pinned to `cpus[i]`, or not pinned.
-    pub fn with_cpus(template: &Gpt, n: usize, cpus: Option<Vec<usize>>) -> Self {
+    /// `n` parts, each with its own thread, stream and compiled function; worker `i`
+    /// pinned to `cpus[i]` (see `mlx_gpt_runtime::affinity::worker_cpus`), or not pinned.
+    pub fn new(template: &Gpt, n: usize, cpus: Option<Vec<usize>>) -> Self {
         let cpus = cpus.filter(|c| c.len() == n);
         let names = param_names(template);
-        let finish = Finish::new(names.len(), true);
         let workers = (0..n).map(|i| Worker::spawn(template, i, cpus.as_ref().map(|c| c[i]))).collect();
-        StreamSplit { workers, cpus, names, finish, warm: None }
+        StreamSplit { workers, cpus, names, warm: None }
     }
 
     /// The CPU each part's threads are pinned to, if they are.
@@ -423,8 +347,8 @@ pub fn train_step(
     let params: BTreeMap<String, Array> =
         model.parameters().flatten().into_iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     let names: Vec<String> = params.keys().cloned().collect();
-    // One micro-batch and no ranks to average with: hand the parts straight to `finish`,
-    // which sums them inside its (compiled) kernels. Otherwise sum as we go.
+    // One micro-batch and no ranks to average with: hand the parts straight to the
+    // optimizer step, which sums them inside its kernel. Otherwise sum as we go.
     let direct = accum == 1 && world.is_none_or(|g| g.size() <= 1);
     let mut acc: Vec<Array> = Vec::new();
     let mut direct_parts: Vec<Vec<Array>> = Vec::new();
@@ -479,27 +403,11 @@ pub fn train_step(
         }
         (vec![acc], 1.0)
     };
-    // The compiled paths clip and update in one kernel where it applies; the eager path
-    // keeps op-by-op clipping (the reference the others are tested against).
-    let fused = match path {
-        GradPath::Eager => None,
-        _ => opt.update_fused(&params, &parts, part_scale, grad_clip, lr)?,
-    };
-    let (norm, new) = match fused {
-        Some(done) => done,
-        None => {
-            let (norm, grads) = match &mut path {
-                GradPath::Compiled(c) => c.finish.run(&parts, part_scale, grad_clip)?,
-                GradPath::Streams(s) => s.finish.run(&parts, part_scale, grad_clip)?,
-                GradPath::Eager => Finish::new(names.len(), false).run(&parts, part_scale, grad_clip)?,
-            };
-            let grads: BTreeMap<String, Array> = names.into_iter().zip(grads).collect();
-            (norm, opt.update(&params, &grads, lr)?)
-        }
-    };
+    // Clipping and AdamW: one CPU kernel, or its plain-MLX formulation (mlx_gpt_ops).
+    let (norm, new) = opt.step(&model.kernels, &params, &parts, part_scale, grad_clip, lr)?;
     model.update_flattened(new.into_iter().map(|(k, v)| (k.as_str().into(), v)).collect());
-    // The old parameters are now held by the update's graph alone, so the fused update
-    // can write the new ones over them (csrc/adamw.cpp).
+    // The old parameters are now held by the update's graph alone, so the CPU kernel can
+    // write the new ones over them (mlx-gpt-ops, csrc/adamw.cpp).
     drop(params);
     let mut outputs: Vec<&Array> = vec![&mean_loss, &norm];
     let model_params = model.parameters().flatten();
@@ -534,11 +442,19 @@ mod tests {
     }
 
     /// Two steps on each path, `accum` micro-batches each: (losses, grad norms, parameters).
+    /// The eager path runs plain MLX ops (the reference); the compiled ones mlx-gpt's CPU
+    /// kernels where built, as training does.
     fn run(path: &str, accum: usize) -> (Vec<f32>, Vec<f32>, BTreeMap<String, Vec<f32>>) {
         let mut m = model();
+        let cpu = mlx_gpt_model::Kernels::cpu().unwrap_or_default();
+        m.kernels = match path {
+            "eager" => mlx_gpt_model::Kernels::mlx(),
+            "compiled" => cpu,
+            _ => cpu.with_gemm_layers(true),
+        };
         let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 });
         let mut compiled = CompiledGrad::new(&m);
-        let mut split = StreamSplit::new(&m, 2);
+        let mut split = StreamSplit::new(&m, 2, None);
         let (mut losses, mut norms) = (vec![], vec![]);
         let mut n = 0;
         for iter in 0..2 {
@@ -585,36 +501,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn finish_sums_scales_and_clips_like_clip_grad_norm() {
-        let parts = vec![
-            vec![Array::from_slice(&[3.0f32, 0.0], &[2]), Array::from_slice(&[0.0f32], &[1])],
-            vec![Array::from_slice(&[3.0f32, 0.0], &[2]), Array::from_slice(&[8.0f32], &[1])],
-        ];
-        for compiled in [false, true] {
-            let mut f = Finish::new(2, compiled);
-            // Sum (6, 0), (8); scaled by 1/2: (3, 0), (4); norm 5; clipped to 1: ×1/(5+1e-6).
-            let (norm, g) = f.run(&parts, 0.5, 1.0).unwrap();
-            close(norm.item_exact::<f32>(), 5.0, "norm");
-            close(g[0].as_slice::<f32>()[0], 0.6, "clipped");
-            close(g[1].as_slice::<f32>()[0], 0.8, "clipped");
-            // No clipping: unchanged; a norm below the clip: unchanged (never scaled up).
-            for clip in [0.0, 10.0] {
-                let (_, g) = f.run(&parts, 0.5, clip).unwrap();
-                assert_eq!(g[1].as_slice::<f32>(), &[4.0]);
-            }
-            assert!(f.run(&parts[..1].iter().map(|p| p[..1].to_vec()).collect::<Vec<_>>(), 1.0, 1.0).is_err());
-            // Without clipping, a non-finite norm leaves the other gradients as they are.
-            let inf = vec![vec![Array::from_slice(&[f32::INFINITY, 1.0], &[2]), Array::from_slice(&[2.0f32], &[1])]];
-            let (norm, g) = f.run(&inf, 1.0, 0.0).unwrap();
-            assert_eq!(norm.item_exact::<f32>(), f32::INFINITY);
-            assert_eq!(g[0].as_slice::<f32>(), &[f32::INFINITY, 1.0]);
-            assert_eq!(g[1].as_slice::<f32>(), &[2.0]);
-        }
-    }
-
-    /// A worker's share: its rows of the batch, and the key chain key → (rest, k0),
-    /// rest → (rest, k1), … that the step drew its parts' dropout keys from.
     #[test]
     fn each_part_takes_its_rows_and_its_key_of_the_chain() {
         let x = Array::from_slice(&(0..12).collect::<Vec<i32>>(), &[6, 2]);

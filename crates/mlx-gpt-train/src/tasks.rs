@@ -94,7 +94,7 @@ pub fn run(c: &TrainConfig, model: &mut Gpt, tok: &Tokenizer, progress: bool) ->
 pub fn run_without_dataset(c: &TrainConfig, progress: bool) -> Result<Vec<TaskScore>, TrainError> {
     check(c)?;
     let (mut model, tok) =
-        match c.init_from() {
+        match c.init_from.clone() {
             InitFrom::Scratch => return Err(config_error(
                 "eval_tasks: an untrained model has nothing to score; give --init_from resume, gpt2… or a model folder"
                     .into(),
@@ -115,5 +115,8 @@ pub fn run_without_dataset(c: &TrainConfig, progress: bool) -> Result<Vec<TaskSc
             }
         };
     check_tokenizer(c, &tok)?;
+    let device = crate::train::select_device(c.device)?;
+    model.kernels = crate::train::kernels_for(c, device, 1)?;
+    model.set_dtype(c.dtype.to_mlx())?;
     run(c, &mut model, &tok, progress)
 }

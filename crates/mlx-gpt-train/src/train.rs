@@ -2,7 +2,7 @@
 //! micro-steps → clip → AdamW → log → stop.
 
 use crate::checkpoint::{self, TrainState, STATE_VERSION};
-use crate::config::{InitFrom, TrainConfig};
+use crate::config::{Backend, Device, InitFrom, TrainConfig};
 use crate::distributed::{check_hostfile, DistError, Group};
 use crate::eval::{estimate_loss, Losses};
 use crate::metrics::{self, Record};
@@ -12,8 +12,8 @@ use crate::step::{train_step, CompiledGrad, GradPath, StreamSplit};
 use crate::TrainError;
 use mlx_gpt_data::batches::{BatchSampler, Order, SamplerState};
 use mlx_gpt_data::token_file::{Meta, TokenFile, META_FILE};
-use mlx_gpt_model::{device, hf, DeviceKind, Gpt, GptConfig};
-use mlx_rs::Dtype;
+use mlx_gpt_model::{hf, Gpt, GptConfig, Kernels};
+use mlx_gpt_runtime::{device, DeviceKind};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,22 +50,16 @@ pub struct Summary {
     pub tasks: Vec<crate::tasks::TaskScore>,
 }
 
-/// Parse `dtype`.
-pub fn dtype_of(name: &str) -> Dtype {
-    match name {
-        "bfloat16" => Dtype::Bfloat16,
-        "float16" => Dtype::Float16,
-        _ => Dtype::Float32,
-    }
+/// Select the configured device (MLX's default device from now on).
+pub fn select_device(d: Device) -> Result<DeviceKind, TrainError> {
+    Ok(device::select(d.requested())?)
 }
 
-/// Select the configured device.
-pub fn select_device(name: &str) -> Result<DeviceKind, TrainError> {
-    let requested = match name {
-        "auto" => None,
-        other => Some(other.parse::<DeviceKind>()?),
-    };
-    Ok(device::select(requested)?)
+/// The kernels the configuration asks for on `device`, for a step split across `streams`
+/// CPU streams: with more than one, each core runs a part of the batch with the BLAS on
+/// one thread, and the dense layers go through mlx-gpt's single-threaded GEMM.
+pub fn kernels_for(c: &TrainConfig, device: DeviceKind, streams: usize) -> Result<Kernels, TrainError> {
+    Ok(Kernels::resolve(c.kernels, device)?.with_gemm_layers(streams > 1))
 }
 
 /// The dataset folder, checked.
@@ -99,17 +93,8 @@ fn model_differences(a: &GptConfig, b: &GptConfig) -> Vec<String> {
 
 /// Build the model and optimizer the configuration asks for (and the state to resume).
 pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, AdamW, Option<TrainState>), TrainError> {
-    let wanted = GptConfig {
-        block_size: c.block_size,
-        vocab_size: meta.vocab_size,
-        n_layer: c.n_layer,
-        n_head: c.n_head,
-        n_embd: c.n_embd,
-        dropout: c.dropout,
-        bias: c.bias,
-        ..GptConfig::baby(meta.vocab_size)
-    };
-    let (mut model, opt, state) = match c.init_from() {
+    let wanted = c.model_config(meta.vocab_size);
+    let (mut model, opt, state) = match c.init_from.clone() {
         InitFrom::Scratch => (Gpt::new(wanted, c.seed)?, AdamW::new(adamw), None),
         InitFrom::Resume => {
             // Evaluating needs the weights only: a checkpoint without its optimizer file
@@ -137,7 +122,7 @@ pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, Ad
         InitFrom::Gpt2(name) => (load_gpt2(&name)?, AdamW::new(adamw), None),
         InitFrom::Dir(d) => (hf::load_pretrained(&d)?, AdamW::new(adamw), None),
     };
-    if state.is_none() && c.init_from() != InitFrom::Scratch {
+    if state.is_none() && c.init_from != InitFrom::Scratch {
         // Pretrained: the architecture comes from the checkpoint; block_size may shrink.
         if c.block_size < model.config.block_size {
             model.crop_block_size(c.block_size)?;
@@ -165,22 +150,37 @@ pub fn init(c: &TrainConfig, meta: &Meta, adamw: AdamWConfig) -> Result<(Gpt, Ad
     Ok((model, opt, state))
 }
 
-/// `streams = 0` (the default): two streams on a CPU with two to four cores when the batch
-/// is even and this is the only process (several processes on one machine already share
-/// its cores), else one. Streams run BLAS on one thread each, so on a machine with more
-/// cores one stream whose matmuls use them all is the safer choice; two streams were
-/// measured on two cores only (docs/performance.md).
-fn auto_streams(batch_size: usize, on_cpu: bool, world_size: usize) -> usize {
+/// The CPU streams each batch is split across: `streams`, or with `streams = 0` (the
+/// default) two on a CPU with two to four cores when the batch is even and this is the
+/// only process (several processes on one machine already share its cores), else one.
+/// Streams run the BLAS on one thread each, so on a machine with more cores one stream
+/// whose matmuls use them all is the safer choice; two streams were measured on two cores
+/// only (docs/performance-history.md). One when not compiling, not on the CPU, or when the batch
+/// does not split evenly (logged).
+pub fn stream_count(c: &TrainConfig, device: DeviceKind, world_size: usize) -> usize {
+    let on_cpu = device == DeviceKind::Cpu;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if on_cpu && world_size == 1 && (2..=4).contains(&cores) && batch_size.is_multiple_of(2) {
-        2
-    } else {
-        1
+    let streams = match c.streams {
+        0 if on_cpu && world_size == 1 && (2..=4).contains(&cores) && c.batch_size.is_multiple_of(2) => 2,
+        0 => 1,
+        n => n,
+    };
+    if !c.compile || streams <= 1 {
+        return 1;
     }
+    if !on_cpu || !c.batch_size.is_multiple_of(streams) {
+        tracing::info!(
+            streams,
+            batch_size = c.batch_size,
+            "one stream: the batch does not split evenly (or not on the CPU)"
+        );
+        return 1;
+    }
+    streams
 }
 
 /// The loss-and-gradient machinery a configuration asks for: MLX compile when asked, on
-/// `streams` CPU streams when the batch divides evenly.
+/// several CPU streams when [`stream_count`] says so.
 pub enum GradEngine {
     /// Op by op.
     Eager,
@@ -191,31 +191,20 @@ pub enum GradEngine {
 }
 
 impl GradEngine {
-    /// Choose for `c` and `model` in a run of `world_size` processes, logging why a faster
-    /// path is not taken.
-    pub fn new(c: &TrainConfig, model: &Gpt, world_size: usize) -> GradEngine {
+    /// The engine for `c` and `model` (its kernels from [`kernels_for`] with the same
+    /// `streams`) in a run of `world_size` processes.
+    pub fn new(c: &TrainConfig, model: &Gpt, streams: usize, world_size: usize) -> GradEngine {
         if !c.compile {
             return GradEngine::Eager;
         }
-        let on_cpu = device::default_device() == Some(DeviceKind::Cpu);
-        let streams = match c.streams {
-            0 => auto_streams(c.batch_size, on_cpu, world_size),
-            n => n,
-        };
-        if streams > 1 && c.batch_size.is_multiple_of(streams) && on_cpu {
+        if streams > 1 {
             // Each stream's matmuls run on its own core: BLAS must not also fan out.
-            mlx_gpt_model::runtime::set_blas_threads(1);
+            mlx_gpt_runtime::blas::set_blas_threads(1);
             // Pinned only as the one process on this machine: the processes of a
             // distributed run would all choose the same cores.
-            let cpus = if world_size == 1 { crate::affinity::worker_cpus(streams) } else { None };
-            return GradEngine::Streams(StreamSplit::with_cpus(model, streams, cpus));
-        }
-        if streams > 1 {
-            tracing::info!(
-                streams,
-                batch_size = c.batch_size,
-                "one stream: the batch does not split evenly (or not on the CPU)"
-            );
+            let pin = c.pin_streams && world_size == 1;
+            let cpus = if pin { mlx_gpt_runtime::affinity::worker_cpus(streams) } else { None };
+            return GradEngine::Streams(StreamSplit::new(model, streams, cpus));
         }
         GradEngine::Compiled(CompiledGrad::new(model))
     }
@@ -250,14 +239,14 @@ impl GradEngine {
 pub fn init_world(c: &TrainConfig) -> Result<Option<Group>, TrainError> {
     let hostfile = std::env::var("MLX_HOSTFILE").ok();
     let under_mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().any(|v| std::env::var_os(v).is_some());
-    let backend = match c.backend.as_str() {
-        "none" => return Ok(None),
-        "auto" if hostfile.is_some() => "ring",
-        "auto" if under_mpi => "mpi",
-        "auto" => return Ok(None),
+    let backend = match c.backend {
+        Backend::None => return Ok(None),
+        Backend::Auto if hostfile.is_some() => Backend::Ring,
+        Backend::Auto if under_mpi => Backend::Mpi,
+        Backend::Auto => return Ok(None),
         other => other,
     };
-    if backend == "ring" {
+    if backend == Backend::Ring {
         let path = hostfile.ok_or_else(|| {
             TrainError::Config(crate::config::ConfigError::Inconsistent(
                 "backend ring needs MLX_HOSTFILE and MLX_RANK (see docs/distributed.md)".into(),
@@ -308,7 +297,7 @@ pub fn init_world(c: &TrainConfig) -> Result<Option<Group>, TrainError> {
             }
         });
     }
-    let group = Group::init(backend, true);
+    let group = Group::init(&backend.to_string(), true);
     connected.store(true, Ordering::SeqCst);
     let group = group?;
     Ok((group.size() > 1).then_some(group))
@@ -384,170 +373,57 @@ fn gather_samplers(world: Option<&Group>, mine: &SamplerState) -> Result<Vec<Sam
         .collect())
 }
 
-/// Train (or evaluate, with `eval_only`) as configured.
+/// Train (or evaluate, with `eval_only`) as configured: nanoGPT's `train.py`.
 pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     let started = Instant::now();
-    let device = select_device(&c.device)?;
+    let device = select_device(c.device)?;
     let world = init_world(c)?;
     let (rank, world_size) = world.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
     let master = rank == 0;
-    // Rank 0 writes the run directory; the others only compute. It is locked before
-    // anything in it is read (a checkpoint to resume) or written (crate::lock), and held
-    // until this function returns.
+    // Rank 0 writes the run directory; the others only compute.
     let writes = master && !c.eval_only;
     // The dataset first: a run that cannot start leaves no run directory behind.
     let (data, meta) = dataset_dir(c)?;
     // And the tasks scored at the end, so a missing file stops the run now, not after it.
-    let task_tokenizer = if master && !c.eval_tasks.is_empty() {
-        crate::tasks::check(c)?;
-        let tok = crate::tasks::tokenizer_for(c, &meta.tokenizer, None)?;
-        crate::tasks::check_tokenizer(c, &tok)?;
-        Some(tok)
-    } else {
-        None
-    };
-    std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
-    let lock = writes.then(|| crate::lock::acquire(&c.out_dir));
-    if let Some(g) = &world {
-        // Every rank learns whether rank 0 got the lock, and stops with it if not.
-        let refused = matches!(lock, Some(Err(_))) as u8 as f32;
-        if g.all_sum(&mlx_rs::Array::from_f32(refused))?.item_exact::<f32>() > 0.0 && !master {
-            return Err(TrainError::Config(crate::config::ConfigError::Inconsistent(format!(
-                "rank 0 could not lock {}: another training run writes there",
-                c.out_dir.display()
-            ))));
-        }
-    }
-    let _lock = lock.transpose()?;
-    if writes {
-        // A save killed between its renames left its folders aside: put them back.
-        for note in checkpoint::recover(&c.out_dir)? {
-            tracing::warn!("{note}");
-        }
-    }
+    let task_tokenizer = if master && !c.eval_tasks.is_empty() { Some(check_tasks(c, &meta)?) } else { None };
+    let _lock = lock_run_dir(c, world.as_ref(), master, writes)?;
     if !c.gradient_accumulation_steps.is_multiple_of(world_size) {
-        return Err(TrainError::Config(crate::config::ConfigError::Inconsistent(format!(
+        return Err(inconsistent(format!(
             "gradient_accumulation_steps ({}) must be divisible by the number of processes ({world_size})",
             c.gradient_accumulation_steps
-        ))));
+        )));
     }
     let accum = c.gradient_accumulation_steps / world_size;
     let heartbeat = (world_size > 1).then(|| Heartbeat::start(rank, c.dist_timeout));
-    let adamw = AdamWConfig::from(c);
-    // A run that cannot fit stops here with the numbers, before the model is built, not
-    // later in the kernel's out-of-memory killer with none. (A pretrained or resumed
-    // model's shape comes from its files; the configuration's is what this can check.)
     if c.memory_check && !c.eval_only {
-        let (l, ch, v, t) = (c.n_layer, c.n_embd, meta.vocab_size, c.block_size);
-        let approx_params = 12 * l * ch * ch + 13 * l * ch + v * ch + t * ch;
-        let need = crate::memory::estimate_bytes(c, approx_params);
-        if let Some(available) = crate::memory::available_bytes() {
-            if need > available as f64 {
-                return Err(TrainError::OutOfMemory {
-                    need_mib: need / (1u64 << 20) as f64,
-                    available_mib: available as f64 / (1u64 << 20) as f64,
-                });
-            }
-        }
+        check_memory_fits(c, &meta)?;
     }
     // And while it runs: stopped with a message when this process is about to exhaust the
     // machine's memory, before the kernel's out-of-memory killer ends it without one.
     let _memory_guard = if c.memory_check { crate::memory::MemoryGuard::for_training() } else { None };
-    let (mut model, mut opt, state) = init(c, &meta, adamw)?;
-    let resumed_from = state.as_ref().map(|s| checkpoint::dir_of(&c.out_dir, s.iter));
-    model.set_dtype(dtype_of(&c.dtype))?;
-    let block = model.config.block_size.min(c.block_size);
 
-    let (train_file, _) = TokenFile::open(&data, "train")?;
-    // Each rank draws its own batches (nanoGPT's seed offset per rank).
-    let mut sampler = match &state {
-        Some(s) if s.world_size != world_size => {
-            return Err(TrainError::Config(crate::config::ConfigError::Inconsistent(format!(
-                "the checkpoint was written by {} process(es) and this run has {world_size}: resume with the same number",
-                s.world_size
-            ))))
-        }
-        Some(s) => BatchSampler::with_state(train_file, c.batch_size, block, s.samplers[rank].clone())?,
-        None => BatchSampler::new(train_file, c.batch_size, block, Order::Random, c.seed + rank as u64)?,
-    };
+    let (mut model, mut opt, state) = init(c, &meta, AdamWConfig::from(c))?;
+    let resumed_from = state.as_ref().map(|s| checkpoint::dir_of(&c.out_dir, s.iter));
+    model.set_dtype(c.dtype.to_mlx())?;
+    let streams = stream_count(c, device, world_size);
+    model.kernels = kernels_for(c, device, streams)?;
+    let block = model.config.block_size.min(c.block_size);
+    let mut sampler = batch_sampler(c, &data, state.as_ref(), rank, world_size, block)?;
     let mut iter = state.as_ref().map_or(0, |s| s.iter);
     // The checkpoint a resumed run loaded is on disk already: not saved again.
     let resumed_at = state.as_ref().map(|s| s.iter);
     let mut best_val_loss = state.as_ref().map_or(f64::INFINITY, |s| s.best_val_loss);
-
-    let n_params = model.num_params(true);
-    let need = crate::memory::estimate_bytes(c, model.num_params(false));
-    let tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * block; // all ranks together
-    let flops_per_iter = model.flops_per_token(block) * tokens_per_iter as f64;
-    // MFU's denominator: the ceiling of one machine, times the machines a distributed run
-    // spans: those of its hostfile (ranks launched on one machine share its cores), else
-    // (MPI) one per rank, which can only make MFU read low.
-    let machine_peak = crate::peak::peak_for(device, c.peak_flops, crate::peak::default_threads())?;
-    let machines = match std::env::var("MLX_HOSTFILE") {
-        _ if world_size == 1 => 1,
-        Ok(path) => crate::distributed::machines_in_hostfile(&path).unwrap_or(world_size),
-        Err(_) => world_size,
-    };
-    let peak = machine_peak.flops * machines as f64;
+    let cost = StepCost::of(c, &model, device, block, world_size)?;
     if master {
-        let kernel = mlx_gpt_model::blas_kernel::status();
-        tracing::info!(blas_kernel = kernel.core.as_deref().unwrap_or("n/a"), "BLAS kernel: {}", kernel.describe());
-        tracing::info!(
-            peak_gflops = peak / 1e9,
-            machines,
-            "MFU ceiling: {}{}",
-            machine_peak.describe(),
-            if machines > 1 { format!(" × {machines} machines") } else { String::new() }
-        );
-        tracing::info!(
-            world_size,
-            device = %device,
-            params = n_params,
-            tokens_per_iter,
-            gflop_per_iter = flops_per_iter / 1e9,
-            est_memory_mib = need / (1u64 << 20) as f64,
-            peak_gflops = peak / 1e9,
-            "number of parameters: {:.2}M; tokens per iteration will be: {tokens_per_iter}",
-            n_params as f64 / 1e6
-        );
+        cost.log(c, &model, device, world_size);
     }
     if writes {
         let resolved = c.out_dir.join("config.toml");
         mlx_gpt_model::write_atomic(&resolved, c.to_toml().as_bytes())
             .map_err(|source| TrainError::Io { path: resolved, source })?;
     }
-    let metrics_path = c.out_dir.join("metrics.jsonl");
     // An evaluation-only run reports; it leaves the run's records as they are.
-    if writes {
-        if state.is_some() {
-            metrics::truncate_after(&metrics_path, iter)
-                .map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
-        } else {
-            let _ = std::fs::remove_file(&metrics_path);
-        }
-    }
-    // The plot's data, bounded, kept in memory: read from the file once (a resume), not at
-    // every evaluation.
-    let summary = std::cell::RefCell::new(if writes && state.is_some() {
-        metrics::LossSummary::from_records(&metrics::read(&metrics_path))
-    } else {
-        metrics::LossSummary::default()
-    });
-    let record = |r: Record| -> Result<(), TrainError> {
-        if !writes {
-            return Ok(());
-        }
-        metrics::append(&metrics_path, &r).map_err(|source| TrainError::Io { path: metrics_path.clone(), source })?;
-        let mut summary = summary.borrow_mut();
-        summary.push(&r);
-        if matches!(r, Record::Eval { .. } | Record::Exact { .. }) {
-            let svg = c.out_dir.join("loss.svg");
-            mlx_gpt_model::write_atomic(&svg, summary.svg().as_bytes())
-                .map_err(|source| TrainError::Io { path: svg, source })?;
-        }
-        Ok(())
-    };
-
+    let mut recorder = metrics::Recorder::open(&c.out_dir, writes, resumed_at)?;
     let bar = if opts.progress && std::io::stderr().is_terminal() && writes {
         let b = indicatif::ProgressBar::new(c.max_iters as u64).with_style(
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} iters, {per_sec}, ETA {eta} {msg}")
@@ -564,60 +440,15 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
     };
 
-    // The newest checkpoint known whole: the one resumed from, then each one saved. A
-    // diverged run names it (not merely the newest folder, which may be damaged).
-    let last_good = std::cell::RefCell::new(resumed_from.clone());
-    let mut engine = GradEngine::new(c, &model, world_size);
+    let mut saver = Saver { c, world: world.as_ref(), world_size, tokenizer: &meta.tokenizer, last_good: resumed_from };
+    let mut engine = GradEngine::new(c, &model, streams, world_size);
     let mut last_eval = None;
     let mut checkpoint_path = None;
     let mut interrupted = false;
-    // Every rank calls it (the sampler states are gathered); rank 0 writes.
-    let save = |model: &Gpt,
-                opt: &AdamW,
-                sampler: &BatchSampler,
-                iter: usize,
-                best: f64|
-     -> Result<Option<PathBuf>, TrainError> {
-        // Never a checkpoint of weights that are no longer numbers (one that replaced or
-        // pruned a finite one would lose the run). Every rank holds the same weights, so
-        // every rank decides alike, before the collective below.
-        if let Some(name) = model.first_non_finite_parameter()? {
-            return Err(TrainError::NonFinite {
-                iter,
-                what: format!("parameter {name}"),
-                last_checkpoint: last_good.borrow().clone(),
-            });
-        }
-        let samplers = gather_samplers(world.as_ref(), sampler.state())?;
-        if !master {
-            return Ok(None);
-        }
-        let st = TrainState {
-            version: STATE_VERSION,
-            iter,
-            best_val_loss: best,
-            model: model.config.clone(),
-            train: c.clone(),
-            world_size,
-            samplers,
-            tokenizer: meta.tokenizer.clone(),
-        };
-        let p = checkpoint::save(&c.out_dir, model, opt, &st)?;
-        checkpoint::prune(&c.out_dir, c.keep_last)?;
-        *last_good.borrow_mut() = Some(p.clone());
-        Ok(Some(p))
-    };
     loop {
         let lr = get_lr(iter, c);
         if iter % c.eval_interval == 0 || c.eval_only || iter == c.max_iters {
-            let eval_seed = (c.seed + rank as u64) ^ (iter as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
-            let mut losses = estimate_loss(&mut model, &data, c.eval_iters, c.batch_size, block, eval_seed)?;
-            if let Some(g) = &world {
-                // Every rank evaluated its own batches: average, so all ranks decide alike.
-                let both = g.all_sum(&mlx_rs::Array::from_slice(&[losses.train as f32, losses.val as f32], &[2]))?;
-                let v = both.as_slice::<f32>();
-                losses = Losses { train: v[0] as f64 / world_size as f64, val: v[1] as f64 / world_size as f64 };
-            }
+            let losses = evaluate(c, &mut model, &data, block, world.as_ref(), rank, iter)?;
             say(&|| {
                 tracing::info!(
                     iter,
@@ -633,16 +464,16 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
                     return Err(TrainError::NonFinite {
                         iter,
                         what: format!("the evaluation's {what} ({v})"),
-                        last_checkpoint: last_good.borrow().clone(),
+                        last_checkpoint: saver.last_good.clone(),
                     });
                 }
             }
-            record(Record::Eval { iter, train_loss: losses.train, val_loss: losses.val })?;
+            recorder.record(Record::Eval { iter, train_loss: losses.train, val_loss: losses.val })?;
             last_eval = Some(losses);
             if losses.val < best_val_loss || c.always_save_checkpoint {
                 best_val_loss = best_val_loss.min(losses.val);
                 if iter > 0 && !c.eval_only && Some(iter) != resumed_at {
-                    if let Some(p) = save(&model, &opt, &sampler, iter, best_val_loss)? {
+                    if let Some(p) = saver.save(&model, &opt, &sampler, iter, best_val_loss)? {
                         say(&|| tracing::info!(checkpoint = %p.display(), "saving checkpoint to {}", p.display()));
                         checkpoint_path = Some(p);
                     }
@@ -652,33 +483,9 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         if c.eval_only || iter >= c.max_iters {
             break;
         }
-        model.set_training(true);
         let t0 = Instant::now();
-        // A batch that cannot be read (the token file changed underneath) ends the step;
-        // its error is kept to be returned as itself, naming the file.
-        let mut batch_error = None;
-        let stats = train_step(
-            &mut model,
-            &mut opt,
-            &mut || {
-                sampler.next_batch().map_err(|e| {
-                    let message = e.to_string();
-                    batch_error = Some(e);
-                    mlx_rs::error::Exception::custom(message)
-                })
-            },
-            accum,
-            lr as f32,
-            c.grad_clip as f32,
-            c.seed + rank as u64,
-            iter,
-            engine.path(),
-            world.as_ref(),
-        );
-        let stats = match (stats, batch_error) {
-            (Err(_), Some(e)) => return Err(e.into()),
-            (stats, _) => stats?,
-        };
+        let step = StepInputs { accum, lr: lr as f32, seed: c.seed + rank as u64, iter };
+        let stats = one_step(c, &mut model, &mut opt, &mut sampler, step, &mut engine, world.as_ref())?;
         if let Some(h) = &heartbeat {
             h.beat();
         }
@@ -690,37 +497,14 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
                 return Err(TrainError::NonFinite {
                     iter,
                     what: format!("the {what} ({v})"),
-                    last_checkpoint: last_good.borrow().clone(),
+                    last_checkpoint: saver.last_good.clone(),
                 });
             }
         }
         if iter % c.log_interval == 0 {
-            let tok_per_s = tokens_per_iter as f64 / secs;
-            let mfu = flops_per_iter / secs / peak;
-            say(&|| {
-                tracing::info!(
-                    iter,
-                    loss = stats.loss,
-                    lr,
-                    ms = secs * 1e3,
-                    tok_per_s,
-                    mfu,
-                    grad_norm = stats.grad_norm,
-                    "iter {iter}: loss {:.4}, time {:.2}ms, mfu {:.2}%",
-                    stats.loss,
-                    secs * 1e3,
-                    mfu * 100.0
-                )
-            });
-            record(Record::Train {
-                iter,
-                loss: stats.loss as f64,
-                lr,
-                ms: secs * 1e3,
-                tok_per_s,
-                mfu,
-                grad_norm: stats.grad_norm as f64,
-            })?;
+            let r = cost.record(iter, &stats, lr, secs);
+            say(&|| log_step(&r));
+            recorder.record(r)?;
         }
         iter += 1;
         bar.set_position(iter as u64);
@@ -732,7 +516,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
             stop = any.item_exact::<f32>() > 0.0;
         }
         if stop {
-            if let Some(p) = save(&model, &opt, &sampler, iter, best_val_loss)? {
+            if let Some(p) = saver.save(&model, &opt, &sampler, iter, best_val_loss)? {
                 say(
                     &|| tracing::info!(checkpoint = %p.display(), iter, "interrupted: saved a checkpoint; continue with --init_from resume"),
                 );
@@ -746,30 +530,11 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     // Training is over: what follows runs on rank 0 alone and may take longer than
     // dist_timeout (the exact loss of a large split), which is no peer's failure.
     drop(heartbeat);
-    let exact_val = if c.eval_full && master && !interrupted {
-        let score = exact_val_loss(c, &mut model, &data, &meta, block, opts.progress)?;
-        if !c.eval_only {
-            record(Record::Exact { iter, split: "val".into(), loss: score.loss, bits_per_byte: score.bits_per_byte })?;
-        }
-        Some(score)
+    let (exact_val, tasks) = if master && !interrupted {
+        let end = EndOfRun { iter, block, progress: opts.progress };
+        final_evaluations(c, &mut model, &data, &meta, task_tokenizer.as_ref(), end, &mut recorder)?
     } else {
-        None
-    };
-    let tasks = match &task_tokenizer {
-        Some(tok) if !interrupted => {
-            let scores = crate::tasks::run(c, &mut model, tok, opts.progress)?;
-            for t in scores.iter().filter(|_| !c.eval_only) {
-                record(Record::Task {
-                    iter,
-                    task: t.task.clone(),
-                    n: t.score.n,
-                    acc: t.score.acc,
-                    acc_norm: t.score.acc_norm,
-                })?;
-            }
-            scores
-        }
-        _ => vec![],
+        (None, vec![])
     };
     Ok(Summary {
         iter,
@@ -781,6 +546,337 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         exact_val,
         tasks,
     })
+}
+
+/// Writes checkpoints, and remembers the newest one known whole (the one resumed from,
+/// then each one saved): a diverged run names it, not merely the newest folder, which may
+/// be damaged.
+struct Saver<'a> {
+    c: &'a TrainConfig,
+    world: Option<&'a Group>,
+    world_size: usize,
+    tokenizer: &'a mlx_gpt_data::tokenizer::TokenizerSpec,
+    last_good: Option<PathBuf>,
+}
+
+impl Saver<'_> {
+    /// Every rank calls it (the sampler states are gathered); rank 0 writes and returns
+    /// the checkpoint's folder.
+    fn save(
+        &mut self,
+        model: &Gpt,
+        opt: &AdamW,
+        sampler: &BatchSampler,
+        iter: usize,
+        best: f64,
+    ) -> Result<Option<PathBuf>, TrainError> {
+        // Never a checkpoint of weights that are no longer numbers (one that replaced or
+        // pruned a finite one would lose the run). Every rank holds the same weights, so
+        // every rank decides alike, before the collective below.
+        if let Some(name) = model.first_non_finite_parameter()? {
+            return Err(TrainError::NonFinite {
+                iter,
+                what: format!("parameter {name}"),
+                last_checkpoint: self.last_good.clone(),
+            });
+        }
+        let samplers = gather_samplers(self.world, sampler.state())?;
+        if self.world.is_some_and(|g| g.rank() != 0) {
+            return Ok(None);
+        }
+        let c = self.c;
+        let st = TrainState {
+            version: STATE_VERSION,
+            iter,
+            best_val_loss: best,
+            model: model.config.clone(),
+            train: c.clone(),
+            world_size: self.world_size,
+            samplers,
+            tokenizer: self.tokenizer.clone(),
+        };
+        let p = checkpoint::save(&c.out_dir, model, opt, &st)?;
+        checkpoint::prune(&c.out_dir, c.keep_last)?;
+        self.last_good = Some(p.clone());
+        Ok(Some(p))
+    }
+}
+
+/// The numbers of one step that change from step to step.
+#[derive(Clone, Copy)]
+struct StepInputs {
+    accum: usize,
+    lr: f32,
+    seed: u64,
+    iter: usize,
+}
+
+/// One optimizer step in training mode. A batch that cannot be read (the token file
+/// changed underneath) ends the step; its error is returned as itself, naming the file.
+fn one_step(
+    c: &TrainConfig,
+    model: &mut Gpt,
+    opt: &mut AdamW,
+    sampler: &mut BatchSampler,
+    s: StepInputs,
+    engine: &mut GradEngine,
+    world: Option<&Group>,
+) -> Result<crate::step::StepStats, TrainError> {
+    model.set_training(true);
+    let mut batch_error = None;
+    let mut next = || {
+        sampler.next_batch().map_err(|e| {
+            let message = e.to_string();
+            batch_error = Some(e);
+            mlx_rs::error::Exception::custom(message)
+        })
+    };
+    let grad_clip = c.grad_clip as f32;
+    let stats = train_step(model, opt, &mut next, s.accum, s.lr, grad_clip, s.seed, s.iter, engine.path(), world);
+    match (stats, batch_error) {
+        (Err(_), Some(e)) => Err(e.into()),
+        (stats, _) => Ok(stats?),
+    }
+}
+
+/// Where the end-of-run evaluations stand.
+#[derive(Clone, Copy)]
+struct EndOfRun {
+    iter: usize,
+    block: usize,
+    progress: bool,
+}
+
+/// Rank 0's evaluations at the end of a run that was not interrupted: the exact val loss
+/// (`eval_full`) and the `eval_tasks`, each recorded unless this is `eval`.
+fn final_evaluations(
+    c: &TrainConfig,
+    model: &mut Gpt,
+    data: &Path,
+    meta: &Meta,
+    task_tokenizer: Option<&mlx_gpt_data::tokenizer::Tokenizer>,
+    end: EndOfRun,
+    recorder: &mut metrics::Recorder,
+) -> Result<(Option<crate::eval::SplitScore>, Vec<crate::tasks::TaskScore>), TrainError> {
+    let iter = end.iter;
+    let exact_val = if c.eval_full {
+        let score = exact_val_loss(c, model, data, meta, end.block, end.progress)?;
+        if !c.eval_only {
+            let (loss, bits_per_byte) = (score.loss, score.bits_per_byte);
+            recorder.record(Record::Exact { iter, split: "val".into(), loss, bits_per_byte })?;
+        }
+        Some(score)
+    } else {
+        None
+    };
+    let Some(tok) = task_tokenizer else { return Ok((exact_val, vec![])) };
+    let scores = crate::tasks::run(c, model, tok, end.progress)?;
+    for t in scores.iter().filter(|_| !c.eval_only) {
+        let (n, acc, acc_norm) = (t.score.n, t.score.acc, t.score.acc_norm);
+        recorder.record(Record::Task { iter, task: t.task.clone(), n, acc, acc_norm })?;
+    }
+    Ok((exact_val, scores))
+}
+
+/// `message` as a configuration error.
+fn inconsistent(message: String) -> TrainError {
+    TrainError::Config(crate::config::ConfigError::Inconsistent(message))
+}
+
+/// The task files and the tokenizer that spells them, checked before training.
+fn check_tasks(c: &TrainConfig, meta: &Meta) -> Result<mlx_gpt_data::tokenizer::Tokenizer, TrainError> {
+    crate::tasks::check(c)?;
+    let tok = crate::tasks::tokenizer_for(c, &meta.tokenizer, None)?;
+    crate::tasks::check_tokenizer(c, &tok)?;
+    Ok(tok)
+}
+
+/// Create the run directory and lock it for rank 0 when it writes (crate::lock), before
+/// anything in it is read (a checkpoint to resume) or written; held until the run ends.
+/// Every rank learns whether rank 0 got the lock, and stops with it if not. A save killed
+/// between its renames left its folders aside: they are put back.
+fn lock_run_dir(
+    c: &TrainConfig,
+    world: Option<&Group>,
+    master: bool,
+    writes: bool,
+) -> Result<Option<crate::lock::RunLock>, TrainError> {
+    std::fs::create_dir_all(&c.out_dir).map_err(|source| TrainError::Io { path: c.out_dir.clone(), source })?;
+    let lock = writes.then(|| crate::lock::acquire(&c.out_dir));
+    if let Some(g) = world {
+        let refused = matches!(lock, Some(Err(_))) as u8 as f32;
+        if g.all_sum(&mlx_rs::Array::from_f32(refused))?.item_exact::<f32>() > 0.0 && !master {
+            return Err(inconsistent(format!(
+                "rank 0 could not lock {}: another training run writes there",
+                c.out_dir.display()
+            )));
+        }
+    }
+    let lock = lock.transpose()?;
+    if writes {
+        for note in checkpoint::recover(&c.out_dir)? {
+            tracing::warn!("{note}");
+        }
+    }
+    Ok(lock)
+}
+
+/// A run that cannot fit stops here with the numbers, before the model is built, not
+/// later in the kernel's out-of-memory killer with none. (A pretrained or resumed model's
+/// shape comes from its files; the configuration's is what this can check.)
+fn check_memory_fits(c: &TrainConfig, meta: &Meta) -> Result<(), TrainError> {
+    let (l, ch, v, t) = (c.n_layer, c.n_embd, meta.vocab_size, c.block_size);
+    let approx_params = 12 * l * ch * ch + 13 * l * ch + v * ch + t * ch;
+    let need = crate::memory::estimate_bytes(c, approx_params);
+    match crate::memory::available_bytes() {
+        Some(available) if need > available as f64 => Err(TrainError::OutOfMemory {
+            need_mib: need / (1u64 << 20) as f64,
+            available_mib: available as f64 / (1u64 << 20) as f64,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// This rank's batches: where a resumed run's sampler stopped, or a new sequence (nanoGPT's
+/// seed offset per rank).
+fn batch_sampler(
+    c: &TrainConfig,
+    data: &Path,
+    state: Option<&TrainState>,
+    rank: usize,
+    world_size: usize,
+    block: usize,
+) -> Result<BatchSampler, TrainError> {
+    let (train_file, _) = TokenFile::open(data, "train")?;
+    Ok(match state {
+        Some(s) if s.world_size != world_size => {
+            return Err(inconsistent(format!(
+            "the checkpoint was written by {} process(es) and this run has {world_size}: resume with the same number",
+            s.world_size
+        )))
+        }
+        Some(s) => BatchSampler::with_state(train_file, c.batch_size, block, s.samplers[rank].clone())?,
+        None => BatchSampler::new(train_file, c.batch_size, block, Order::Random, c.seed + rank as u64)?,
+    })
+}
+
+/// Train and val loss estimated on `eval_iters` batches each; in a distributed run every
+/// rank evaluates its own batches and the losses are averaged, so all ranks decide alike.
+fn evaluate(
+    c: &TrainConfig,
+    model: &mut Gpt,
+    data: &Path,
+    block: usize,
+    world: Option<&Group>,
+    rank: usize,
+    iter: usize,
+) -> Result<Losses, TrainError> {
+    let eval_seed = (c.seed + rank as u64) ^ (iter as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
+    let losses = estimate_loss(model, data, c.eval_iters, c.batch_size, block, eval_seed)?;
+    let Some(g) = world else { return Ok(losses) };
+    let both = g.all_sum(&mlx_rs::Array::from_slice(&[losses.train as f32, losses.val as f32], &[2]))?;
+    let v = both.as_slice::<f32>();
+    let n = g.size() as f64;
+    Ok(Losses { train: v[0] as f64 / n, val: v[1] as f64 / n })
+}
+
+/// One step's log line (a `Record::Train`).
+fn log_step(r: &Record) {
+    if let Record::Train { iter, loss, lr, ms, tok_per_s, mfu, grad_norm } = *r {
+        tracing::info!(
+            iter,
+            loss,
+            lr,
+            ms,
+            tok_per_s,
+            mfu,
+            grad_norm,
+            "iter {iter}: loss {loss:.4}, time {ms:.2}ms, mfu {:.2}%",
+            mfu * 100.0
+        );
+    }
+}
+
+/// What one optimizer step costs, for the log's throughput and MFU.
+struct StepCost {
+    /// Tokens per step, all ranks together.
+    tokens: usize,
+    /// Training FLOPs per step (PaLM's estimate, nanoGPT's formula).
+    flops: f64,
+    /// The FLOP/s MFU divides by.
+    peak: f64,
+    /// How the peak was found, and the machines it spans.
+    peak_text: String,
+    machines: usize,
+}
+
+impl StepCost {
+    fn of(
+        c: &TrainConfig,
+        model: &Gpt,
+        device: DeviceKind,
+        block: usize,
+        world_size: usize,
+    ) -> Result<Self, TrainError> {
+        let tokens = c.gradient_accumulation_steps * c.batch_size * block;
+        // MFU's denominator: the ceiling of one machine, times the machines a distributed
+        // run spans: those of its hostfile (ranks launched on one machine share its cores),
+        // else (MPI) one per rank, which can only make MFU read low.
+        let machine_peak = crate::peak::peak_for(device, c.peak_flops, crate::peak::default_threads())?;
+        let machines = match std::env::var("MLX_HOSTFILE") {
+            _ if world_size == 1 => 1,
+            Ok(path) => crate::distributed::machines_in_hostfile(&path).unwrap_or(world_size),
+            Err(_) => world_size,
+        };
+        Ok(StepCost {
+            tokens,
+            flops: model.flops_per_token(block) * tokens as f64,
+            peak: machine_peak.flops * machines as f64,
+            peak_text: machine_peak.describe(),
+            machines,
+        })
+    }
+
+    /// The training header: BLAS kernel, kernels, MFU ceiling, parameters, tokens per step.
+    fn log(&self, c: &TrainConfig, model: &Gpt, device: DeviceKind, world_size: usize) {
+        let kernel = mlx_gpt_runtime::blas_kernel::status();
+        tracing::info!(blas_kernel = kernel.core.as_deref().unwrap_or("n/a"), "BLAS kernel: {}", kernel.describe());
+        tracing::info!(kernels = model.kernels.name(), "kernels: {}", model.kernels.describe());
+        tracing::info!(
+            peak_gflops = self.peak / 1e9,
+            machines = self.machines,
+            "MFU ceiling: {}{}",
+            self.peak_text,
+            if self.machines > 1 { format!(" × {} machines", self.machines) } else { String::new() }
+        );
+        let n_params = model.num_params(true);
+        let need = crate::memory::estimate_bytes(c, model.num_params(false));
+        let tokens_per_iter = self.tokens;
+        tracing::info!(
+            world_size,
+            device = %device,
+            params = n_params,
+            tokens_per_iter,
+            gflop_per_iter = self.flops / 1e9,
+            est_memory_mib = need / (1u64 << 20) as f64,
+            peak_gflops = self.peak / 1e9,
+            "number of parameters: {:.2}M; tokens per iteration will be: {tokens_per_iter}",
+            n_params as f64 / 1e6
+        );
+    }
+
+    /// The record of step `iter`, which took `secs`.
+    fn record(&self, iter: usize, stats: &crate::step::StepStats, lr: f64, secs: f64) -> Record {
+        Record::Train {
+            iter,
+            loss: stats.loss as f64,
+            lr,
+            ms: secs * 1e3,
+            tok_per_s: self.tokens as f64 / secs,
+            mfu: self.flops / secs / self.peak,
+            grad_norm: stats.grad_norm as f64,
+        }
+    }
 }
 
 /// The exact loss of the val split (every window), with bits per byte where the

@@ -1,0 +1,143 @@
+//! The C entry points of the C++ in `csrc/` (custom MLX primitives, built by build.rs),
+//! and the one way Rust calls them: each fills a fresh `mlx_array` and returns 0 (done),
+//! 2 (declined: the caller uses MLX ops instead) or 1 (failed, with a message kept by
+//! `csrc/entry.h`).
+
+use mlx_rs::error::Exception;
+use mlx_rs::Array;
+
+extern "C" {
+    fn mlx_gpt_last_error() -> *const libc::c_char;
+    /// Hands `cblas_sgemv` and `cblas_sgemm` to the primitives (csrc/blas.h).
+    fn mlx_gpt_set_blas(sgemv: *mut libc::c_void, sgemm: *mut libc::c_void);
+    /// `*res = x · w (+ bias)` as a `HostGemv` primitive.
+    pub(crate) fn mlx_gpt_host_gemv(
+        res: *mut mlx_sys::mlx_array,
+        x: mlx_sys::mlx_array,
+        w: mlx_sys::mlx_array,
+        bias: mlx_sys::mlx_array,
+        w_transposed: bool,
+    ) -> libc::c_int;
+    /// `*res = x·W + bias` (`x·Wᵀ + bias` when `w_transposed`) as a `Linear` primitive
+    /// (csrc/linear.cpp); `bias` may be an empty handle.
+    pub(crate) fn mlx_gpt_linear(
+        res: *mut mlx_sys::mlx_array,
+        x: mlx_sys::mlx_array,
+        w: mlx_sys::mlx_array,
+        bias: mlx_sys::mlx_array,
+        w_transposed: bool,
+    ) -> libc::c_int;
+    /// Whether the primitives' products run on mlx-gpt's own GEMM (csrc/gemm.cpp): the
+    /// CPU has AVX-512 and the build its path.
+    fn mlx_gpt_own_gemm_active() -> bool;
+    /// `*res = x·Φ(x)` (or the tanh approximation) as a `Gelu` primitive (csrc/gelu.cpp).
+    pub(crate) fn mlx_gpt_gelu(
+        res: *mut mlx_sys::mlx_array,
+        x: mlx_sys::mlx_array,
+        tanh: bool,
+        with_slope: bool,
+    ) -> libc::c_int;
+    /// `*res = LayerNorm(x; w, bias, eps)` as a `LayerNorm` primitive (csrc/layer_norm.cpp);
+    /// `bias` may be an empty handle.
+    pub(crate) fn mlx_gpt_layer_norm(
+        res: *mut mlx_sys::mlx_array,
+        x: mlx_sys::mlx_array,
+        w: mlx_sys::mlx_array,
+        bias: mlx_sys::mlx_array,
+        eps: f32,
+    ) -> libc::c_int;
+    /// One clipped AdamW step of `n` parameters as an `AdamWStep` primitive
+    /// (csrc/adamw.cpp): fills `outs[0 .. 1 + 3n]`.
+    pub(crate) fn mlx_gpt_adamw_step(
+        outs: *mut mlx_sys::mlx_array,
+        arrays: *const mlx_sys::mlx_array,
+        n: usize,
+        n_parts: usize,
+        decays: *const bool,
+        hyper: *const f32,
+    ) -> libc::c_int;
+    /// `*res` = causal self-attention over whole sequences, from c_attn's output, as a
+    /// `CausalAttention` primitive (csrc/causal_attention.cpp).
+    pub(crate) fn mlx_gpt_causal_attention(
+        res: *mut mlx_sys::mlx_array,
+        qkv: mlx_sys::mlx_array,
+        mask: mlx_sys::mlx_array,
+        n_head: libc::c_int,
+        scale: f32,
+    ) -> libc::c_int;
+    /// `*res` = one query's attention over the first `len` cached positions, as a
+    /// `DecodeAttention` primitive (csrc/decode_attention.cpp).
+    pub(crate) fn mlx_gpt_decode_attention(
+        res: *mut mlx_sys::mlx_array,
+        q: mlx_sys::mlx_array,
+        k: mlx_sys::mlx_array,
+        v: mlx_sys::mlx_array,
+        n_head: libc::c_int,
+        len: libc::c_int,
+        scale: f32,
+    ) -> libc::c_int;
+}
+
+/// Whether the primitives that call the BLAS can run: `cblas_sgemv` and `cblas_sgemm` are
+/// looked up in the process's global scope, so they are the library MLX's own matmuls
+/// call, with the same threads; the first call hands them over.
+/// Whether the primitives' products run on mlx-gpt's own GEMM rather than the BLAS: the
+/// CPU has AVX-512, and the build has that path (not `generic-cpu`).
+pub fn own_gemm_active() -> bool {
+    // SAFETY: reads a flag computed once on the C++ side.
+    unsafe { mlx_gpt_own_gemm_active() }
+}
+
+pub(crate) fn blas_ready() -> bool {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READY.get_or_init(|| {
+        // Make sure libmlx (and with it the BLAS) is loaded before looking.
+        let _ = mlx_gpt_runtime::blas::mlx_version();
+        let lookup = mlx_gpt_runtime::blas::lookup;
+        let (sgemv, sgemm) = (lookup("cblas_sgemv"), lookup("cblas_sgemm"));
+        // SAFETY: CBLAS routines (or null); the primitives call them with those signatures.
+        unsafe { mlx_gpt_set_blas(sgemv, sgemm) };
+        !sgemv.is_null() && !sgemm.is_null()
+    })
+}
+
+/// Run an entry point that takes an optional array: `f` gets `a`'s handle, or an empty
+/// handle (which the C++ side reads as "none", freed here afterwards).
+///
+/// # Safety
+/// As for [`call`]: `f` must call one of the entry points above, with arrays that
+/// outlive the call.
+pub(crate) unsafe fn call_with_optional(
+    a: Option<&Array>,
+    f: impl FnOnce(*mut mlx_sys::mlx_array, mlx_sys::mlx_array) -> libc::c_int,
+) -> Result<Option<Array>, Exception> {
+    let empty = mlx_sys::mlx_array_new();
+    let handle = a.map_or(empty, |a| a.as_ptr());
+    let out = call(|res| f(res, handle));
+    mlx_sys::mlx_array_free(empty);
+    out
+}
+
+/// The message of the last failed entry point on this thread.
+pub(crate) fn last_error() -> Exception {
+    // SAFETY: a NUL-terminated string owned by the C++ side, valid until the next failure.
+    Exception::custom(unsafe { std::ffi::CStr::from_ptr(mlx_gpt_last_error()) }.to_string_lossy().into_owned())
+}
+
+/// Run an entry point on a fresh result handle: `Ok(Some(array))` when it succeeded,
+/// `Ok(None)` when it declined, the C++ side's message as an error when it failed.
+///
+/// # Safety
+/// `f` must call one of the entry points above with the handle it is given and arrays
+/// that outlive the call.
+pub(crate) unsafe fn call(f: impl FnOnce(*mut mlx_sys::mlx_array) -> libc::c_int) -> Result<Option<Array>, Exception> {
+    let mut res = mlx_sys::mlx_array_new();
+    let status = f(&mut res);
+    // Owns the handle whether or not the call filled it.
+    let out = Array::from_ptr(res);
+    match status {
+        0 => Ok(Some(out)),
+        2 => Ok(None),
+        _ => Err(last_error()),
+    }
+}

@@ -1,0 +1,244 @@
+//! [`Kernels`]: which formulation of each operation runs, resolved once at start-up from
+//! the configuration's `kernels` value and passed to whatever computes.
+
+use mlx_gpt_runtime::DeviceKind;
+use std::fmt;
+use std::str::FromStr;
+
+/// The families of formulations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelSet {
+    /// mlx-gpt's CPU kernels (custom MLX primitives, csrc/) where they apply: float32
+    /// arrays on the CPU; plain MLX ops for the rest.
+    Cpu,
+    /// Plain MLX ops only: element-wise chains and reductions, which MLX's `compile`
+    /// fuses into generated kernels. The reference formulation, and the CPU's best
+    /// without mlx-gpt's kernels (MLX's dedicated primitives are scalar loops there).
+    Mlx,
+    /// MLX's dedicated primitives (`fast::layer_norm`, `fast::scaled_dot_product_attention`,
+    /// `softmax`, `logsumexp`) where they exist: what a GPU runs best.
+    MlxFast,
+}
+
+/// The configuration's `kernels` value: what the user asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelChoice {
+    /// `cpu` on the CPU when this build has the CPU kernels, else `mlx`; `mlx-fast` on a
+    /// GPU.
+    #[default]
+    Auto,
+    /// [`KernelSet::Cpu`].
+    Cpu,
+    /// [`KernelSet::Mlx`].
+    Mlx,
+    /// [`KernelSet::MlxFast`].
+    MlxFast,
+}
+
+impl KernelChoice {
+    /// Every value, as written in configurations.
+    pub const NAMES: [&'static str; 4] = ["auto", "cpu", "mlx", "mlx-fast"];
+}
+
+impl fmt::Display for KernelChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KernelChoice::Auto => "auto",
+            KernelChoice::Cpu => "cpu",
+            KernelChoice::Mlx => "mlx",
+            KernelChoice::MlxFast => "mlx-fast",
+        })
+    }
+}
+
+impl FromStr for KernelChoice {
+    type Err = KernelsError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(KernelChoice::Auto),
+            "cpu" => Ok(KernelChoice::Cpu),
+            "mlx" => Ok(KernelChoice::Mlx),
+            "mlx-fast" => Ok(KernelChoice::MlxFast),
+            other => Err(KernelsError::Unknown(other.to_string())),
+        }
+    }
+}
+
+/// Why a choice cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelsError {
+    /// Not one of [`KernelChoice::NAMES`].
+    #[error("unknown kernels '{0}': expected one of auto, cpu, mlx, mlx-fast")]
+    Unknown(String),
+    /// `cpu` asked of a build without the CPU kernels.
+    #[error(
+        "kernels = \"cpu\": this build has no CPU kernels (they are built on x86-64 Linux with the \
+         `cpu-kernels` feature of mlx-gpt-ops, on by default); use kernels = \"mlx\" or \"auto\""
+    )]
+    NotBuilt,
+    /// `cpu` asked for a run on another device.
+    #[error("kernels = \"cpu\" runs on the CPU only, and the device is {0}; use kernels = \"auto\" or \"mlx-fast\"")]
+    NotOnCpu(DeviceKind),
+}
+
+/// Which formulation of each operation runs (see the crate documentation's table).
+///
+/// A plain value: resolved once ([`Kernels::resolve`]), printed by `mlx-gpt info` and the
+/// training header, and handed to the model (`Gpt::kernels`) and the optimizer. Two
+/// refinements of the CPU set are part of it, both chosen by the caller that knows the
+/// situation: [`Kernels::with_gemm_layers`] (training on single-threaded streams) and
+/// [`Kernels::for_decoding`] (generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    set: KernelSet,
+    gemm_layers: bool,
+    decoding: bool,
+}
+
+impl Default for Kernels {
+    /// [`Kernels::mlx`]: correct on every device and build.
+    fn default() -> Self {
+        Kernels::mlx()
+    }
+}
+
+impl Kernels {
+    fn of(set: KernelSet) -> Self {
+        // Every program that computes gets OpenBLAS's start-up kernel check.
+        mlx_gpt_runtime::blas_kernel::keep_linked();
+        Kernels { set, gemm_layers: false, decoding: false }
+    }
+
+    /// Plain MLX ops ([`KernelSet::Mlx`]).
+    pub fn mlx() -> Self {
+        Kernels::of(KernelSet::Mlx)
+    }
+
+    /// MLX's dedicated primitives ([`KernelSet::MlxFast`]).
+    pub fn mlx_fast() -> Self {
+        Kernels::of(KernelSet::MlxFast)
+    }
+
+    /// mlx-gpt's CPU kernels ([`KernelSet::Cpu`]), when this build has them.
+    pub fn cpu() -> Result<Self, KernelsError> {
+        if Kernels::cpu_built() {
+            Ok(Kernels::of(KernelSet::Cpu))
+        } else {
+            Err(KernelsError::NotBuilt)
+        }
+    }
+
+    /// Whether this build has the CPU kernels (the `cpu-kernels` feature, x86-64 Linux).
+    pub const fn cpu_built() -> bool {
+        cfg!(cpu_kernels)
+    }
+
+    /// The kernels for `choice` on `device`.
+    pub fn resolve(choice: KernelChoice, device: DeviceKind) -> Result<Self, KernelsError> {
+        match (choice, device) {
+            (KernelChoice::Cpu, DeviceKind::Gpu) => Err(KernelsError::NotOnCpu(device)),
+            (KernelChoice::Cpu, DeviceKind::Cpu) => Kernels::cpu(),
+            (KernelChoice::Mlx, _) => Ok(Kernels::mlx()),
+            (KernelChoice::MlxFast, _) => Ok(Kernels::mlx_fast()),
+            (KernelChoice::Auto, DeviceKind::Gpu) => Ok(Kernels::mlx_fast()),
+            (KernelChoice::Auto, DeviceKind::Cpu) => Ok(Kernels::cpu().unwrap_or_else(|_| Kernels::mlx())),
+        }
+    }
+
+    /// The family.
+    pub fn set(&self) -> KernelSet {
+        self.set
+    }
+
+    /// With the CPU set, run the dense layers and the tied head through the `Linear`
+    /// primitive on mlx-gpt's single-threaded GEMM (`on`), or MLX's matmul on the BLAS.
+    /// The GEMM is the faster where each core computes a part of the batch on its own
+    /// (the training step's streams, the BLAS set to one thread); a BLAS on several
+    /// threads does one large product faster. No effect on the other sets.
+    pub fn with_gemm_layers(self, on: bool) -> Self {
+        Kernels { gemm_layers: on && self.set == KernelSet::Cpu, ..self }
+    }
+
+    /// Whether dense layers use the GEMM primitive (see [`Kernels::with_gemm_layers`]).
+    pub fn gemm_layers(&self) -> bool {
+        self.gemm_layers
+    }
+
+    /// The same kernels for decoding one token at a time: with the CPU set, products of
+    /// at most `cpu::matvec::MAX_ROWS` rows go through `cblas_sgemv`, which reads each
+    /// weight once where `sgemm` would first copy ("pack") it. Generation uses this.
+    pub fn for_decoding(self) -> Self {
+        Kernels { decoding: self.set == KernelSet::Cpu, ..self }
+    }
+
+    /// Whether this is the decoding variant (see [`Kernels::for_decoding`]).
+    pub fn decoding(&self) -> bool {
+        self.decoding
+    }
+
+    /// The configuration name of the set: `cpu`, `mlx` or `mlx-fast`.
+    pub fn name(&self) -> &'static str {
+        match self.set {
+            KernelSet::Cpu => "cpu",
+            KernelSet::Mlx => "mlx",
+            KernelSet::MlxFast => "mlx-fast",
+        }
+    }
+
+    /// One line for `info` and the training header.
+    pub fn describe(&self) -> String {
+        match self.set {
+            KernelSet::Cpu => format!(
+                "cpu: mlx-gpt's CPU kernels ({}); dense layers on {}",
+                cpu_isa(),
+                if self.gemm_layers { "mlx-gpt's GEMM" } else { "MLX's matmul (the BLAS)" }
+            ),
+            KernelSet::Mlx => "mlx: plain MLX ops (fused by compile)".into(),
+            KernelSet::MlxFast => "mlx-fast: MLX's dedicated primitives".into(),
+        }
+    }
+}
+
+/// Which code paths the CPU kernels take on this machine.
+fn cpu_isa() -> &'static str {
+    #[cfg(cpu_kernels)]
+    {
+        if crate::cpu::ffi::own_gemm_active() {
+            "AVX-512 paths"
+        } else if cfg!(feature = "generic-cpu") {
+            "portable paths, built with generic-cpu"
+        } else {
+            "portable paths: no AVX-512 on this CPU"
+        }
+    }
+    #[cfg(not(cpu_kernels))]
+    {
+        "not built"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse_and_resolve() {
+        for name in KernelChoice::NAMES {
+            assert_eq!(name.parse::<KernelChoice>().unwrap().to_string(), name);
+        }
+        let err = "fast".parse::<KernelChoice>().unwrap_err().to_string();
+        assert!(err.contains("'fast'") && err.contains("auto, cpu, mlx, mlx-fast"), "{err}");
+        assert_eq!(Kernels::resolve(KernelChoice::Auto, DeviceKind::Gpu).unwrap().set(), KernelSet::MlxFast);
+        assert_eq!(Kernels::resolve(KernelChoice::Mlx, DeviceKind::Cpu).unwrap().set(), KernelSet::Mlx);
+        assert!(Kernels::resolve(KernelChoice::Cpu, DeviceKind::Gpu).unwrap_err().to_string().contains("CPU only"));
+        let auto = Kernels::resolve(KernelChoice::Auto, DeviceKind::Cpu).unwrap();
+        assert_eq!(auto.set(), if Kernels::cpu_built() { KernelSet::Cpu } else { KernelSet::Mlx });
+        assert_eq!(Kernels::cpu().is_ok(), Kernels::cpu_built());
+        // The refinements only refine the CPU set.
+        assert!(!Kernels::mlx().with_gemm_layers(true).gemm_layers());
+        assert!(!Kernels::mlx().for_decoding().decoding());
+        if let Ok(cpu) = Kernels::cpu() {
+            assert!(cpu.with_gemm_layers(true).gemm_layers() && cpu.for_decoding().decoding());
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! The operations a GPT is made of, each with one entry point that takes a [`Kernels`]
+//! value: the plain-MLX formulation beside it (the reference, and what runs on a GPU or
+//! without the CPU kernels), and mlx-gpt's CPU kernel where one exists.
+//!
+//! | operation | entry point | plain-MLX formulation | CPU kernel (csrc/) |
+//! |---|---|---|---|
+//! | dense layer | [`linear()`] | [`linear::linear_mlx`] | `linear.cpp` on `gemm.cpp`; `host_gemv.cpp` when decoding |
+//! | LayerNorm | [`layer_norm()`] | [`layer_norm::layer_norm_mlx`] | `layer_norm.cpp` |
+//! | GELU | [`gelu()`] | [`gelu::gelu_mlx`] | `gelu.cpp` |
+//! | causal self-attention | [`causal_attention()`] | [`attention::attention_mlx`] | `causal_attention.cpp` |
+//! | attention over a KV cache | [`cached_attention()`] | [`attention::attention_mlx`] | `decode_attention.cpp` (one new position) |
+//! | clipped AdamW step | [`adamw_step()`] | [`adamw::adamw_step_arrays`] | `adamw.cpp` |
+//! | softmax, logsumexp | [`softmax_last`], [`logsumexp_last`] | the same | — |
+//!
+//! The kernels are compiled with the `cpu-kernels` feature (default) on x86-64 Linux; see
+//! [`Kernels::cpu_built`]. Adding one: docs/architecture.md, "How to add a kernel".
+
+#![warn(missing_docs)]
+
+pub mod adamw;
+pub mod attention;
+#[cfg(cpu_kernels)]
+pub mod cpu;
+pub mod gelu;
+pub mod kernels;
+pub mod layer_norm;
+pub mod linear;
+pub mod softmax;
+
+pub use adamw::{adamw_step, AdamWHyper, AdamWUpdate};
+pub use attention::{cached_attention, causal_attention, causal_mask};
+pub use gelu::gelu;
+pub use kernels::{KernelChoice, KernelSet, Kernels, KernelsError};
+pub use layer_norm::layer_norm;
+pub use linear::{linear, linear_transposed};
+pub use softmax::{logsumexp_last, softmax_last};
+
+/// How many products this thread has run through `cblas_sgemv` while decoding (0 without
+/// the CPU kernels): for tests and diagnostics.
+pub fn sgemv_calls() -> usize {
+    #[cfg(cpu_kernels)]
+    {
+        cpu::matvec::calls()
+    }
+    #[cfg(not(cpu_kernels))]
+    {
+        0
+    }
+}

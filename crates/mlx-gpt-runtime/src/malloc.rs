@@ -1,0 +1,43 @@
+//! glibc malloc's thresholds, set once at start-up by the program.
+
+/// Keep freed memory in the process instead of returning it to the system at once
+/// (glibc's malloc on Linux; nothing elsewhere). Returns whether both thresholds were set
+/// (glibc 2.36 takes both; `mlx-gpt info` reports the result).
+///
+/// MLX's CPU allocator calls `malloc` and `free` for every array. Blocks above glibc's
+/// mmap threshold (which only grows up to 32 MiB) are mapped and unmapped each time, and
+/// freed heap tops are trimmed; a training step allocates the same large buffers (the
+/// attention weights, the optimizer's outputs) step after step, so it paid fresh page
+/// faults for them every step. This raises the mmap threshold to 256 MiB and the trim
+/// threshold to 1 GiB, as `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…:glibc.malloc.trim_threshold=…`
+/// would. Measured on the baby GPT's step: 1–2 ms of about 33 (docs/performance-history.md).
+/// The cost is memory that stays with the process after a peak; `mlx-gpt
+/// --no-malloc-tuning` skips it. Call it early, before large allocations (the CLI does at
+/// start-up).
+pub fn keep_freed_memory() -> bool {
+    let kept = set_malloc_thresholds();
+    FREED_MEMORY_KEPT.store(kept, std::sync::atomic::Ordering::Relaxed);
+    kept
+}
+
+static FREED_MEMORY_KEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`keep_freed_memory`] was called in this process and took effect.
+pub fn freed_memory_kept() -> bool {
+    FREED_MEMORY_KEPT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn set_malloc_thresholds() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes the allocator's thresholds. Both are tried: a glibc
+        // that refuses one threshold (some cap the mmap threshold) still takes the other.
+        let mmap = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20) } == 1;
+        let trim = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) } == 1;
+        mmap && trim
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
