@@ -1,6 +1,6 @@
 //! The expected outputs of the committed Hugging Face fixtures (`expected.json`, written by
 //! scripts/make_gpt2_fixtures.py), and the check of a model against them. Shared by
-//! tests/hf_parity.rs and tests/linear_primitive.rs.
+//! tests/hf_parity.rs and tests/kernels_choice.rs.
 
 use mlx_gpt_model::Gpt;
 use mlx_rs::{Array, Dtype};

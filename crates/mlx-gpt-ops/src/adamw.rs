@@ -60,7 +60,8 @@ pub type AdamWUpdate = (Array, Vec<Array>, Vec<Array>, Vec<Array>);
 
 /// One step of the parameters `p` with moments `m`, `v` (float32) and gradient `parts`
 /// (each a full set in the order of `p`, summing to the unscaled gradient); `decays[j]`
-/// says whether parameter j is decayed. The results are lazy.
+/// says whether parameter j is decayed. The results are lazy. For a step taken again and
+/// again, [`AdamWStep`] compiles the plain formulation once.
 pub fn adamw_step(
     k: &Kernels,
     h: &AdamWHyper,
@@ -70,21 +71,74 @@ pub fn adamw_step(
     decays: &[bool],
     parts: &[Vec<Array>],
 ) -> Result<AdamWUpdate, Exception> {
-    let n = p.len();
-    check_counts(p, m, v, decays, parts)?;
-    if parts.is_empty() {
-        return Err(Exception::custom("AdamW step: no gradient parts"));
+    AdamWStep::run(k, h, p, m, v, decays, parts, &mut |inputs| adamw_step_arrays(inputs, decays))
+}
+
+/// The plain formulation on its inputs (compiled or not).
+type PlainStep<'a> = dyn FnMut(&[Array]) -> Result<Vec<Array>, Exception> + 'a;
+type StepFn = Box<PlainStep<'static>>;
+
+/// [`adamw_step`] for one set of parameters, step after step: where the CPU kernel does
+/// not run (another set of kernels, another dtype), the plain formulation runs as one
+/// MLX-compiled function, traced once, instead of a few hundred separate small kernels.
+pub struct AdamWStep {
+    decays: Vec<bool>,
+    plain: StepFn,
+}
+
+impl AdamWStep {
+    /// For parameters whose decay flags are `decays`.
+    pub fn new(decays: Vec<bool>) -> Self {
+        let flags = decays.clone();
+        let f = move |inputs: &[Array]| adamw_step_arrays(inputs, &flags);
+        AdamWStep { decays, plain: Box::new(mlx_rs::transforms::compile::compile(f, false)) }
     }
-    if k.set() == KernelSet::Cpu {
-        #[cfg(cpu_kernels)]
-        if let Some(out) = crate::cpu::adamw::step(h, p, m, v, decays, parts)? {
-            return Ok(out);
+
+    /// The decay flags it was made for.
+    pub fn decays(&self) -> &[bool] {
+        &self.decays
+    }
+
+    /// One step, as [`adamw_step`] with this step's decay flags.
+    pub fn step(
+        &mut self,
+        k: &Kernels,
+        h: &AdamWHyper,
+        p: &[Array],
+        m: &[Array],
+        v: &[Array],
+        parts: &[Vec<Array>],
+    ) -> Result<AdamWUpdate, Exception> {
+        Self::run(k, h, p, m, v, &self.decays, parts, &mut self.plain)
+    }
+
+    /// The CPU kernel where the kernels and the arrays allow it, else `plain` (the plain
+    /// formulation, compiled or not) on the inputs [`adamw_step_arrays`] takes.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        k: &Kernels,
+        h: &AdamWHyper,
+        p: &[Array],
+        m: &[Array],
+        v: &[Array],
+        decays: &[bool],
+        parts: &[Vec<Array>],
+        plain: &mut PlainStep<'_>,
+    ) -> Result<AdamWUpdate, Exception> {
+        check_counts(p, m, v, decays, parts)?;
+        if parts.is_empty() {
+            return Err(Exception::custom("AdamW step: no gradient parts"));
         }
+        if k.set() == KernelSet::Cpu {
+            #[cfg(cpu_kernels)]
+            if let Some(out) = crate::cpu::adamw::step(h, p, m, v, decays, parts)? {
+                return Ok(out);
+            }
+        }
+        let mut inputs = vec![h.to_array()];
+        inputs.extend(p.iter().chain(m).chain(v).chain(parts.iter().flatten()).cloned());
+        Ok(split_update(plain(&inputs)?, p.len()))
     }
-    let mut inputs = vec![h.to_array()];
-    inputs.extend(p.iter().chain(m).chain(v).chain(parts.iter().flatten()).cloned());
-    let out = adamw_step_arrays(&inputs, decays)?;
-    Ok(split_update(out, n))
 }
 
 /// Every list holds one entry per parameter (the moments, the decay flags, each gradient
@@ -263,6 +317,44 @@ mod tests {
                             k.name()
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The plain formulation compiled ([`AdamWStep`], twice: traced, then replayed) gives
+    /// what it gives op by op.
+    #[test]
+    fn the_compiled_step_equals_the_plain_one() {
+        let normal = |n: i32, k: u64| random::normal::<f32>(&[n], None, Some(0.1), &random::key(k).unwrap()).unwrap();
+        let p = vec![normal(7, 1), normal(300, 2)];
+        let m = vec![normal(7, 3), normal(300, 4)];
+        let v = vec![normal(7, 5).square().unwrap(), normal(300, 6).square().unwrap()];
+        let parts = vec![vec![normal(7, 7), normal(300, 8)], vec![normal(7, 9), normal(300, 10)]];
+        let decays = [true, false];
+        let h = AdamWHyper {
+            scale: 0.5,
+            clip: 0.05,
+            clipping: true,
+            beta1: 0.9,
+            beta2: 0.95,
+            decay: 0.999,
+            step_size: 1e-2,
+            bc2_sqrt: 0.3,
+            eps: 1e-8,
+        };
+        let plain = adamw_step(&Kernels::mlx(), &h, &p, &m, &v, &decays, &parts).unwrap();
+        let mut compiled = AdamWStep::new(decays.to_vec());
+        for _ in 0..2 {
+            let got = compiled.step(&Kernels::mlx(), &h, &p, &m, &v, &parts).unwrap();
+            let pairs = [(&got.0, &plain.0)]
+                .into_iter()
+                .chain(got.1.iter().zip(&plain.1))
+                .chain(got.2.iter().zip(&plain.2))
+                .chain(got.3.iter().zip(&plain.3));
+            for (a, b) in pairs {
+                for (x, y) in a.as_slice::<f32>().iter().zip(b.as_slice::<f32>()) {
+                    assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} vs {y}");
                 }
             }
         }

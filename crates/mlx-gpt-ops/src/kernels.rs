@@ -154,9 +154,11 @@ impl Kernels {
     /// primitive on mlx-gpt's single-threaded GEMM (`on`), or MLX's matmul on the BLAS.
     /// The GEMM is the faster where each core computes a part of the batch on its own
     /// (the training step's streams, the BLAS set to one thread); a BLAS on several
-    /// threads does one large product faster. No effect on the other sets.
+    /// threads does one large product faster. Where the GEMM does not run (no AVX-512, a
+    /// `generic-cpu` build) the primitive would call the BLAS, measured no faster than
+    /// MLX's matmul, so this stays off. No effect on the other sets.
     pub fn with_gemm_layers(self, on: bool) -> Self {
-        Kernels { gemm_layers: on && self.set == KernelSet::Cpu, ..self }
+        Kernels { gemm_layers: on && self.set == KernelSet::Cpu && own_gemm_active(), ..self }
     }
 
     /// Whether dense layers use the GEMM primitive (see [`Kernels::with_gemm_layers`]).
@@ -199,6 +201,18 @@ impl Kernels {
     }
 }
 
+/// Whether mlx-gpt's own GEMM runs the CPU kernels' products here (built, AVX-512).
+fn own_gemm_active() -> bool {
+    #[cfg(cpu_kernels)]
+    {
+        crate::cpu::ffi::own_gemm_active()
+    }
+    #[cfg(not(cpu_kernels))]
+    {
+        false
+    }
+}
+
 /// Which code paths the CPU kernels take on this machine.
 fn cpu_isa() -> &'static str {
     #[cfg(cpu_kernels)]
@@ -238,7 +252,8 @@ mod tests {
         assert!(!Kernels::mlx().with_gemm_layers(true).gemm_layers());
         assert!(!Kernels::mlx().for_decoding().decoding());
         if let Ok(cpu) = Kernels::cpu() {
-            assert!(cpu.with_gemm_layers(true).gemm_layers() && cpu.for_decoding().decoding());
+            assert_eq!(cpu.with_gemm_layers(true).gemm_layers(), own_gemm_active());
+            assert!(cpu.for_decoding().decoding());
         }
     }
 }

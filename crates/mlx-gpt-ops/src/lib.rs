@@ -27,7 +27,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod softmax;
 
-pub use adamw::{adamw_step, AdamWHyper, AdamWUpdate};
+pub use adamw::{adamw_step, AdamWHyper, AdamWStep, AdamWUpdate};
 pub use attention::{cached_attention, causal_attention, causal_mask};
 pub use gelu::gelu;
 pub use kernels::{KernelChoice, KernelSet, Kernels, KernelsError};

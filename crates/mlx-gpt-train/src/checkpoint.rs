@@ -387,8 +387,13 @@ fn load_parts(dir: &Path, adamw: AdamWConfig, with_optimizer: bool) -> Result<Lo
         use mlx_rs::module::ModuleParameters;
         model.parameters().flatten().iter().map(|(k, v)| (k.to_string(), v.shape().to_vec())).collect()
     };
-    let optimizer = AdamW::load(&dir.join("optimizer.safetensors"), adamw, &shapes)
-        .map_err(|why| damaged(format!("optimizer.safetensors: {why}")))?;
+    let opt_path = dir.join("optimizer.safetensors");
+    let optimizer = AdamW::load(&opt_path, adamw, &shapes).map_err(|e| match e {
+        // Not the checkpoint's fault (permissions, a failing disk): said as it is, and the
+        // checkpoint is not taken for damaged.
+        crate::optimizer::StateError::Io(source) => TrainError::Io { path: opt_path.clone(), source },
+        crate::optimizer::StateError::Invalid(why) => damaged(format!("optimizer.safetensors: {why}")),
+    })?;
     Ok(Loaded { model, optimizer, state })
 }
 

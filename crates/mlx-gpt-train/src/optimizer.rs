@@ -11,7 +11,7 @@
 //! checked against `torch.optim.AdamW` by `tests/fixtures/adamw.json`
 //! (scripts/make_adamw_fixture.py).
 
-use mlx_gpt_ops::{adamw_step, AdamWHyper, Kernels};
+use mlx_gpt_ops::{AdamWHyper, AdamWStep, Kernels};
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 use safetensors::tensor::TensorView;
@@ -42,18 +42,40 @@ impl From<&crate::config::TrainConfig> for AdamWConfig {
 pub type NormAndParams = (Array, BTreeMap<String, Array>);
 
 /// Optimizer state: first and second moments per parameter (float32), and the step count.
-#[derive(Debug)]
 pub struct AdamW {
     config: AdamWConfig,
     m: BTreeMap<String, Array>,
     v: BTreeMap<String, Array>,
     step: u64,
+    /// The step function, made (and its plain formulation compiled) on first use.
+    kernel: Option<AdamWStep>,
+}
+
+impl std::fmt::Debug for AdamW {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdamW")
+            .field("config", &self.config)
+            .field("step", &self.step)
+            .field("params", &self.m.len())
+            .finish()
+    }
+}
+
+/// Why optimizer state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file could not be read.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// It is not the state of this model.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl AdamW {
     /// A fresh optimizer.
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, m: BTreeMap::new(), v: BTreeMap::new(), step: 0 }
+        AdamW { config, m: BTreeMap::new(), v: BTreeMap::new(), step: 0, kernel: None }
     }
 
     /// Steps taken.
@@ -103,7 +125,12 @@ impl AdamW {
         };
         let (m, v) = (state(&self.m)?, state(&self.v)?);
         let decays: Vec<bool> = p.iter().map(Self::decays).collect();
-        let (norm, new_p, new_m, new_v) = adamw_step(k, &h, &p, &m, &v, &decays, parts)?;
+        let kernel = match self.kernel.take() {
+            Some(kernel) if kernel.decays() == decays.as_slice() => kernel,
+            _ => AdamWStep::new(decays),
+        };
+        let kernel = self.kernel.insert(kernel);
+        let (norm, new_p, new_m, new_v) = kernel.step(k, &h, &p, &m, &v, parts)?;
         self.step += 1;
         let mut out = BTreeMap::new();
         for (((name, p), m), v) in params.keys().zip(new_p).zip(new_m).zip(new_v) {
@@ -144,33 +171,35 @@ impl AdamW {
     /// Read the state [`AdamW::save`] wrote, for a model whose parameters have `shapes`;
     /// anything else in the file (a tensor of another shape or name, no step count, state
     /// for only some parameters) is an error saying what.
-    pub fn load(path: &Path, config: AdamWConfig, shapes: &BTreeMap<String, Vec<i32>>) -> Result<AdamW, String> {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| e.to_string())?;
+    pub fn load(path: &Path, config: AdamWConfig, shapes: &BTreeMap<String, Vec<i32>>) -> Result<AdamW, StateError> {
+        let bytes = std::fs::read(path)?;
+        let invalid = |e: safetensors::SafeTensorError| StateError::Invalid(e.to_string());
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(invalid)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(invalid)?;
         let step = meta
             .metadata()
             .as_ref()
             .and_then(|m| m.get("step"))
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| "no step count".to_string())?;
+            .ok_or_else(|| StateError::Invalid("no step count".into()))?;
         let mut opt = AdamW { step, ..AdamW::new(config) };
         for (name, view) in st.tensors() {
             let shape: Vec<i32> = view.shape().iter().map(|&d| d as i32).collect();
-            let (kind, param) = name.split_once('.').ok_or_else(|| format!("unexpected tensor {name}"))?;
+            let (kind, param) =
+                name.split_once('.').ok_or_else(|| StateError::Invalid(format!("unexpected tensor {name}")))?;
             if shapes.get(param) != Some(&shape) || view.dtype() != safetensors::Dtype::F32 {
-                return Err(format!("tensor {name} does not match the model"));
+                return Err(StateError::Invalid(format!("tensor {name} does not match the model")));
             }
             // SAFETY: F32 data of `shape`, checked by the parser; MLX copies it.
             let a = unsafe { Array::from_raw_data(view.data().as_ptr().cast(), &shape, Dtype::Float32) };
             match kind {
                 "m" => opt.m.insert(param.to_string(), a),
                 "v" => opt.v.insert(param.to_string(), a),
-                _ => return Err(format!("unexpected tensor {name}")),
+                _ => return Err(StateError::Invalid(format!("unexpected tensor {name}"))),
             };
         }
         if step > 0 && (opt.m.len() != shapes.len() || opt.v.len() != shapes.len()) {
-            return Err(format!("state covers {} of {} parameters", opt.m.len(), shapes.len()));
+            return Err(StateError::Invalid(format!("state covers {} of {} parameters", opt.m.len(), shapes.len())));
         }
         Ok(opt)
     }

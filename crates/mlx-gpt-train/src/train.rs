@@ -57,9 +57,11 @@ pub fn select_device(d: Device) -> Result<DeviceKind, TrainError> {
 
 /// The kernels the configuration asks for on `device`, for a step split across `streams`
 /// CPU streams: with more than one, each core runs a part of the batch with the BLAS on
-/// one thread, and the dense layers go through mlx-gpt's single-threaded GEMM.
+/// one thread, and the dense layers go through mlx-gpt's single-threaded GEMM; so they do
+/// on a machine with one core.
 pub fn kernels_for(c: &TrainConfig, device: DeviceKind, streams: usize) -> Result<Kernels, TrainError> {
-    Ok(Kernels::resolve(c.kernels, device)?.with_gemm_layers(streams > 1))
+    let one_core = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
+    Ok(Kernels::resolve(c.kernels, device)?.with_gemm_layers(streams > 1 || one_core))
 }
 
 /// The dataset folder, checked.

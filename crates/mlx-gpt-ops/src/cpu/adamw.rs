@@ -48,6 +48,7 @@ pub fn step(
         h.bc2_sqrt,
         h.eps,
     ];
+    super::ffi::debug_check_cpu();
     let handles: Vec<mlx_sys::mlx_array> = arrays.iter().map(|a| a.as_ptr()).collect();
     // SAFETY: mlx_gpt_adamw_step reads `handles` (arrays that outlive the call), `decays`
     // (n flags) and `hyper` (11 scalars), and fills the 1 + 3n fresh handles in `outs`,

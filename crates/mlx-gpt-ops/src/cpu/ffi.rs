@@ -78,9 +78,6 @@ extern "C" {
     ) -> libc::c_int;
 }
 
-/// Whether the primitives that call the BLAS can run: `cblas_sgemv` and `cblas_sgemm` are
-/// looked up in the process's global scope, so they are the library MLX's own matmuls
-/// call, with the same threads; the first call hands them over.
 /// Whether the primitives' products run on mlx-gpt's own GEMM rather than the BLAS: the
 /// CPU has AVX-512, and the build has that path (not `generic-cpu`).
 pub fn own_gemm_active() -> bool {
@@ -88,6 +85,9 @@ pub fn own_gemm_active() -> bool {
     unsafe { mlx_gpt_own_gemm_active() }
 }
 
+/// Whether the primitives that call the BLAS can run: `cblas_sgemv` and `cblas_sgemm` are
+/// looked up in the process's global scope, so they are the library MLX's own matmuls
+/// call, with the same threads; the first call hands them over.
 pub(crate) fn blas_ready() -> bool {
     static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *READY.get_or_init(|| {
@@ -118,6 +118,15 @@ pub(crate) unsafe fn call_with_optional(
     out
 }
 
+/// The primitives have CPU implementations only: `Kernels::resolve` never picks them for
+/// another device, and a caller that builds `Kernels::cpu()` by hand must not either.
+pub(crate) fn debug_check_cpu() {
+    debug_assert!(
+        mlx_rs::Device::try_default().is_ok_and(|d| d.get_type().is_ok_and(|t| matches!(t, mlx_rs::DeviceType::Cpu))),
+        "mlx-gpt's CPU kernels called with a default device other than the CPU"
+    );
+}
+
 /// The message of the last failed entry point on this thread.
 pub(crate) fn last_error() -> Exception {
     // SAFETY: a NUL-terminated string owned by the C++ side, valid until the next failure.
@@ -131,6 +140,7 @@ pub(crate) fn last_error() -> Exception {
 /// `f` must call one of the entry points above with the handle it is given and arrays
 /// that outlive the call.
 pub(crate) unsafe fn call(f: impl FnOnce(*mut mlx_sys::mlx_array) -> libc::c_int) -> Result<Option<Array>, Exception> {
+    debug_check_cpu();
     let mut res = mlx_sys::mlx_array_new();
     let status = f(&mut res);
     // Owns the handle whether or not the call filled it.
