@@ -1,6 +1,6 @@
 //! `mlx-gpt bench generate`: tokens/s with and without the KV cache.
 
-use super::torch::run_torch_script;
+use super::torch::{run_python_script, run_torch_script};
 use crate::DeviceArgs;
 use std::time::Instant;
 
@@ -89,6 +89,50 @@ pub fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
         Ok(t) => println!("PyTorch, nanoGPT-style generate (full forward per token), {} tokens: {t:.2} tokens/s; KV cache is {:.1}x that",
             args.new_tokens, cached / t),
         Err(why) => println!("PyTorch reference: not run ({why})"),
+    }
+    transformers_reference(&mut model, &prompt, args.new_tokens)
+}
+
+/// Greedy cached generation against Hugging Face transformers' `generate` (use_cache) on
+/// the same weights, saved for it as safetensors: tokens/s of both, and whether they chose
+/// the same tokens (float32 sums in another order can flip a near tie between logits).
+fn transformers_reference(model: &mut mlx_gpt_model::Gpt, prompt: &[u32], n: usize) -> anyhow::Result<()> {
+    use mlx_gpt_model::generate::{generate, SamplingParams};
+    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+    generate(model, prompt, 2, &greedy, |_| true)?; // warm-up
+    let t = Instant::now();
+    let ours = generate(model, prompt, n, &greedy, |_| true)?;
+    let rate = ours.len() as f64 / t.elapsed().as_secs_f64();
+    println!("greedy, KV cache ({} kernels), {n} tokens: {rate:.2} tokens/s", model.kernels.name());
+    let dir = std::env::temp_dir().join(format!("mlx-gpt-bench-generate-{}", std::process::id()));
+    mlx_gpt_model::hf::save_pretrained(model, &dir)?;
+    let prompt_arg = prompt.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let args: Vec<String> =
+        ["--model-dir", &dir.to_string_lossy(), "--prompt", &prompt_arg, "--new-tokens", &n.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let result = run_python_script("bench_hf_generate.py", &args);
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok(v) => {
+            let theirs: Vec<u32> = v["tokens"]
+                .as_array()
+                .map(|t| t.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
+                .unwrap_or_default();
+            let same = ours.iter().zip(&theirs).take_while(|(a, b)| a == b).count();
+            let hf = v["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "transformers {} (torch {}, {} threads), generate(use_cache=True), greedy, {n} tokens: {hf:.2} tokens/s; \
+                 mlx-gpt is {:.2}x that; the same tokens for the first {same} of {}",
+                v["transformers"].as_str().unwrap_or("?"),
+                v["torch"].as_str().unwrap_or("?"),
+                v["threads"],
+                rate / hf,
+                theirs.len()
+            );
+        }
+        Err(why) => println!("transformers reference: not run ({why})"),
     }
     Ok(())
 }

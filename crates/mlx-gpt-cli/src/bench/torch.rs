@@ -85,7 +85,13 @@ fn torch_python() -> Result<String, String> {
 /// Run `scripts/bench_torch.py` with `args` under the reference's Python and parse the
 /// JSON line it prints last. The error says why no figure came back.
 pub fn run_torch_script(args: &[String]) -> Result<serde_json::Value, String> {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
+    run_python_script("bench_torch.py", args)
+}
+
+/// Run `scripts/<name>` with `args` under the reference's Python (torch, and for
+/// `bench_hf_generate.py` transformers) and parse the JSON line it prints last.
+pub fn run_python_script(name: &str, args: &[String]) -> Result<serde_json::Value, String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts").join(name);
     if !script.is_file() {
         return Err(format!("{} is not here", script.display()));
     }
@@ -96,6 +102,12 @@ pub fn run_torch_script(args: &[String]) -> Result<serde_json::Value, String> {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if stderr.contains("No module named 'torch'") {
             return Err(torch_missing(&python));
+        }
+        if stderr.contains("No module named 'transformers'") {
+            return Err(format!(
+                "{python} has torch but not transformers; install it there (pip install transformers) \
+                 or name a Python that has both with MLX_GPT_TORCH_PYTHON"
+            ));
         }
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
         return Err(format!("{} failed under {python}: {last}", script.display()));
