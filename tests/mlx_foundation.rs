@@ -15,9 +15,9 @@ impl Rng {
     fn new(seed: u64) -> Rng {
         Rng(SampleRng::new(seed))
     }
-    /// Uniform in [-1, 1).
+    /// Uniform in [-1, 1): the top 24 bits, exact in an f32.
     fn next_f32(&mut self) -> f32 {
-        (self.0.next_f64() * 2.0 - 1.0) as f32
+        (self.0.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
     fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.next_f32() * scale).collect()
