@@ -2,7 +2,8 @@
 
 Loads a GPT-2 folder (the weights mlx-gpt's benchmark just saved, so both run the same
 model), generates greedily with the KV cache (`use_cache=True`, exactly `--new-tokens`
-tokens), and prints one JSON line: tokens per second, the tokens, and the versions.
+tokens per prompt; several equally long prompts run as one batch), and prints one JSON
+line: new tokens per second over all prompts, each prompt's tokens, and the versions.
 Run by the benchmark under the Python that has torch (MLX_GPT_TORCH_PYTHON).
 """
 import argparse
@@ -17,14 +18,15 @@ import transformers
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", required=True)
-    ap.add_argument("--prompt", required=True, help="comma-separated token ids")
+    ap.add_argument("--prompts", required=True,
+                    help="token ids, comma-separated; prompts (equally long) separated by ';'")
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     model = GPT2LMHeadModel.from_pretrained(a.model_dir, torch_dtype=torch.float32).eval()
-    prompt = torch.tensor([[int(t) for t in a.prompt.split(",")]])
+    prompt = torch.tensor([[int(t) for t in p.split(",")] for p in a.prompts.split(";")])
     eos = model.config.eos_token_id
 
     def run(n):
@@ -36,8 +38,8 @@ def main():
     t0 = time.perf_counter()
     out = run(a.new_tokens)
     dt = time.perf_counter() - t0
-    new = out[0, prompt.shape[1]:].tolist()
-    print(json.dumps({"tokens_per_s": len(new) / dt, "tokens": new, "threads": torch.get_num_threads(),
+    new = out[:, prompt.shape[1]:].tolist()
+    print(json.dumps({"tokens_per_s": sum(map(len, new)) / dt, "tokens": new, "threads": torch.get_num_threads(),
                       "torch": torch.__version__, "transformers": transformers.__version__}))
 
 

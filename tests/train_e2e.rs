@@ -144,6 +144,19 @@ fn a_small_model_learns_and_can_be_sampled_and_evaluated() {
     assert_eq!(sample(&["--seed", "7"]), first);
     assert_eq!(sample(&["--seed", "7", "--no-kv-cache"]), first);
     assert_ne!(sample(&["--seed", "8"]), first);
+    // bfloat16 matrices for decoding (what they compute is tested in the model crate):
+    // the prompt, then as many new characters, the same for a seed.
+    let half = sample(&["--seed", "7", "--decode-dtype", "bfloat16"]);
+    assert!(half.starts_with("ROMEO:") && half.chars().count() >= 66, "{half}");
+    assert_eq!(sample(&["--seed", "7", "--decode-dtype", "bfloat16"]), half);
+    let bad = mlx_gpt(&[
+        "sample".into(),
+        "--out-dir".into(),
+        out.display().to_string(),
+        "--decode-dtype".into(),
+        "float16".into(),
+    ]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("float16"));
     // A checkpoint folder given to --init-from samples with the run's own characters.
     let ckpt = out.join("checkpoints/iter-0000300");
     let from_folder = |dir: &Path| {

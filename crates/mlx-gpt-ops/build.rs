@@ -28,7 +28,7 @@ fn compile_kernels() {
     let mut build = cc::Build::new();
     build.cpp(true).std("c++20").files([
         "csrc/entry.cpp",
-        "csrc/host_gemv.cpp",
+        "csrc/decode_product.cpp",
         "csrc/gelu.cpp",
         "csrc/layer_norm.cpp",
         "csrc/decode_attention.cpp",

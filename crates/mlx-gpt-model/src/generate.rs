@@ -174,14 +174,15 @@ fn kth_largest(values: impl Iterator<Item = f64>, k: usize) -> f64 {
     heap.peek().expect("k ≥ 1").0 .0
 }
 
-fn ids(tokens: &[u32]) -> Array {
-    let v: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-    Array::from_slice(&v, &[1, v.len() as i32])
+/// Token ids of equally long rows as one (B, T) array.
+fn ids(rows: &[&[u32]]) -> Array {
+    let v: Vec<i32> = rows.iter().flat_map(|r| r.iter().map(|&t| t as i32)).collect();
+    Array::from_slice(&v, &[rows.len() as i32, rows[0].len() as i32])
 }
 
 /// Generate up to `max_new_tokens` tokens after `prompt`, calling `on_token` with each as
 /// soon as it is chosen (return `false` to stop). Returns the new tokens. Dropout is
-/// switched off. Batch size 1.
+/// switched off.
 pub fn generate(
     model: &mut Gpt,
     prompt: &[u32],
@@ -189,53 +190,110 @@ pub fn generate(
     params: &SamplingParams,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>, ModelError> {
+    let mut out = decode(model, &[prompt], max_new_tokens, params, |step| on_token(step[0]))?;
+    Ok(out.pop().expect("one row"))
+}
+
+/// Generate for several prompts at once: each step is one forward pass over the whole
+/// batch, so the weights are read once per step for all rows — on a CPU, where decoding
+/// is bound by reading the weights, B rows cost little more than one.
+///
+/// The prompts must be equally long (GPT-2's positions are absolute, so a padded row
+/// would need positions of its own). Row `i` samples with the seed `params.seed + i` and
+/// gets exactly the tokens `generate` gives its prompt with that seed; a row that emits
+/// `stop_token` stops there while the others go on. Returns each row's new tokens.
+pub fn generate_batch(
+    model: &mut Gpt,
+    prompts: &[&[u32]],
+    max_new_tokens: usize,
+    params: &SamplingParams,
+) -> Result<Vec<Vec<u32>>, ModelError> {
+    if let Some(p) = prompts.iter().find(|p| p.len() != prompts[0].len()) {
+        return Err(ModelError::Sampling(format!(
+            "the prompts of a batch must be equally long: {} and {} tokens",
+            prompts[0].len(),
+            p.len()
+        )));
+    }
+    decode(model, prompts, max_new_tokens, params, |_| true)
+}
+
+/// The decoding loop of [`generate`] and [`generate_batch`]: `on_step` sees the tokens
+/// chosen at each step, one per row (rows already stopped repeat their stop token), and
+/// returns `false` to stop.
+fn decode(
+    model: &mut Gpt,
+    prompts: &[&[u32]],
+    max_new_tokens: usize,
+    params: &SamplingParams,
+    mut on_step: impl FnMut(&[u32]) -> bool,
+) -> Result<Vec<Vec<u32>>, ModelError> {
     params.validate()?;
-    if prompt.is_empty() {
+    if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
         return Err(ModelError::Sampling("the prompt must hold at least one token".into()));
     }
     let vocab = model.config.vocab_size as u32;
-    if let Some(&bad) = prompt.iter().find(|&&t| t >= vocab) {
+    if let Some(&bad) = prompts.iter().flat_map(|p| p.iter()).find(|&&t| t >= vocab) {
         return Err(ModelError::Sampling(format!("prompt token {bad} is outside the vocabulary (size {vocab})")));
     }
     model.set_training(false);
-    let block = model.config.block_size;
-    let mut rng = SampleRng::new(params.seed);
-    let mut tokens = prompt.to_vec();
+    let (block, rows) = (model.config.block_size, prompts.len());
+    let mut rngs: Vec<SampleRng> = (0..rows).map(|i| SampleRng::new(params.seed.wrapping_add(i as u64))).collect();
+    let mut tokens: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
     // Reserved up to a point: a huge max_new_tokens (a stream meant to run until stopped)
     // must not ask for its whole capacity up front.
-    let mut out = Vec::with_capacity(max_new_tokens.min(1 << 16));
+    let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(max_new_tokens.min(1 << 16)); rows];
+    let mut done = vec![false; rows];
     let mut kv: Vec<LayerKv> = vec![LayerKv::default(); model.config.n_layer];
-    // How many of `tokens` the cache holds (a suffix ending before the pending ones).
+    // How many of each row's tokens the cache holds (a suffix ending before the pending
+    // ones); every row has the same length.
     let mut cached = 0usize;
-    // Decoding multiplies single rows by every weight matrix: with the CPU kernels, sgemv.
+    // Decoding multiplies a few rows by every weight matrix: with the CPU kernels, the
+    // decoding product (one read of each weight for all rows).
     let k = model.kernels.for_decoding();
+    let window =
+        |tokens: &[Vec<u32>], from: usize| -> Array { ids(&tokens.iter().map(|t| &t[from..]).collect::<Vec<_>>()) };
     for _ in 0..max_new_tokens {
+        let len = tokens[0].len();
         let x = if params.use_kv_cache {
-            let pending = tokens.len() - cached;
+            let pending = len - cached;
             if cached == 0 || cached + pending > block {
                 // (Re)build from the window of the last block_size tokens.
-                let window = &tokens[tokens.len().saturating_sub(block)..];
                 kv.iter_mut().for_each(|l| *l = LayerKv::default());
-                let x = model.hidden_with(&k, &ids(window), Some(&mut kv))?; // (1, Tw, C)
-                cached = window.len();
+                let x = model.hidden_with(&k, &window(&tokens, len.saturating_sub(block)), Some(&mut kv))?; // (B, Tw, C)
+                cached = len.min(block);
                 x
             } else {
-                let x = model.hidden_with(&k, &ids(&tokens[cached..]), Some(&mut kv))?; // (1, pending, C)
+                let x = model.hidden_with(&k, &window(&tokens, cached), Some(&mut kv))?; // (B, pending, C)
                 cached += pending;
                 x
             }
         } else {
-            let window = &tokens[tokens.len().saturating_sub(block)..];
-            model.hidden_with(&k, &ids(window), None)? // (1, Tw, C)
+            model.hidden_with(&k, &window(&tokens, len.saturating_sub(block)), None)?
+            // (B, Tw, C)
         };
         let t = x.shape()[1];
-        let last = x.take_axis(Array::from_slice(&[t - 1], &[1]), 1)?; // (1, 1, C)
-        let logits = model.lm_head_with(&k, &last)?.as_dtype(Dtype::Float32)?; // (1, 1, V)
+        let last = x.take_axis(Array::from_slice(&[t - 1], &[1]), 1)?; // (B, 1, C)
+        let logits = model.lm_head_with(&k, &last)?.as_dtype(Dtype::Float32)?; // (B, 1, V)
         logits.eval()?;
-        let next = sample(logits.as_slice::<f32>(), params, &mut rng);
-        tokens.push(next);
-        out.push(next);
-        if !on_token(next) || params.stop_token == Some(next) {
+        let logits = logits.as_slice::<f32>();
+        let v = model.config.vocab_size;
+        let mut step = Vec::with_capacity(rows);
+        for r in 0..rows {
+            // A stopped row keeps being fed its stop token (the batch moves together);
+            // what it yields is not kept.
+            let next = if done[r] {
+                *tokens[r].last().expect("non-empty")
+            } else {
+                let next = sample(&logits[r * v..(r + 1) * v], params, &mut rngs[r]);
+                out[r].push(next);
+                done[r] = params.stop_token == Some(next);
+                next
+            };
+            tokens[r].push(next);
+            step.push(next);
+        }
+        if !on_step(&step) || done.iter().all(|&d| d) {
             break;
         }
     }
@@ -361,14 +419,14 @@ mod tests {
             for (temperature, top_k, top_p) in [(0.0, None, None), (1.0, None, None), (0.8, Some(5), Some(0.9))] {
                 let params = SamplingParams { temperature, top_k, top_p, seed: 11, ..Default::default() };
                 let model = || Gpt { kernels: k, ..tiny(8) };
-                let before = mlx_gpt_ops::sgemv_calls();
+                let before = mlx_gpt_ops::decode_product_calls();
                 let cached = generate(&mut model(), &[1, 2, 3], 20, &params, |_| true).unwrap();
                 // With the CPU kernels, cached one-token steps ran their products through
-                // sgemv: at least the 4 before the window first slides, 2 layers × 4
+                // the decoding product: at least the 4 before the window first slides, 2 layers × 4
                 // products + the head.
-                let host = mlx_gpt_ops::sgemv_calls() - before;
+                let host = mlx_gpt_ops::decode_product_calls() - before;
                 if k.set() == mlx_gpt_ops::KernelSet::Cpu {
-                    assert!(host >= 4 * 9, "sgemv path taken {host} times");
+                    assert!(host >= 4 * 9, "decoding product taken {host} times");
                 }
                 let plain = SamplingParams { use_kv_cache: false, ..params.clone() };
                 let uncached = generate(&mut model(), &[1, 2, 3], 20, &plain, |_| true).unwrap();
@@ -387,6 +445,71 @@ mod tests {
         let plain = SamplingParams { use_kv_cache: false, ..params.clone() };
         let uncached = generate(&mut tiny(200), &[4, 5, 6], 140, &plain, |_| true).unwrap();
         assert_eq!(cached, uncached);
+    }
+
+    #[test]
+    fn a_batch_gives_each_row_what_generate_gives_it_alone() {
+        // block 8, prompts of 3, 12 new tokens: the window slides inside the batch too.
+        let prompts: [&[u32]; 3] = [&[1, 2, 3], &[7, 7, 7], &[1, 2, 3]];
+        let mut sets = vec![Kernels::mlx()];
+        sets.extend(Kernels::cpu());
+        for k in sets {
+            for (temperature, top_k, cache) in [(0.0, None, true), (0.9, Some(6), true), (0.9, Some(6), false)] {
+                let params = SamplingParams { temperature, top_k, seed: 21, use_kv_cache: cache, ..Default::default() };
+                let model = || Gpt { kernels: k, ..tiny(8) };
+                let batch = generate_batch(&mut model(), &prompts, 12, &params).unwrap();
+                for (i, p) in prompts.iter().enumerate() {
+                    let alone = SamplingParams { seed: 21 + i as u64, ..params.clone() };
+                    let want = generate(&mut model(), p, 12, &alone, |_| true).unwrap();
+                    assert_eq!(batch[i], want, "{} row {i}, temperature {temperature}, cache {cache}", k.name());
+                }
+                if temperature > 0.0 {
+                    // Rows 0 and 2 share a prompt, not a seed.
+                    assert_ne!(batch[0], batch[2]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_row_stops_at_its_stop_token_while_the_others_go_on() {
+        let prompts: [&[u32]; 2] = [&[4], &[9]];
+        let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+        let free = generate_batch(&mut tiny(16), &prompts, 8, &greedy).unwrap();
+        let stop = free[0][1];
+        let stopped =
+            generate_batch(&mut tiny(16), &prompts, 8, &SamplingParams { stop_token: Some(stop), ..greedy }).unwrap();
+        let first = free[0].iter().position(|&t| t == stop).unwrap();
+        assert_eq!(stopped[0], free[0][..=first]);
+        match free[1].iter().position(|&t| t == stop) {
+            Some(j) => assert_eq!(stopped[1], free[1][..=j]),
+            None => assert_eq!(stopped[1], free[1]),
+        }
+        let e = generate_batch(&mut tiny(16), &[&[1, 2], &[3]], 2, &SamplingParams::default()).unwrap_err();
+        assert!(e.to_string().contains("equally long: 2 and 1"), "{e}");
+    }
+
+    #[test]
+    fn bfloat16_matrices_decode_as_their_float32_rounding_does() {
+        // The decoding product widens bfloat16 weights exactly, so a model with bfloat16
+        // matrices computes what the same model with those values in float32 computes.
+        let mut sets = vec![Kernels::mlx()];
+        sets.extend(Kernels::cpu());
+        for k in sets {
+            let mut half = Gpt { kernels: k, ..tiny(8) };
+            half.set_matrices_dtype(Dtype::Bfloat16).unwrap();
+            assert_eq!(half.wte.weight.dtype(), Dtype::Bfloat16);
+            assert_eq!(half.h[0].attn.c_attn.weight.dtype(), Dtype::Bfloat16);
+            assert_eq!(half.wpe.weight.dtype(), Dtype::Float32);
+            assert_eq!(half.ln_f.weight.dtype(), Dtype::Float32);
+            let mut rounded = half.clone();
+            rounded.set_matrices_dtype(Dtype::Float32).unwrap();
+            let params = SamplingParams { temperature: 0.8, top_k: Some(9), seed: 3, ..Default::default() };
+            let prompts: [&[u32]; 2] = [&[1, 2, 3], &[5, 6, 7]];
+            let a = generate_batch(&mut half, &prompts, 16, &params).unwrap();
+            let b = generate_batch(&mut rounded, &prompts, 16, &params).unwrap();
+            assert_eq!(a, b, "{}", k.name());
+        }
     }
 
     #[test]

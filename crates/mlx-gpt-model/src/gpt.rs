@@ -131,6 +131,23 @@ impl Gpt {
         mlx_rs::transforms::eval_params(self.parameters())
     }
 
+    /// Cast only the weight matrices (the dense layers' weights and wte, which the tied
+    /// head reads) to `dtype`; biases, LayerNorms and the position table stay as they are.
+    ///
+    /// For decoding: a token reads every matrix once, so on a CPU its time is the bytes of
+    /// the matrices over the memory's read bandwidth, and bfloat16 halves those bytes. With
+    /// the CPU kernels the decoding product widens each weight to float32 in registers, so
+    /// the activations, products and sums stay float32 and only the weights are rounded
+    /// (to 8 bits of mantissa). Not for training: the optimizer expects one dtype.
+    pub fn set_matrices_dtype(&mut self, dtype: Dtype) -> Result<(), Exception> {
+        for (name, p) in self.parameters_mut().flatten() {
+            if p.ndim() == 2 && &*name != "wpe.weight" {
+                *p = p.as_dtype(dtype)?;
+            }
+        }
+        mlx_rs::transforms::eval_params(self.parameters())
+    }
+
     /// The parameters' dtype.
     pub fn dtype(&self) -> Dtype {
         self.wte.weight.dtype()

@@ -55,7 +55,7 @@ pub mod mlp;
 pub use config::{Activation, ConfigError, GptConfig};
 pub use gpt::Gpt;
 pub use hf::LoadError;
-pub use mlx_gpt_ops::{sgemv_calls, KernelChoice, KernelSet, Kernels, KernelsError};
+pub use mlx_gpt_ops::{decode_product_calls, KernelChoice, KernelSet, Kernels, KernelsError};
 pub use mlx_gpt_runtime::fs::{temp_path, write_atomic, write_atomic_with};
 
 /// Errors of building or running a model.

@@ -7,14 +7,12 @@
 
 namespace mlx_gpt {
 
-using Sgemv = void (*)(int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
 using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
 
 constexpr int kRowMajor = 101;
 constexpr int kNoTrans = 111;
 constexpr int kTrans = 112;
 
-extern Sgemv sgemv;
 extern Sgemm sgemm;
 
 }  // namespace mlx_gpt

@@ -9,7 +9,6 @@ std::string& last_error() {
   return message;
 }
 
-Sgemv sgemv = nullptr;
 Sgemm sgemm = nullptr;
 
 }  // namespace mlx_gpt
@@ -18,8 +17,7 @@ extern "C" const char* mlx_gpt_last_error() {
   return mlx_gpt::last_error().c_str();
 }
 
-// Hands over cblas_sgemv and cblas_sgemm (blas.h); either may be null.
-extern "C" void mlx_gpt_set_blas(void* sgemv, void* sgemm) {
-  mlx_gpt::sgemv = reinterpret_cast<mlx_gpt::Sgemv>(sgemv);
+// Hands over cblas_sgemm (blas.h); it may be null.
+extern "C" void mlx_gpt_set_blas(void* sgemm) {
   mlx_gpt::sgemm = reinterpret_cast<mlx_gpt::Sgemm>(sgemm);
 }

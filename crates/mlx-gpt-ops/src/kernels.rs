@@ -93,6 +93,7 @@ pub struct Kernels {
     set: KernelSet,
     gemm_layers: bool,
     decoding: bool,
+    threads: u16,
 }
 
 impl Default for Kernels {
@@ -106,7 +107,8 @@ impl Kernels {
     fn of(set: KernelSet) -> Self {
         // Every program that computes gets OpenBLAS's start-up kernel check.
         mlx_gpt_runtime::blas_kernel::keep_linked();
-        Kernels { set, gemm_layers: false, decoding: false }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u16);
+        Kernels { set, gemm_layers: false, decoding: false, threads }
     }
 
     /// Plain MLX ops ([`KernelSet::Mlx`]).
@@ -166,9 +168,11 @@ impl Kernels {
         self.gemm_layers
     }
 
-    /// The same kernels for decoding one token at a time: with the CPU set, products of
-    /// at most `cpu::matvec::MAX_ROWS` rows go through `cblas_sgemv`, which reads each
-    /// weight once where `sgemm` would first copy ("pack") it. Generation uses this.
+    /// The same kernels for decoding: with the CPU set, products of at most
+    /// `cpu::matvec::MAX_ROWS` rows (a batch of decoded tokens, a short prompt) go
+    /// through mlx-gpt's decoding product, which reads each weight once, float32 or
+    /// bfloat16, on [`Kernels::threads`] threads, where `sgemm` would first copy ("pack")
+    /// it. Generation uses this.
     pub fn for_decoding(self) -> Self {
         Kernels { decoding: self.set == KernelSet::Cpu, ..self }
     }
@@ -176,6 +180,17 @@ impl Kernels {
     /// Whether this is the decoding variant (see [`Kernels::for_decoding`]).
     pub fn decoding(&self) -> bool {
         self.decoding
+    }
+
+    /// Threads a kernel that splits its work uses (the decoding product): every core this
+    /// process may run on, unless [`Kernels::with_threads`] says otherwise.
+    pub fn threads(&self) -> usize {
+        self.threads as usize
+    }
+
+    /// The same kernels splitting their work over `n` threads (1 to 64).
+    pub fn with_threads(self, n: usize) -> Self {
+        Kernels { threads: n.clamp(1, 64) as u16, ..self }
     }
 
     /// The configuration name of the set: `cpu`, `mlx` or `mlx-fast`.
@@ -191,9 +206,11 @@ impl Kernels {
     pub fn describe(&self) -> String {
         match self.set {
             KernelSet::Cpu => format!(
-                "cpu: mlx-gpt's CPU kernels ({}); dense layers on {}",
+                "cpu: mlx-gpt's CPU kernels ({}); dense layers on {}; decoding products on {} thread{}",
                 cpu_isa(),
-                if self.gemm_layers { "mlx-gpt's GEMM" } else { "MLX's matmul (the BLAS)" }
+                if self.gemm_layers { "mlx-gpt's GEMM" } else { "MLX's matmul (the BLAS)" },
+                self.threads,
+                if self.threads == 1 { "" } else { "s" }
             ),
             KernelSet::Mlx => "mlx: plain MLX ops (fused by compile)".into(),
             KernelSet::MlxFast => "mlx-fast: MLX's dedicated primitives".into(),

@@ -4,7 +4,7 @@
 //!
 //! | operation | entry point | plain-MLX formulation | CPU kernel (csrc/) |
 //! |---|---|---|---|
-//! | dense layer | [`linear()`] | [`linear::linear_mlx`] | `linear.cpp` on `gemm.cpp`; `host_gemv.cpp` when decoding |
+//! | dense layer | [`linear()`] | [`linear::linear_mlx`] | `linear.cpp` on `gemm.cpp`; `decode_product.cpp` when decoding |
 //! | LayerNorm | [`layer_norm()`] | [`layer_norm::layer_norm_mlx`] | `layer_norm.cpp` |
 //! | GELU | [`gelu()`] | [`gelu::gelu_mlx`] | `gelu.cpp` |
 //! | causal self-attention | [`causal_attention()`] | [`attention::attention_mlx`] | `causal_attention.cpp` |
@@ -35,9 +35,9 @@ pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_transposed};
 pub use softmax::{logsumexp_last, softmax_last};
 
-/// How many products this thread has run through `cblas_sgemv` while decoding (0 without
+/// How many products this thread has run through the decoding product (0 without
 /// the CPU kernels): for tests and diagnostics.
-pub fn sgemv_calls() -> usize {
+pub fn decode_product_calls() -> usize {
     #[cfg(cpu_kernels)]
     {
         cpu::matvec::calls()

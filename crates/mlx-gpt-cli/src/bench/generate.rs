@@ -18,6 +18,16 @@ pub struct GenerateArgs {
     /// Tokens generated without the cache (each a full forward; slow; 0 skips this run).
     #[arg(long, default_value_t = 32)]
     uncached_tokens: usize,
+    /// Prompts decoded at once in the batched run (0 or 1 skips it).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Rounds of the greedy comparison with transformers, alternating the two (the
+    /// medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Skip the bfloat16-weights run.
+    #[arg(long)]
+    no_bf16: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -43,9 +53,9 @@ pub fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
         let out = generate(model, &prompt, n, &params, |_| true)?;
         Ok(out.len() as f64 / t.elapsed().as_secs_f64())
     };
-    let before = mlx_gpt_model::sgemv_calls();
+    let before = mlx_gpt_model::decode_product_calls();
     let cached = rate(&mut model, args.new_tokens, true)?;
-    let used_sgemv = mlx_gpt_model::sgemv_calls() > before;
+    let used_product = mlx_gpt_model::decode_product_calls() > before;
     // The same with plain MLX ops (MLX's matmul for the one-row products), for comparison.
     let cached_mlx = if kernels != Kernels::mlx() {
         model.kernels = Kernels::mlx();
@@ -57,8 +67,8 @@ pub fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let uncached = if args.uncached_tokens > 0 { Some(rate(&mut model, args.uncached_tokens, false)?) } else { None };
     println!("{:>40} {:>10}", "", "tokens/s");
-    let label = if used_sgemv {
-        format!("KV cache ({} kernels, sgemv products)", kernels.name())
+    let label = if used_product {
+        format!("KV cache ({} kernels, decoding products)", kernels.name())
     } else {
         format!("KV cache ({} kernels)", kernels.name())
     };
@@ -90,49 +100,241 @@ pub fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
             args.new_tokens, cached / t),
         Err(why) => println!("PyTorch reference: not run ({why})"),
     }
-    transformers_reference(&mut model, &prompt, args.new_tokens)
+    greedy_against_transformers(&args, &mut model, &prompt)
 }
 
-/// Greedy cached generation against Hugging Face transformers' `generate` (use_cache) on
-/// the same weights, saved for it as safetensors: tokens/s of both, and whether they chose
-/// the same tokens (float32 sums in another order can flip a near tie between logits).
-fn transformers_reference(model: &mut mlx_gpt_model::Gpt, prompt: &[u32], n: usize) -> anyhow::Result<()> {
-    use mlx_gpt_model::generate::{generate, SamplingParams};
-    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
-    generate(model, prompt, 2, &greedy, |_| true)?; // warm-up
-    let t = Instant::now();
-    let ours = generate(model, prompt, n, &greedy, |_| true)?;
-    let rate = ours.len() as f64 / t.elapsed().as_secs_f64();
-    println!("greedy, KV cache ({} kernels), {n} tokens: {rate:.2} tokens/s", model.kernels.name());
+/// Greedy cached generation (the same `new_tokens` for every row, as transformers is
+/// asked for) of mlx-gpt and of Hugging Face transformers' `generate` (use_cache) on the
+/// same weights, saved for it as safetensors, in alternating rounds: batch 1 in float32,
+/// batch 1 with bfloat16 matrices (mlx-gpt only: the opt-in for decoding), and a batch of
+/// `batch` prompts. Prints the medians, their ratios, the share of the bandwidth floor,
+/// and how many leading tokens agree (float32 sums in another order can flip a near tie
+/// between logits; bfloat16 weights move the logits by more).
+fn greedy_against_transformers(
+    args: &GenerateArgs,
+    model: &mut mlx_gpt_model::Gpt,
+    prompt: &[u32],
+) -> anyhow::Result<()> {
+    use mlx_rs::Dtype;
+    let n = args.new_tokens;
+    let vocab = model.config.vocab_size as u32;
+    let one = vec![prompt.to_vec()];
+    // Distinct prompts of the same length.
+    let batch: Vec<Vec<u32>> =
+        (0..args.batch.max(1) as u32).map(|r| prompt.iter().map(|&t| (t + 1009 * r) % vocab).collect()).collect();
     let dir = std::env::temp_dir().join(format!("mlx-gpt-bench-generate-{}", std::process::id()));
     mlx_gpt_model::hf::save_pretrained(model, &dir)?;
-    let prompt_arg = prompt.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let mut half = model.clone();
+    half.set_matrices_dtype(Dtype::Bfloat16)?;
+
+    // The floor: decoding a token reads every matrix once (the position table only a
+    // row), so tokens/s cannot exceed the read bandwidth over those bytes.
+    let weight_bytes = |m: &mlx_gpt_model::Gpt| -> usize {
+        use mlx_rs::module::ModuleParameters;
+        let all: usize = m.parameters().flatten().values().map(|a| a.nbytes()).sum();
+        all - m.wpe.weight.nbytes()
+    };
+    let threads = mlx_gpt_train::peak::default_threads();
+    let bandwidth = read_bandwidth(threads);
+    let (floor32, floor16) = (bandwidth / weight_bytes(model) as f64, bandwidth / weight_bytes(&half) as f64);
+    println!(
+        "read bandwidth {:.1} GB/s on {threads} threads; weights read per token {:.0} MB (float32), {:.0} MB \
+         (bfloat16 matrices): at most {floor32:.1} and {floor16:.1} tokens/s",
+        bandwidth / 1e9,
+        weight_bytes(model) as f64 / 1e6,
+        weight_bytes(&half) as f64 / 1e6
+    );
+
+    let mut runs: Vec<Run> =
+        vec![Run::new("batch 1, float32", 1, true), Run::new("batch 1, bfloat16 matrices", 1, false)];
+    if args.batch > 1 {
+        runs.push(Run::new(&format!("batch {}, float32", args.batch), args.batch, true));
+    }
+    let mut hf_missing = None;
+    for _ in 0..args.rounds.max(1) {
+        for run in runs.iter_mut() {
+            let prompts = if run.batch == 1 { &one } else { &batch };
+            let m = if run.label.contains("bfloat16") { &mut half } else { &mut *model };
+            let (rate, tokens) = ours_greedy(m, prompts, n)?;
+            run.ours.push(rate);
+            run.our_tokens.get_or_insert(tokens);
+            if run.reference && hf_missing.is_none() {
+                match transformers_greedy(&dir, prompts, n) {
+                    Ok(hf) => {
+                        run.theirs.push(hf.rate);
+                        run.versions.get_or_insert(hf.versions);
+                        run.their_tokens.get_or_insert(hf.tokens);
+                    }
+                    Err(why) => hf_missing = Some(why),
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let f32_tokens = runs[0].our_tokens.clone().unwrap_or_default();
+    let hf1 = runs[0].theirs.clone();
+    println!(
+        "greedy, KV cache ({} kernels), {n} new tokens per prompt, {} rounds:",
+        model.kernels.name(),
+        args.rounds.max(1)
+    );
+    println!("{:>30} {:>12} {:>12} {:>9} {:>9}", "", "mlx-gpt tok/s", "transformers", "ratio", "of floor");
+    for run in &runs {
+        let ours = super::median(&mut run.ours.clone());
+        // bfloat16 decoding is compared with transformers' float32 batch 1, what a user
+        // of transformers runs on a CPU.
+        let theirs = if run.reference { run.theirs.clone() } else { hf1.clone() };
+        let (hf, ratio) = if theirs.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            let t = super::median(&mut theirs.clone());
+            (format!("{t:.2}"), format!("{:.2}x", ours / t))
+        };
+        let floor = if run.batch > 1 {
+            "-".to_string()
+        } else if run.reference {
+            format!("{:.0}%", ours / floor32 * 100.0)
+        } else {
+            format!("{:.0}%", ours / floor16 * 100.0)
+        };
+        println!("{:>30} {ours:>12.2} {hf:>12} {ratio:>9} {floor:>9}", run.label);
+    }
+    for run in &runs {
+        let ours = run.our_tokens.as_deref().unwrap_or_default();
+        let (other, what) = if run.reference {
+            (run.their_tokens.as_deref().unwrap_or_default(), "transformers")
+        } else {
+            (&f32_tokens[..], "mlx-gpt in float32")
+        };
+        if other.is_empty() {
+            continue;
+        }
+        let same: usize =
+            ours.iter().zip(other).map(|(a, b)| a.iter().zip(b).take_while(|(x, y)| x == y).count()).sum();
+        let total: usize = ours.iter().map(Vec::len).sum();
+        println!("{}: the same leading tokens as {what}: {same} of {total}", run.label);
+    }
+    match (&hf_missing, runs[0].versions.as_ref()) {
+        (Some(why), _) => println!("transformers reference: not run ({why})"),
+        (None, Some(v)) => println!("reference: {v}"),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// One configuration of the comparison and what each round measured.
+struct Run {
+    label: String,
+    batch: usize,
+    /// Whether transformers runs the same configuration.
+    reference: bool,
+    ours: Vec<f64>,
+    theirs: Vec<f64>,
+    our_tokens: Option<Vec<Vec<u32>>>,
+    their_tokens: Option<Vec<Vec<u32>>>,
+    versions: Option<String>,
+}
+
+impl Run {
+    fn new(label: &str, batch: usize, reference: bool) -> Self {
+        Run {
+            label: label.to_string(),
+            batch,
+            reference,
+            ours: Vec::new(),
+            theirs: Vec::new(),
+            our_tokens: None,
+            their_tokens: None,
+            versions: None,
+        }
+    }
+}
+
+/// mlx-gpt's greedy cached generation of `prompts` (one batch): new tokens per second
+/// over all rows, and the tokens.
+fn ours_greedy(model: &mut mlx_gpt_model::Gpt, prompts: &[Vec<u32>], n: usize) -> anyhow::Result<(f64, Vec<Vec<u32>>)> {
+    use mlx_gpt_model::generate::{generate_batch, SamplingParams};
+    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+    let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    generate_batch(model, &rows, 2, &greedy)?; // warm-up
+    let t = Instant::now();
+    let out = generate_batch(model, &rows, n, &greedy)?;
+    Ok((out.iter().map(Vec::len).sum::<usize>() as f64 / t.elapsed().as_secs_f64(), out))
+}
+
+/// What one run of scripts/bench_hf_generate.py reported.
+struct HfRun {
+    rate: f64,
+    tokens: Vec<Vec<u32>>,
+    versions: String,
+}
+
+/// transformers' greedy `generate(use_cache=True)` of `prompts` (one batch) on the model
+/// saved in `dir`, in a fresh Python process (scripts/bench_hf_generate.py).
+fn transformers_greedy(dir: &std::path::Path, prompts: &[Vec<u32>], n: usize) -> Result<HfRun, String> {
+    let prompt_arg = prompts
+        .iter()
+        .map(|p| p.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+        .collect::<Vec<_>>()
+        .join(";");
     let args: Vec<String> =
-        ["--model-dir", &dir.to_string_lossy(), "--prompt", &prompt_arg, "--new-tokens", &n.to_string()]
+        ["--model-dir", &dir.to_string_lossy(), "--prompts", &prompt_arg, "--new-tokens", &n.to_string()]
             .iter()
             .map(|s| s.to_string())
             .collect();
-    let result = run_python_script("bench_hf_generate.py", &args);
-    let _ = std::fs::remove_dir_all(&dir);
-    match result {
-        Ok(v) => {
-            let theirs: Vec<u32> = v["tokens"]
-                .as_array()
-                .map(|t| t.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect())
-                .unwrap_or_default();
-            let same = ours.iter().zip(&theirs).take_while(|(a, b)| a == b).count();
-            let hf = v["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "transformers {} (torch {}, {} threads), generate(use_cache=True), greedy, {n} tokens: {hf:.2} tokens/s; \
-                 mlx-gpt is {:.2}x that; the same tokens for the first {same} of {}",
-                v["transformers"].as_str().unwrap_or("?"),
-                v["torch"].as_str().unwrap_or("?"),
-                v["threads"],
-                rate / hf,
-                theirs.len()
-            );
-        }
-        Err(why) => println!("transformers reference: not run ({why})"),
+    let v = run_python_script("bench_hf_generate.py", &args)?;
+    let tokens: Vec<Vec<u32>> = v["tokens"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| r.as_array().map(|t| t.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()))
+                .map(Option::unwrap_or_default)
+                .collect()
+        })
+        .unwrap_or_default();
+    let rate = v["tokens_per_s"].as_f64().ok_or("scripts/bench_hf_generate.py printed no tokens_per_s")?;
+    Ok(HfRun {
+        rate,
+        tokens,
+        versions: format!(
+            "transformers {} (torch {}, {} threads), generate(use_cache=True), greedy",
+            v["transformers"].as_str().unwrap_or("?"),
+            v["torch"].as_str().unwrap_or("?"),
+            v["threads"]
+        ),
+    })
+}
+
+/// Memory read bandwidth in bytes/s on `threads` threads: the best of a few passes over a
+/// buffer far larger than the caches (512 MiB), each thread summing its own part.
+pub(super) fn read_bandwidth(threads: usize) -> f64 {
+    const BYTES: usize = 512 << 20;
+    let buffer: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    let part = buffer.len().div_ceil(threads.max(1));
+    let mut best = 0.0f64;
+    for _ in 0..4 {
+        let t = Instant::now();
+        let total = std::thread::scope(|s| {
+            let handles: Vec<_> = buffer
+                .chunks(part)
+                .map(|chunk| {
+                    s.spawn(move || {
+                        // Eight independent sums: the loop vectorises and keeps several
+                        // loads in flight.
+                        let mut acc = [0u64; 8];
+                        for c in chunk.chunks_exact(8) {
+                            for (a, &x) in acc.iter_mut().zip(c) {
+                                *a = a.wrapping_add(x);
+                            }
+                        }
+                        acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+                    })
+                })
+                .collect();
+            handles.into_iter().fold(0u64, |a, h| a.wrapping_add(h.join().expect("bandwidth thread")))
+        });
+        std::hint::black_box(total);
+        best = best.max(BYTES as f64 / t.elapsed().as_secs_f64());
     }
-    Ok(())
+    best
 }

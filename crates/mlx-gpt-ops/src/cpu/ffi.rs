@@ -8,15 +8,17 @@ use mlx_rs::Array;
 
 extern "C" {
     fn mlx_gpt_last_error() -> *const libc::c_char;
-    /// Hands `cblas_sgemv` and `cblas_sgemm` to the primitives (csrc/blas.h).
-    fn mlx_gpt_set_blas(sgemv: *mut libc::c_void, sgemm: *mut libc::c_void);
-    /// `*res = x · w (+ bias)` as a `HostGemv` primitive.
-    pub(crate) fn mlx_gpt_host_gemv(
+    /// Hands `cblas_sgemm` to the primitives (csrc/blas.h).
+    fn mlx_gpt_set_blas(sgemm: *mut libc::c_void);
+    /// `*res = x · w (+ bias)` as a `DecodeProduct` primitive (csrc/decode_product.cpp)
+    /// on `threads` threads.
+    pub(crate) fn mlx_gpt_decode_product(
         res: *mut mlx_sys::mlx_array,
         x: mlx_sys::mlx_array,
         w: mlx_sys::mlx_array,
         bias: mlx_sys::mlx_array,
         w_transposed: bool,
+        threads: libc::c_int,
     ) -> libc::c_int;
     /// `*res = x·W + bias` (`x·Wᵀ + bias` when `w_transposed`) as a `Linear` primitive
     /// (csrc/linear.cpp); `bias` may be an empty handle.
@@ -85,19 +87,19 @@ pub fn own_gemm_active() -> bool {
     unsafe { mlx_gpt_own_gemm_active() }
 }
 
-/// Whether the primitives that call the BLAS can run: `cblas_sgemv` and `cblas_sgemm` are
-/// looked up in the process's global scope, so they are the library MLX's own matmuls
-/// call, with the same threads; the first call hands them over.
+/// Whether the primitives that call the BLAS can run: `cblas_sgemm` is looked up in the
+/// process's global scope, so it is the library MLX's own matmuls call, with the same
+/// threads; the first call hands it over.
 pub(crate) fn blas_ready() -> bool {
     static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *READY.get_or_init(|| {
         // Make sure libmlx (and with it the BLAS) is loaded before looking.
         let _ = mlx_gpt_runtime::blas::mlx_version();
         let lookup = mlx_gpt_runtime::blas::lookup;
-        let (sgemv, sgemm) = (lookup("cblas_sgemv"), lookup("cblas_sgemm"));
-        // SAFETY: CBLAS routines (or null); the primitives call them with those signatures.
-        unsafe { mlx_gpt_set_blas(sgemv, sgemm) };
-        !sgemv.is_null() && !sgemm.is_null()
+        let sgemm = lookup("cblas_sgemm");
+        // SAFETY: a CBLAS routine (or null); the primitives call it with its signature.
+        unsafe { mlx_gpt_set_blas(sgemm) };
+        !sgemm.is_null()
     })
 }
 

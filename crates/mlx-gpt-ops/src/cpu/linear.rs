@@ -21,7 +21,7 @@ use crate::kernels::{KernelSet, Kernels};
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 
-/// The CPU kernel for a dense layer under `k`, if one applies: `sgemv` for a decoded
+/// The CPU kernel for a dense layer under `k`, if one applies: the decoding product for a decoded
 /// token's few rows ([`Kernels::for_decoding`]), else the primitive when the kernels put
 /// dense layers on the GEMM; `Ok(None)` otherwise.
 pub fn for_kernels(
@@ -35,7 +35,7 @@ pub fn for_kernels(
         return Ok(None);
     }
     if k.decoding() {
-        if let Some(y) = super::matvec::matmul(x, w, w_transposed, bias)? {
+        if let Some(y) = super::matvec::matmul(x, w, w_transposed, bias, k.threads())? {
             return Ok(Some(y));
         }
     }

@@ -4,7 +4,7 @@
 //! entry point in the crate root runs the plain-MLX formulation instead.
 //!
 //! Every primitive runs on the stream's worker thread like MLX's own kernels, stays in the
-//! lazy graph, and (except `host_gemv` and `decode_attention`, used for generation only)
+//! lazy graph, and (except `decode_product` and `decode_attention`, used for generation only)
 //! has its gradient as a second primitive. docs/performance-history.md has the measurements that
 //! motivated each one.
 

@@ -1,0 +1,520 @@
+// Products of a few rows by a weight matrix, for decoding: x (R, K) · W with R at most
+// a batch of decoded tokens (src/cpu/matvec.rs: MAX_ROWS), W float32 or bfloat16.
+//
+// MLX's CPU matmul calls `sgemm`, and OpenBLAS's `sgemm` first copies ("packs") the whole
+// weight matrix into its own layout: for a matrix read once per token that copy costs
+// more than the product. Decoding is bound by reading the weights (GPT-2 124M in float32
+// is about 500 MB per token), so this kernel reads each weight once, straight from where
+// it lies, and does all R rows' arithmetic on it while it is in registers; with bfloat16
+// weights it reads half the bytes and widens them to float32 in registers (products and
+// sums stay float32). The columns (or, for W used transposed, the output rows) are split
+// into one part per thread (csrc/pool.h): one core cannot read memory as fast as two.
+//
+// As an MLX primitive the product stays in the lazy graph and runs on the stream's
+// worker thread like MLX's own kernels, so a decoded token is still a single `eval`.
+//
+// The C entry point follows mlx-c's conventions (mlx_array in and out, 0 on success) and
+// uses mlx-c's private header to convert between `mlx_array` and `mlx::core::array`.
+
+#include <mlx/mlx.h>
+#include <mlx/primitives.h>
+
+#include "mlx/c/private/array.h"
+
+#include "entry.h"
+#include "pool.h"
+#include "primitive.h"
+#include "vector.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace mx = mlx::core;
+
+namespace {
+
+
+// Sixteen floats as one value: GCC's vector extension, which each feature level's copy
+// (csrc/vector.h) compiles to one AVX-512 register, two AVX2 registers or four SSE ones.
+// Written this way, the sums below stay in registers: the same loops over plain arrays
+// were vectorised with the sums in memory, a load and a store per multiply-add.
+// (Only inlined helpers take or return them, so GCC's note that passing 64-byte vectors
+// by value differs between feature levels does not apply.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float f32x16 __attribute__((vector_size(64), aligned(4)));
+typedef uint32_t u32x16 __attribute__((vector_size(64), aligned(4)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+
+MLX_GPT_INLINE f32x16 load16(const float* p) {
+  f32x16 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+MLX_GPT_INLINE void store16(float* p, const f32x16& v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+
+// Thirty-two bfloat16 weights as float32: those at even positions and those at odd ones.
+// Two neighbours share one 32-bit lane, the even one in its low half (little-endian):
+// shifting the lane left by 16 gives it as a float32 (bfloat16 is float32's upper half),
+// and clearing the low half gives the odd one. Only 32-bit lane operations, which every
+// vector unit has; widening 16-bit lanes one by one (__builtin_convertvector) compiled to
+// scalar code.
+MLX_GPT_INLINE void load32_pairs(const uint16_t* p, f32x16& even, f32x16& odd) {
+  u32x16 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  even = reinterpret_cast<f32x16>(v << 16);
+  odd = reinterpret_cast<f32x16>(v & 0xFFFF0000u);
+}
+
+// Lane indices into two vectors (a: 0..15, b: 16..31) that split 32 consecutive floats
+// into their even and odd positions, and that interleave them back.
+constexpr i32x16 kEven = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+constexpr i32x16 kOdd = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+constexpr i32x16 kLow = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+constexpr i32x16 kHigh = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+
+// One weight as float32.
+MLX_GPT_INLINE float widen(float w) {
+  return w;
+}
+MLX_GPT_INLINE float widen(uint16_t w) {
+  const uint32_t bits = static_cast<uint32_t>(w) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// The sum of the sixteen lanes, halving: 4 shuffles and 4 adds.
+MLX_GPT_INLINE float lane_sum(const f32x16& sums) {
+  f32x16 v = sums;
+  v += __builtin_shuffle(v, i32x16{8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15});
+  v += __builtin_shuffle(v, i32x16{4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7});
+  v += __builtin_shuffle(v, i32x16{2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3});
+  v += __builtin_shuffle(v, i32x16{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
+  return v[0];
+}
+
+// Rows of W taken together in the (K, N) kernel: each pass over a tile of columns walks
+// this many rows side by side, which the prefetchers follow as that many sequential
+// streams, and keeps the tile's sums in registers between them.
+constexpr int kRowBlock = 16;
+
+// How far ahead (in weights) the kernels reading W (N, K) row by row ask for the weights
+// they will read: on this project's machines the hardware prefetchers alone left one
+// core reading well below its bandwidth (the bfloat16 head took 10 ms on one core, 6 ms
+// with this). The (K, N) kernels ask for the next block of rows.
+constexpr int kPrefetch = 1024;
+
+// Columns [n, N) of rows_by_kn's block of rows [k0, k1), one at a time.
+template <typename WT, int R>
+MLX_GPT_INLINE void kn_columns(const float* x, int K, const WT* w, int N, int k0, int k1, int n, bool first,
+                               const float* bias, float* y) {
+  for (; n < N; ++n) {
+    for (int r = 0; r < R; ++r) {
+      float a = !first ? y[static_cast<size_t>(r) * N + n] : (bias ? bias[n] : 0.0f);
+      for (int k = k0; k < k1; ++k) {
+        a += x[static_cast<size_t>(r) * K + k] * widen(w[static_cast<size_t>(k) * N + n]);
+      }
+      y[static_cast<size_t>(r) * N + n] = a;
+    }
+  }
+}
+
+// y[r, :] = init + Σ_{k in [k_begin, k_end)} x[r, k] · W[k, :] for R rows, W (K, N)
+// row-major, init the bias (or zero). Blocks of kRowBlock rows of W, each walked in tiles
+// of V vectors of 16 columns: R·V sums in registers (at most 8 vectors: AVX2 has 16
+// registers of half the width), each weight widened once and used R times. The rows a
+// call reads are one contiguous stretch of memory.
+template <typename WT, int R>
+MLX_GPT_INLINE void rows_by_kn(const float* x, int K, const WT* w, int N, int k_begin, int k_end, const float* bias,
+                               float* y) {
+  constexpr int V = R >= 8 ? 1 : (R >= 4 ? 2 : 4);
+  constexpr int T = 16 * V;
+  for (int k0 = k_begin; k0 < k_end; k0 += kRowBlock) {
+    const int k1 = std::min(k_end, k0 + kRowBlock);
+    const bool first = k0 == k_begin;
+    int n = 0;
+    for (; n + T <= N; n += T) {
+      f32x16 acc[R][V];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+        for (int j = 0; j < V; ++j) {
+          acc[r][j] = !first ? load16(y + static_cast<size_t>(r) * N + n + 16 * j)
+                             : (bias ? load16(bias + n + 16 * j) : f32x16{});
+        }
+      }
+      for (int k = k0; k < k1; ++k) {
+        const WT* wk = w + static_cast<size_t>(k) * N + n;
+        f32x16 wv[V];
+#pragma GCC unroll 4
+        for (int j = 0; j < V; ++j) {
+          __builtin_prefetch(wk + static_cast<size_t>(kRowBlock) * N + 16 * j);  // the next block's
+          wv[j] = load16(wk + 16 * j);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          const f32x16 xv = f32x16{} + x[static_cast<size_t>(r) * K + k];
+#pragma GCC unroll 4
+          for (int j = 0; j < V; ++j) {
+            acc[r][j] += xv * wv[j];
+          }
+        }
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+        for (int j = 0; j < V; ++j) {
+          store16(y + static_cast<size_t>(r) * N + n + 16 * j, acc[r][j]);
+        }
+      }
+    }
+    kn_columns<WT, R>(x, K, w, N, k0, k1, n, first, bias, y);  // the columns left over
+  }
+}
+
+// y[r, n] = bias + Σ_k W[n, k] · x[r, k] for n in [n0, n1), R rows, W (N, K) row-major
+// (the tied head reads wte (V, C) this way): D outputs at a time, R·D dot products in
+// registers (at most 8 vectors), each weight widened once and used R times.
+template <typename WT, int R>
+MLX_GPT_INLINE void rows_by_nk(const float* x, int K, const WT* w, int N, int n0, int n1, const float* bias, float* y) {
+  constexpr int D = R >= 4 ? 1 : (R >= 2 ? 2 : 4);
+  int n = n0;
+  for (; n + D <= n1; n += D) {
+    f32x16 acc[D][R] = {};
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+#pragma GCC unroll 4
+      for (int d = 0; d < D; ++d) {
+        __builtin_prefetch(w + static_cast<size_t>(n + d) * K + k + kPrefetch);
+        const f32x16 wv = load16(w + static_cast<size_t>(n + d) * K + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          acc[d][r] += wv * load16(x + static_cast<size_t>(r) * K + k);
+        }
+      }
+    }
+    for (int d = 0; d < D; ++d) {
+      const WT* wn = w + static_cast<size_t>(n + d) * K;
+      for (int r = 0; r < R; ++r) {
+        float tail = 0.0f;
+        for (int kk = k; kk < K; ++kk) {
+          tail += widen(wn[kk]) * x[static_cast<size_t>(r) * K + kk];
+        }
+        y[static_cast<size_t>(r) * N + n + d] = (bias ? bias[n + d] : 0.0f) + lane_sum(acc[d][r]) + tail;
+      }
+    }
+  }
+  for (; n < n1; ++n) {  // the outputs left over
+    const WT* wn = w + static_cast<size_t>(n) * K;
+    for (int r = 0; r < R; ++r) {
+      float a = bias ? bias[n] : 0.0f;
+      for (int kk = 0; kk < K; ++kk) {
+        a += widen(wn[kk]) * x[static_cast<size_t>(r) * K + kk];
+      }
+      y[static_cast<size_t>(r) * N + n] = a;
+    }
+  }
+}
+
+// rows_by_kn for bfloat16 W: tiles of V pairs of vectors (32 columns each), the sums of
+// the even and of the odd columns apart, split and interleaved only where a block of rows
+// begins and ends. Each column's sum takes the same steps as in rows_by_kn.
+template <int R>
+MLX_GPT_INLINE void rows_by_kn_bf16(const float* x, int K, const uint16_t* w, int N, int k_begin, int k_end,
+                                    const float* bias, float* y) {
+  constexpr int V = R >= 4 ? 1 : (R >= 2 ? 2 : 4);
+  constexpr int T = 32 * V;
+  for (int k0 = k_begin; k0 < k_end; k0 += kRowBlock) {
+    const int k1 = std::min(k_end, k0 + kRowBlock);
+    const bool first = k0 == k_begin;
+    int n = 0;
+    for (; n + T <= N; n += T) {
+      f32x16 ev[R][V], od[R][V];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+        for (int j = 0; j < V; ++j) {
+          const float* from = !first ? y + static_cast<size_t>(r) * N + n + 32 * j : (bias ? bias + n + 32 * j : nullptr);
+          const f32x16 a = from ? load16(from) : f32x16{}, b = from ? load16(from + 16) : f32x16{};
+          ev[r][j] = __builtin_shuffle(a, b, kEven);
+          od[r][j] = __builtin_shuffle(a, b, kOdd);
+        }
+      }
+      for (int k = k0; k < k1; ++k) {
+        const uint16_t* wk = w + static_cast<size_t>(k) * N + n;
+        f32x16 we[V], wo[V];
+#pragma GCC unroll 4
+        for (int j = 0; j < V; ++j) {
+          __builtin_prefetch(wk + static_cast<size_t>(kRowBlock) * N + 32 * j);  // the next block's
+          load32_pairs(wk + 32 * j, we[j], wo[j]);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          const f32x16 xv = f32x16{} + x[static_cast<size_t>(r) * K + k];
+#pragma GCC unroll 4
+          for (int j = 0; j < V; ++j) {
+            ev[r][j] += xv * we[j];
+            od[r][j] += xv * wo[j];
+          }
+        }
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+        for (int j = 0; j < V; ++j) {
+          float* to = y + static_cast<size_t>(r) * N + n + 32 * j;
+          store16(to, __builtin_shuffle(ev[r][j], od[r][j], kLow));
+          store16(to + 16, __builtin_shuffle(ev[r][j], od[r][j], kHigh));
+        }
+      }
+    }
+    kn_columns<uint16_t, R>(x, K, w, N, k0, k1, n, first, bias, y);  // the columns left over
+  }
+}
+
+// x (R, K) rearranged for rows_by_nk_bf16: in each whole block of 32 values, the 16 at
+// even positions, then the 16 at odd ones; the values after the last whole block as
+// they are.
+inline void split_pairs(const float* x, int rows, int K, float* xs) {
+  for (int r = 0; r < rows; ++r) {
+    const float* from = x + static_cast<size_t>(r) * K;
+    float* to = xs + static_cast<size_t>(r) * K;
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+      for (int i = 0; i < 16; ++i) {
+        to[k + i] = from[k + 2 * i];
+        to[k + 16 + i] = from[k + 2 * i + 1];
+      }
+    }
+    for (; k < K; ++k) {
+      to[k] = from[k];
+    }
+  }
+}
+
+// rows_by_nk for bfloat16 W, with xs = x split by split_pairs: the even weights meet the
+// even values, the odd the odd.
+template <int R>
+MLX_GPT_INLINE void rows_by_nk_bf16(const float* xs, int K, const uint16_t* w, int N, int n0, int n1,
+                                    const float* bias, float* y) {
+  auto tail = [&](int n, int r, int k) {
+    float a = 0.0f;
+    for (int kk = k; kk < K; ++kk) {
+      a += widen(w[static_cast<size_t>(n) * K + kk]) * xs[static_cast<size_t>(r) * K + kk];
+    }
+    return a;
+  };
+  // One output at a time, the even and the odd products in sums of their own: two
+  // independent chains of multiply-adds per row. (Several outputs at a time, as
+  // rows_by_nk does, measured slower here.)
+  int n = n0;
+  for (; n < n1; ++n) {
+    f32x16 even[R] = {}, odd[R] = {};
+    const uint16_t* wn = w + static_cast<size_t>(n) * K;
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+      f32x16 we, wo;
+      __builtin_prefetch(wn + k + kPrefetch);
+      load32_pairs(wn + k, we, wo);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const float* xr = xs + static_cast<size_t>(r) * K + k;
+        even[r] += we * load16(xr);
+        odd[r] += wo * load16(xr + 16);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      y[static_cast<size_t>(r) * N + n] = (bias ? bias[n] : 0.0f) + lane_sum(even[r] + odd[r]) + tail(n, r, k);
+    }
+  }
+}
+
+template <typename WT, int R>
+MLX_GPT_INLINE void rows_group(bool w_transposed, const float* x, int K, const WT* w, int N, int n0, int n1,
+                               const float* bias, float* y) {
+  if constexpr (std::is_same_v<WT, uint16_t>) {
+    if (w_transposed) {
+      rows_by_nk_bf16<R>(x, K, w, N, n0, n1, bias, y);  // x split by split_pairs
+    } else {
+      rows_by_kn_bf16<R>(x, K, w, N, n0, n1, bias, y);
+    }
+  } else if (w_transposed) {
+    rows_by_nk<WT, R>(x, K, w, N, n0, n1, bias, y);
+  } else {
+    rows_by_kn<WT, R>(x, K, w, N, n0, n1, bias, y);
+  }
+}
+
+// y[i] += a[i]
+inline void add_to(float* y, const float* a, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    y[i] += a[i];
+  }
+}
+
+// The rows in groups of 8, 4, 2 and 1 (each group reads W once). [p0, p1) is the range
+// this call covers: of K (W's rows) for W (K, N), of N (the outputs) for W (N, K).
+template <typename WT>
+MLX_GPT_INLINE void rows_by(bool w_transposed, const float* x, int rows, int K, const WT* w, int N, int n0, int n1,
+                            const float* bias, float* y) {
+  for (int r = 0; r < rows;) {
+    const float* xr = x + static_cast<size_t>(r) * K;
+    float* yr = y + static_cast<size_t>(r) * N;
+    const int left = rows - r;
+    if (left >= 8) {
+      rows_group<WT, 8>(w_transposed, xr, K, w, N, n0, n1, bias, yr);
+      r += 8;
+    } else if (left >= 4) {
+      rows_group<WT, 4>(w_transposed, xr, K, w, N, n0, n1, bias, yr);
+      r += 4;
+    } else if (left >= 2) {
+      rows_group<WT, 2>(w_transposed, xr, K, w, N, n0, n1, bias, yr);
+      r += 2;
+    } else {
+      rows_group<WT, 1>(w_transposed, xr, K, w, N, n0, n1, bias, yr);
+      r += 1;
+    }
+  }
+}
+
+// One copy per CPU feature level (csrc/vector.h), the templates above inlined into each.
+MLX_GPT_CLONES void rows_by_f32(bool tr, const float* x, int rows, int K, const float* w, int N, int n0, int n1,
+                                const float* bias, float* y) {
+  rows_by(tr, x, rows, K, w, N, n0, n1, bias, y);
+}
+MLX_GPT_CLONES void rows_by_bf16(bool tr, const float* x, int rows, int K, const uint16_t* w, int N, int n0, int n1,
+                                 const float* bias, float* y) {
+  rows_by(tr, x, rows, K, w, N, n0, n1, bias, y);
+}
+
+// out (..., N) = x (..., K) · w + bias: w is (K, N), or (N, K) used transposed; float32
+// or bfloat16. Split into `parts` ranges of outputs, one per thread.
+class DecodeProduct : public mlx_gpt::CpuPrimitive {
+ public:
+  DecodeProduct(mx::Stream stream, bool w_transposed, int parts)
+      : mlx_gpt::CpuPrimitive(stream), w_transposed_(w_transposed), parts_(parts) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const mx::array& x = inputs[0];
+    const mx::array& w = inputs[1];
+    auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
+    const int rows_w = w.shape(0), cols_w = w.shape(1);
+    const int k = w_transposed_ ? cols_w : rows_w;
+    const int n = w_transposed_ ? rows_w : cols_w;
+    const int rows = static_cast<int>(x.size() / k);
+    const float* xp = x.data<float>();
+    const void* wp = w.data<void>();
+    const bool bf16 = w.dtype() == mx::bfloat16;
+    const float* bp = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
+    float* yp = outputs[0].data<float>();
+    const bool tr = w_transposed_;
+    // Each thread reads one contiguous stretch of W: for W (N, K) a range of outputs
+    // (whole cache lines of them), for W (K, N) a range of W's rows, whose partial sums
+    // (all N outputs) the first thread's add up at the end. Threads that read next to
+    // each other's rows measured slower than each reading its own stretch.
+    const int extent = tr ? n : k;
+    const int parts = std::max(1, std::min(parts_, extent / 64));
+    const int per = (extent / parts + 15) / 16 * 16;
+    encoder.dispatch([=]() {
+      thread_local std::vector<float> partial, split;
+      const size_t out_size = static_cast<size_t>(rows) * n;
+      if (!tr && parts > 1) {
+        partial.resize(out_size * (parts - 1));
+      }
+      float* scratch = partial.data();
+      const float* xin = xp;
+      if (bf16 && tr) {
+        split.resize(static_cast<size_t>(rows) * k);
+        split_pairs(xp, rows, k, split.data());
+        xin = split.data();
+      }
+      mlx_gpt::Pool::run(parts, [&](int part) {
+        const int p0 = std::min(extent, part * per), p1 = part + 1 == parts ? extent : std::min(extent, p0 + per);
+        // Part 0 writes the output (with the bias); the others their partial sums.
+        float* out = tr || part == 0 ? yp : scratch + out_size * (part - 1);
+        const float* b = tr || part == 0 ? bp : nullptr;
+        if (p0 >= p1 && !tr) {
+          std::fill(out, out + out_size, 0.0f);
+        } else if (bf16) {
+          rows_by_bf16(tr, xin, rows, k, static_cast<const uint16_t*>(wp), n, p0, p1, b, out);
+        } else {
+          rows_by_f32(tr, xp, rows, k, static_cast<const float*>(wp), n, p0, p1, b, out);
+        }
+      });
+      if (!tr) {
+        for (int part = 1; part < parts; ++part) {
+          add_to(yp, scratch + out_size * (part - 1), out_size);
+        }
+      }
+    });
+  }
+
+  const char* name() const override {
+    return "DecodeProduct";
+  }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const DecodeProduct&>(other);
+    return w_transposed_ == o.w_transposed_ && parts_ == o.parts_;
+  }
+
+ private:
+  bool w_transposed_;
+  int parts_;
+};
+
+}  // namespace
+
+extern "C" {
+
+// *res = x · w (+ bias): x (..., K) float32; w (K, N), or (N, K) with w_transposed,
+// float32 or bfloat16; bias (N,) float32 or an empty mlx_array (ctx null); the work
+// split over `threads` threads. On this thread's default CPU stream. Returns 0; 2 (and
+// *res untouched) when the weight or bias is not an evaluated, dense array (the caller
+// falls back to MLX's matmul); or 1 with the reason in mlx_gpt_last_error().
+int mlx_gpt_decode_product(mlx_array* res, const mlx_array x, const mlx_array w, const mlx_array bias,
+                           bool w_transposed, int threads) {
+  return mlx_gpt::guarded([&]() {
+    const mx::array& xa = mlx_array_get_(x);
+    const mx::array& wa = mlx_array_get_(w);
+    if (xa.dtype() != mx::float32 || (wa.dtype() != mx::float32 && wa.dtype() != mx::bfloat16) || wa.ndim() != 2 ||
+        xa.ndim() == 0) {
+      throw std::invalid_argument("[DecodeProduct] needs float32 x (..., K) and a 2-D float32 or bfloat16 weight");
+    }
+    const int k = w_transposed ? wa.shape(1) : wa.shape(0);
+    const int n = w_transposed ? wa.shape(0) : wa.shape(1);
+    if (xa.shape(-1) != k) {
+      throw std::invalid_argument("[DecodeProduct] x's last dimension does not match the weight");
+    }
+    // Weights must already be materialised and dense: the product reads them in place
+    // (making a copy per token would cost more than it saves). Otherwise decline.
+    auto dense = [](const mx::array& a) { return a.is_available() && a.flags().row_contiguous; };
+    if (!dense(wa) || (bias.ctx != nullptr && !dense(mlx_array_get_(bias)))) {
+      return 2;
+    }
+    auto stream = mx::default_stream(mx::Device::cpu);
+    // The activation rows are small: copy them if they are strided.
+    std::vector<mx::array> inputs = {mlx_gpt::dense(xa, stream), wa};
+    if (bias.ctx != nullptr) {
+      const mx::array& ba = mlx_array_get_(bias);
+      if (ba.dtype() != mx::float32 || ba.size() != static_cast<size_t>(n)) {
+        throw std::invalid_argument("[DecodeProduct] the bias must be float32 of the output's width");
+      }
+      inputs.push_back(ba);
+    }
+    mx::Shape shape = xa.shape();
+    shape.back() = n;
+    mlx_array_set_(*res, mx::array(shape, mx::float32,
+                                   std::make_shared<DecodeProduct>(stream, w_transposed, std::max(1, threads)),
+                                   inputs));
+    return 0;
+  });
+}
+
+}  // extern "C"
