@@ -145,8 +145,10 @@ fn greedy_against_transformers(
         weight_bytes(&half) as f64 / 1e6
     );
 
-    let mut runs: Vec<Run> =
-        vec![Run::new("batch 1, float32", 1, true), Run::new("batch 1, bfloat16 matrices", 1, false)];
+    let mut runs: Vec<Run> = vec![Run::new("batch 1, float32", 1, true)];
+    if !args.no_bf16 {
+        runs.push(Run::new("batch 1, bfloat16 matrices", 1, false));
+    }
     if args.batch > 1 {
         runs.push(Run::new(&format!("batch {}, float32", args.batch), args.batch, true));
     }
