@@ -26,7 +26,7 @@ fn downloader(server: &Server) -> Downloader {
 
 fn tokens(dir: &Path, split: &str) -> Vec<u32> {
     let (f, _) = TokenFile::open(dir, split).unwrap();
-    (0..f.len()).map(|i| f.get(i).unwrap() as u32).collect()
+    (0..f.len()).map(|i| f.get(i).unwrap()).collect()
 }
 
 #[test]

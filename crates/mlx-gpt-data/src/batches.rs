@@ -164,14 +164,14 @@ impl BatchSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token_file::write_tokens;
+    use crate::token_file::{write_tokens, TokenDtype};
     use proptest::prelude::*;
     use std::path::PathBuf;
 
     fn file(tokens: &[u32], case: u64) -> (TokenFile, PathBuf) {
         let p = std::env::temp_dir().join(format!("mlx-gpt-batches-{}-{case}.bin", std::process::id()));
-        write_tokens(&p, tokens).unwrap();
-        (TokenFile::open_unchecked(&p).unwrap(), p)
+        write_tokens(&p, tokens, TokenDtype::U16).unwrap();
+        (TokenFile::open_unchecked(&p, TokenDtype::U16).unwrap(), p)
     }
 
     proptest! {

@@ -7,7 +7,7 @@
 //! data directory with its own `manifest.json` adds a dataset.
 
 use crate::error::{DataError, Result};
-use crate::token_file::{write_tokens, FileEntry, Meta, TokenFile, META_FILE};
+use crate::token_file::{write_tokens, FileEntry, Meta, TokenDtype, TokenFile, META_FILE};
 use crate::tokenizer::{CharTokenizer, Tokenizer, TokenizerSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -158,7 +158,8 @@ fn write_split(dir: &Path, text: &str, train_fraction: f64, tokenizer: &Tokenize
     let mut files = BTreeMap::new();
     for (split, part) in [("train", &text[..cut]), ("val", &text[cut..])] {
         let tokens = tokenizer.encode_parallel(part)?;
-        let entry: FileEntry = write_tokens(&dir.join(format!("{split}.bin")), &tokens)?;
+        let dtype = TokenDtype::for_vocab(tokenizer.vocab_size());
+        let entry: FileEntry = write_tokens(&dir.join(format!("{split}.bin")), &tokens, dtype)?;
         tracing::info!("{split} has {} tokens", thousands(entry.tokens));
         files.insert(split.to_string(), entry);
     }

@@ -19,7 +19,7 @@
 
 use crate::error::{DataError, Result};
 use crate::manifest::{thousands, HubParquet, Manifest, PrepareOptions, Prepared};
-use crate::token_file::{hex, to_bytes, write_atomic, FileEntry, Meta, META_FILE};
+use crate::token_file::{hex, to_bytes, write_atomic, FileEntry, Meta, TokenDtype, META_FILE};
 use crate::tokenizer::{Tokenizer, GPT2_EOT};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
@@ -196,7 +196,7 @@ fn encode_shard(
             .collect::<Result<_>>()?;
         for (val, ids) in encoded {
             let (path, w) = &mut writers[val as usize];
-            w.write_all(&to_bytes(&ids)?).map_err(DataError::io(path.as_path()))?;
+            w.write_all(&to_bytes(&ids, TokenDtype::U16)?).map_err(DataError::io(path.as_path()))?;
         }
         if let Some(s) = size {
             bar.inc(s / groups.max(1) as u64);
@@ -231,7 +231,7 @@ fn concat(parts: &[PathBuf], dest: &Path) -> Result<FileEntry> {
         }
         Ok(())
     })?;
-    Ok(FileEntry { tokens: bytes / 2, bytes, sha256: hex(&hasher.finalize()) })
+    Ok(FileEntry { tokens: bytes / TokenDtype::U16.width() as u64, bytes, sha256: hex(&hasher.finalize()) })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! nanoGPT's token files (`train.bin`, `val.bin`: little-endian uint16, no header) and the
-//! `meta.json` sidecar that makes them checkable. Layout: docs/data.md.
+//! `meta.json` sidecar that makes them checkable; little-endian uint32 where a vocabulary
+//! has more than 65,536 tokens ([`TokenDtype`]). Layout: docs/data.md.
 
 use crate::error::{DataError, Result};
 use crate::tokenizer::TokenizerSpec;
@@ -14,12 +15,59 @@ pub const META_VERSION: u32 = 1;
 /// Name of the sidecar file.
 pub const META_FILE: &str = "meta.json";
 
+/// How a token file stores its ids: nanoGPT's uint16, or uint32 for a vocabulary that
+/// does not fit 16 bits. Written in `meta.json` as `"uint16-le"` or `"uint32-le"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenDtype {
+    /// Little-endian uint16: nanoGPT's `np.uint16` memmap layout, the default.
+    #[serde(rename = "uint16-le")]
+    U16,
+    /// Little-endian uint32.
+    #[serde(rename = "uint32-le")]
+    U32,
+}
+
+impl TokenDtype {
+    /// uint16 where every id of a `vocab`-token vocabulary fits, else uint32.
+    pub fn for_vocab(vocab: usize) -> Self {
+        if vocab <= 1 << 16 {
+            TokenDtype::U16
+        } else {
+            TokenDtype::U32
+        }
+    }
+    /// Bytes per token.
+    pub fn width(self) -> usize {
+        match self {
+            TokenDtype::U16 => 2,
+            TokenDtype::U32 => 4,
+        }
+    }
+    /// The name in `meta.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenDtype::U16 => "uint16-le",
+            TokenDtype::U32 => "uint32-le",
+        }
+    }
+    /// Whether every id below `vocab` fits.
+    pub fn holds(self, vocab: usize) -> bool {
+        (vocab as u64) <= 1u64 << (8 * self.width())
+    }
+    fn decode(self, bytes: &[u8]) -> u32 {
+        match self {
+            TokenDtype::U16 => u16::from_le_bytes([bytes[0], bytes[1]]) as u32,
+            TokenDtype::U32 => u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        }
+    }
+}
+
 /// One token file as recorded in `meta.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
     /// Number of tokens.
     pub tokens: u64,
-    /// Size in bytes (2 × tokens).
+    /// Size in bytes (tokens × the dtype's width).
     pub bytes: u64,
     /// sha256 of the file, lowercase hex.
     pub sha256: String,
@@ -31,8 +79,9 @@ pub struct FileEntry {
 pub struct Meta {
     /// Layout version ([`META_VERSION`]).
     pub format_version: u32,
-    /// Always `"uint16-le"`: nanoGPT's `np.uint16` memmap layout.
-    pub dtype: String,
+    /// How the token files store ids: `"uint16-le"` (nanoGPT's `np.uint16` memmap
+    /// layout) unless the vocabulary needs `"uint32-le"`.
+    pub dtype: TokenDtype,
     /// Number of token ids; every token is below it.
     pub vocab_size: usize,
     /// The tokenizer (with the character table for character vocabularies).
@@ -46,7 +95,7 @@ impl Meta {
     pub fn new(tokenizer: &crate::tokenizer::Tokenizer, files: BTreeMap<String, FileEntry>) -> Meta {
         Meta {
             format_version: META_VERSION,
-            dtype: "uint16-le".into(),
+            dtype: TokenDtype::for_vocab(tokenizer.vocab_size()),
             vocab_size: tokenizer.vocab_size(),
             tokenizer: tokenizer.spec(),
             files,
@@ -62,11 +111,8 @@ impl Meta {
         if meta.format_version != META_VERSION {
             return bad(format!("format_version {} is not supported (expected {META_VERSION})", meta.format_version));
         }
-        if meta.dtype != "uint16-le" {
-            return bad(format!("dtype {:?} is not supported (expected \"uint16-le\")", meta.dtype));
-        }
-        if meta.vocab_size == 0 || meta.vocab_size > 1 << 16 {
-            return bad(format!("vocab_size {} does not fit uint16 token files", meta.vocab_size));
+        if meta.vocab_size == 0 || !meta.dtype.holds(meta.vocab_size) {
+            return bad(format!("vocab_size {} does not fit {} token files", meta.vocab_size, meta.dtype.name()));
         }
         if let TokenizerSpec::Char { itos } = &meta.tokenizer {
             if itos.len() != meta.vocab_size {
@@ -92,20 +138,26 @@ pub fn write_atomic(
     mlx_gpt_runtime::fs::write_atomic_with(path, fill).map_err(DataError::io(path))
 }
 
-/// Encode tokens as nanoGPT's uint16 little-endian bytes; a token ≥ 65536 is an error.
-pub fn to_bytes(tokens: &[u32]) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(tokens.len() * 2);
+/// Encode tokens as little-endian bytes of `dtype`; a token that does not fit is an error.
+pub fn to_bytes(tokens: &[u32], dtype: TokenDtype) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(tokens.len() * dtype.width());
     for (i, &t) in tokens.iter().enumerate() {
-        let t = u16::try_from(t)
-            .map_err(|_| DataError::Tokenizer(format!("token {t} at index {i} does not fit a uint16 token file")))?;
-        out.extend_from_slice(&t.to_le_bytes());
+        match dtype {
+            TokenDtype::U16 => {
+                let t = u16::try_from(t).map_err(|_| {
+                    DataError::Tokenizer(format!("token {t} at index {i} does not fit a uint16 token file"))
+                })?;
+                out.extend_from_slice(&t.to_le_bytes());
+            }
+            TokenDtype::U32 => out.extend_from_slice(&t.to_le_bytes()),
+        }
     }
     Ok(out)
 }
 
-/// Write `tokens` as a token file, atomically; returns its `meta.json` entry.
-pub fn write_tokens(path: &Path, tokens: &[u32]) -> Result<FileEntry> {
-    let bytes = to_bytes(tokens)?;
+/// Write `tokens` as a token file of `dtype`, atomically; returns its `meta.json` entry.
+pub fn write_tokens(path: &Path, tokens: &[u32], dtype: TokenDtype) -> Result<FileEntry> {
+    let bytes = to_bytes(tokens, dtype)?;
     write_atomic(path, |w| w.write_all(&bytes))?;
     Ok(FileEntry { tokens: tokens.len() as u64, bytes: bytes.len() as u64, sha256: hex(&Sha256::digest(&bytes)) })
 }
@@ -123,13 +175,15 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-/// A token file opened read-only (into memory, or through a memory map when large) and
+/// A token file opened read-only (into memory, or read where needed when large) and
 /// checked against `meta.json`.
 #[derive(Debug)]
 pub struct TokenFile {
     storage: Storage,
     /// Bytes when opened.
     bytes: u64,
+    /// How ids are stored.
+    dtype: TokenDtype,
     path: PathBuf,
 }
 
@@ -163,13 +217,16 @@ impl TokenFile {
                 meta.files.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         })?;
-        let file = Self::open_unchecked(&path)?;
-        if file.bytes != entry.bytes || entry.bytes != 2 * entry.tokens {
+        let file = Self::open_unchecked(&path, meta.dtype)?;
+        if file.bytes != entry.bytes || entry.bytes != meta.dtype.width() as u64 * entry.tokens {
             return Err(DataError::Size {
                 path,
                 what: format!(
-                    "{} bytes, but meta.json records {} tokens in {} bytes; prepare the dataset again",
-                    file.bytes, entry.tokens, entry.bytes
+                    "{} bytes, but meta.json records {} tokens in {} bytes of {}; prepare the dataset again",
+                    file.bytes,
+                    entry.tokens,
+                    entry.bytes,
+                    meta.dtype.name()
                 ),
             });
         }
@@ -183,7 +240,7 @@ impl TokenFile {
     }
 
     /// Open a token file without a `meta.json` (e.g. one nanoGPT prepared).
-    pub fn open_unchecked(path: &Path) -> Result<TokenFile> {
+    pub fn open_unchecked(path: &Path, dtype: TokenDtype) -> Result<TokenFile> {
         let mut f = std::fs::File::open(path).map_err(DataError::io(path))?;
         let meta = f.metadata().map_err(DataError::io(path))?;
         if !meta.is_file() {
@@ -201,13 +258,13 @@ impl TokenFile {
             Storage::Heap(v) => v.len() as u64,
             Storage::File(_) => bytes,
         };
-        if bytes % 2 != 0 {
+        if bytes % dtype.width() as u64 != 0 {
             return Err(DataError::Size {
                 path: path.into(),
-                what: format!("{bytes} bytes is not a whole number of uint16 tokens"),
+                what: format!("{bytes} bytes is not a whole number of {} tokens", dtype.name()),
             });
         }
-        Ok(TokenFile { storage, bytes, path: path.into() })
+        Ok(TokenFile { storage, bytes, dtype, path: path.into() })
     }
 
     /// The file's path.
@@ -217,7 +274,7 @@ impl TokenFile {
 
     /// Number of tokens.
     pub fn len(&self) -> usize {
-        (self.bytes / 2) as usize
+        (self.bytes / self.dtype.width() as u64) as usize
     }
 
     /// Whether the file holds no token.
@@ -249,40 +306,45 @@ impl TokenFile {
     }
 
     /// Token `i`.
-    pub fn get(&self, i: usize) -> Result<u16> {
-        let mut b = [0u8; 2];
-        self.read_at(2 * i as u64, &mut b)?;
-        Ok(u16::from_le_bytes(b))
+    pub fn get(&self, i: usize) -> Result<u32> {
+        let w = self.dtype.width();
+        let mut b = [0u8; 4];
+        self.read_at((w * i) as u64, &mut b[..w])?;
+        Ok(self.dtype.decode(&b))
     }
 
     /// Copy tokens `start..start + out.len()` into `out` as i32 (MLX's index type).
     pub fn copy_i32(&self, start: usize, out: &mut [i32]) -> Result<()> {
+        let (dtype, w) = (self.dtype, self.dtype.width());
+        // Ids at or above 2³¹ would not survive as i32: no vocabulary is that large, and
+        // TokenFile::open has checked every id against the vocabulary.
         let convert = |out: &mut [i32], bytes: &[u8]| {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = u16::from_le_bytes([b[0], b[1]]) as i32;
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(w)) {
+                *o = dtype.decode(b) as i32;
             }
         };
         match &self.storage {
-            Storage::Heap(v) => convert(out, &v[2 * start..2 * (start + out.len())]),
+            Storage::Heap(v) => convert(out, &v[w * start..w * (start + out.len())]),
             Storage::File(_) => {
-                let mut bytes = vec![0u8; 2 * out.len()];
-                self.read_at(2 * start as u64, &mut bytes)?;
+                let mut bytes = vec![0u8; w * out.len()];
+                self.read_at((w * start) as u64, &mut bytes)?;
                 convert(out, &bytes);
             }
         }
         Ok(())
     }
 
-    fn first_out_of_range(&self, vocab: usize) -> Result<Option<(usize, u16)>> {
+    fn first_out_of_range(&self, vocab: usize) -> Result<Option<(usize, u32)>> {
         use rayon::prelude::*;
-        if vocab >= 1 << 16 {
+        let (dtype, w) = (self.dtype, self.dtype.width());
+        if vocab as u64 >= 1u64 << (8 * w) {
             return Ok(None);
         }
-        const CHUNK: u64 = 1 << 22;
+        const CHUNK: u64 = 1 << 22; // a multiple of every width
         let scan = |c: usize, chunk: &[u8]| {
-            chunk.chunks_exact(2).enumerate().find_map(|(i, b)| {
-                let t = u16::from_le_bytes([b[0], b[1]]);
-                (t as usize >= vocab).then_some((c * (CHUNK / 2) as usize + i, t))
+            chunk.chunks_exact(w).enumerate().find_map(|(i, b)| {
+                let t = dtype.decode(b);
+                (t as usize >= vocab).then_some((c * CHUNK as usize / w + i, t))
             })
         };
         match &self.storage {
@@ -295,7 +357,7 @@ impl TokenFile {
                     self.read_at(start, &mut buf)?;
                     Ok(scan(c, &buf))
                 })
-                .find_map_first(|r: Result<Option<(usize, u16)>>| match r {
+                .find_map_first(|r: Result<Option<(usize, u32)>>| match r {
                     Ok(None) => None,
                     Ok(Some(hit)) => Some(Ok(Some(hit))),
                     Err(e) => Some(Err(e)),
@@ -334,8 +396,8 @@ mod tests {
     fn a_file_truncated_underneath_stays_readable() {
         let p = std::env::temp_dir().join(format!("mlx-gpt-trunc-{}.bin", std::process::id()));
         let tokens: Vec<u32> = (0..5000).map(|i| i % 65).collect();
-        write_tokens(&p, &tokens).unwrap();
-        let f = TokenFile::open_unchecked(&p).unwrap();
+        write_tokens(&p, &tokens, TokenDtype::U16).unwrap();
+        let f = TokenFile::open_unchecked(&p, TokenDtype::U16).unwrap();
         std::fs::File::create(&p).unwrap(); // truncates in place, same inode
         let mut out = vec![0i32; 5000];
         f.copy_i32(0, &mut out).unwrap();
@@ -349,9 +411,9 @@ mod tests {
     fn a_large_file_truncated_underneath_is_a_named_error() {
         let p = std::env::temp_dir().join(format!("mlx-gpt-trunc-large-{}.bin", std::process::id()));
         let tokens: Vec<u32> = (0..5000).map(|i| i % 65).collect();
-        write_tokens(&p, &tokens).unwrap();
+        write_tokens(&p, &tokens, TokenDtype::U16).unwrap();
         let f = std::fs::File::open(&p).unwrap();
-        let f = TokenFile { storage: Storage::File(f), bytes: 10_000, path: p.clone() };
+        let f = TokenFile { storage: Storage::File(f), bytes: 10_000, dtype: TokenDtype::U16, path: p.clone() };
         assert_eq!(f.first_out_of_range(65).unwrap(), None);
         assert_eq!(f.first_out_of_range(64).unwrap(), Some((64, 64)));
         let mut out = vec![0i32; 100];
@@ -373,14 +435,15 @@ mod tests {
     }
 
     fn prepare(d: &Path, tokens: &[u32], vocab: usize) -> Meta {
-        let entry = write_tokens(&d.join("train.bin"), tokens).unwrap();
+        let dtype = TokenDtype::for_vocab(vocab);
+        let entry = write_tokens(&d.join("train.bin"), tokens, dtype).unwrap();
         let meta = Meta {
             format_version: META_VERSION,
-            dtype: "uint16-le".into(),
+            dtype,
             vocab_size: vocab,
-            tokenizer: TokenizerSpec::Char {
-                itos: (0..vocab as u32).map(|i| char::from_u32(0x41 + i).unwrap()).collect(),
-            },
+            // Characters from U+4E00 on (the surrogates skipped): enough distinct ones for
+            // any vocabulary here.
+            tokenizer: TokenizerSpec::Char { itos: (0x4E00u32..).filter_map(char::from_u32).take(vocab).collect() },
             files: [("train".to_string(), entry)].into(),
         };
         meta.write(&d.join(META_FILE)).unwrap();
@@ -389,15 +452,26 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+        /// Both widths: a vocabulary up to 65,536 in nanoGPT's uint16, a larger one in
+        /// uint32; ids, length and meta.json come back as written, through every reader.
         #[test]
-        fn token_file_round_trip(tokens in proptest::collection::vec(0u32..500, 0..2000), case in 0u32..1000) {
+        fn token_file_round_trip(
+            tokens in proptest::collection::vec(0u32..500, 0..2000), wide in proptest::bool::ANY, case in 0u32..1000,
+        ) {
             let d = dir(&format!("rt{case}"));
-            let meta = prepare(&d, &tokens, 500);
+            // A vocabulary above 65,535: ids spread over all of it.
+            let (vocab, tokens): (usize, Vec<u32>) =
+                if wide { (70_000, tokens.iter().map(|t| t * 139).collect()) } else { (500, tokens) };
+            let meta = prepare(&d, &tokens, vocab);
+            prop_assert_eq!(meta.dtype, if wide { TokenDtype::U32 } else { TokenDtype::U16 });
             let (f, back) = TokenFile::open(&d, "train").unwrap();
             prop_assert_eq!(back, meta);
             prop_assert_eq!(f.len(), tokens.len());
-            let got: Vec<u32> = (0..f.len()).map(|i| f.get(i).unwrap() as u32).collect();
-            prop_assert_eq!(got, tokens);
+            let got: Vec<u32> = (0..f.len()).map(|i| f.get(i).unwrap()).collect();
+            prop_assert_eq!(&got, &tokens);
+            let mut all = vec![0i32; tokens.len()];
+            f.copy_i32(0, &mut all).unwrap();
+            prop_assert!(all.iter().zip(&tokens).all(|(a, &b)| *a as u32 == b));
             std::fs::remove_dir_all(&d).unwrap();
         }
 
@@ -425,6 +499,13 @@ mod tests {
             prop_assert!(TokenFile::open(&d, "train").unwrap_err().to_string().contains("not a valid meta.json"));
             std::fs::write(&meta_path, text.replace("\"vocab_size\": 50", "\"vocab_size\": 70000")).unwrap();
             prop_assert!(TokenFile::open(&d, "train").unwrap_err().to_string().contains("vocab_size 70000"));
+            // A dtype that is not one, or that does not match the file's size.
+            std::fs::write(&meta_path, text.replace("uint16-le", "float16")).unwrap();
+            let e = TokenFile::open(&d, "train").unwrap_err().to_string();
+            prop_assert!(e.contains("float16") && e.contains("uint32-le"), "{}", e);
+            std::fs::write(&meta_path, text.replace("uint16-le", "uint32-le")).unwrap();
+            let e = TokenFile::open(&d, "train").unwrap_err().to_string();
+            prop_assert!(e.contains("train.bin") && e.contains("uint32-le"), "{}", e);
             prop_assert!(TokenFile::open(&d, "val").is_err());
             std::fs::remove_dir_all(&d).unwrap();
         }

@@ -7,8 +7,9 @@
 // is about 500 MB per token), so this kernel reads each weight once, straight from where
 // it lies, and does all R rows' arithmetic on it while it is in registers; with bfloat16
 // weights it reads half the bytes and widens them to float32 in registers (products and
-// sums stay float32). The columns (or, for W used transposed, the output rows) are split
-// into one part per thread (csrc/pool.h): one core cannot read memory as fast as two.
+// sums stay float32). The work is split into one part per thread of a persistent pool
+// (csrc/pool.h), each reading its own contiguous stretch of W: one core cannot read
+// memory as fast as two.
 //
 // As an MLX primitive the product stays in the lazy graph and runs on the stream's
 // worker thread like MLX's own kernels, so a decoded token is still a single `eval`.
@@ -36,7 +37,6 @@
 namespace mx = mlx::core;
 
 namespace {
-
 
 // Sixteen floats as one value: GCC's vector extension, which each feature level's copy
 // (csrc/vector.h) compiles to one AVX-512 register, two AVX2 registers or four SSE ones.
@@ -107,7 +107,8 @@ constexpr int kRowBlock = 16;
 // How far ahead (in weights) the kernels reading W (N, K) row by row ask for the weights
 // they will read: on this project's machines the hardware prefetchers alone left one
 // core reading well below its bandwidth (the bfloat16 head took 10 ms on one core, 6 ms
-// with this). The (K, N) kernels ask for the next block of rows.
+// with this). The (K, N) kernels ask for the next block of rows. A prefetch never
+// faults, so asking past the end of W is harmless.
 constexpr int kPrefetch = 1024;
 
 // Columns [n, N) of rows_by_kn's block of rows [k0, k1), one at a time.

@@ -136,6 +136,7 @@ pub fn exact_split_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mlx_gpt_data::token_file::TokenDtype;
     use mlx_gpt_model::GptConfig;
 
     /// Against the plain computation: each window's mean loss from `Gpt::loss`, weighted
@@ -144,8 +145,8 @@ mod tests {
     fn exact_loss_covers_every_token_once() {
         let p = std::env::temp_dir().join(format!("mlx-gpt-exact-{}.bin", std::process::id()));
         let tokens: Vec<u32> = (0..50u32).map(|i| (i * 7 + i / 3) % 11).collect();
-        mlx_gpt_data::token_file::write_tokens(&p, &tokens).unwrap();
-        let file = TokenFile::open_unchecked(&p).unwrap();
+        mlx_gpt_data::token_file::write_tokens(&p, &tokens, TokenDtype::U16).unwrap();
+        let file = TokenFile::open_unchecked(&p, TokenDtype::U16).unwrap();
         let mut model =
             Gpt::new(GptConfig { block_size: 8, n_layer: 1, n_head: 2, n_embd: 16, ..GptConfig::baby(11) }, 3).unwrap();
         model.set_training(false);
@@ -176,8 +177,8 @@ mod tests {
         let s3 = exact_split_loss(&mut model, &file, 8, 4, Some(&special), &mut |_, _| {}).unwrap();
         assert_ne!(s3.bits_per_byte, Some(s3.loss / std::f64::consts::LN_2));
         // Too short to predict anything: named.
-        mlx_gpt_data::token_file::write_tokens(&p, &tokens[..1]).unwrap();
-        let one = TokenFile::open_unchecked(&p).unwrap();
+        mlx_gpt_data::token_file::write_tokens(&p, &tokens[..1], TokenDtype::U16).unwrap();
+        let one = TokenFile::open_unchecked(&p, TokenDtype::U16).unwrap();
         let e = exact_split_loss(&mut model, &one, 8, 4, None, &mut |_, _| {}).unwrap_err().to_string();
         assert!(e.contains(&p.display().to_string()) && e.contains("at least 2"), "{e}");
         std::fs::remove_file(&p).unwrap();
