@@ -4,7 +4,9 @@
 //! - [`download`]: resumable, checksummed HTTP(S) downloads with retries and a mirror;
 //! - [`extract`]: gzip / xz / zip / tar sources;
 //! - [`tokenizer`]: character vocabularies and GPT-2's byte-level BPE;
-//! - [`token_file`]: nanoGPT's `train.bin`/`val.bin` (uint16) and the `meta.json` sidecar;
+//! - [`bpe_train`]: a byte-level BPE trained on a user's corpus (GPT-4's split pattern);
+//! - [`token_file`]: nanoGPT's `train.bin`/`val.bin` (uint16, or uint32 for a vocabulary
+//!   that needs it) and the `meta.json` sidecar;
 //! - [`manifest`]: a dataset's sources, tokenizer and split, and what preparing it takes
 //!   and gives;
 //! - [`datasets`]: `prepare` (shakespeare_char, shakespeare, local text files);
@@ -16,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod batches;
+pub mod bpe_train;
 pub mod datasets;
 pub mod download;
 mod error;
