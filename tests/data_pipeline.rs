@@ -104,7 +104,13 @@ fn remote_info_reads_the_hub_headers() {
 }
 
 fn options(server: &Server, data: &Path, tokenizer: Option<PathBuf>) -> PrepareOptions {
-    PrepareOptions { data_dir: data.into(), downloader: downloader(server), tokenizer, from: None }
+    PrepareOptions {
+        data_dir: data.into(),
+        downloader: downloader(server),
+        tokenizer,
+        from: None,
+        train_tokenizer: None,
+    }
 }
 
 #[test]

@@ -57,6 +57,18 @@ fn mlx_gpt(args: &[String]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mlx-gpt")).args(args).output().expect("run mlx-gpt")
 }
 
+/// `sample` of one text after "ROMEO:" from the run in `out`.
+fn sample_args(out: &Path, max_new_tokens: usize, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> =
+        ["sample", "--out-dir", &out.display().to_string(), "--start", "ROMEO:", "--num-samples", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    a.extend(["--max-new-tokens".to_string(), max_new_tokens.to_string()]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 fn ok(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -120,24 +132,7 @@ fn a_small_model_learns_and_can_be_sampled_and_evaluated() {
     assert!(out.join("loss.svg").is_file() && out.join("config.toml").is_file());
 
     // Sampling: deterministic for a seed, starts from the prompt, same with and without the cache.
-    let sample = |extra: &[&str]| {
-        let mut a: Vec<String> = [
-            "sample",
-            "--out-dir",
-            &out.display().to_string(),
-            "--start",
-            "ROMEO:",
-            "--num-samples",
-            "1",
-            "--max-new-tokens",
-            "60",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        ok(&mlx_gpt(&a))
-    };
+    let sample = |extra: &[&str]| ok(&mlx_gpt(&sample_args(&out, 60, extra)));
     let first = sample(&["--seed", "7"]);
     assert!(first.starts_with("ROMEO:"), "{first}");
     assert!(first.chars().count() >= 66, "{first}");
@@ -584,4 +579,74 @@ fn a_second_writer_is_refused_and_sigterm_saves_a_checkpoint() {
     let resumed =
         ok(&mlx_gpt(&tiny(&data, &out, &["--init_from", "resume", "--max_iters", &to, "--lr_decay_iters", "100000"])));
     assert!(resumed.contains(&format!("final: iter {to}")), "{resumed}");
+}
+
+/// Issue #20 end to end: a folder of the user's text (.txt and .jsonl) becomes a trained
+/// tokenizer, token files in its vocabulary, a trained baby model and samples decoded
+/// with that tokenizer, which the checkpoint carries (no flag, no dataset needed).
+#[test]
+fn your_text_your_tokenizer_from_folder_to_samples() {
+    let Some(shared) = common::shared() else { return };
+    let run = common::Scratch::new("own-tokenizer");
+    let corpus = run.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let text = std::fs::read_to_string(shared.join("datasets/tinyshakespeare/input.txt")).unwrap();
+    let part: String = text.chars().take(200_000).collect();
+    let (a, b) = part.split_at(part.char_indices().nth(150_000).unwrap().0);
+    std::fs::write(corpus.join("plays.txt"), a).unwrap();
+    let lines: Vec<String> = b
+        .split("\n\n")
+        .filter(|s| !s.is_empty())
+        .map(|s| serde_json::json!({ "text": s, "source": "shakespeare" }).to_string())
+        .collect();
+    std::fs::write(corpus.join("scenes.jsonl"), lines.join("\n")).unwrap();
+    let data = run.path().join("data");
+    let opts = mlx_gpt_data::datasets::PrepareOptions {
+        data_dir: data.clone(),
+        downloader: mlx_gpt_data::download::Downloader::new().quiet(true),
+        tokenizer: Some(shared.join("tokenizers/gpt2")),
+        from: Some(corpus.clone()),
+        train_tokenizer: Some(600),
+    };
+    let p = mlx_gpt_data::datasets::prepare("mytext", &opts).unwrap();
+    assert_eq!(p.meta.vocab_size, 600);
+    // The report, saved beside the token files (a 4,096-token BPE beating GPT-2's on its
+    // own text is tests/data_pipeline.rs's; 600 tokens is too few for that).
+    let report: mlx_gpt_data::datasets::TokenizerReport =
+        serde_json::from_str(&std::fs::read_to_string(p.dir.join(mlx_gpt_data::datasets::REPORT_FILE)).unwrap())
+            .unwrap();
+    let docs = mlx_gpt_data::corpus::read_documents(&corpus).unwrap();
+    assert_eq!(report.vocab_size, 600);
+    assert_eq!(report.bytes, docs.iter().map(|d| d.len() as u64).sum::<u64>());
+    assert!(report.gpt2_bytes_per_token.is_some_and(|g| g > 3.0), "{report:?}");
+    assert!(report.train_bytes_per_token > 2.0 && report.val_bytes_per_token > 2.0, "{report:?}");
+    let tok_file = p.dir.join(mlx_gpt_data::tokenizer::TRAINED_FILE);
+    let sha = mlx_gpt_data::token_file::sha256_file(&tok_file).unwrap();
+    assert_eq!(p.meta.tokenizer, mlx_gpt_data::tokenizer::TokenizerSpec::Trained { sha256: sha, json: None });
+    // The token files decode to the documents, each followed by the separator.
+    let tok = mlx_gpt_data::datasets::tokenizer_of(&p.meta, Some(&p.dir)).unwrap();
+    let ids: Vec<u32> = ["train", "val"]
+        .iter()
+        .flat_map(|s| {
+            let (f, _) = mlx_gpt_data::token_file::TokenFile::open(&p.dir, s).unwrap();
+            (0..f.len()).map(move |i| f.get(i).unwrap())
+        })
+        .collect();
+    let joined: String = docs.iter().map(|d| format!("{d}<|endoftext|>")).collect();
+    assert_eq!(tok.decode(&ids).unwrap(), joined);
+    // A replaced tokenizer.json is named, not silently used.
+    let original = std::fs::read(&tok_file).unwrap();
+    std::fs::write(&tok_file, b"{}").unwrap();
+    let e = mlx_gpt_data::datasets::tokenizer_of(&p.meta, Some(&p.dir)).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("sha256"), "{e}");
+    std::fs::write(&tok_file, original).unwrap();
+
+    // Train a baby model on it, then sample from the checkpoint alone.
+    let out = run.path().join("out");
+    let cfg = ["--dataset", "mytext", "--max_iters", "40", "--lr_decay_iters", "40", "--eval_interval", "40"];
+    let stdout = ok(&mlx_gpt(&tiny(&data, &out, &cfg)));
+    assert!(stdout.contains("final: iter 40"), "{stdout}");
+    std::fs::remove_dir_all(&data).unwrap();
+    let sample = ok(&mlx_gpt(&sample_args(&out, 30, &[])));
+    assert!(sample.starts_with("ROMEO:") && sample.len() > "ROMEO:".len() + 10, "{sample}");
 }

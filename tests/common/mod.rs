@@ -61,6 +61,7 @@ pub fn shakespeare_char_data(name: &str) -> Option<PathBuf> {
             downloader: mlx_gpt_data::download::Downloader::new().quiet(true),
             tokenizer: None,
             from: Some(shared.join("datasets/tinyshakespeare/input.txt")),
+            train_tokenizer: None,
         };
         mlx_gpt_data::datasets::prepare("shakespeare_char", &opts).unwrap();
         Some(dir)

@@ -31,16 +31,18 @@ struct FetchData {
     /// or hellaswag (the evaluation set, kept as published).
     #[arg(default_value = "shakespeare_char")]
     names: Vec<String>,
-    /// Use local text instead of downloading: a file, or a folder of .txt files.
+    /// Use local text instead of downloading: a file, or a folder of .txt files (with --tokenizer train:VOCAB
+    /// also .jsonl with a "text" field and .parquet with a "text" column).
     #[arg(long)]
     from: Option<PathBuf>,
     /// Fetch every URL from this base instead (its path is kept), e.g. http://127.0.0.1:8000 or file:///srv/mirror.
     #[arg(long)]
     mirror: Option<String>,
     /// GPT-2 BPE files: a tokenizer.json, or a folder with vocab.json + merges.txt or encoder.json + vocab.bpe
-    /// [default: models/gpt2 when present].
+    /// [default: models/gpt2 when present]; or train:VOCAB to train a byte-level BPE of VOCAB tokens on the
+    /// --from text and tokenize with it (tokenizer.json beside the token files).
     #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    tokenizer: Option<String>,
     /// Where dataset folders live [default: $MLX_GPT_DATA_DIR, else datasets/].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -99,7 +101,16 @@ fn fetch_data(a: FetchData) -> anyhow::Result<()> {
         .or_else(|| std::env::var_os("MLX_GPT_DATA_DIR").map(PathBuf::from))
         .unwrap_or_else(|| project_root().join("datasets"));
     let default_bpe = project_root().join("models/gpt2");
-    let tokenizer = a.tokenizer.or_else(|| default_bpe.join("vocab.json").is_file().then_some(default_bpe));
+    let (tokenizer, train_tokenizer) = match a.tokenizer.as_deref().map(|t| (t, t.strip_prefix("train:"))) {
+        Some((_, Some(vocab))) => {
+            let v: usize =
+                vocab.parse().with_context(|| format!("--tokenizer train:{vocab}: not a vocabulary size"))?;
+            // GPT-2's files, where present, only for the report's comparison.
+            (default_bpe.join("vocab.json").is_file().then_some(default_bpe), Some(v))
+        }
+        Some((path, None)) => (Some(PathBuf::from(path)), None),
+        None => (default_bpe.join("vocab.json").is_file().then_some(default_bpe), None),
+    };
     if a.from.is_some() && a.names.len() > 1 {
         bail!("--from gives the text of one dataset; name only one");
     }
@@ -149,6 +160,7 @@ fn fetch_data(a: FetchData) -> anyhow::Result<()> {
             downloader: Downloader::new().with_mirror(a.mirror.clone()),
             tokenizer: tokenizer.clone(),
             from: a.from.clone(),
+            train_tokenizer,
         };
         let p = prepare(name, &opts).map_err(|e| {
             let offline = matches!(e, mlx_gpt_data::DataError::Http { .. });

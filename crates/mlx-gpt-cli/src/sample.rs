@@ -75,8 +75,21 @@ fn run_tokenizer(
     ckpt: &Path,
     model: &Gpt,
 ) -> anyhow::Result<Tokenizer> {
+    let check_vocab = |tok: Tokenizer| {
+        if tok.vocab_size() != model.config.vocab_size {
+            bail!(
+                "{}/state.json: the tokenizer has {} tokens and the model {} outputs; the checkpoint is damaged",
+                ckpt.display(),
+                tok.vocab_size(),
+                model.config.vocab_size
+            );
+        }
+        Ok(tok)
+    };
     match spec {
         TokenizerSpec::Gpt2 => bpe(bpe_files, None),
+        // A checkpoint carries its trained tokenizer (the file itself, in state.json).
+        TokenizerSpec::Trained { .. } => check_vocab(Tokenizer::from_spec(spec, None)?),
         TokenizerSpec::Char { itos } => {
             // Every id the model can emit needs a character, or those tokens print nothing.
             if itos.len() != model.config.vocab_size {

@@ -19,6 +19,7 @@
 
 pub mod batches;
 pub mod bpe_train;
+pub mod corpus;
 pub mod datasets;
 pub mod download;
 mod error;

@@ -1,4 +1,5 @@
-//! Tokenisers: nanoGPT's character vocabulary, and GPT-2's byte-level BPE through the
+//! Tokenisers: nanoGPT's character vocabulary, GPT-2's byte-level BPE, and a byte-level
+//! BPE trained on the dataset's own text (`bpe_train`), the last two through the
 //! `tokenizers` crate. Encoding large texts runs on every core.
 
 use crate::error::{DataError, Result};
@@ -9,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 /// GPT-2's `<|endoftext|>` id, appended after each document.
 pub const GPT2_EOT: u32 = 50256;
+
+/// The file a trained tokenizer is kept in, beside the token files.
+pub const TRAINED_FILE: &str = "tokenizer.json";
 
 /// Character-level vocabulary: the sorted unique characters of a corpus (nanoGPT's
 /// `shakespeare_char`).
@@ -65,6 +69,16 @@ pub enum TokenizerSpec {
     },
     /// GPT-2 byte-level BPE (vocabulary 50,257).
     Gpt2,
+    /// A byte-level BPE trained on the dataset's text, kept in [`TRAINED_FILE`] beside the
+    /// token files (`meta.json` records its sha256). Where the spec must stand alone (a
+    /// checkpoint's `state.json`, which `sample` reads), `json` holds the file itself.
+    Trained {
+        /// sha256 of the tokenizer.json, lowercase hex.
+        sha256: String,
+        /// The tokenizer.json itself, where the spec travels without the dataset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        json: Option<String>,
+    },
 }
 
 /// A tokenizer of either kind.
@@ -74,6 +88,20 @@ pub enum Tokenizer {
     Char(CharTokenizer),
     /// GPT-2 byte-level BPE.
     Gpt2(Box<tokenizers::Tokenizer>),
+    /// A byte-level BPE trained on the dataset's text ([`crate::bpe_train`]).
+    Trained(Box<Trained>),
+}
+
+/// A trained tokenizer with the file it was read from.
+#[derive(Clone)]
+pub struct Trained {
+    tok: tokenizers::Tokenizer,
+    /// The tokenizer.json text.
+    json: String,
+    /// Its sha256.
+    sha256: String,
+    /// The document separator's id.
+    separator: u32,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -81,6 +109,7 @@ impl std::fmt::Debug for Tokenizer {
         match self {
             Tokenizer::Char(c) => write!(f, "Tokenizer::Char({} chars)", c.itos.len()),
             Tokenizer::Gpt2(_) => write!(f, "Tokenizer::Gpt2"),
+            Tokenizer::Trained(t) => write!(f, "Tokenizer::Trained({} tokens)", t.tok.get_vocab_size(true)),
         }
     }
 }
@@ -139,9 +168,44 @@ impl Tokenizer {
         Ok(Tokenizer::Gpt2(Box::new(tok)))
     }
 
-    /// Rebuild the tokenizer `meta.json` describes (`bpe_dir` supplies GPT-2's files).
+    /// A trained tokenizer from the text of its tokenizer.json (`origin` names where it
+    /// came from in errors); checked against `sha256` when given.
+    pub fn trained_from_json(json: String, sha256: Option<&str>, origin: &str) -> Result<Self> {
+        use sha2::Digest;
+        let got = crate::token_file::hex(&sha2::Sha256::digest(json.as_bytes()));
+        if let Some(want) = sha256.filter(|w| *w != got) {
+            return Err(DataError::Tokenizer(format!(
+                "{origin}: sha256 {got}, but the dataset was tokenized with {want}: the tokenizer was replaced; \
+                 prepare the dataset again"
+            )));
+        }
+        let tok: tokenizers::Tokenizer =
+            json.parse().map_err(|e| DataError::Tokenizer(format!("{origin}: not a tokenizer.json: {e}")))?;
+        let separator = tok.token_to_id(crate::bpe_train::DOC_SEPARATOR).ok_or_else(|| {
+            DataError::Tokenizer(format!("{origin}: has no {} token", crate::bpe_train::DOC_SEPARATOR))
+        })?;
+        Ok(Tokenizer::Trained(Box::new(Trained { tok, json, sha256: got, separator })))
+    }
+
+    /// A trained tokenizer from its file, checked against `sha256` when given.
+    pub fn trained_from_file(path: &Path, sha256: Option<&str>) -> Result<Self> {
+        let json = std::fs::read_to_string(path).map_err(DataError::io(path))?;
+        Self::trained_from_json(json, sha256, &path.display().to_string())
+    }
+
+    /// Rebuild the tokenizer `meta.json` describes: `dir` supplies GPT-2's files, or holds
+    /// a trained tokenizer's [`TRAINED_FILE`] (a spec that carries its file needs neither).
     pub fn from_spec(spec: &TokenizerSpec, bpe_dir: Option<&Path>) -> Result<Self> {
         match spec {
+            TokenizerSpec::Trained { sha256, json: Some(json) } => {
+                Self::trained_from_json(json.clone(), Some(sha256), "the checkpoint's tokenizer")
+            }
+            TokenizerSpec::Trained { sha256, json: None } => match bpe_dir {
+                Some(dir) => Self::trained_from_file(&dir.join(TRAINED_FILE), Some(sha256)),
+                None => Err(DataError::Tokenizer(format!(
+                    "this dataset uses its own trained tokenizer: its {TRAINED_FILE} is in the dataset's folder"
+                ))),
+            },
             TokenizerSpec::Char { itos } => Ok(Tokenizer::Char(CharTokenizer::from_itos(itos.clone()))),
             TokenizerSpec::Gpt2 => match bpe_dir {
                 Some(dir) => Self::gpt2_from(dir),
@@ -157,6 +221,24 @@ impl Tokenizer {
         match self {
             Tokenizer::Char(c) => TokenizerSpec::Char { itos: c.itos.clone() },
             Tokenizer::Gpt2(_) => TokenizerSpec::Gpt2,
+            Tokenizer::Trained(t) => TokenizerSpec::Trained { sha256: t.sha256.clone(), json: None },
+        }
+    }
+
+    /// [`Tokenizer::spec`] that stands alone: a trained tokenizer's file included (for a
+    /// checkpoint, which `sample` reads without the dataset).
+    pub fn standalone_spec(&self) -> TokenizerSpec {
+        match self {
+            Tokenizer::Trained(t) => TokenizerSpec::Trained { sha256: t.sha256.clone(), json: Some(t.json.clone()) },
+            other => other.spec(),
+        }
+    }
+
+    /// The tokenizer.json text of a trained tokenizer.
+    pub fn trained_json(&self) -> Option<&str> {
+        match self {
+            Tokenizer::Trained(t) => Some(&t.json),
+            _ => None,
         }
     }
 
@@ -165,6 +247,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Char(c) => c.itos.len(),
             Tokenizer::Gpt2(t) => t.get_vocab_size(true),
+            Tokenizer::Trained(t) => t.tok.get_vocab_size(true),
         }
     }
 
@@ -173,6 +256,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Char(_) => None,
             Tokenizer::Gpt2(_) => Some(GPT2_EOT),
+            Tokenizer::Trained(t) => Some(t.separator),
         }
     }
 
@@ -185,12 +269,23 @@ impl Tokenizer {
                 .encode_fast(text, false)
                 .map(|e| e.get_ids().to_vec())
                 .map_err(|e| DataError::Tokenizer(format!("GPT-2 BPE: {e}"))),
+            Tokenizer::Trained(t) => t
+                .tok
+                .encode_fast(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| DataError::Tokenizer(format!("trained BPE: {e}"))),
         }
     }
 
     /// Encode a large text on every core: it is cut into pieces at boundaries where the
     /// tokenizer would split anyway, so the result equals [`Tokenizer::encode`].
     pub fn encode_parallel(&self, text: &str) -> Result<Vec<u32>> {
+        if let Tokenizer::Trained(_) = self {
+            // GPT-4's split pattern keeps a line break with the punctuation before it, so
+            // those cuts are not neutral for it: one piece (data preparation runs the
+            // documents in parallel instead).
+            return self.encode(text);
+        }
         let pieces = split_for_parallel(text, 1 << 16);
         let parts: Vec<Vec<u32>> = pieces.par_iter().map(|p| self.encode(p)).collect::<Result<_>>()?;
         Ok(parts.concat())
@@ -202,15 +297,8 @@ impl Tokenizer {
     pub fn token_bytes(&self) -> Vec<u32> {
         match self {
             Tokenizer::Char(c) => c.itos.iter().map(|ch| ch.len_utf8() as u32).collect(),
-            // Byte-level BPE spells each byte as one printable character, so a token's
-            // byte count is its string's character count.
-            Tokenizer::Gpt2(t) => (0..t.get_vocab_size(true) as u32)
-                .map(|id| match t.id_to_token(id) {
-                    Some(_) if id == GPT2_EOT => 0,
-                    Some(s) => s.chars().count() as u32,
-                    None => 0,
-                })
-                .collect(),
+            Tokenizer::Gpt2(t) => byte_level_token_bytes(t, GPT2_EOT),
+            Tokenizer::Trained(t) => byte_level_token_bytes(&t.tok, t.separator),
         }
     }
 
@@ -226,8 +314,24 @@ impl Tokenizer {
                 })
                 .collect(),
             Tokenizer::Gpt2(t) => t.decode(ids, false).map_err(|e| DataError::Tokenizer(format!("GPT-2 BPE: {e}"))),
+            Tokenizer::Trained(t) => {
+                t.tok.decode(ids, false).map_err(|e| DataError::Tokenizer(format!("trained BPE: {e}")))
+            }
         }
     }
+}
+
+/// Bytes of each token of a byte-level BPE: each byte is spelled as one printable
+/// character, so a token's byte count is its string's character count; the separator
+/// (a special token, no text) counts none.
+fn byte_level_token_bytes(t: &tokenizers::Tokenizer, separator: u32) -> Vec<u32> {
+    (0..t.get_vocab_size(true) as u32)
+        .map(|id| match t.id_to_token(id) {
+            Some(_) if id == separator => 0,
+            Some(s) => s.chars().count() as u32,
+            None => 0,
+        })
+        .collect()
 }
 
 /// Cut `text` into pieces of about `target` bytes, each ending with a non-whitespace

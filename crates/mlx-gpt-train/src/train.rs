@@ -442,7 +442,15 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
         }
     };
 
-    let mut saver = Saver { c, world: world.as_ref(), world_size, tokenizer: &meta.tokenizer, last_good: resumed_from };
+    // Checkpoints carry a trained tokenizer itself: `sample` reads them without the dataset.
+    let state_tokenizer = match &meta.tokenizer {
+        spec @ mlx_gpt_data::tokenizer::TokenizerSpec::Trained { .. } => {
+            mlx_gpt_data::tokenizer::Tokenizer::from_spec(spec, Some(&data))?.standalone_spec()
+        }
+        other => other.clone(),
+    };
+    let mut saver =
+        Saver { c, world: world.as_ref(), world_size, tokenizer: &state_tokenizer, last_good: resumed_from };
     let mut engine = GradEngine::new(c, &model, streams, world_size);
     let mut last_eval = None;
     let mut checkpoint_path = None;
@@ -882,8 +890,9 @@ impl StepCost {
 }
 
 /// The exact loss of the val split (every window), with bits per byte where the
-/// tokenizer is at hand: a character table always is; GPT-2's BPE needs its files
-/// (`tokenizer`, default `models/gpt2`), and without them the loss comes alone.
+/// tokenizer is at hand: a character table always is, a trained BPE is in the dataset's
+/// folder; GPT-2's BPE needs its files (`tokenizer`, default `models/gpt2`), and without
+/// them the loss comes alone.
 fn exact_val_loss(
     c: &TrainConfig,
     model: &mut Gpt,
@@ -892,8 +901,12 @@ fn exact_val_loss(
     block: usize,
     progress: bool,
 ) -> Result<crate::eval::SplitScore, TrainError> {
-    let bpe_dir = c.tokenizer.clone().unwrap_or_else(|| PathBuf::from("models/gpt2"));
-    let token_bytes = match mlx_gpt_data::tokenizer::Tokenizer::from_spec(&meta.tokenizer, Some(&bpe_dir)) {
+    // GPT-2's files, or the dataset's folder for its own trained tokenizer.
+    let files = match meta.tokenizer {
+        mlx_gpt_data::tokenizer::TokenizerSpec::Trained { .. } => data.to_path_buf(),
+        _ => c.tokenizer.clone().unwrap_or_else(|| PathBuf::from("models/gpt2")),
+    };
+    let token_bytes = match mlx_gpt_data::tokenizer::Tokenizer::from_spec(&meta.tokenizer, Some(&files)) {
         Ok(t) => Some(t.token_bytes()),
         Err(e) => {
             tracing::info!("bits per byte left out: {e}");
