@@ -82,27 +82,28 @@ fn jsonl(path: &Path) -> Result<Vec<String>> {
 
 fn parquet(path: &Path) -> Result<Vec<String>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    use parquet::record::Field;
     let pq = |e: parquet::errors::ParquetError| DataError::Parquet { path: path.into(), reason: e.to_string() };
     let file = std::fs::File::open(path).map_err(DataError::io(path))?;
     let reader = SerializedFileReader::new(file).map_err(pq)?;
     let mut out = Vec::new();
     for row in reader.get_row_iter(None).map_err(pq)? {
-        let row = row.map_err(pq)?;
-        match row.get_column_iter().find(|(name, _)| name.as_str() == TEXT_FIELD).map(|(_, f)| f) {
-            Some(Field::Str(s)) => out.push(s.clone()),
-            Some(other) => {
-                return Err(DataError::Parquet {
-                    path: path.into(),
-                    reason: format!("column '{TEXT_FIELD}' holds {other:?}, not text"),
-                })
-            }
-            None => {
-                return Err(DataError::Parquet { path: path.into(), reason: format!("no column named '{TEXT_FIELD}'") })
-            }
-        }
+        out.push(row_text(&row.map_err(pq)?, TEXT_FIELD, path)?);
     }
     Ok(out)
+}
+
+/// The text in `column` of a parquet row of the file `path`; a missing column, or one
+/// that is not text, is an error naming the file and the column.
+pub(crate) fn row_text(row: &parquet::record::Row, column: &str, path: &Path) -> Result<String> {
+    use parquet::record::Field;
+    match row.get_column_iter().find(|(name, _)| name.as_str() == column).map(|(_, f)| f) {
+        Some(Field::Str(s)) => Ok(s.clone()),
+        Some(other) => Err(DataError::Parquet {
+            path: path.into(),
+            reason: format!("column '{column}' holds {other:?}, not text"),
+        }),
+        None => Err(DataError::Parquet { path: path.into(), reason: format!("no column named '{column}'") }),
+    }
 }
 
 #[cfg(test)]

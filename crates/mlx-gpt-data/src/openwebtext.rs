@@ -22,7 +22,6 @@ use crate::manifest::{thousands, HubParquet, Manifest, PrepareOptions, Prepared}
 use crate::token_file::{hex, to_bytes, write_atomic, FileEntry, Meta, TokenDtype, META_FILE};
 use crate::tokenizer::{Tokenizer, GPT2_EOT};
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use parquet::record::Field;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -166,22 +165,7 @@ fn encode_shard(
         let mut docs: Vec<(bool, String)> = Vec::new();
         for r in group.get_row_iter(None).map_err(pq)? {
             let r = r.map_err(pq)?;
-            let text = r.get_column_iter().find(|(name, _)| name.as_str() == column).map(|(_, f)| f.clone());
-            let text = match text {
-                Some(Field::Str(s)) => s,
-                Some(other) => {
-                    return Err(DataError::Parquet {
-                        path: parquet.into(),
-                        reason: format!("column '{column}' holds {other:?}, not text"),
-                    })
-                }
-                None => {
-                    return Err(DataError::Parquet {
-                        path: parquet.into(),
-                        reason: format!("no column named '{column}'"),
-                    })
-                }
-            };
+            let text = crate::corpus::row_text(&r, column, parquet)?;
             docs.push((is_val(seed, shard, row, val_fraction), text));
             row += 1;
         }

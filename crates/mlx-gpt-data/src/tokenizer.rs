@@ -234,14 +234,6 @@ impl Tokenizer {
         }
     }
 
-    /// The tokenizer.json text of a trained tokenizer.
-    pub fn trained_json(&self) -> Option<&str> {
-        match self {
-            Tokenizer::Trained(t) => Some(&t.json),
-            _ => None,
-        }
-    }
-
     /// Number of token ids.
     pub fn vocab_size(&self) -> usize {
         match self {

@@ -57,7 +57,7 @@ pub fn generate_bench(args: GenerateArgs) -> anyhow::Result<()> {
     let cached = rate(&mut model, args.new_tokens, true)?;
     let used_product = mlx_gpt_model::decode_product_calls() > before;
     // The same with plain MLX ops (MLX's matmul for the one-row products), for comparison.
-    let cached_mlx = if kernels != Kernels::mlx() {
+    let cached_mlx = if kernels.set() != mlx_gpt_model::KernelSet::Mlx {
         model.kernels = Kernels::mlx();
         let r = rate(&mut model, args.new_tokens, true)?;
         model.kernels = kernels;
