@@ -40,7 +40,8 @@ struct FetchData {
     mirror: Option<String>,
     /// GPT-2 BPE files: a tokenizer.json, or a folder with vocab.json + merges.txt or encoder.json + vocab.bpe
     /// [default: models/gpt2 when present]; or train:VOCAB to train a byte-level BPE of VOCAB tokens on the
-    /// --from text and tokenize with it (tokenizer.json beside the token files).
+    /// --from text (without --from, the text the dataset was prepared from before) and tokenize with it
+    /// (tokenizer.json beside the token files; an interrupted run resumes where it stopped).
     #[arg(long)]
     tokenizer: Option<String>,
     /// Where dataset folders live [default: $MLX_GPT_DATA_DIR, else datasets/].

@@ -5,7 +5,6 @@
 
 use crate::error::{DataError, Result};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
-use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -28,14 +27,16 @@ pub fn min_vocab(special_tokens: usize) -> usize {
 }
 
 /// Train a byte-level BPE of `vocab_size` tokens (the 256 bytes, the merges, then
-/// [`DOC_SEPARATOR`]) on `documents`. The trainer counts the pieces of every document
-/// as it streams by, so memory grows with the number of distinct pieces, not with the
-/// corpus. `progress` shows the trainer's progress bars.
-pub fn train_bpe<I, S>(documents: I, vocab_size: usize, progress: bool) -> Result<Tokenizer>
+/// [`DOC_SEPARATOR`]) on `texts` (documents, or pieces of them cut where the split
+/// pattern cuts anyway). The trainer counts the pieces of each text as it streams by, on
+/// every core, so memory grows with the number of distinct pieces, not with the corpus.
+/// `progress` shows the trainer's bar while it merges.
+pub fn train_bpe<I, S>(texts: I, vocab_size: usize, progress: bool) -> Result<Tokenizer>
 where
     I: Iterator<Item = S> + Send,
     S: AsRef<str> + Send,
 {
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, Trainer};
     let specials = [DOC_SEPARATOR];
     if vocab_size < min_vocab(specials.len()) {
         return Err(DataError::Tokenizer(format!(
@@ -52,18 +53,33 @@ where
     // The bytes of each piece as printable characters (GPT-2's mapping); the split above
     // has cut the text already, so ByteLevel's own (GPT-2's) pattern is off.
     let byte_level = ByteLevel::new(false, true, false);
-    let mut tok = Tokenizer::new(BPE::default());
-    tok.with_pre_tokenizer(Some(Sequence::new(vec![split.into(), byte_level.into()])));
-    tok.with_decoder(Some(byte_level));
-    let trainer = BpeTrainerBuilder::new()
+    let pre_tokenizer = Sequence::new(vec![split.into(), byte_level.into()]);
+    let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(0)
         .show_progress(progress)
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .special_tokens(specials.iter().map(|s| AddedToken::from(s.to_string(), true)).collect())
         .build();
-    let mut trainer = TrainerWrapper::BpeTrainer(trainer);
-    tok.train(&mut trainer, documents).map_err(err)?;
+    // What `Tokenizer::train` does, without its count-of-texts bar (the length of a
+    // stream is not known; the caller shows bytes read instead).
+    trainer
+        .feed(texts, |text| {
+            let mut pieces = PreTokenizedString::from(text);
+            pre_tokenizer.pre_tokenize(&mut pieces)?;
+            Ok(pieces
+                .get_splits(OffsetReferential::Original, OffsetType::Byte)
+                .into_iter()
+                .map(|(piece, _, _)| piece.to_owned())
+                .collect())
+        })
+        .map_err(err)?;
+    let mut model = BPE::default();
+    let special_tokens = trainer.train(&mut model).map_err(err)?;
+    let mut tok = Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(pre_tokenizer));
+    tok.with_decoder(Some(byte_level));
+    tok.add_special_tokens(&special_tokens);
     Ok(tok)
 }
 

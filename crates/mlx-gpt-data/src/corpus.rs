@@ -1,12 +1,25 @@
-//! A user's corpus as documents: `.txt` files (one document each), `.jsonl` (one JSON
-//! object per line, its `text` field a document) and `.parquet` (its `text` column), given
-//! as one file or a folder of them.
+//! A user's corpus as a stream of text: `.txt` files (one document each), `.jsonl` (one
+//! JSON object per line, its `text` field a document) and `.parquet` (its `text` column),
+//! given as one file or a folder of them.
+//!
+//! The stream holds one piece of text at a time, never the corpus: documents come in
+//! pieces of about [`PIECE_BYTES`] cut where a line starts with a visible character (a
+//! place where GPT-4's split pattern, and GPT-2's, cut anyway, so encoding the pieces gives
+//! the tokens of the whole document). A `.txt` file is read a piece at a time, a `.jsonl`
+//! a line at a time, a parquet file a row group at a time.
 
 use crate::error::{DataError, Result};
+use std::collections::VecDeque;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 /// The field (`.jsonl`) or column (`.parquet`) that holds a document's text.
 pub const TEXT_FIELD: &str = "text";
+
+/// About how much of a document one piece holds. Encoding a piece takes some hundred bytes
+/// per byte of it for a moment (the tokenizer's offsets and token strings), so pieces are
+/// kept small.
+pub const PIECE_BYTES: usize = 256 << 10;
 
 /// The corpus files at `path`: the file itself, or the `.txt`, `.jsonl` and `.parquet`
 /// files in the folder, sorted by name (so that the documents come in a fixed order).
@@ -36,60 +49,271 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(vec![path.to_path_buf()])
 }
 
-/// Every document of the corpus at `path`, in order. Empty documents are dropped; a
-/// corpus with no text at all is an error, as is a file that is not UTF-8 text or a
-/// `.jsonl` line without a text field, each naming the file (and line).
-pub fn read_documents(path: &Path) -> Result<Vec<String>> {
-    let mut docs = Vec::new();
-    for f in files(path)? {
-        match f.extension().and_then(|x| x.to_str()) {
-            Some("jsonl") => docs.extend(jsonl(&f)?),
-            Some("parquet") => docs.extend(parquet(&f)?),
-            _ => docs.push(text(&f)?),
+/// A piece of a document, in corpus order; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// The text.
+    pub text: String,
+    /// Whether the document ends with this piece (a separator follows it).
+    pub ends_document: bool,
+}
+
+/// The corpus at a path as [`Piece`]s, read as they are asked for. An error (a file that
+/// is not UTF-8 text, a `.jsonl` line without a text field, a parquet file without a text
+/// column) names the file, and the line where there is one.
+pub struct Stream {
+    files: VecDeque<PathBuf>,
+    current: Option<Source>,
+    piece_bytes: usize,
+    /// The rest of a long document cut into pieces.
+    pending: VecDeque<Piece>,
+}
+
+impl Stream {
+    /// The corpus at `path` (see [`files`]).
+    pub fn open(path: &Path) -> Result<Stream> {
+        Self::with_piece_bytes(path, PIECE_BYTES)
+    }
+
+    /// The same, with `.txt` pieces of about `piece_bytes`.
+    pub fn with_piece_bytes(path: &Path, piece_bytes: usize) -> Result<Stream> {
+        let piece_bytes = piece_bytes.max(1);
+        Ok(Stream { files: files(path)?.into(), current: None, piece_bytes, pending: VecDeque::new() })
+    }
+}
+
+impl Iterator for Stream {
+    type Item = Result<Piece>;
+
+    fn next(&mut self) -> Option<Result<Piece>> {
+        loop {
+            if let Some(p) = self.pending.pop_front() {
+                return Some(Ok(p));
+            }
+            if let Some(source) = &mut self.current {
+                match source.next() {
+                    Some(Ok(p)) if p.text.is_empty() => continue,
+                    Some(Ok(p)) if p.text.len() > 2 * self.piece_bytes => {
+                        let cuts = cut_points(&p.text, self.piece_bytes);
+                        let mut start = 0;
+                        for end in cuts.into_iter().chain([p.text.len()]) {
+                            let last = end == p.text.len();
+                            let text = p.text[start..end].to_string();
+                            self.pending.push_back(Piece { text, ends_document: last && p.ends_document });
+                            start = end;
+                        }
+                        continue;
+                    }
+                    Some(item) => return Some(item),
+                    None => self.current = None,
+                }
+            }
+            let path = self.files.pop_front()?;
+            match Source::open(path, self.piece_bytes) {
+                Ok(s) => self.current = Some(s),
+                Err(e) => {
+                    self.files.clear();
+                    return Some(Err(e));
+                }
+            }
         }
     }
-    docs.retain(|d| !d.is_empty());
+}
+
+/// Every document of the corpus at `path`, in order, whole (for small corpora and tests;
+/// preparation reads the [`Stream`]). Empty documents are dropped; a corpus with no text
+/// at all is an error.
+pub fn read_documents(path: &Path) -> Result<Vec<String>> {
+    let mut docs = Vec::new();
+    let mut doc = String::new();
+    for piece in Stream::open(path)? {
+        let piece = piece?;
+        doc.push_str(&piece.text);
+        if piece.ends_document {
+            docs.push(std::mem::take(&mut doc));
+        }
+    }
     if docs.is_empty() {
         return Err(DataError::Invalid { path: path.into(), what: "holds no text".into() });
     }
     Ok(docs)
 }
 
-fn text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(DataError::io(path))?;
-    String::from_utf8(bytes).map_err(|e| DataError::Invalid {
-        path: path.into(),
-        what: format!("is not UTF-8 text (invalid byte at offset {}): a binary file?", e.utf8_error().valid_up_to()),
-    })
-}
-
-fn jsonl(path: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for (i, line) in text(path)?.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |what: String| DataError::Invalid { path: path.into(), what: format!("line {}: {what}", i + 1) };
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
-        match v.get(TEXT_FIELD) {
-            Some(serde_json::Value::String(s)) => out.push(s.clone()),
-            Some(other) => return Err(bad(format!("the \"{TEXT_FIELD}\" field is not a string: {other}"))),
-            None => return Err(bad(format!("no \"{TEXT_FIELD}\" field"))),
+/// Where to cut `text` into pieces of at least `piece_bytes`: after a line break that a
+/// visible ASCII character follows (see [`TextPieces`]).
+fn cut_points(text: &str, piece_bytes: usize) -> Vec<usize> {
+    let bytes = text.as_bytes();
+    let mut cuts = Vec::new();
+    let mut at = piece_bytes;
+    while at < bytes.len() {
+        let Some(nl) = bytes[at - 1..].iter().position(|&b| b == b'\n').map(|i| at - 1 + i) else { break };
+        if bytes.get(nl + 1).is_some_and(u8::is_ascii_graphic) {
+            cuts.push(nl + 1);
+            at = nl + 1 + piece_bytes;
+        } else {
+            at = nl + 2;
         }
     }
-    Ok(out)
+    cuts
 }
 
-fn parquet(path: &Path) -> Result<Vec<String>> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
+/// One file being read.
+enum Source {
+    Text(TextPieces),
+    Jsonl {
+        path: PathBuf,
+        lines: std::io::BufReader<std::fs::File>,
+        line: usize,
+    },
+    Parquet {
+        path: PathBuf,
+        reader: parquet::file::serialized_reader::SerializedFileReader<std::fs::File>,
+        group: usize,
+        rows: VecDeque<String>,
+    },
+}
+
+impl Source {
+    fn open(path: PathBuf, piece_bytes: usize) -> Result<Source> {
+        let file = std::fs::File::open(&path).map_err(DataError::io(&path))?;
+        Ok(match path.extension().and_then(|x| x.to_str()) {
+            Some("jsonl") => Source::Jsonl { lines: std::io::BufReader::new(file), path, line: 0 },
+            Some("parquet") => {
+                let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)
+                    .map_err(|e| DataError::Parquet { path: path.clone(), reason: e.to_string() })?;
+                Source::Parquet { path, reader, group: 0, rows: VecDeque::new() }
+            }
+            _ => Source::Text(TextPieces {
+                path,
+                reader: std::io::BufReader::new(file),
+                offset: 0,
+                carry: Vec::new(),
+                piece_bytes,
+                done: false,
+            }),
+        })
+    }
+
+    fn next(&mut self) -> Option<Result<Piece>> {
+        match self {
+            Source::Text(t) => t.next(),
+            Source::Jsonl { path, lines, line } => {
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    *line += 1;
+                    match lines.read_until(b'\n', &mut buf) {
+                        Ok(0) => return None,
+                        Ok(_) => {}
+                        Err(e) => return Some(Err(DataError::io(path.as_path())(e))),
+                    }
+                    if buf.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    return Some(jsonl_text(path, *line, &buf).map(|text| Piece { text, ends_document: true }));
+                }
+            }
+            Source::Parquet { path, reader, group, rows } => {
+                use parquet::file::reader::FileReader;
+                while rows.is_empty() {
+                    if *group >= reader.metadata().num_row_groups() {
+                        return None;
+                    }
+                    if let Err(e) = parquet_group(path, reader, *group, rows) {
+                        return Some(Err(e));
+                    }
+                    *group += 1;
+                }
+                rows.pop_front().map(|text| Ok(Piece { text, ends_document: true }))
+            }
+        }
+    }
+}
+
+fn jsonl_text(path: &Path, line: usize, bytes: &[u8]) -> Result<String> {
+    let bad = |what: String| DataError::Invalid { path: path.into(), what: format!("line {line}: {what}") };
+    let text = std::str::from_utf8(bytes).map_err(|e| bad(not_utf8(e.valid_up_to() as u64)))?;
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    match v.get(TEXT_FIELD) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(bad(format!("the \"{TEXT_FIELD}\" field is not a string: {other}"))),
+        None => Err(bad(format!("no \"{TEXT_FIELD}\" field"))),
+    }
+}
+
+fn not_utf8(offset: u64) -> String {
+    format!("is not UTF-8 text (invalid byte at offset {offset}): a binary file?")
+}
+
+/// The texts of row group `group` of a parquet file, appended to `rows`.
+fn parquet_group(
+    path: &Path,
+    reader: &parquet::file::serialized_reader::SerializedFileReader<std::fs::File>,
+    group: usize,
+    rows: &mut VecDeque<String>,
+) -> Result<()> {
+    use parquet::file::reader::FileReader;
     let pq = |e: parquet::errors::ParquetError| DataError::Parquet { path: path.into(), reason: e.to_string() };
-    let file = std::fs::File::open(path).map_err(DataError::io(path))?;
-    let reader = SerializedFileReader::new(file).map_err(pq)?;
-    let mut out = Vec::new();
-    for row in reader.get_row_iter(None).map_err(pq)? {
-        out.push(row_text(&row.map_err(pq)?, TEXT_FIELD, path)?);
+    let g = reader.get_row_group(group).map_err(pq)?;
+    for row in g.get_row_iter(None).map_err(pq)? {
+        rows.push_back(row_text(&row.map_err(pq)?, TEXT_FIELD, path)?);
     }
-    Ok(out)
+    Ok(())
+}
+
+/// A `.txt` file in pieces of about `piece_bytes`, each ending with a line break before a
+/// line that starts with a visible ASCII character. No piece of GPT-4's split pattern (or
+/// GPT-2's) runs from a line break into such a character, so the pieces encode to the
+/// tokens of the whole file. Text without such a line for long (a file of one line) makes
+/// a longer piece.
+struct TextPieces {
+    path: PathBuf,
+    reader: std::io::BufReader<std::fs::File>,
+    /// Bytes of the file already returned (for the offset of a bad byte).
+    offset: u64,
+    /// A line read past the end of the last piece: the start of the next.
+    carry: Vec<u8>,
+    piece_bytes: usize,
+    done: bool,
+}
+
+impl TextPieces {
+    fn next(&mut self) -> Option<Result<Piece>> {
+        if self.done {
+            return None;
+        }
+        let mut buf = std::mem::take(&mut self.carry);
+        loop {
+            let mut line = Vec::new();
+            match self.reader.read_until(b'\n', &mut line) {
+                Ok(0) => {
+                    self.done = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => return Some(Err(DataError::io(self.path.as_path())(e))),
+            }
+            if buf.len() >= self.piece_bytes && buf.ends_with(b"\n") && line[0].is_ascii_graphic() {
+                self.carry = line;
+                break;
+            }
+            buf.extend_from_slice(&line);
+        }
+        if buf.is_empty() {
+            return None;
+        }
+        let len = buf.len() as u64;
+        let text = match String::from_utf8(buf) {
+            Ok(t) => t,
+            Err(e) => {
+                self.done = true;
+                let what = not_utf8(self.offset + e.utf8_error().valid_up_to() as u64);
+                return Some(Err(DataError::Invalid { path: self.path.clone(), what }));
+            }
+        };
+        self.offset += len;
+        Some(Ok(Piece { text, ends_document: self.done }))
+    }
 }
 
 /// The text in `column` of a parquet row of the file `path`; a missing column, or one
@@ -109,28 +333,109 @@ pub(crate) fn row_text(row: &parquet::record::Row, column: &str, path: &Path) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("mlx-gpt-corpus-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
 
     #[test]
     fn documents_of_a_folder_in_order_and_bad_input_named() {
-        let d = std::env::temp_dir().join(format!("mlx-gpt-corpus-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+        let d = scratch("folder");
         std::fs::write(d.join("b.txt"), "second file\n").unwrap();
-        std::fs::write(d.join("a.jsonl"), "{\"text\": \"one\"}\n\n{\"text\": \"two\", \"id\": 3}\n").unwrap();
+        std::fs::write(d.join("a.jsonl"), "{\"text\": \"one\"}\n\n{\"text\": \"two\", \"id\": 3}\n{\"text\": \"\"}")
+            .unwrap();
         std::fs::write(d.join("notes.md"), "ignored").unwrap();
         assert_eq!(read_documents(&d).unwrap(), ["one", "two", "second file\n"]);
-        std::fs::write(d.join("c.jsonl"), "{\"body\": \"x\"}\n").unwrap();
+        std::fs::write(d.join("c.jsonl"), "{\"text\": \"fine\"}\n{\"body\": \"x\"}\n").unwrap();
         let e = read_documents(&d).unwrap_err().to_string();
-        assert!(e.contains("c.jsonl") && e.contains("line 1") && e.contains("\"text\""), "{e}");
+        assert!(e.contains("c.jsonl") && e.contains("line 2") && e.contains("\"text\""), "{e}");
         std::fs::remove_file(d.join("c.jsonl")).unwrap();
         std::fs::write(d.join("d.txt"), [0x66, 0x6f, 0xff, 0xfe]).unwrap();
         let e = read_documents(&d).unwrap_err().to_string();
-        assert!(e.contains("d.txt") && e.contains("not UTF-8"), "{e}");
+        assert!(e.contains("d.txt") && e.contains("not UTF-8") && e.contains("offset 2"), "{e}");
         let empty = d.join("empty");
         std::fs::create_dir_all(&empty).unwrap();
         std::fs::write(empty.join("e.txt"), "").unwrap();
         assert!(read_documents(&empty).unwrap_err().to_string().contains("holds no text"));
         assert!(read_documents(&d.join("missing.txt")).is_err());
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_bad_byte_deep_in_a_long_file_is_placed() {
+        let d = scratch("offset");
+        let mut bytes = "Line of text.\n".repeat(1000).into_bytes();
+        bytes.extend_from_slice(&[b'x', 0xc3]);
+        std::fs::write(d.join("long.txt"), &bytes).unwrap();
+        let e = Stream::with_piece_bytes(&d, 100).unwrap().find_map(|p| p.err()).unwrap().to_string();
+        assert!(e.contains("long.txt") && e.contains("offset 14001"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_parquet_file_without_a_text_column_is_named() {
+        use parquet::data_type::ByteArrayType;
+        use parquet::file::writer::SerializedFileWriter;
+        let d = scratch("parquet");
+        let write = |name: &str, column: &str, rows: &[&str]| {
+            let schema = std::sync::Arc::new(
+                parquet::schema::parser::parse_message_type(&format!(
+                    "message doc {{ required binary {column} (UTF8); }}"
+                ))
+                .unwrap(),
+            );
+            let file = std::fs::File::create(d.join(name)).unwrap();
+            let mut w = SerializedFileWriter::new(file, schema, Default::default()).unwrap();
+            let mut g = w.next_row_group().unwrap();
+            let mut c = g.next_column().unwrap().unwrap();
+            let values: Vec<parquet::data_type::ByteArray> = rows.iter().map(|r| (*r).into()).collect();
+            c.typed::<ByteArrayType>().write_batch(&values, None, None).unwrap();
+            c.close().unwrap();
+            g.close().unwrap();
+            w.close().unwrap();
+        };
+        write("a.parquet", "text", &["first row", "second row"]);
+        assert_eq!(read_documents(&d).unwrap(), ["first row", "second row"]);
+        write("b.parquet", "body", &["x"]);
+        let e = read_documents(&d).unwrap_err().to_string();
+        assert!(e.contains("b.parquet") && e.contains("no column named 'text'"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// A document read in pieces of any size, from a `.txt` file or as one `.jsonl`
+        /// line, gives the document back, and the pieces encode to its tokens.
+        #[test]
+        fn pieces_encode_like_the_whole_document(
+            lines in prop::collection::vec("[ \\t]{0,2}[a-zA-Z,.!?'’ \\n]{0,12}\\n{0,2}", 0..80),
+            piece_bytes in 1usize..64,
+            jsonl in any::<bool>(),
+        ) {
+            static TOK: std::sync::OnceLock<tokenizers::Tokenizer> = std::sync::OnceLock::new();
+            let tok = TOK.get_or_init(|| {
+                let docs = ["Hello there, friend!\n\n  Indented line.\nWhat's up?\n"; 20];
+                crate::bpe_train::train_bpe(docs.iter(), 320, false).unwrap()
+            });
+            let text: String = lines.concat();
+            let d = scratch(&format!("pieces-{piece_bytes}-{jsonl}"));
+            if jsonl {
+                std::fs::write(d.join("t.jsonl"), serde_json::json!({ "text": text }).to_string()).unwrap();
+            } else {
+                std::fs::write(d.join("t.txt"), &text).unwrap();
+            }
+            let pieces: Vec<Piece> = Stream::with_piece_bytes(&d, piece_bytes).unwrap().collect::<Result<_>>().unwrap();
+            std::fs::remove_dir_all(&d).unwrap();
+            prop_assert_eq!(pieces.iter().map(|p| p.text.as_str()).collect::<String>(), text.clone());
+            prop_assert!(pieces.iter().rev().skip(1).all(|p| !p.ends_document));
+            prop_assert!(pieces.last().is_none_or(|p| p.ends_document));
+            let ids = |s: &str| tok.encode_fast(s, false).unwrap().get_ids().to_vec();
+            let joined: Vec<u32> = pieces.iter().flat_map(|p| ids(&p.text)).collect();
+            prop_assert_eq!(joined, ids(&text));
+        }
     }
 }

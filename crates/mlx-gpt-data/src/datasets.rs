@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use crate::manifest::{thousands, HubParquet, Manifest, PrepareOptions, Prepared, SourceFile, TokenizerKind};
+pub use crate::own_text::{Gpt2Comparison, TokenizerReport, REPORT_FILE};
 
 /// Whether `dir` holds a complete, consistent preparation.
 pub fn is_prepared(dir: &Path) -> Option<Meta> {
@@ -27,12 +28,18 @@ pub fn prepare(name: &str, opts: &PrepareOptions) -> Result<Prepared> {
     let dir = opts.data_dir.join(name);
     if opts.from.is_none() {
         if let Some(meta) = is_prepared(&dir) {
-            return Ok(Prepared { dir, meta, already: true });
+            // Asked for another trained vocabulary: trained again on the recorded corpus.
+            let other_vocab = opts
+                .train_tokenizer
+                .is_some_and(|v| v != meta.vocab_size || !matches!(meta.tokenizer, TokenizerSpec::Trained { .. }));
+            if !other_vocab {
+                return Ok(Prepared { dir, meta, already: true });
+            }
         }
     }
     std::fs::create_dir_all(&dir).map_err(DataError::io(&dir))?;
     if let Some(vocab) = opts.train_tokenizer {
-        return prepare_trained(name, &dir, opts, vocab);
+        return crate::own_text::prepare(name, &dir, opts, vocab);
     }
     let manifest = Manifest::find(name, &opts.data_dir)?;
     let manifest = match (manifest, &opts.from) {
@@ -69,116 +76,6 @@ pub fn prepare(name: &str, opts: &PrepareOptions) -> Result<Prepared> {
     };
     let meta = write_split(&dir, &text, manifest.train_fraction.unwrap_or(0.9), &tokenizer)?;
     Ok(Prepared { dir, meta, already: false })
-}
-
-/// A user's corpus with a tokenizer trained on it: `tokenizer.json` (written first), then
-/// the documents encoded in parallel, each followed by the separator, the token stream
-/// cut 90 / 10 into train and val, and `meta.json` last (with the tokenizer's sha256).
-fn prepare_trained(name: &str, dir: &Path, opts: &PrepareOptions, vocab: usize) -> Result<Prepared> {
-    use rayon::prelude::*;
-    let from = opts.from.as_deref().ok_or_else(|| {
-        DataError::Tokenizer(format!(
-            "dataset '{name}': a tokenizer is trained on your own text: give it with --from PATH (a file, or a \
-             folder of .txt, .jsonl or .parquet files)"
-        ))
-    })?;
-    // A stale meta.json must not vouch for the files rewritten below.
-    let _ = std::fs::remove_file(dir.join(META_FILE));
-    let docs = crate::corpus::read_documents(from)?;
-    let bytes: usize = docs.iter().map(String::len).sum();
-    tracing::info!(
-        "training a {vocab}-token BPE on {} documents ({} bytes)",
-        thousands(docs.len() as u64),
-        thousands(bytes as u64)
-    );
-    let trained =
-        crate::bpe_train::train_bpe(docs.iter(), vocab, std::io::IsTerminal::is_terminal(&std::io::stderr()))?;
-    let json = trained.to_string(false).map_err(|e| DataError::Tokenizer(format!("saving the tokenizer: {e}")))?;
-    let path = dir.join(crate::tokenizer::TRAINED_FILE);
-    crate::token_file::write_atomic(&path, |w| std::io::Write::write_all(w, json.as_bytes()))?;
-    let tokenizer = Tokenizer::trained_from_json(json, None, &path.display().to_string())?;
-    let separator = tokenizer.eot().expect("a trained tokenizer has a separator");
-    let encoded: Vec<Vec<u32>> = docs
-        .par_iter()
-        .map(|d| {
-            let mut ids = tokenizer.encode(d)?;
-            ids.push(separator);
-            Ok(ids)
-        })
-        .collect::<Result<_>>()?;
-    let tokens: Vec<u32> = encoded.concat();
-    let cut = (tokens.len() as f64 * 0.9) as usize;
-    let dtype = TokenDtype::for_vocab(tokenizer.vocab_size());
-    let mut files = BTreeMap::new();
-    for (split, part) in [("train", &tokens[..cut]), ("val", &tokens[cut..])] {
-        let entry = write_tokens(&dir.join(format!("{split}.bin")), part, dtype)?;
-        tracing::info!("{split} has {} tokens", thousands(entry.tokens));
-        files.insert(split.to_string(), entry);
-    }
-    let report = TokenizerReport::measure(&tokenizer, &tokens[..cut], &tokens[cut..], &docs, opts.tokenizer.as_deref());
-    let text = serde_json::to_string_pretty(&report).expect("the report serializes");
-    crate::token_file::write_atomic(&dir.join(REPORT_FILE), |w| std::io::Write::write_all(w, text.as_bytes()))?;
-    tracing::info!("{}", report.summary());
-    let meta = Meta::new(&tokenizer, files);
-    meta.write(&dir.join(META_FILE))?;
-    Ok(Prepared { dir: dir.to_path_buf(), meta, already: false })
-}
-
-/// Where [`TokenizerReport`] is saved, beside the token files.
-pub const REPORT_FILE: &str = "tokenizer_report.json";
-
-/// How well a trained tokenizer compresses its corpus (nanochat's tok_eval): bytes of text
-/// per token on the train and val splits, and GPT-2's BPE on the same documents when its
-/// files are at hand.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TokenizerReport {
-    /// Tokens in the vocabulary.
-    pub vocab_size: usize,
-    /// Documents in the corpus.
-    pub documents: usize,
-    /// UTF-8 bytes of text in the corpus.
-    pub bytes: u64,
-    /// Bytes per token on the train split (separators count as tokens of no text).
-    pub train_bytes_per_token: f64,
-    /// The same on the val split.
-    pub val_bytes_per_token: f64,
-    /// GPT-2's BPE on the whole corpus, a separator per document as here.
-    pub gpt2_bytes_per_token: Option<f64>,
-}
-
-impl TokenizerReport {
-    fn measure(tokenizer: &Tokenizer, train: &[u32], val: &[u32], docs: &[String], gpt2: Option<&Path>) -> Self {
-        use rayon::prelude::*;
-        let token_bytes = tokenizer.token_bytes();
-        let per_token = |ids: &[u32]| {
-            ids.iter().map(|&i| token_bytes[i as usize] as u64).sum::<u64>() as f64 / ids.len().max(1) as f64
-        };
-        let bytes: u64 = docs.iter().map(|d| d.len() as u64).sum();
-        let gpt2_bytes_per_token = gpt2.and_then(|p| Tokenizer::gpt2_from(p).ok()).and_then(|g| {
-            let n: usize = docs.par_iter().map(|d| g.encode(d).map(|ids| ids.len() + 1)).sum::<Result<usize>>().ok()?;
-            Some(bytes as f64 / n.max(1) as f64)
-        });
-        TokenizerReport {
-            vocab_size: tokenizer.vocab_size(),
-            documents: docs.len(),
-            bytes,
-            train_bytes_per_token: per_token(train),
-            val_bytes_per_token: per_token(val),
-            gpt2_bytes_per_token,
-        }
-    }
-
-    /// One line for the log.
-    pub fn summary(&self) -> String {
-        let gpt2 = match self.gpt2_bytes_per_token {
-            Some(g) => format!("; GPT-2's BPE: {g:.2} ({:+.1}%)", (self.val_bytes_per_token / g - 1.0) * 100.0),
-            None => "; GPT-2's BPE not compared (its files are not at hand: cargo xtask fetch-gpt2)".into(),
-        };
-        format!(
-            "tokenizer: {} tokens; bytes per token: train {:.2}, val {:.2}{gpt2}",
-            self.vocab_size, self.train_bytes_per_token, self.val_bytes_per_token
-        )
-    }
 }
 
 /// A dataset's name is a folder inside the data folder, never a path out of it: letters,

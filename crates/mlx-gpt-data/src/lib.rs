@@ -11,6 +11,8 @@
 //!   and gives;
 //! - [`datasets`]: `prepare` (shakespeare_char, shakespeare, local text files);
 //! - [`openwebtext`]: streaming preparation of Hugging Face parquet text datasets;
+//! - [`corpus`], [`own_text`]: a user's corpus read as a stream, and prepared with a
+//!   tokenizer trained on it (bounded memory, resumable);
 //! - [`pretrained`]: OpenAI's GPT-2 checkpoints from the Hugging Face hub;
 //! - [`batches`]: the seeded, resumable `(x, y)` batch sampler.
 //!
@@ -27,6 +29,7 @@ pub mod extract;
 pub mod hellaswag;
 pub mod manifest;
 pub mod openwebtext;
+pub mod own_text;
 pub mod pretrained;
 pub mod progress;
 pub mod token_file;

@@ -124,10 +124,11 @@ pub struct PrepareOptions {
     /// GPT-2 BPE files (a `tokenizer.json`, or a folder); see `Tokenizer::gpt2_from`.
     pub tokenizer: Option<PathBuf>,
     /// Local text instead of downloading: a file, or a folder of `.txt` files (with
-    /// `train_tokenizer`, also `.jsonl` and `.parquet`: `corpus::read_documents`).
+    /// `train_tokenizer`, also `.jsonl` and `.parquet`: `corpus::Stream`).
     pub from: Option<PathBuf>,
-    /// Train a byte-level BPE of this many tokens on the `from` corpus and tokenize with
-    /// it (`bpe_train`), instead of characters or GPT-2's BPE.
+    /// Train a byte-level BPE of this many tokens on the `from` corpus (without `from`, the
+    /// one an earlier preparation of the dataset recorded) and tokenize with it
+    /// (`own_text`), instead of characters or GPT-2's BPE.
     pub train_tokenizer: Option<usize>,
 }
 

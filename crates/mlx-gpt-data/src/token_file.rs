@@ -54,7 +54,7 @@ impl TokenDtype {
     pub fn holds(self, vocab: usize) -> bool {
         (vocab as u64) <= 1u64 << (8 * self.width())
     }
-    fn decode(self, bytes: &[u8]) -> u32 {
+    pub(crate) fn decode(self, bytes: &[u8]) -> u32 {
         match self {
             TokenDtype::U16 => u16::from_le_bytes([bytes[0], bytes[1]]) as u32,
             TokenDtype::U32 => u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
