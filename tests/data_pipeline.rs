@@ -108,7 +108,7 @@ fn options(server: &Server, data: &Path, tokenizer: Option<PathBuf>) -> PrepareO
         data_dir: data.into(),
         downloader: downloader(server),
         tokenizer,
-        from: None,
+        from: vec![],
         train_tokenizer: None,
     }
 }
@@ -142,7 +142,7 @@ fn shakespeare_char_matches_nanogpt() {
     // The same from a local file, no server involved.
     let local = Scratch::new("char-local");
     let opts = PrepareOptions {
-        from: Some(shared.join("datasets/tinyshakespeare/input.txt")),
+        from: vec![shared.join("datasets/tinyshakespeare/input.txt")],
         ..options(&server, local.path(), None)
     };
     let q = prepare("shakespeare_char", &opts).unwrap();

@@ -605,7 +605,7 @@ fn your_text_your_tokenizer_from_folder_to_samples() {
         data_dir: data.clone(),
         downloader: mlx_gpt_data::download::Downloader::new().quiet(true),
         tokenizer: Some(shared.join("tokenizers/gpt2")),
-        from: Some(corpus.clone()),
+        from: vec![corpus.clone()],
         train_tokenizer: Some(600),
     };
     let p = mlx_gpt_data::datasets::prepare("mytext", &opts).unwrap();

@@ -60,7 +60,7 @@ pub fn shakespeare_char_data(name: &str) -> Option<PathBuf> {
             data_dir: dir.clone(),
             downloader: mlx_gpt_data::download::Downloader::new().quiet(true),
             tokenizer: None,
-            from: Some(shared.join("datasets/tinyshakespeare/input.txt")),
+            from: vec![shared.join("datasets/tinyshakespeare/input.txt")],
             train_tokenizer: None,
         };
         mlx_gpt_data::datasets::prepare("shakespeare_char", &opts).unwrap();

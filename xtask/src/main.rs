@@ -33,8 +33,8 @@ struct FetchData {
     names: Vec<String>,
     /// Use local text instead of downloading: a file, or a folder of .txt files (with --tokenizer train:VOCAB
     /// also .jsonl with a "text" field and .parquet with a "text" column).
-    #[arg(long)]
-    from: Option<PathBuf>,
+    #[arg(long, num_args = 1.., action = clap::ArgAction::Append)]
+    from: Vec<PathBuf>,
     /// Fetch every URL from this base instead (its path is kept), e.g. http://127.0.0.1:8000 or file:///srv/mirror.
     #[arg(long)]
     mirror: Option<String>,
@@ -112,22 +112,23 @@ fn fetch_data(a: FetchData) -> anyhow::Result<()> {
         Some((path, None)) => (Some(PathBuf::from(path)), None),
         None => (default_bpe.join("vocab.json").is_file().then_some(default_bpe), None),
     };
-    if a.from.is_some() && a.names.len() > 1 {
+    if !a.from.is_empty() && a.names.len() > 1 {
         bail!("--from gives the text of one dataset; name only one");
     }
     for name in &a.names {
         if name == "hellaswag" {
             // An evaluation set, not a corpus: kept as published, nothing to tokenize.
             let downloader = Downloader::new().with_mirror(a.mirror.clone());
-            let path = mlx_gpt_data::hellaswag::fetch(&data_dir, &downloader, a.from.as_deref()).map_err(|e| {
-                let offline = matches!(e, mlx_gpt_data::DataError::Http { .. });
-                let e = anyhow::Error::new(e).context("fetching HellaSwag");
-                if offline {
-                    e.context("cannot download: give the file with --from PATH, or a mirror with --mirror URL")
-                } else {
-                    e
-                }
-            })?;
+            let path = mlx_gpt_data::hellaswag::fetch(&data_dir, &downloader, a.from.first().map(PathBuf::as_path))
+                .map_err(|e| {
+                    let offline = matches!(e, mlx_gpt_data::DataError::Http { .. });
+                    let e = anyhow::Error::new(e).context("fetching HellaSwag");
+                    if offline {
+                        e.context("cannot download: give the file with --from PATH, or a mirror with --mirror URL")
+                    } else {
+                        e
+                    }
+                })?;
             println!(
                 "hellaswag: validation set in {} (git blob {} verified)",
                 path.display(),

@@ -21,9 +21,22 @@ pub const TEXT_FIELD: &str = "text";
 /// kept small.
 pub const PIECE_BYTES: usize = 256 << 10;
 
-/// The corpus files at `path`: the file itself, or the `.txt`, `.jsonl` and `.parquet`
-/// files in the folder, sorted by name (so that the documents come in a fixed order).
-pub fn files(path: &Path) -> Result<Vec<PathBuf>> {
+/// The corpus files at `paths`, in the order given: a file itself, a folder's `.txt`,
+/// `.jsonl` and `.parquet` files sorted by name (so that the documents come in a fixed
+/// order).
+pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Err(DataError::Invalid { path: PathBuf::new(), what: "no corpus given".into() });
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        out.extend(files_at(p)?);
+    }
+    Ok(out)
+}
+
+/// The corpus files at one path (see [`files`]).
+fn files_at(path: &Path) -> Result<Vec<PathBuf>> {
     let readable = |p: &Path| p.extension().is_some_and(|x| x == "txt" || x == "jsonl" || x == "parquet");
     if path.is_dir() {
         let mut out: Vec<PathBuf> = std::fs::read_dir(path)
@@ -70,15 +83,15 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// The corpus at `path` (see [`files`]).
-    pub fn open(path: &Path) -> Result<Stream> {
-        Self::with_piece_bytes(path, PIECE_BYTES)
+    /// The corpus at `paths` (see [`files`]).
+    pub fn open(paths: &[PathBuf]) -> Result<Stream> {
+        Self::with_piece_bytes(paths, PIECE_BYTES)
     }
 
-    /// The same, with `.txt` pieces of about `piece_bytes`.
-    pub fn with_piece_bytes(path: &Path, piece_bytes: usize) -> Result<Stream> {
+    /// The same, with pieces of about `piece_bytes`.
+    pub fn with_piece_bytes(paths: &[PathBuf], piece_bytes: usize) -> Result<Stream> {
         let piece_bytes = piece_bytes.max(1);
-        Ok(Stream { files: files(path)?.into(), current: None, piece_bytes, pending: VecDeque::new() })
+        Ok(Stream { files: files(paths)?.into(), current: None, piece_bytes, pending: VecDeque::new() })
     }
 }
 
@@ -126,7 +139,7 @@ impl Iterator for Stream {
 pub fn read_documents(path: &Path) -> Result<Vec<String>> {
     let mut docs = Vec::new();
     let mut doc = String::new();
-    for piece in Stream::open(path)? {
+    for piece in Stream::open(&[path.to_path_buf()])? {
         let piece = piece?;
         doc.push_str(&piece.text);
         if piece.ends_document {
@@ -350,6 +363,10 @@ mod tests {
             .unwrap();
         std::fs::write(d.join("notes.md"), "ignored").unwrap();
         assert_eq!(read_documents(&d).unwrap(), ["one", "two", "second file\n"]);
+        // Several paths: in the order given, each folder's files by name.
+        let listed = files(&[d.join("b.txt"), d.clone()]).unwrap();
+        assert_eq!(listed, [d.join("b.txt"), d.join("a.jsonl"), d.join("b.txt")]);
+        assert!(files(&[]).is_err());
         std::fs::write(d.join("c.jsonl"), "{\"text\": \"fine\"}\n{\"body\": \"x\"}\n").unwrap();
         let e = read_documents(&d).unwrap_err().to_string();
         assert!(e.contains("c.jsonl") && e.contains("line 2") && e.contains("\"text\""), "{e}");
@@ -371,7 +388,8 @@ mod tests {
         let mut bytes = "Line of text.\n".repeat(1000).into_bytes();
         bytes.extend_from_slice(&[b'x', 0xc3]);
         std::fs::write(d.join("long.txt"), &bytes).unwrap();
-        let e = Stream::with_piece_bytes(&d, 100).unwrap().find_map(|p| p.err()).unwrap().to_string();
+        let e =
+            Stream::with_piece_bytes(std::slice::from_ref(&d), 100).unwrap().find_map(|p| p.err()).unwrap().to_string();
         assert!(e.contains("long.txt") && e.contains("offset 14001"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -428,7 +446,7 @@ mod tests {
             } else {
                 std::fs::write(d.join("t.txt"), &text).unwrap();
             }
-            let pieces: Vec<Piece> = Stream::with_piece_bytes(&d, piece_bytes).unwrap().collect::<Result<_>>().unwrap();
+            let pieces: Vec<Piece> = Stream::with_piece_bytes(std::slice::from_ref(&d), piece_bytes).unwrap().collect::<Result<_>>().unwrap();
             std::fs::remove_dir_all(&d).unwrap();
             prop_assert_eq!(pieces.iter().map(|p| p.text.as_str()).collect::<String>(), text.clone());
             prop_assert!(pieces.iter().rev().skip(1).all(|p| !p.ends_document));

@@ -26,7 +26,7 @@ pub fn is_prepared(dir: &Path) -> Option<Meta> {
 pub fn prepare(name: &str, opts: &PrepareOptions) -> Result<Prepared> {
     check_name(name)?;
     let dir = opts.data_dir.join(name);
-    if opts.from.is_none() {
+    if opts.from.is_empty() {
         if let Some(meta) = is_prepared(&dir) {
             // Asked for another trained vocabulary: trained again on the recorded corpus.
             let other_vocab = opts
@@ -42,7 +42,7 @@ pub fn prepare(name: &str, opts: &PrepareOptions) -> Result<Prepared> {
         return crate::own_text::prepare(name, &dir, opts, vocab);
     }
     let manifest = Manifest::find(name, &opts.data_dir)?;
-    let manifest = match (manifest, &opts.from) {
+    let manifest = match (manifest, opts.from.first()) {
         (Some(m), _) => m,
         (None, Some(_)) => Manifest {
             name: name.into(),
@@ -94,7 +94,7 @@ pub fn check_name(name: &str) -> Result<()> {
 /// The dataset's text: local files (`--from`), or its sources, downloaded and verified.
 fn read_sources(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Result<String> {
     let mut files = Vec::new();
-    if let Some(from) = &opts.from {
+    for from in &opts.from {
         if from.is_dir() {
             let mut txt: Vec<PathBuf> = std::fs::read_dir(from)
                 .map_err(DataError::io(from))?
@@ -105,10 +105,10 @@ fn read_sources(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Resul
             if txt.is_empty() {
                 return Err(DataError::Invalid { path: from.clone(), what: "holds no .txt file".into() });
             }
-            files = txt;
+            files.extend(txt);
         } else {
             // A local copy of a manifest's single source must be that very file.
-            if let [src] = &manifest.sources[..] {
+            if let ([src], [_]) = (&manifest.sources[..], &opts.from[..]) {
                 if let Some(want) = &src.sha256 {
                     let got = crate::token_file::sha256_file(from)?;
                     if &got != want {
@@ -125,7 +125,8 @@ fn read_sources(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Resul
             }
             files.push(from.clone());
         }
-    } else {
+    }
+    if opts.from.is_empty() {
         for src in &manifest.sources {
             let dest = dir.join(&src.file);
             let dest = if crate::extract::is_archive(&src.file) {
@@ -215,7 +216,7 @@ mod tests {
             data_dir: dir.join("data"),
             downloader: crate::download::Downloader::new().quiet(true),
             tokenizer: None,
-            from: Some(from.to_path_buf()),
+            from: vec![from.to_path_buf()],
             train_tokenizer: None,
         }
     }

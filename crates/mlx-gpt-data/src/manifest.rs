@@ -123,9 +123,10 @@ pub struct PrepareOptions {
     pub downloader: Downloader,
     /// GPT-2 BPE files (a `tokenizer.json`, or a folder); see `Tokenizer::gpt2_from`.
     pub tokenizer: Option<PathBuf>,
-    /// Local text instead of downloading: a file, or a folder of `.txt` files (with
-    /// `train_tokenizer`, also `.jsonl` and `.parquet`: `corpus::Stream`).
-    pub from: Option<PathBuf>,
+    /// Local text instead of downloading (empty: download): files, or folders of `.txt`
+    /// files (with `train_tokenizer`, also `.jsonl` and `.parquet`: `corpus::Stream`), in
+    /// the order given.
+    pub from: Vec<PathBuf>,
     /// Train a byte-level BPE of this many tokens on the `from` corpus (without `from`, the
     /// one an earlier preparation of the dataset recorded) and tokenize with it
     /// (`own_text`), instead of characters or GPT-2's BPE.

@@ -51,8 +51,8 @@ const TRAIN_FRACTION: f64 = 0.9;
 /// What a dataset was prepared from: a resumed run must find exactly this.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct CorpusRecord {
-    /// The corpus (a file or a folder), absolute.
-    from: PathBuf,
+    /// The corpus (files or folders), absolute.
+    from: Vec<PathBuf>,
     /// Each corpus file with its size and modification time (ns since 1970).
     files: Vec<(PathBuf, u64, u64)>,
     vocab_size: usize,
@@ -61,8 +61,9 @@ struct CorpusRecord {
 }
 
 impl CorpusRecord {
-    fn of(from: &Path, vocab_size: usize, part_bytes: usize) -> Result<Self> {
-        let from = std::fs::canonicalize(from).map_err(DataError::io(from))?;
+    fn of(from: &[PathBuf], vocab_size: usize, part_bytes: usize) -> Result<Self> {
+        let from: Vec<PathBuf> =
+            from.iter().map(|f| std::fs::canonicalize(f).map_err(DataError::io(f))).collect::<Result<_>>()?;
         let files = crate::corpus::files(&from)?
             .into_iter()
             .map(|f| {
@@ -80,6 +81,12 @@ impl CorpusRecord {
 
     fn read(dir: &Path) -> Option<Self> {
         serde_json::from_str(&std::fs::read_to_string(dir.join(CORPUS_FILE)).ok()?).ok()
+    }
+
+    /// The corpus's paths, for messages.
+    fn named(&self) -> PathBuf {
+        let names: Vec<String> = self.from.iter().map(|p| p.display().to_string()).collect();
+        PathBuf::from(names.join(", "))
     }
 
     /// Bytes of the corpus files, when they are all text (parquet is compressed).
@@ -125,10 +132,10 @@ fn run(
     stop_after_parts: Option<usize>,
 ) -> Result<Outcome> {
     let recorded = CorpusRecord::read(dir);
-    let from = match (&opts.from, &recorded) {
-        (Some(f), _) => f.clone(),
-        (None, Some(r)) => r.from.clone(),
-        (None, None) => {
+    let from = match (&opts.from[..], &recorded) {
+        ([_, ..], _) => opts.from.clone(),
+        ([], Some(r)) => r.from.clone(),
+        ([], None) => {
             return Err(DataError::Tokenizer(format!(
                 "dataset '{name}': a tokenizer is trained on your own text: give it with --from PATH (a file, or a \
                  folder of .txt, .jsonl or .parquet files)"
@@ -145,7 +152,7 @@ fn run(
                 parts_encoded: 0,
             });
         }
-        tracing::info!("resuming the preparation of '{name}' from {}", from.display());
+        tracing::info!("resuming the preparation of '{name}' from {}", record.named().display());
     }
     // A stale meta.json must not vouch for the files rewritten below.
     remove_if_there(&dir.join(META_FILE))?;
@@ -218,7 +225,7 @@ fn run(
     bar.finish_and_clear();
     let bytes: u64 = parts.iter().map(|(_, d)| d.bytes).sum();
     if bytes == 0 {
-        return Err(DataError::Invalid { path: record.from, what: "holds no text".into() });
+        return Err(DataError::Invalid { path: record.named(), what: "holds no text".into() });
     }
 
     let total: u64 = parts.iter().map(|(_, d)| d.tokens).sum();
@@ -268,7 +275,7 @@ fn train(record: &CorpusRecord, path: &Path) -> Result<Tokenizer> {
     tracing::info!(
         "training a {}-token BPE on {} ({} files)",
         record.vocab_size,
-        record.from.display(),
+        record.named().display(),
         record.files.len()
     );
     let bar = crate::progress::bytes(record.text_bytes(), "counting pieces");
@@ -295,7 +302,7 @@ fn train(record: &CorpusRecord, path: &Path) -> Result<Tokenizer> {
         return Err(e);
     }
     if bytes == 0 {
-        return Err(DataError::Invalid { path: record.from.clone(), what: "holds no text".into() });
+        return Err(DataError::Invalid { path: record.named(), what: "holds no text".into() });
     }
     let json = trained?.to_string(false).map_err(|e| DataError::Tokenizer(format!("saving the tokenizer: {e}")))?;
     write_atomic(path, |w| w.write_all(json.as_bytes()))?;
@@ -450,7 +457,7 @@ mod tests {
         std::fs::write(dir.join("b.jsonl"), docs.join("\n")).unwrap();
     }
 
-    fn options(root: &Path, from: Option<PathBuf>) -> PrepareOptions {
+    fn options(root: &Path, from: Vec<PathBuf>) -> PrepareOptions {
         PrepareOptions {
             data_dir: root.join("data"),
             downloader: crate::download::Downloader::new().quiet(true),
@@ -473,7 +480,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         let from = root.join("corpus");
         corpus(&from);
-        let opts = options(&root, Some(from.clone()));
+        let opts = options(&root, vec![from.clone()]);
         let part = 4096;
         let whole = run("whole", &opts.data_dir.join("whole"), &opts, 300, part, None).unwrap();
         let parts = whole.parts_encoded;
@@ -495,7 +502,7 @@ mod tests {
 
         // Another vocabulary without --from: trained again on the recorded corpus.
         let p =
-            crate::datasets::prepare("whole", &PrepareOptions { train_tokenizer: Some(320), ..options(&root, None) })
+            crate::datasets::prepare("whole", &PrepareOptions { train_tokenizer: Some(320), ..options(&root, vec![]) })
                 .unwrap();
         assert!(!p.already && p.meta.vocab_size == 320);
         // A changed corpus starts over.
@@ -512,13 +519,13 @@ mod tests {
         let from = root.join("corpus");
         std::fs::create_dir_all(&from).unwrap();
         std::fs::write(from.join("empty.txt"), "").unwrap();
-        let opts = options(&root, Some(from.clone()));
+        let opts = options(&root, vec![from.clone()]);
         let e = crate::datasets::prepare("x", &opts).unwrap_err().to_string();
         assert!(e.contains("corpus") && e.contains("holds no text"), "{e}");
         std::fs::write(from.join("bin.txt"), [0u8, 159, 146, 150]).unwrap();
         let e = crate::datasets::prepare("x", &opts).unwrap_err().to_string();
         assert!(e.contains("bin.txt") && e.contains("not UTF-8"), "{e}");
-        let e = crate::datasets::prepare("y", &options(&root, None)).unwrap_err().to_string();
+        let e = crate::datasets::prepare("y", &options(&root, vec![])).unwrap_err().to_string();
         assert!(e.contains("--from"), "{e}");
         std::fs::remove_dir_all(&root).unwrap();
     }
