@@ -32,6 +32,7 @@ fn compile_kernels() {
         "csrc/gelu.cpp",
         "csrc/layer_norm.cpp",
         "csrc/decode_attention.cpp",
+        "csrc/decode_block.cpp",
         "csrc/causal_attention.cpp",
         "csrc/adamw.cpp",
         "csrc/gemm.cpp",

@@ -420,13 +420,16 @@ mod tests {
                 let params = SamplingParams { temperature, top_k, top_p, seed: 11, ..Default::default() };
                 let model = || Gpt { kernels: k, ..tiny(8) };
                 let before = mlx_gpt_ops::decode_product_calls();
+                let (blocks, copies) = (mlx_gpt_ops::decode_block_calls(), mlx_gpt_ops::decode_block_copies());
                 let cached = generate(&mut model(), &[1, 2, 3], 20, &params, |_| true).unwrap();
-                // With the CPU kernels, cached one-token steps ran their products through
-                // the decoding product: at least the 4 before the window first slides, 2 layers × 4
-                // products + the head.
+                // With the CPU kernels, the cached one-token steps before the window first
+                // slides (4 at least) ran each of the 2 blocks as one kernel, which wrote
+                // the cache in place, and the head through the decoding product.
                 let host = mlx_gpt_ops::decode_product_calls() - before;
+                let blocks = mlx_gpt_ops::decode_block_calls() - blocks;
                 if k.set() == mlx_gpt_ops::KernelSet::Cpu {
-                    assert!(host >= 4 * 9, "decoding product taken {host} times");
+                    assert!(host >= 4 && blocks >= 4 * 2, "decoding product {host} times, block {blocks} times");
+                    assert_eq!(mlx_gpt_ops::decode_block_copies(), copies, "the cache was copied");
                 }
                 let plain = SamplingParams { use_kv_cache: false, ..params.clone() };
                 let uncached = generate(&mut model(), &[1, 2, 3], 20, &plain, |_| true).unwrap();

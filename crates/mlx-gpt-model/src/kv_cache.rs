@@ -36,7 +36,20 @@ impl LayerKv {
     /// Append `k`, `v` (B, T, C): the new positions' keys and values.
     pub fn append(&mut self, k: &Array, v: &Array) -> Result<(), Exception> {
         use mlx_rs::ops::indexing::TryIndexMutOp;
-        let (past, t) = (self.len as i32, k.shape()[1]);
+        let (past, needed) = (self.len as i32, self.len as i32 + k.shape()[1]);
+        self.reserve(k, k.shape()[1])?;
+        // Taken out of `self` while written, so the old buffer has no other owner.
+        let (mut kb, mut vb) = self.take();
+        kb.try_index_mut((.., past..needed, ..), k)?;
+        vb.try_index_mut((.., past..needed, ..), v)?;
+        self.restore(kb, vb, k.shape()[1] as usize);
+        Ok(())
+    }
+
+    /// Room for `t` more positions of rows like `like` (B, T, C).
+    pub fn reserve(&mut self, like: &Array, t: i32) -> Result<(), Exception> {
+        use mlx_rs::ops::indexing::TryIndexMutOp;
+        let past = self.len as i32;
         let needed = past + t;
         let capacity = self.k.as_ref().map_or(0, |k| k.shape()[1]);
         if needed > capacity {
@@ -49,18 +62,23 @@ impl LayerKv {
                 }
                 Ok(buffer)
             };
-            self.k = Some(grow(self.k.take(), k)?);
-            self.v = Some(grow(self.v.take(), v)?);
+            self.k = Some(grow(self.k.take(), like)?);
+            self.v = Some(grow(self.v.take(), like)?);
         }
-        // Taken out of `self` while written, so the old buffer has no other owner.
-        let mut kb = self.k.take().expect("allocated above");
-        let mut vb = self.v.take().expect("allocated above");
-        kb.try_index_mut((.., past..needed, ..), k)?;
-        vb.try_index_mut((.., past..needed, ..), v)?;
-        self.k = Some(kb);
-        self.v = Some(vb);
-        self.len = needed as usize;
         Ok(())
+    }
+
+    /// The buffers, taken out (after [`LayerKv::reserve`]): with no other owner, an
+    /// operation may write them in place. Give them back with [`LayerKv::restore`].
+    pub fn take(&mut self) -> (Array, Array) {
+        (self.k.take().expect("reserved"), self.v.take().expect("reserved"))
+    }
+
+    /// Put the buffers back, `added` positions longer than before [`LayerKv::take`].
+    pub fn restore(&mut self, k: Array, v: Array, added: usize) {
+        self.k = Some(k);
+        self.v = Some(v);
+        self.len += added;
     }
 
     /// The buffers (B, capacity, C); positions `..len()` are held. Call after `append`.

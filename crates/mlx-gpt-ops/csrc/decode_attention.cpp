@@ -14,6 +14,7 @@
 
 #include "mlx/c/private/array.h"
 
+#include "decode_kernels.h"
 #include "entry.h"
 #include "primitive.h"
 #include "vector.h"
@@ -27,18 +28,11 @@ namespace mx = mlx::core;
 
 namespace {
 
-struct Layout {
-  size_t batch, len, c, n_head;
-  // Element strides of q (B, 1, C) and of the buffers (B, capacity, C) over B and
-  // positions; the last axis is dense in all three.
-  size_t q_b, k_b, k_s, v_b, v_s;
-};
-
 // Position-major: each cached row (all heads' keys, then values) is read once, front to
 // back, so the cache streams through memory; a head-major order would revisit every
 // row once per head.
 MLX_GPT_CLONES void decode_attention(const float* __restrict q, const float* __restrict k, const float* __restrict v,
-                                     float* __restrict y, Layout l, float scale) {
+                                     float* __restrict y, mlx_gpt::AttentionLayout l, float scale) {
   const size_t hs = l.c / l.n_head, nh = l.n_head, len = l.len;
   std::vector<float> p(nh * len), m(nh), total(nh);  // p: (nh, len)
   for (size_t b = 0; b < l.batch; ++b) {
@@ -100,7 +94,7 @@ class DecodeAttention : public mlx_gpt::CpuPrimitive {
       }
     }
     auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs);
-    const Layout l{
+    const mlx_gpt::AttentionLayout l{
         static_cast<size_t>(q.shape(0)),
         static_cast<size_t>(len_),
         static_cast<size_t>(q.shape(2)),
@@ -129,6 +123,10 @@ class DecodeAttention : public mlx_gpt::CpuPrimitive {
 };
 
 }  // namespace
+
+void mlx_gpt::attend_one(const float* q, const float* k, const float* v, float* y, AttentionLayout l, float scale) {
+  decode_attention(q, k, v, y, l, scale);
+}
 
 extern "C" {
 

@@ -22,6 +22,7 @@
 
 #include "mlx/c/private/array.h"
 
+#include "decode_kernels.h"
 #include "entry.h"
 #include "pool.h"
 #include "primitive.h"
@@ -415,45 +416,8 @@ class DecodeProduct : public mlx_gpt::CpuPrimitive {
     const float* bp = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
     float* yp = outputs[0].data<float>();
     const bool tr = w_transposed_;
-    // Each thread reads one contiguous stretch of W: for W (N, K) a range of outputs
-    // (whole cache lines of them), for W (K, N) a range of W's rows, whose partial sums
-    // (all N outputs) the first thread's add up at the end. Threads that read next to
-    // each other's rows measured slower than each reading its own stretch.
-    const int extent = tr ? n : k;
-    const int parts = std::max(1, std::min(parts_, extent / 64));
-    const int per = (extent / parts + 15) / 16 * 16;
-    encoder.dispatch([=]() {
-      thread_local std::vector<float> partial, split;
-      const size_t out_size = static_cast<size_t>(rows) * n;
-      if (!tr && parts > 1) {
-        partial.resize(out_size * (parts - 1));
-      }
-      float* scratch = partial.data();
-      const float* xin = xp;
-      if (bf16 && tr) {
-        split.resize(static_cast<size_t>(rows) * k);
-        split_pairs(xp, rows, k, split.data());
-        xin = split.data();
-      }
-      mlx_gpt::Pool::run(parts, [&](int part) {
-        const int p0 = std::min(extent, part * per), p1 = part + 1 == parts ? extent : std::min(extent, p0 + per);
-        // Part 0 writes the output (with the bias); the others their partial sums.
-        float* out = tr || part == 0 ? yp : scratch + out_size * (part - 1);
-        const float* b = tr || part == 0 ? bp : nullptr;
-        if (p0 >= p1 && !tr) {
-          std::fill(out, out + out_size, 0.0f);
-        } else if (bf16) {
-          rows_by_bf16(tr, xin, rows, k, static_cast<const uint16_t*>(wp), n, p0, p1, b, out);
-        } else {
-          rows_by_f32(tr, xp, rows, k, static_cast<const float*>(wp), n, p0, p1, b, out);
-        }
-      });
-      if (!tr) {
-        for (int part = 1; part < parts; ++part) {
-          add_to(yp, scratch + out_size * (part - 1), out_size);
-        }
-      }
-    });
+    const int parts = parts_;
+    encoder.dispatch([=]() { mlx_gpt::decode_product(tr, xp, rows, k, wp, bf16, n, bp, yp, parts); });
   }
 
   const char* name() const override {
@@ -471,6 +435,47 @@ class DecodeProduct : public mlx_gpt::CpuPrimitive {
 };
 
 }  // namespace
+
+void mlx_gpt::decode_product(bool tr, const float* xp, int rows, int k, const void* wp, bool bf16, int n,
+                             const float* bp, float* yp, int requested_parts) {
+  // Each thread reads one contiguous stretch of W: for W (N, K) a range of outputs
+  // (whole cache lines of them), for W (K, N) a range of W's rows, whose partial sums
+  // (all N outputs) the first thread's add up at the end. Threads that read next to
+  // each other's rows measured slower than each reading its own stretch.
+  const int extent = tr ? n : k;
+  const int parts = std::max(1, std::min(requested_parts, extent / 64));
+  const int per = (extent / parts + 15) / 16 * 16;
+  thread_local std::vector<float> partial, split;
+  const size_t out_size = static_cast<size_t>(rows) * n;
+  if (!tr && parts > 1) {
+    partial.resize(out_size * (parts - 1));
+  }
+  float* scratch = partial.data();
+  const float* xin = xp;
+  if (bf16 && tr) {
+    split.resize(static_cast<size_t>(rows) * k);
+    split_pairs(xp, rows, k, split.data());
+    xin = split.data();
+  }
+  mlx_gpt::Pool::run(parts, [&](int part) {
+    const int p0 = std::min(extent, part * per), p1 = part + 1 == parts ? extent : std::min(extent, p0 + per);
+    // Part 0 writes the output (with the bias); the others their partial sums.
+    float* out = tr || part == 0 ? yp : scratch + out_size * (part - 1);
+    const float* b = tr || part == 0 ? bp : nullptr;
+    if (p0 >= p1 && !tr) {
+      std::fill(out, out + out_size, 0.0f);
+    } else if (bf16) {
+      rows_by_bf16(tr, xin, rows, k, static_cast<const uint16_t*>(wp), n, p0, p1, b, out);
+    } else {
+      rows_by_f32(tr, xp, rows, k, static_cast<const float*>(wp), n, p0, p1, b, out);
+    }
+  });
+  if (!tr) {
+    for (int part = 1; part < parts; ++part) {
+      add_to(yp, scratch + out_size * (part - 1), out_size);
+    }
+  }
+}
 
 extern "C" {
 

@@ -14,6 +14,7 @@
 
 #include "mlx/c/private/array.h"
 
+#include "decode_kernels.h"
 #include "entry.h"
 #include "primitive.h"
 #include "vector.h"
@@ -227,6 +228,14 @@ class Gelu : public mlx_gpt::CpuPrimitive {
 };
 
 }  // namespace
+
+void mlx_gpt::gelu_values(const float* x, float* y, size_t n, bool tanh) {
+  if (tanh) {
+    gelu_tanh_forward(x, y, n);
+  } else {
+    gelu_forward(x, y, n);
+  }
+}
 
 extern "C" {
 

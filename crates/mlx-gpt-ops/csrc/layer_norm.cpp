@@ -13,6 +13,7 @@
 
 #include "mlx/c/private/array.h"
 
+#include "decode_kernels.h"
 #include "entry.h"
 #include "primitive.h"
 #include "vector.h"
@@ -302,6 +303,14 @@ class LayerNorm : public mlx_gpt::CpuPrimitive {
 };
 
 }  // namespace
+
+void mlx_gpt::layer_norm_rows(const float* x, const float* w, const float* b, float* y, size_t rows, size_t c,
+                              float eps) {
+  thread_local std::vector<float> mean, rstd;
+  mean.resize(rows);
+  rstd.resize(rows);
+  layer_norm_forward(x, w, b, y, mean.data(), rstd.data(), rows, c, eps);
+}
 
 extern "C" {
 

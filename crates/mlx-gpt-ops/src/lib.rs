@@ -9,6 +9,7 @@
 //! | GELU | [`gelu()`] | [`gelu::gelu_mlx`] | `gelu.cpp` |
 //! | causal self-attention | [`causal_attention()`] | [`attention::attention_mlx`] | `causal_attention.cpp` |
 //! | attention over a KV cache | [`cached_attention()`] | [`attention::attention_mlx`] | `decode_attention.cpp` (one new position) |
+//! | a whole block, one new position | [`decode_block()`] | the operations above, one by one | `decode_block.cpp` (decoding) |
 //! | clipped AdamW step | [`adamw_step()`] | [`adamw::adamw_step_arrays`] | `adamw.cpp` |
 //! | softmax, logsumexp | [`softmax_last`], [`logsumexp_last`] | the same | — |
 //!
@@ -21,6 +22,7 @@ pub mod adamw;
 pub mod attention;
 #[cfg(cpu_kernels)]
 pub mod cpu;
+pub mod decode_block;
 pub mod gelu;
 pub mod kernels;
 pub mod layer_norm;
@@ -29,11 +31,38 @@ pub mod softmax;
 
 pub use adamw::{adamw_step, AdamWHyper, AdamWStep, AdamWUpdate};
 pub use attention::{cached_attention, causal_attention, causal_mask};
+pub use decode_block::{decode_block, BlockParams, Decoded};
 pub use gelu::gelu;
 pub use kernels::{KernelChoice, KernelSet, Kernels, KernelsError};
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_transposed};
 pub use softmax::{logsumexp_last, softmax_last};
+
+/// How many blocks this thread has run through the decoding block (0 without the CPU
+/// kernels): for tests and diagnostics.
+pub fn decode_block_calls() -> usize {
+    #[cfg(cpu_kernels)]
+    {
+        cpu::decode_block::calls()
+    }
+    #[cfg(not(cpu_kernels))]
+    {
+        0
+    }
+}
+
+/// How many KV-cache buffers the decoding block has copied (rather than written in place
+/// because something else held them), process-wide; 0 without the CPU kernels.
+pub fn decode_block_copies() -> usize {
+    #[cfg(cpu_kernels)]
+    {
+        cpu::decode_block::buffer_copies()
+    }
+    #[cfg(not(cpu_kernels))]
+    {
+        0
+    }
+}
 
 /// How many products this thread has run through the decoding product (0 without
 /// the CPU kernels): for tests and diagnostics.

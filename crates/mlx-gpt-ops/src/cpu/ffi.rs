@@ -67,6 +67,19 @@ extern "C" {
         n_head: libc::c_int,
         scale: f32,
     ) -> libc::c_int;
+    /// One GPT-2 block for one new position per sequence, as a `DecodeBlock` primitive
+    /// (csrc/decode_block.cpp): reads `arrays[0..15]`, fills `outs[0..3]`.
+    pub(crate) fn mlx_gpt_decode_block(
+        outs: *mut mlx_sys::mlx_array,
+        arrays: *const mlx_sys::mlx_array,
+        n_head: libc::c_int,
+        past: libc::c_int,
+        eps: f32,
+        tanh: bool,
+        threads: libc::c_int,
+    ) -> libc::c_int;
+    /// Cache buffers `DecodeBlock` copied rather than wrote in place, process-wide.
+    pub(crate) fn mlx_gpt_decode_block_copies() -> usize;
     /// `*res` = one query's attention over the first `len` cached positions, as a
     /// `DecodeAttention` primitive (csrc/decode_attention.cpp).
     pub(crate) fn mlx_gpt_decode_attention(

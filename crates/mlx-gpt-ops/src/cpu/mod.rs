@@ -11,6 +11,7 @@
 pub mod adamw;
 pub mod causal_attention;
 pub mod decode_attention;
+pub mod decode_block;
 pub mod ffi;
 pub mod gelu;
 pub mod layer_norm;
