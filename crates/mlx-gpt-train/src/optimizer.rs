@@ -13,9 +13,8 @@
 
 use mlx_gpt_ops::{AdamWHyper, AdamWStep, Kernels};
 use mlx_rs::error::Exception;
-use mlx_rs::{Array, Dtype};
-use safetensors::tensor::TensorView;
-use std::collections::{BTreeMap, HashMap};
+use mlx_rs::Array;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Hyper-parameters.
@@ -155,43 +154,21 @@ impl AdamW {
             .map(|(k, a)| (format!("m.{k}"), a))
             .chain(self.v.iter().map(|(k, a)| (format!("v.{k}"), a)))
             .collect();
-        mlx_rs::transforms::eval(arrays.iter().map(|(_, a)| *a)).map_err(|e| e.what().to_string())?;
-        let views: Vec<(String, TensorView)> = arrays
-            .iter()
-            .map(|(k, a)| {
-                let shape = a.shape().iter().map(|&d| d as usize).collect();
-                let bytes = mlx_gpt_model::hf::bytes_of(a);
-                (k.clone(), TensorView::new(safetensors::Dtype::F32, shape, bytes).expect("consistent view"))
-            })
-            .collect();
-        let meta = HashMap::from([("step".to_string(), self.step.to_string())]);
-        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| e.to_string())
+        crate::state_file::save(path, &arrays, self.step)
     }
 
     /// Read the state [`AdamW::save`] wrote, for a model whose parameters have `shapes`;
     /// anything else in the file (a tensor of another shape or name, no step count, state
     /// for only some parameters) is an error saying what.
     pub fn load(path: &Path, config: AdamWConfig, shapes: &BTreeMap<String, Vec<i32>>) -> Result<AdamW, StateError> {
-        let bytes = std::fs::read(path)?;
-        let invalid = |e: safetensors::SafeTensorError| StateError::Invalid(e.to_string());
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(invalid)?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(invalid)?;
-        let step = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("step"))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| StateError::Invalid("no step count".into()))?;
+        let (step, tensors) = crate::state_file::load(path)?;
         let mut opt = AdamW { step, ..AdamW::new(config) };
-        for (name, view) in st.tensors() {
-            let shape: Vec<i32> = view.shape().iter().map(|&d| d as i32).collect();
+        for (name, a) in tensors {
             let (kind, param) =
                 name.split_once('.').ok_or_else(|| StateError::Invalid(format!("unexpected tensor {name}")))?;
-            if shapes.get(param) != Some(&shape) || view.dtype() != safetensors::Dtype::F32 {
+            if shapes.get(param).map(Vec::as_slice) != Some(a.shape()) {
                 return Err(StateError::Invalid(format!("tensor {name} does not match the model")));
             }
-            // SAFETY: F32 data of `shape`, checked by the parser; MLX copies it.
-            let a = unsafe { Array::from_raw_data(view.data().as_ptr().cast(), &shape, Dtype::Float32) };
             match kind {
                 "m" => opt.m.insert(param.to_string(), a),
                 "v" => opt.v.insert(param.to_string(), a),
