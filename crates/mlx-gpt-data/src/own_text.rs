@@ -512,6 +512,42 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    /// A vocabulary above 65,536 tokens: the token files are uint32 and decode back to the
+    /// corpus, each document followed by the separator.
+    #[test]
+    fn a_vocabulary_over_65536_goes_through_uint32_files() {
+        let root = std::env::temp_dir().join(format!("mlx-gpt-own-text-wide-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let from = root.join("corpus");
+        std::fs::create_dir_all(&from).unwrap();
+        // Random words: every adjacent pair is rare, so there are merges enough to learn.
+        let mut state = 11u64;
+        let mut next = |n: u64| crate::batches::splitmix(&mut state) % n;
+        let docs: Vec<String> = (0..400)
+            .map(|_| {
+                let words: Vec<String> =
+                    (0..120).map(|_| (0..3 + next(6)).map(|_| (b'a' + next(26) as u8) as char).collect()).collect();
+                words.join(" ")
+            })
+            .collect();
+        let lines: Vec<String> = docs.iter().map(|d| serde_json::json!({ "text": d }).to_string()).collect();
+        std::fs::write(from.join("words.jsonl"), lines.join("\n")).unwrap();
+        let vocab = 70_000;
+        let opts = PrepareOptions { train_tokenizer: Some(vocab), ..options(&root, vec![from.clone()]) };
+        let p = crate::datasets::prepare("wide", &opts).unwrap();
+        assert_eq!((p.meta.vocab_size, p.meta.dtype), (vocab, TokenDtype::U32));
+        let tok = crate::datasets::tokenizer_of(&p.meta, Some(&p.dir)).unwrap();
+        let mut ids = Vec::new();
+        for split in ["train", "val"] {
+            let (f, _) = crate::token_file::TokenFile::open(&p.dir, split).unwrap();
+            ids.extend((0..f.len()).map(|i| f.get(i).unwrap()));
+        }
+        assert!(ids.iter().any(|&i| i >= 1 << 16), "no id above 65,535 was used");
+        let joined: String = docs.iter().map(|d| format!("{d}{}", crate::bpe_train::DOC_SEPARATOR)).collect();
+        assert_eq!(tok.decode(&ids).unwrap(), joined);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn bad_corpora_are_named() {
         let root = std::env::temp_dir().join(format!("mlx-gpt-own-text-bad-{}", std::process::id()));
