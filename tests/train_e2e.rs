@@ -625,7 +625,7 @@ fn your_text_your_tokenizer_from_folder_to_samples() {
     assert!(report.train_bytes_per_token > 2.0 && report.val_bytes_per_token > 2.0, "{report:?}");
     let tok_file = p.dir.join(mlx_gpt_data::tokenizer::TRAINED_FILE);
     let sha = mlx_gpt_data::token_file::sha256_file(&tok_file).unwrap();
-    assert_eq!(p.meta.tokenizer, mlx_gpt_data::tokenizer::TokenizerSpec::Trained { sha256: sha, json: None });
+    assert_eq!(p.meta.tokenizer, mlx_gpt_data::tokenizer::TokenizerSpec::Trained { sha256: sha.clone(), json: None });
     // The token files decode to the documents, each followed by the separator.
     let tok = mlx_gpt_data::datasets::tokenizer_of(&p.meta, Some(&p.dir)).unwrap();
     let ids: Vec<u32> = ["train", "val"]
@@ -652,4 +652,11 @@ fn your_text_your_tokenizer_from_folder_to_samples() {
     std::fs::remove_dir_all(&data).unwrap();
     let sample = ok(&mlx_gpt(&sample_args(&out, 30, &[])));
     assert!(sample.starts_with("ROMEO:") && sample.len() > "ROMEO:".len() + 10, "{sample}");
+    // The checkpoint carries the dataset's tokenizer (its very file), which is what the
+    // sample was decoded with.
+    let (_, ckpt) = mlx_gpt_train::checkpoint::list(&out).pop().unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["tokenizer"]["sha256"], serde_json::json!(sha), "{}", state["tokenizer"]);
+    assert!(state["tokenizer"]["json"].as_str().is_some_and(|j| j.len() > 1000));
 }

@@ -120,7 +120,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Any UTF-8 comes back from encode then decode, byte for byte.
         #[test]
-        fn encode_decode_round_trips_any_text(text in "\\PC*") {
+        fn encode_decode_round_trips_any_text(text in any::<String>()) {
             static TOK: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
             let tok = TOK.get_or_init(|| train_bpe(corpus().into_iter(), 400, false).unwrap());
             let ids = tok.encode(text.as_str(), false).unwrap().get_ids().to_vec();

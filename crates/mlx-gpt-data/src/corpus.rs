@@ -3,10 +3,14 @@
 //! given as one file or a folder of them.
 //!
 //! The stream holds one piece of text at a time, never the corpus: documents come in
-//! pieces of about [`PIECE_BYTES`] cut where a line starts with a visible character (a
-//! place where GPT-4's split pattern, and GPT-2's, cut anyway, so encoding the pieces gives
-//! the tokens of the whole document). A `.txt` file is read a piece at a time, a `.jsonl`
-//! a line at a time, a parquet file a row group at a time.
+//! pieces of about [`PIECE_BYTES`], cut where GPT-4's split pattern (and GPT-2's) cuts
+//! anyway, so that encoding the pieces gives the tokens of the whole document: after a
+//! line break that a visible ASCII character follows; failing that (a long line), before a
+//! space between two ASCII letters; failing both for [`HARD_CUT_PIECES`] pieces' worth of
+//! text (no line break, no space between letters), anywhere between two characters, the
+//! one place where the tokens can differ from the whole's. A `.txt` file is read in
+//! blocks, a `.jsonl` a line at a time, a parquet file a row group at a time; memory is
+//! bounded whatever the file (but for one `.jsonl` line, which is parsed whole).
 
 use crate::error::{DataError, Result};
 use std::collections::VecDeque;
@@ -20,6 +24,10 @@ pub const TEXT_FIELD: &str = "text";
 /// per byte of it for a moment (the tokenizer's offsets and token strings), so pieces are
 /// kept small.
 pub const PIECE_BYTES: usize = 256 << 10;
+
+/// A piece without a place to cut safely is cut anyway at this many times
+/// [`PIECE_BYTES`] (see the module's documentation).
+pub const HARD_CUT_PIECES: usize = 64;
 
 /// The corpus files at `paths`, in the order given: a file itself, a folder's `.txt`,
 /// `.jsonl` and `.parquet` files sorted by name (so that the documents come in a fixed
@@ -107,14 +115,14 @@ impl Iterator for Stream {
                 match source.next() {
                     Some(Ok(p)) if p.text.is_empty() => continue,
                     Some(Ok(p)) if p.text.len() > 2 * self.piece_bytes => {
-                        let cuts = cut_points(&p.text, self.piece_bytes);
-                        let mut start = 0;
-                        for end in cuts.into_iter().chain([p.text.len()]) {
-                            let last = end == p.text.len();
-                            let text = p.text[start..end].to_string();
-                            self.pending.push_back(Piece { text, ends_document: last && p.ends_document });
-                            start = end;
+                        let (bytes, mut start) = (p.text.as_bytes(), 0);
+                        while let Some(cut) = next_cut(&bytes[start..], self.piece_bytes, true, &mut 0) {
+                            let text = p.text[start..start + cut].to_string();
+                            self.pending.push_back(Piece { text, ends_document: false });
+                            start += cut;
                         }
+                        let text = p.text[start..].to_string();
+                        self.pending.push_back(Piece { text, ends_document: p.ends_document });
                         continue;
                     }
                     Some(item) => return Some(item),
@@ -152,22 +160,35 @@ pub fn read_documents(path: &Path) -> Result<Vec<String>> {
     Ok(docs)
 }
 
-/// Where to cut `text` into pieces of at least `piece_bytes`: after a line break that a
-/// visible ASCII character follows (see [`TextPieces`]).
-fn cut_points(text: &str, piece_bytes: usize) -> Vec<usize> {
-    let bytes = text.as_bytes();
-    let mut cuts = Vec::new();
-    let mut at = piece_bytes;
-    while at < bytes.len() {
-        let Some(nl) = bytes[at - 1..].iter().position(|&b| b == b'\n').map(|i| at - 1 + i) else { break };
-        if bytes.get(nl + 1).is_some_and(u8::is_ascii_graphic) {
-            cuts.push(nl + 1);
-            at = nl + 1 + piece_bytes;
-        } else {
-            at = nl + 2;
+/// Where the first piece of `bytes` ends, at least `piece_bytes` in, or `None` when more
+/// bytes are needed to decide (or, with `complete` — no more will follow — when the rest
+/// is one piece). The places, in the order met: after a line break that a visible ASCII
+/// character follows; from 4 × `piece_bytes` on, also before a space between two ASCII
+/// letters; at [`HARD_CUT_PIECES`] × `piece_bytes`, between any two characters. `scan` is
+/// how far earlier calls on the same bytes (now perhaps more of them) have looked.
+fn next_cut(bytes: &[u8], piece_bytes: usize, complete: bool, scan: &mut usize) -> Option<usize> {
+    let min = piece_bytes.max(1);
+    let mut i = (*scan).max(min);
+    while i < bytes.len() {
+        let (before, b) = (bytes[i - 1], bytes[i]);
+        if before == b'\n' && b.is_ascii_graphic() {
+            return Some(i);
         }
+        if i >= 4 * min && b == b' ' && before.is_ascii_alphabetic() {
+            match bytes.get(i + 1) {
+                Some(next) if next.is_ascii_alphabetic() => return Some(i),
+                None if !complete => break, // decided by the next byte, once read
+                _ => {}
+            }
+        }
+        i += 1;
     }
-    cuts
+    *scan = i;
+    if bytes.len() > HARD_CUT_PIECES * min {
+        // The last character boundary (not a UTF-8 continuation byte) within the bound.
+        return (1..=HARD_CUT_PIECES * min).rev().find(|&i| bytes[i] & 0xC0 != 0x80);
+    }
+    None
 }
 
 /// One file being read.
@@ -200,8 +221,10 @@ impl Source {
                 path,
                 reader: std::io::BufReader::new(file),
                 offset: 0,
-                carry: Vec::new(),
+                buf: Vec::new(),
+                scan: 0,
                 piece_bytes,
+                eof: false,
                 done: false,
             }),
         })
@@ -269,24 +292,28 @@ fn parquet_group(
     let pq = |e: parquet::errors::ParquetError| DataError::Parquet { path: path.into(), reason: e.to_string() };
     let g = reader.get_row_group(group).map_err(pq)?;
     for row in g.get_row_iter(None).map_err(pq)? {
-        rows.push_back(row_text(&row.map_err(pq)?, TEXT_FIELD, path)?);
+        let row = row.map_err(pq)?;
+        // A row without text (null) is no document.
+        let null = row.get_column_iter().any(|(n, f)| n == TEXT_FIELD && matches!(f, parquet::record::Field::Null));
+        if !null {
+            rows.push_back(row_text(&row, TEXT_FIELD, path)?);
+        }
     }
     Ok(())
 }
 
-/// A `.txt` file in pieces of about `piece_bytes`, each ending with a line break before a
-/// line that starts with a visible ASCII character. No piece of GPT-4's split pattern (or
-/// GPT-2's) runs from a line break into such a character, so the pieces encode to the
-/// tokens of the whole file. Text without such a line for long (a file of one line) makes
-/// a longer piece.
+/// A `.txt` file in pieces (see the module's documentation), read in blocks.
 struct TextPieces {
     path: PathBuf,
     reader: std::io::BufReader<std::fs::File>,
     /// Bytes of the file already returned (for the offset of a bad byte).
     offset: u64,
-    /// A line read past the end of the last piece: the start of the next.
-    carry: Vec<u8>,
+    /// Read and not yet returned.
+    buf: Vec<u8>,
+    /// How far `next_cut` has looked into `buf`.
+    scan: usize,
     piece_bytes: usize,
+    eof: bool,
     done: bool,
 }
 
@@ -295,33 +322,39 @@ impl TextPieces {
         if self.done {
             return None;
         }
-        let mut buf = std::mem::take(&mut self.carry);
-        loop {
-            let mut line = Vec::new();
-            match self.reader.read_until(b'\n', &mut line) {
-                Ok(0) => {
-                    self.done = true;
-                    break;
-                }
-                Ok(_) => {}
+        let cut = loop {
+            if let Some(cut) = next_cut(&self.buf, self.piece_bytes, self.eof, &mut self.scan) {
+                break cut;
+            }
+            if self.eof {
+                self.done = true;
+                break self.buf.len();
+            }
+            let mut block = [0u8; 1 << 16];
+            match std::io::Read::read(&mut self.reader, &mut block) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.buf.extend_from_slice(&block[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Some(Err(DataError::io(self.path.as_path())(e))),
             }
-            if buf.len() >= self.piece_bytes && buf.ends_with(b"\n") && line[0].is_ascii_graphic() {
-                self.carry = line;
-                break;
-            }
-            buf.extend_from_slice(&line);
-        }
-        if buf.is_empty() {
+        };
+        self.scan = 0;
+        let rest = self.buf.split_off(cut);
+        let bytes = std::mem::replace(&mut self.buf, rest);
+        if bytes.is_empty() {
             return None;
         }
-        let len = buf.len() as u64;
-        let text = match String::from_utf8(buf) {
+        let bad = |what: String| Some(Err(DataError::Invalid { path: self.path.clone(), what }));
+        if let Some(at) = bytes.iter().position(|&b| b == 0) {
+            self.done = true;
+            return bad(format!("holds a NUL byte at offset {}: a binary file?", self.offset + at as u64));
+        }
+        let len = bytes.len() as u64;
+        let text = match String::from_utf8(bytes) {
             Ok(t) => t,
             Err(e) => {
                 self.done = true;
-                let what = not_utf8(self.offset + e.utf8_error().valid_up_to() as u64);
-                return Some(Err(DataError::Invalid { path: self.path.clone(), what }));
+                return bad(not_utf8(self.offset + e.utf8_error().valid_up_to() as u64));
             }
         };
         self.offset += len;
@@ -424,6 +457,53 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
+    fn tokenizer() -> &'static tokenizers::Tokenizer {
+        static TOK: std::sync::OnceLock<tokenizers::Tokenizer> = std::sync::OnceLock::new();
+        TOK.get_or_init(|| {
+            let docs = ["Hello there, friend!\n\n  Indented line.\nWhat's up?\n"; 20];
+            crate::bpe_train::train_bpe(docs.iter(), 320, false).unwrap()
+        })
+    }
+
+    fn pieces_of(name: &str, file: &str, content: &[u8], piece_bytes: usize) -> Vec<Piece> {
+        let d = scratch(name);
+        std::fs::write(d.join(file), content).unwrap();
+        let pieces = Stream::with_piece_bytes(std::slice::from_ref(&d), piece_bytes).unwrap().collect::<Result<_>>();
+        std::fs::remove_dir_all(&d).unwrap();
+        pieces.unwrap()
+    }
+
+    /// One long line: cut before spaces between letters (the tokens unchanged), and text
+    /// with no such place cut at 64 pieces' worth: memory stays bounded.
+    #[test]
+    fn long_lines_are_cut_and_stay_bounded() {
+        let ids = |s: &str| tokenizer().encode_fast(s, false).unwrap().get_ids().to_vec();
+        let words: String = (0..20_000).map(|i| ["lorem ", "ipsum ", "dolor, ", "sit "][i % 4]).collect();
+        for file in ["w.txt", "w.jsonl"] {
+            let content =
+                if file == "w.txt" { words.clone() } else { serde_json::json!({ "text": words }).to_string() };
+            let pieces = pieces_of("long-words", file, content.as_bytes(), 1000);
+            assert!(pieces.len() > 20 && pieces.iter().all(|p| p.text.len() < 4 * 1000 + 10), "{file}");
+            assert_eq!(pieces.iter().map(|p| p.text.as_str()).collect::<String>(), words);
+            let joined: Vec<u32> = pieces.iter().flat_map(|p| ids(&p.text)).collect();
+            assert_eq!(joined, ids(&words), "{file}");
+        }
+        let run = "é".repeat(300_000); // 600 kB, no line break, no space
+        let pieces = pieces_of("long-run", "r.txt", run.as_bytes(), 1000);
+        assert!(pieces.iter().all(|p| p.text.len() <= 64 * 1000), "a piece over the bound");
+        assert_eq!(pieces.iter().map(|p| p.text.as_str()).collect::<String>(), run);
+        let e = pieces_of_err("nul", "n.txt", b"text\0more");
+        assert!(e.contains("n.txt") && e.contains("NUL byte at offset 4"), "{e}");
+    }
+
+    fn pieces_of_err(name: &str, file: &str, content: &[u8]) -> String {
+        let d = scratch(name);
+        std::fs::write(d.join(file), content).unwrap();
+        let e = Stream::open(std::slice::from_ref(&d)).unwrap().find_map(|p| p.err()).unwrap().to_string();
+        std::fs::remove_dir_all(&d).unwrap();
+        e
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         /// A document read in pieces of any size, from a `.txt` file or as one `.jsonl`
@@ -431,14 +511,10 @@ mod tests {
         #[test]
         fn pieces_encode_like_the_whole_document(
             lines in prop::collection::vec("[ \\t]{0,2}[a-zA-Z,.!?'’ \\n]{0,12}\\n{0,2}", 0..80),
-            piece_bytes in 1usize..64,
+            piece_bytes in 64usize..128, // texts under 64 × that: no hard cut
             jsonl in any::<bool>(),
         ) {
-            static TOK: std::sync::OnceLock<tokenizers::Tokenizer> = std::sync::OnceLock::new();
-            let tok = TOK.get_or_init(|| {
-                let docs = ["Hello there, friend!\n\n  Indented line.\nWhat's up?\n"; 20];
-                crate::bpe_train::train_bpe(docs.iter(), 320, false).unwrap()
-            });
+            let tok = tokenizer();
             let text: String = lines.concat();
             let d = scratch(&format!("pieces-{piece_bytes}-{jsonl}"));
             if jsonl {

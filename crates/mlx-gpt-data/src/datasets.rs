@@ -161,8 +161,10 @@ fn read_sources(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Resul
 /// nanoGPT's split: the first `train_fraction` of the characters is train, the rest val;
 /// each part is encoded on its own.
 fn write_split(dir: &Path, text: &str, train_fraction: f64, tokenizer: &Tokenizer) -> Result<Meta> {
-    // A stale meta.json must not vouch for the files rewritten below.
+    // A stale meta.json must not vouch for the files rewritten below, nor the record of
+    // a trained tokenizer's corpus for a dataset that no longer uses one.
     let _ = std::fs::remove_file(dir.join(META_FILE));
+    let _ = std::fs::remove_file(dir.join(crate::own_text::CORPUS_FILE));
     let n_chars = text.chars().count();
     let cut_chars = (n_chars as f64 * train_fraction) as usize;
     let cut = text.char_indices().nth(cut_chars).map_or(text.len(), |(i, _)| i);

@@ -97,8 +97,10 @@ impl CorpusRecord {
 }
 
 /// The counts of one encoded part, written once its tokens are.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct PartDone {
+    /// sha256 of the tokenizer.json that encoded it: a part of another tokenizer is redone.
+    tokenizer: String,
     documents: u64,
     bytes: u64,
     tokens: u64,
@@ -142,10 +144,20 @@ fn run(
             )))
         }
     };
+    // Checked before anything of an earlier preparation is removed.
+    let min = crate::bpe_train::min_vocab(1);
+    if vocab < min {
+        return Err(DataError::Tokenizer(format!(
+            "a vocabulary of {vocab} tokens is too small: a byte-level BPE needs the 256 bytes and the separator \
+             ({min} at least)"
+        )));
+    }
     let record = CorpusRecord::of(&from, vocab, part_bytes)?;
     std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
     if recorded.as_ref() == Some(&record) {
-        if let Some(meta) = crate::datasets::is_prepared(dir).filter(|_| dir.join(REPORT_FILE).is_file()) {
+        let ours =
+            |m: &Meta| m.vocab_size == vocab && matches!(m.tokenizer, crate::tokenizer::TokenizerSpec::Trained { .. });
+        if let Some(meta) = crate::datasets::is_prepared(dir).filter(|m| ours(m) && dir.join(REPORT_FILE).is_file()) {
             return Ok(Outcome {
                 prepared: Some(Prepared { dir: dir.into(), meta, already: true }),
                 trained: false,
@@ -186,6 +198,10 @@ fn run(
         }
     });
     let dtype = TokenDtype::for_vocab(tokenizer.vocab_size());
+    let tokenizer_sha = match tokenizer.spec() {
+        crate::tokenizer::TokenizerSpec::Trained { sha256, .. } => sha256,
+        _ => unreachable!("a trained tokenizer"),
+    };
     let bar = crate::progress::bytes(record.text_bytes(), "encoding");
     let mut stream = Stream::open(&record.from)?;
     let mut parts = Vec::new();
@@ -203,14 +219,22 @@ fn run(
         }
         let k = parts.len();
         let (bin, marker) = (parts_dir.join(format!("{k:05}.bin")), parts_dir.join(format!("{k:05}.json")));
-        let done = match std::fs::read_to_string(&marker).ok().and_then(|t| serde_json::from_str(&t).ok()) {
-            Some(done) if bin.is_file() => done,
+        // A finished part: its marker, by this tokenizer, and its tokens all there.
+        let finished = |d: &PartDone| {
+            let size = std::fs::metadata(&bin).map_or(0, |m| m.len());
+            d.tokenizer == tokenizer_sha && size == d.tokens * dtype.width() as u64
+        };
+        let marked: Option<PartDone> =
+            std::fs::read_to_string(&marker).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let done = match marked {
+            Some(done) if finished(&done) => done,
             _ => {
                 if stop_after_parts.is_some_and(|n| parts_encoded >= n) {
                     bar.finish_and_clear();
                     return Ok(Outcome { prepared: None, trained, parts_encoded });
                 }
-                let (tokens, done) = encode_part(&pieces, &tokenizer, gpt2.as_ref().filter(|_| k == 0))?;
+                let (tokens, done) =
+                    encode_part(&pieces, &tokenizer, &tokenizer_sha, gpt2.as_ref().filter(|_| k == 0))?;
                 let bytes = to_bytes(&tokens, dtype)?;
                 write_atomic(&bin, |w| w.write_all(&bytes))?;
                 let json = serde_json::to_string(&done).expect("counts serialize");
@@ -220,7 +244,7 @@ fn run(
             }
         };
         bar.inc(done.bytes);
-        parts.push((bin, done));
+        parts.push((bin, done.clone()));
     }
     bar.finish_and_clear();
     let bytes: u64 = parts.iter().map(|(_, d)| d.bytes).sum();
@@ -240,7 +264,7 @@ fn run(
         text_bytes.push(text as f64 / entry.tokens.max(1) as f64);
         files.insert(split.to_string(), entry);
     }
-    let first = parts[0].1;
+    let first = parts[0].1.clone();
     let report = TokenizerReport {
         vocab_size: tokenizer.vocab_size(),
         documents: parts.iter().map(|(_, d)| d.documents).sum(),
@@ -311,7 +335,12 @@ fn train(record: &CorpusRecord, path: &Path) -> Result<Tokenizer> {
 
 /// The tokens of a part's pieces (a separator after each document's last), on every core,
 /// with its counts; `gpt2` also counts GPT-2's tokens for the same text.
-fn encode_part(pieces: &[Piece], tokenizer: &Tokenizer, gpt2: Option<&Tokenizer>) -> Result<(Vec<u32>, PartDone)> {
+fn encode_part(
+    pieces: &[Piece],
+    tokenizer: &Tokenizer,
+    tokenizer_sha: &str,
+    gpt2: Option<&Tokenizer>,
+) -> Result<(Vec<u32>, PartDone)> {
     let separator = tokenizer.eot().expect("a trained tokenizer has a separator");
     let encoded: Vec<Vec<u32>> = pieces
         .par_iter()
@@ -334,6 +363,7 @@ fn encode_part(pieces: &[Piece], tokenizer: &Tokenizer, gpt2: Option<&Tokenizer>
     };
     let tokens = encoded.concat();
     let done = PartDone {
+        tokenizer: tokenizer_sha.to_string(),
         documents: pieces.iter().filter(|p| p.ends_document).count() as u64,
         bytes: pieces.iter().map(|p| p.text.len() as u64).sum(),
         tokens: tokens.len() as u64,
@@ -523,13 +553,15 @@ mod tests {
         // Random words: every adjacent pair is rare, so there are merges enough to learn.
         let mut state = 11u64;
         let mut next = |n: u64| crate::batches::splitmix(&mut state) % n;
-        let docs: Vec<String> = (0..400)
+        let mut docs: Vec<String> = (0..400)
             .map(|_| {
                 let words: Vec<String> =
                     (0..120).map(|_| (0..3 + next(6)).map(|_| (b'a' + next(26) as u8) as char).collect()).collect();
                 words.join(" ")
             })
             .collect();
+        // The separator's text inside a document is text, not a document boundary.
+        docs[3].push_str(" <|endoftext|> still the same document");
         let lines: Vec<String> = docs.iter().map(|d| serde_json::json!({ "text": d }).to_string()).collect();
         std::fs::write(from.join("words.jsonl"), lines.join("\n")).unwrap();
         let vocab = 70_000;
@@ -543,6 +575,8 @@ mod tests {
             ids.extend((0..f.len()).map(|i| f.get(i).unwrap()));
         }
         assert!(ids.iter().any(|&i| i >= 1 << 16), "no id above 65,535 was used");
+        let separator = tok.eot().unwrap();
+        assert_eq!(ids.iter().filter(|&&i| i == separator).count(), docs.len());
         let joined: String = docs.iter().map(|d| format!("{d}{}", crate::bpe_train::DOC_SEPARATOR)).collect();
         assert_eq!(tok.decode(&ids).unwrap(), joined);
         std::fs::remove_dir_all(&root).unwrap();
@@ -560,7 +594,7 @@ mod tests {
         assert!(e.contains("corpus") && e.contains("holds no text"), "{e}");
         std::fs::write(from.join("bin.txt"), [0u8, 159, 146, 150]).unwrap();
         let e = crate::datasets::prepare("x", &opts).unwrap_err().to_string();
-        assert!(e.contains("bin.txt") && e.contains("not UTF-8"), "{e}");
+        assert!(e.contains("bin.txt") && e.contains("a binary file?"), "{e}");
         let e = crate::datasets::prepare("y", &options(&root, vec![])).unwrap_err().to_string();
         assert!(e.contains("--from"), "{e}");
         std::fs::remove_dir_all(&root).unwrap();

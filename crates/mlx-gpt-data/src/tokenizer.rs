@@ -179,8 +179,11 @@ impl Tokenizer {
                  prepare the dataset again"
             )));
         }
-        let tok: tokenizers::Tokenizer =
+        let mut tok: tokenizers::Tokenizer =
             json.parse().map_err(|e| DataError::Tokenizer(format!("{origin}: not a tokenizer.json: {e}")))?;
+        // A literal "<|endoftext|>" in a document is text like any other (tiktoken's
+        // encode_ordinary); only data preparation puts the separator's id between documents.
+        tok.set_encode_special_tokens(true);
         let separator = tok.token_to_id(crate::bpe_train::DOC_SEPARATOR).ok_or_else(|| {
             DataError::Tokenizer(format!("{origin}: has no {} token", crate::bpe_train::DOC_SEPARATOR))
         })?;

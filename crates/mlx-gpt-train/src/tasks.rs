@@ -31,9 +31,15 @@ fn bpe_dir(c: &TrainConfig, model_dir: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("models/gpt2"))
 }
 
-/// The tokenizer of a model whose data used `spec`.
-pub fn tokenizer_for(c: &TrainConfig, spec: &TokenizerSpec, model_dir: Option<&Path>) -> Result<Tokenizer, TrainError> {
-    Ok(Tokenizer::from_spec(spec, Some(&bpe_dir(c, model_dir)))?)
+/// The tokenizer of a model whose data used `spec`: GPT-2's files (see `bpe_dir`), or a
+/// trained tokenizer's, which the spec carries (a checkpoint's) or `dir` holds (the
+/// dataset's folder).
+pub fn tokenizer_for(c: &TrainConfig, spec: &TokenizerSpec, dir: Option<&Path>) -> Result<Tokenizer, TrainError> {
+    let files = match spec {
+        TokenizerSpec::Trained { .. } => dir.map(Path::to_path_buf),
+        _ => Some(bpe_dir(c, dir)),
+    };
+    Ok(Tokenizer::from_spec(spec, files.as_deref())?)
 }
 
 /// Check, before anything runs, that every task's file is there and readable.
@@ -119,4 +125,27 @@ pub fn run_without_dataset(c: &TrainConfig, progress: bool) -> Result<Vec<TaskSc
     model.kernels = crate::train::kernels_for(c, device, 1)?;
     model.set_dtype(c.dtype.to_mlx())?;
     run(c, &mut model, &tok, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dataset with its own trained tokenizer: found in the dataset's folder, even with
+    /// GPT-2's files named by `tokenizer` (they are for GPT-2 datasets).
+    #[test]
+    fn a_trained_tokenizer_is_found_in_the_dataset_folder() {
+        let dir = std::env::temp_dir().join(format!("mlx-gpt-tasks-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let docs = ["To be, or not to be, that is the question.\n"; 8];
+        let trained = mlx_gpt_data::bpe_train::train_bpe(docs.iter(), 300, false).unwrap();
+        let json = trained.to_string(false).unwrap();
+        std::fs::write(dir.join(mlx_gpt_data::tokenizer::TRAINED_FILE), &json).unwrap();
+        let spec = Tokenizer::trained_from_json(json, None, "test").unwrap().spec();
+        let c = TrainConfig { tokenizer: Some(PathBuf::from("models/gpt2")), ..TrainConfig::default() };
+        let tok = tokenizer_for(&c, &spec, Some(&dir)).unwrap();
+        assert_eq!(tok.vocab_size(), trained.get_vocab_size(true));
+        assert!(tokenizer_for(&c, &spec, None).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

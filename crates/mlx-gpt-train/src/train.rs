@@ -387,7 +387,7 @@ pub fn run(c: &TrainConfig, opts: &RunOptions) -> Result<Summary, TrainError> {
     // The dataset first: a run that cannot start leaves no run directory behind.
     let (data, meta) = dataset_dir(c)?;
     // And the tasks scored at the end, so a missing file stops the run now, not after it.
-    let task_tokenizer = if master && !c.eval_tasks.is_empty() { Some(check_tasks(c, &meta)?) } else { None };
+    let task_tokenizer = if master && !c.eval_tasks.is_empty() { Some(check_tasks(c, &meta, &data)?) } else { None };
     let _lock = lock_run_dir(c, world.as_ref(), master, writes)?;
     if !c.gradient_accumulation_steps.is_multiple_of(world_size) {
         return Err(inconsistent(format!(
@@ -693,10 +693,12 @@ fn inconsistent(message: String) -> TrainError {
     TrainError::Config(crate::config::ConfigError::Inconsistent(message))
 }
 
-/// The task files and the tokenizer that spells them, checked before training.
-fn check_tasks(c: &TrainConfig, meta: &Meta) -> Result<mlx_gpt_data::tokenizer::Tokenizer, TrainError> {
+/// The task files and the tokenizer that spells them (GPT-2's, or the one trained for the
+/// dataset in `data`), checked before training.
+fn check_tasks(c: &TrainConfig, meta: &Meta, data: &Path) -> Result<mlx_gpt_data::tokenizer::Tokenizer, TrainError> {
     crate::tasks::check(c)?;
-    let tok = crate::tasks::tokenizer_for(c, &meta.tokenizer, None)?;
+    let trained = matches!(meta.tokenizer, mlx_gpt_data::tokenizer::TokenizerSpec::Trained { .. });
+    let tok = crate::tasks::tokenizer_for(c, &meta.tokenizer, trained.then_some(data))?;
     crate::tasks::check_tokenizer(c, &tok)?;
     Ok(tok)
 }
