@@ -252,6 +252,13 @@ fn run(
         return Err(DataError::Invalid { path: record.named(), what: "holds no text".into() });
     }
 
+    // Files that changed while they were read would make a dataset of neither version.
+    if CorpusRecord::of(&record.from, vocab, part_bytes)? != record {
+        return Err(DataError::Invalid {
+            path: record.named(),
+            what: "changed while it was being prepared; run the command again".into(),
+        });
+    }
     let total: u64 = parts.iter().map(|(_, d)| d.tokens).sum();
     let cut = (total as f64 * TRAIN_FRACTION) as u64;
     let token_bytes = tokenizer.token_bytes();
