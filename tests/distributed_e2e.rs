@@ -210,7 +210,7 @@ fn a_killed_rank_stops_the_other_with_an_error_and_the_checkpoint_survives() {
     assert!(stderr.contains("peer") && !stderr.contains("panicked"), "{stderr}");
     // The newest complete checkpoint loads.
     let (_, ckpt) = mlx_gpt_train::checkpoint::list(&out).pop().unwrap();
-    let adamw = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+    let adamw = AdamWConfig::adamw(0.9, 0.99, 1e-8, 0.1);
     let loaded = mlx_gpt_train::checkpoint::load(&ckpt, adamw).unwrap();
     assert_eq!(loaded.state.world_size, 2);
     assert_eq!(loaded.state.samplers.len(), 2);

@@ -278,6 +278,39 @@ fn resume_after_sigkill_continues_exactly() {
     assert_eq!(eval_losses(&a).len(), 5);
 }
 
+/// `--optimizer muon`: Muon for the blocks' matrices, AdamW for the rest; it learns, and a
+/// run stopped at a checkpoint and resumed logs exactly what an uninterrupted one does.
+#[test]
+fn muon_trains_and_resumes_exactly() {
+    let Some(data) = data_dir() else { return };
+    let run = common::Scratch::new("muon");
+    let (a, b) = (run.path().join("a"), run.path().join("b"));
+    let cfg = [
+        "--optimizer",
+        "muon",
+        "--muon_lr",
+        "0.02",
+        "--warmup_iters",
+        "5",
+        "--lr_decay_iters",
+        "20",
+        "--eval_interval",
+        "10",
+    ];
+    let to = |n: &'static str| [&cfg[..], &["--max_iters", n]].concat();
+    let whole = ok(&mlx_gpt(&tiny(&data, &a, &to("20"))));
+    assert!(whole.contains("final: iter 20"), "{whole}");
+    ok(&mlx_gpt(&tiny(&data, &b, &to("10"))));
+    ok(&mlx_gpt(&tiny(&data, &b, &[&to("20")[..], &["--init_from", "resume"]].concat())));
+    assert_eq!(metrics_without_timing(&b), metrics_without_timing(&a));
+    let losses = train_losses(&a);
+    assert!(losses[losses.len() - 1].1 < losses[0].1 - 0.5, "{losses:?}");
+    // Resumed without Muon, the checkpoint's optimizer state is refused, saying why.
+    let adamw = mlx_gpt(&tiny(&data, &b, &["--max_iters", "30", "--init_from", "resume"]));
+    let text = String::from_utf8_lossy(&adamw.stderr).to_string() + &String::from_utf8_lossy(&adamw.stdout);
+    assert!(!adamw.status.success() && text.contains("muon"), "{text}");
+}
+
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_damaged_or_incompatible_ones_are_refused() {
     let Some(data) = data_dir() else { return };

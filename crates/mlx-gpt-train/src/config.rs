@@ -214,6 +214,13 @@ pub struct TrainConfig {
     pub beta2: f64,
     /// Clip gradients to this global norm (0 disables).
     pub grad_clip: f64,
+    /// `adamw` (nanoGPT's, for every parameter) or `muon` (Muon for the blocks' weight
+    /// matrices at `muon_lr`, AdamW for the rest; mlx_gpt_train::muon).
+    pub optimizer: String,
+    /// Muon's peak learning rate (its schedule follows `learning_rate`'s shape).
+    pub muon_lr: f64,
+    /// Muon's momentum.
+    pub muon_momentum: f64,
     // learning rate schedule
     /// Cosine decay after warmup (else constant).
     pub decay_lr: bool,
@@ -317,6 +324,9 @@ impl Default for TrainConfig {
             weight_decay: 1e-1,
             beta1: 0.9,
             beta2: 0.95,
+            optimizer: "adamw".into(),
+            muon_lr: 0.02,
+            muon_momentum: 0.95,
             grad_clip: 1.0,
             decay_lr: true,
             warmup_iters: 2000,
@@ -477,12 +487,17 @@ impl TrainConfig {
             ("beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "in [0, 1)"),
             ("beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "in [0, 1)"),
             ("grad_clip", self.grad_clip, self.grad_clip >= 0.0, "≥ 0 (0 turns clipping off)"),
+            ("muon_lr", self.muon_lr, self.muon_lr >= 0.0, "≥ 0"),
+            ("muon_momentum", self.muon_momentum, (0.0..1.0).contains(&self.muon_momentum), "in [0, 1)"),
             ("dist_timeout", self.dist_timeout, self.dist_timeout > 0.0, "> 0 seconds"),
             ("peak_flops", self.peak_flops, self.peak_flops >= 0.0, "≥ 0 (0 measures it)"),
         ] {
             if !v.is_finite() || !ok {
                 return bad(format!("{k} must be a finite number {range}, got {v}"));
             }
+        }
+        if !["adamw", "muon"].contains(&self.optimizer.as_str()) {
+            return bad(format!("optimizer must be adamw or muon, got {:?}", self.optimizer));
         }
         mlx_gpt_data::datasets::check_name(&self.dataset).map_err(|e| ConfigError::Inconsistent(e.to_string()))?;
         if self.out_dir.as_os_str().is_empty() {

@@ -58,7 +58,12 @@ impl Default for MuonConfig {
 /// Whether Muon updates parameter `name`: the blocks' 2-D weight matrices
 /// (`h.N.attn.c_attn.weight`, ...), not the embeddings or the head.
 pub fn takes(name: &str, param: &Array) -> bool {
-    param.ndim() == 2 && name.starts_with("h.")
+    takes_shape(name, param.shape())
+}
+
+/// [`takes`] by the parameter's shape.
+pub fn takes_shape(name: &str, shape: &[i32]) -> bool {
+    shape.len() == 2 && name.starts_with("h.")
 }
 
 /// About the orthogonal polar factor of `u` (2-D) by `steps` quintic Newton–Schulz
@@ -142,14 +147,29 @@ impl Muon {
     /// Write the state to `path` (safetensors: `momentum.<param>` in float32, the step
     /// count in the metadata).
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let arrays: Vec<(String, &Array)> = self.buf.iter().map(|(k, a)| (format!("momentum.{k}"), a)).collect();
-        crate::state_file::save(path, &arrays, self.step)
+        crate::state_file::save(path, &self.named_arrays(), self.step)
+    }
+
+    /// The state as the file names it: `momentum.<param>`.
+    pub(crate) fn named_arrays(&self) -> Vec<(String, &Array)> {
+        self.buf.iter().map(|(k, a)| (format!("momentum.{k}"), a)).collect()
     }
 
     /// Read the state [`Muon::save`] wrote, for matrices of `shapes`; a tensor of another
     /// name or shape, or state for only some of them, is an error saying what.
     pub fn load(path: &Path, config: MuonConfig, shapes: &BTreeMap<String, Vec<i32>>) -> Result<Muon, StateError> {
         let (step, tensors) = crate::state_file::load(path)?;
+        Self::from_state(config, step, tensors, shapes)
+    }
+
+    /// The state in `tensors` (`momentum.<param>`), after `step` steps, for matrices of
+    /// `shapes`; checked as [`Muon::load`] says.
+    pub(crate) fn from_state(
+        config: MuonConfig,
+        step: u64,
+        tensors: Vec<(String, Array)>,
+        shapes: &BTreeMap<String, Vec<i32>>,
+    ) -> Result<Muon, StateError> {
         let mut opt = Muon { step, ..Muon::new(config) };
         for (name, a) in tensors {
             let param = name.strip_prefix("momentum.").filter(|p| shapes.get(*p).map(Vec::as_slice) == Some(a.shape()));

@@ -10,7 +10,12 @@
 //! mlx-rs's `AdamW` has no bias correction and one decay for every parameter; this is
 //! checked against `torch.optim.AdamW` by `tests/fixtures/adamw.json`
 //! (scripts/make_adamw_fixture.py).
+//!
+//! With `optimizer = "muon"` the blocks' weight matrices go to [`Muon`] instead (at their
+//! own learning rate, on the same schedule), the rest stays here; both take the gradients
+//! clipped by one global norm over all parameters, and share the state file.
 
+use crate::muon::{Muon, MuonConfig};
 use mlx_gpt_ops::{AdamWHyper, AdamWStep, Kernels};
 use mlx_rs::error::Exception;
 use mlx_rs::Array;
@@ -28,12 +33,26 @@ pub struct AdamWConfig {
     pub eps: f32,
     /// Decoupled weight decay for ≥ 2-D parameters.
     pub weight_decay: f32,
+    /// Muon for the blocks' matrices, and its learning rate as a multiple of the run's.
+    pub muon: Option<(MuonConfig, f32)>,
+}
+
+impl AdamWConfig {
+    /// AdamW alone, for every parameter.
+    pub fn adamw(beta1: f32, beta2: f32, eps: f32, weight_decay: f32) -> Self {
+        AdamWConfig { beta1, beta2, eps, weight_decay, muon: None }
+    }
 }
 
 impl From<&crate::config::TrainConfig> for AdamWConfig {
-    /// A run's betas and weight decay, with PyTorch's ε (nanoGPT does not set one).
+    /// A run's betas and weight decay, with PyTorch's ε (nanoGPT does not set one); and
+    /// Muon's momentum and learning rate with `optimizer = "muon"`.
     fn from(c: &crate::config::TrainConfig) -> Self {
-        AdamWConfig { beta1: c.beta1 as f32, beta2: c.beta2 as f32, eps: 1e-8, weight_decay: c.weight_decay as f32 }
+        let muon = (c.optimizer == "muon").then(|| {
+            let m = MuonConfig { momentum: c.muon_momentum as f32, ..MuonConfig::default() };
+            (m, (c.muon_lr / c.learning_rate.max(f64::MIN_POSITIVE)) as f32)
+        });
+        AdamWConfig { muon, ..AdamWConfig::adamw(c.beta1 as f32, c.beta2 as f32, 1e-8, c.weight_decay as f32) }
     }
 }
 
@@ -46,6 +65,8 @@ pub struct AdamW {
     m: BTreeMap<String, Array>,
     v: BTreeMap<String, Array>,
     step: u64,
+    /// The blocks' matrices' optimizer, with `optimizer = "muon"`.
+    muon: Option<Muon>,
     /// The step function, made (and its plain formulation compiled) on first use.
     kernel: Option<AdamWStep>,
 }
@@ -74,7 +95,8 @@ pub enum StateError {
 impl AdamW {
     /// A fresh optimizer.
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, m: BTreeMap::new(), v: BTreeMap::new(), step: 0, kernel: None }
+        let muon = config.muon.map(|(m, _)| Muon::new(m));
+        AdamW { config, m: BTreeMap::new(), v: BTreeMap::new(), step: 0, muon, kernel: None }
     }
 
     /// Steps taken.
@@ -101,6 +123,9 @@ impl AdamW {
         grad_clip: f32,
         lr: f32,
     ) -> Result<NormAndParams, Exception> {
+        if self.muon.is_some() {
+            return self.step_with_muon(k, params, parts, scale, grad_clip, lr);
+        }
         let c = self.config;
         let t = (self.step + 1) as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
@@ -140,20 +165,97 @@ impl AdamW {
         Ok((norm, out))
     }
 
+    /// [`AdamW::step`] with Muon for the blocks' matrices: the gradients summed, one
+    /// global norm over all of them (clipping them all by the same factor, as
+    /// `clip_grad_norm_` over the whole model does), then AdamW on the rest (unclipped
+    /// inside: the factor is applied already) and Muon on the matrices.
+    fn step_with_muon(
+        &mut self,
+        k: &Kernels,
+        params: &BTreeMap<String, Array>,
+        parts: &[Vec<Array>],
+        scale: f32,
+        grad_clip: f32,
+        lr: f32,
+    ) -> Result<NormAndParams, Exception> {
+        let grads: Vec<Array> = (0..params.len())
+            .map(|j| {
+                let mut g = parts[0][j].clone();
+                for part in &parts[1..] {
+                    g = g.add(&part[j])?;
+                }
+                g.multiply(Array::from_f32(scale))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut sum = Array::from_f32(0.0);
+        for g in &grads {
+            sum = sum.add(g.square()?.sum(None)?)?;
+        }
+        let norm = sum.sqrt()?;
+        let factor = if grad_clip > 0.0 {
+            mlx_rs::ops::minimum(
+                Array::from_f32(1.0),
+                Array::from_f32(grad_clip).divide(norm.add(Array::from_f32(1e-6))?)?,
+            )?
+        } else {
+            Array::from_f32(1.0)
+        };
+        let (mut adam_p, mut adam_g, mut muon_p, mut muon_g) =
+            (BTreeMap::new(), Vec::new(), BTreeMap::new(), BTreeMap::new());
+        for ((name, p), g) in params.iter().zip(grads) {
+            let g = g.multiply(&factor)?;
+            if crate::muon::takes(name, p) {
+                muon_p.insert(name.clone(), p.clone());
+                muon_g.insert(name.clone(), g);
+            } else {
+                adam_p.insert(name.clone(), p.clone());
+                adam_g.push(g);
+            }
+        }
+        let ratio = self.config.muon.map_or(1.0, |(_, r)| r);
+        let mut muon = self.muon.take().expect("called with Muon");
+        let adam = self.step_adamw_only(k, &adam_p, &[adam_g], lr);
+        let stepped = adam.and_then(|(_, mut out)| {
+            out.extend(muon.step(&muon_p, &muon_g, lr * ratio)?);
+            Ok(out)
+        });
+        self.muon = Some(muon);
+        Ok((norm, stepped?))
+    }
+
+    /// AdamW on `params` alone, from whole gradients, no clipping.
+    fn step_adamw_only(
+        &mut self,
+        k: &Kernels,
+        params: &BTreeMap<String, Array>,
+        parts: &[Vec<Array>],
+        lr: f32,
+    ) -> Result<NormAndParams, Exception> {
+        let muon = self.muon.take();
+        let out = self.step(k, params, parts, 1.0, 0.0, lr);
+        self.muon = muon;
+        out
+    }
+
     /// All state arrays, for evaluation.
-    pub fn arrays(&self) -> impl Iterator<Item = &Array> {
-        self.m.values().chain(self.v.values())
+    pub fn arrays(&self) -> Box<dyn Iterator<Item = &Array> + '_> {
+        let adam = self.m.values().chain(self.v.values());
+        match &self.muon {
+            Some(m) => Box::new(adam.chain(m.arrays())),
+            None => Box::new(adam),
+        }
     }
 
     /// Write the state to `path` (safetensors: `m.<param>` and `v.<param>` in float32, the
     /// step count in the metadata).
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let arrays: Vec<(String, &Array)> = self
+        let mut arrays: Vec<(String, &Array)> = self
             .m
             .iter()
             .map(|(k, a)| (format!("m.{k}"), a))
             .chain(self.v.iter().map(|(k, a)| (format!("v.{k}"), a)))
             .collect();
+        arrays.extend(self.muon.iter().flat_map(Muon::named_arrays));
         crate::state_file::save(path, &arrays, self.step)
     }
 
@@ -163,6 +265,22 @@ impl AdamW {
     pub fn load(path: &Path, config: AdamWConfig, shapes: &BTreeMap<String, Vec<i32>>) -> Result<AdamW, StateError> {
         let (step, tensors) = crate::state_file::load(path)?;
         let mut opt = AdamW { step, ..AdamW::new(config) };
+        let (momentum, tensors): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(n, _)| n.starts_with("momentum."));
+        // With Muon, the blocks' matrices have its state instead of AdamW's.
+        let (muon_shapes, shapes): (BTreeMap<_, _>, BTreeMap<_, _>) = match config.muon {
+            Some(_) => shapes.clone().into_iter().partition(|(n, s)| crate::muon::takes_shape(n, s)),
+            None => (BTreeMap::new(), shapes.clone()),
+        };
+        let shapes = &shapes;
+        match (config.muon, momentum.is_empty()) {
+            (Some((m, _)), _) => opt.muon = Some(Muon::from_state(m, step, momentum, &muon_shapes)?),
+            (None, false) => {
+                return Err(StateError::Invalid(
+                    "it holds Muon's state (momentum.* tensors): resume with optimizer = \"muon\"".into(),
+                ))
+            }
+            (None, true) => {}
+        }
         for (name, a) in tensors {
             let (kind, param) =
                 name.split_once('.').ok_or_else(|| StateError::Invalid(format!("unexpected tensor {name}")))?;
@@ -202,12 +320,12 @@ mod tests {
         for (k, split) in sets.iter().flat_map(|k| [(k, false), (k, true)]) {
             let mut params: BTreeMap<String, Array> =
                 names.iter().map(|k| (k.clone(), Array::from_slice(&vec(&f["initial"][k]), &shape(k)))).collect();
-            let mut opt = AdamW::new(AdamWConfig {
-                beta1: f["betas"][0].as_f64().unwrap() as f32,
-                beta2: f["betas"][1].as_f64().unwrap() as f32,
-                eps: f["eps"].as_f64().unwrap() as f32,
-                weight_decay: f["weight_decay"].as_f64().unwrap() as f32,
-            });
+            let mut opt = AdamW::new(AdamWConfig::adamw(
+                f["betas"][0].as_f64().unwrap() as f32,
+                f["betas"][1].as_f64().unwrap() as f32,
+                f["eps"].as_f64().unwrap() as f32,
+                f["weight_decay"].as_f64().unwrap() as f32,
+            ));
             for (i, step) in f["steps"].as_array().unwrap().iter().enumerate() {
                 let grads: BTreeMap<String, Array> =
                     names.iter().map(|k| (k.clone(), Array::from_slice(&vec(&step["grads"][k]), &shape(k)))).collect();
@@ -234,5 +352,104 @@ mod tests {
             }
             assert_eq!(opt.steps(), 4);
         }
+    }
+}
+
+#[cfg(test)]
+mod muon_tests {
+    use super::*;
+    use mlx_rs::random;
+
+    fn model_like() -> BTreeMap<String, Array> {
+        let shapes: [(&str, &[i32]); 5] = [
+            ("h.0.attn.c_attn.weight", &[8, 24]),
+            ("h.0.attn.c_attn.bias", &[24]),
+            ("h.0.mlp.c_proj.weight", &[16, 8]),
+            ("wte.weight", &[11, 8]),
+            ("ln_f.weight", &[8]),
+        ];
+        shapes
+            .iter()
+            .enumerate()
+            .map(|(i, (n, s))| {
+                (n.to_string(), random::normal::<f32>(*s, None, None, &random::key(i as u64).unwrap()).unwrap())
+            })
+            .collect()
+    }
+
+    fn grads(params: &BTreeMap<String, Array>, seed: u64) -> Vec<Array> {
+        params
+            .values()
+            .enumerate()
+            .map(|(i, p)| {
+                random::normal::<f32>(p.shape(), None, None, &random::key(seed * 10 + i as u64).unwrap()).unwrap()
+            })
+            .collect()
+    }
+
+    fn with_muon() -> AdamWConfig {
+        AdamWConfig { muon: Some((MuonConfig::default(), 20.0)), ..AdamWConfig::adamw(0.9, 0.95, 1e-8, 0.1) }
+    }
+
+    /// The matrices get Muon's step at 20 × the learning rate, the rest AdamW's, all from
+    /// gradients clipped by one norm over everything.
+    #[test]
+    fn muon_takes_the_matrices_and_adamw_the_rest_clipped_together() {
+        let params = model_like();
+        let g = grads(&params, 1);
+        let norm: f32 =
+            g.iter().map(|g| g.square().unwrap().sum(None).unwrap().item_exact::<f32>()).sum::<f32>().sqrt();
+        let clip = norm / 2.0; // clipping halves every gradient
+        let mut opt = AdamW::new(with_muon());
+        let (got_norm, new) = opt.step(&Kernels::mlx(), &params, std::slice::from_ref(&g), 1.0, clip, 1e-3).unwrap();
+        assert!((got_norm.item_exact::<f32>() - norm).abs() < 1e-4 * norm);
+        let factor = clip / (norm + 1e-6);
+        let clipped: BTreeMap<String, Array> =
+            params.keys().cloned().zip(g.iter().map(|g| g.multiply(Array::from_f32(factor)).unwrap())).collect();
+        let (matrices, rest): (Vec<_>, Vec<_>) = params.keys().partition(|n| crate::muon::takes(n, &params[*n]));
+        let mut muon = Muon::new(MuonConfig::default());
+        let pick = |names: &[&String], from: &BTreeMap<String, Array>| -> BTreeMap<String, Array> {
+            names.iter().map(|n| ((*n).clone(), from[*n].clone())).collect()
+        };
+        let want_m = muon.step(&pick(&matrices, &params), &pick(&matrices, &clipped), 20.0 * 1e-3).unwrap();
+        let mut adam = AdamW::new(AdamWConfig::adamw(0.9, 0.95, 1e-8, 0.1));
+        let rest_g: Vec<Array> = rest.iter().map(|n| clipped[*n].clone()).collect();
+        let (_, want_a) = adam.step(&Kernels::mlx(), &pick(&rest, &params), &[rest_g], 1.0, 0.0, 1e-3).unwrap();
+        assert_eq!(matrices.len(), 2);
+        for (name, want) in want_m.iter().chain(&want_a) {
+            for (a, b) in new[name].as_slice::<f32>().iter().zip(want.as_slice::<f32>()) {
+                assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{name}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// Saved with both states, loaded, the next step is the same to the bit; the file
+    /// loaded without Muon configured says what to do.
+    #[test]
+    fn both_states_save_and_resume_to_the_bit() {
+        let mut params = model_like();
+        let mut a = AdamW::new(with_muon());
+        let run = |opt: &mut AdamW, params: &BTreeMap<String, Array>, seed: u64| {
+            let (_, p) = opt.step(&Kernels::mlx(), params, &[grads(params, seed)], 1.0, 1.0, 1e-3).unwrap();
+            mlx_rs::transforms::eval(p.values().chain(opt.arrays())).unwrap();
+            p
+        };
+        for seed in 0..2 {
+            params = run(&mut a, &params, seed);
+        }
+        let dir = std::env::temp_dir().join(format!("mlx-gpt-adamw-muon-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("optimizer.safetensors");
+        a.save(&path).unwrap();
+        let shapes: BTreeMap<String, Vec<i32>> = params.iter().map(|(k, p)| (k.clone(), p.shape().to_vec())).collect();
+        let mut b = AdamW::load(&path, with_muon(), &shapes).unwrap();
+        assert_eq!(b.steps(), 2);
+        let (pa, pb) = (run(&mut a, &params, 5), run(&mut b, &params, 5));
+        for name in shapes.keys() {
+            assert_eq!(pa[name].as_slice::<f32>(), pb[name].as_slice::<f32>(), "{name}");
+        }
+        let e = AdamW::load(&path, AdamWConfig::adamw(0.9, 0.95, 1e-8, 0.1), &shapes).unwrap_err().to_string();
+        assert!(e.contains("muon"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -452,7 +452,7 @@ mod tests {
             "compiled" => cpu,
             _ => cpu.with_gemm_layers(true),
         };
-        let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 });
+        let mut opt = AdamW::new(AdamWConfig::adamw(0.9, 0.99, 1e-8, 0.1));
         let mut compiled = CompiledGrad::new(&m);
         let mut split = StreamSplit::new(&m, 2, None);
         let (mut losses, mut norms) = (vec![], vec![]);
