@@ -273,6 +273,11 @@ impl AdamW {
         };
         let shapes = &shapes;
         match (config.muon, momentum.is_empty()) {
+            (Some(_), true) if step > 0 => {
+                return Err(StateError::Invalid(
+                    "it holds AdamW's state only: resume with optimizer = \"adamw\" (Muon starts a new run)".into(),
+                ))
+            }
             (Some((m, _)), _) => opt.muon = Some(Muon::from_state(m, step, momentum, &muon_shapes)?),
             (None, false) => {
                 return Err(StateError::Invalid(
@@ -450,6 +455,12 @@ mod muon_tests {
         }
         let e = AdamW::load(&path, AdamWConfig::adamw(0.9, 0.95, 1e-8, 0.1), &shapes).unwrap_err().to_string();
         assert!(e.contains("muon"), "{e}");
+        // And the other way round: AdamW's state resumed with Muon.
+        let mut plain = AdamW::new(AdamWConfig::adamw(0.9, 0.95, 1e-8, 0.1));
+        run(&mut plain, &params, 1);
+        plain.save(&path).unwrap();
+        let e = AdamW::load(&path, with_muon(), &shapes).unwrap_err().to_string();
+        assert!(e.contains("AdamW's state only"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
