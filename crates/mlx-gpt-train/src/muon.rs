@@ -28,6 +28,7 @@
 
 use crate::optimizer::StateError;
 use mlx_rs::error::Exception;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -66,21 +67,27 @@ pub fn takes_shape(name: &str, shape: &[i32]) -> bool {
     shape.len() == 2 && name.starts_with("h.")
 }
 
-/// About the orthogonal polar factor of `u` (2-D) by `steps` quintic Newton–Schulz
-/// iterations, in float32.
+/// About the orthogonal polar factor of `u` by `steps` quintic Newton–Schulz iterations,
+/// in float32: of each matrix of `u` (..., rows, cols), so that matrices of one shape go
+/// through the iterations together, a few batched products instead of many small ones.
 pub fn orthogonalize(u: &Array, steps: usize) -> Result<Array, Exception> {
     let (a, b, c) = NEWTON_SCHULZ;
-    let wide = u.shape()[0] <= u.shape()[1];
+    let n = u.ndim();
+    let wide = u.shape()[n - 2] <= u.shape()[n - 1];
     // Wide, so that X·Xᵀ is the smaller of the two Gram matrices.
-    let x = if wide { u.clone() } else { u.t() };
-    let norm = x.square()?.sum(None)?.sqrt()?;
+    let x = if wide { u.clone() } else { u.swap_axes(-2, -1)? };
+    let norm = x.square()?.sum_axes(&[-2, -1], true)?.sqrt()?;
     let mut x = x.divide(norm.add(Array::from_f32(1e-7))?)?;
     for _ in 0..steps {
-        let m = x.matmul(x.t())?;
+        let m = x.matmul(x.swap_axes(-2, -1)?)?;
         let poly = m.multiply(Array::from_f32(b))?.add(m.matmul(&m)?.multiply(Array::from_f32(c))?)?;
         x = x.multiply(Array::from_f32(a))?.add(poly.matmul(&x)?)?;
     }
-    Ok(if wide { x } else { x.t() })
+    if wide {
+        Ok(x)
+    } else {
+        x.swap_axes(-2, -1)
+    }
 }
 
 /// Muon's state: a momentum buffer per matrix, and the step count.
@@ -115,6 +122,7 @@ impl Muon {
         let mu = Array::from_f32(c.momentum);
         let one_minus_mu = Array::from_f32(1.0 - c.momentum);
         let mut out = BTreeMap::new();
+        let mut by_shape: BTreeMap<Vec<i32>, Vec<(String, Array)>> = BTreeMap::new();
         for (name, p) in params {
             let g = grads.get(name).ok_or_else(|| Exception::custom(format!("Muon: no gradient for {name}")))?;
             if p.ndim() != 2 || g.shape() != p.shape() {
@@ -129,11 +137,20 @@ impl Muon {
                 None => g.multiply(&one_minus_mu)?,
             };
             let u = if c.nesterov { g.multiply(&one_minus_mu)?.add(buf.multiply(&mu)?)? } else { buf.clone() };
-            let o = orthogonalize(&u, c.ns_steps)?;
-            let scale = (p.shape()[1] as f32 / p.shape()[0] as f32).max(1.0).sqrt();
-            let decayed = p.multiply(Array::from_f32(1.0 - lr * c.weight_decay))?;
-            out.insert(name.clone(), decayed.subtract(o.multiply(Array::from_f32(lr * scale))?)?);
+            by_shape.entry(p.shape().to_vec()).or_default().push((name.clone(), u));
             self.buf.insert(name.clone(), buf);
+        }
+        // The matrices of each shape (one per layer) orthogonalised together.
+        for (shape, group) in by_shape {
+            let stacked = mlx_rs::ops::stack(&group.iter().map(|(_, u)| u.clone()).collect::<Vec<_>>(), 0)?;
+            let o = orthogonalize(&stacked, c.ns_steps)?;
+            let scale = (shape[1] as f32 / shape[0] as f32).max(1.0).sqrt();
+            for (i, (name, _)) in group.iter().enumerate() {
+                let p = &params[name];
+                let decayed = p.multiply(Array::from_f32(1.0 - lr * c.weight_decay))?;
+                let step = o.index(i as i32).multiply(Array::from_f32(lr * scale))?;
+                out.insert(name.clone(), decayed.subtract(step)?);
+            }
         }
         self.step += 1;
         Ok(out)
@@ -278,6 +295,20 @@ mod tests {
         let e = Muon::load(&path, config(&f), &other).unwrap_err().to_string();
         assert!(e.contains("momentum.h.0.attn.c_attn.weight"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Matrices orthogonalised together give what each gives alone.
+    #[test]
+    fn batched_newton_schulz_equals_one_at_a_time() {
+        for shape in [[3, 8, 24], [2, 16, 4]] {
+            let u = mlx_rs::random::normal::<f32>(&shape, None, None, &mlx_rs::random::key(7).unwrap()).unwrap();
+            let together = orthogonalize(&u, 5).unwrap();
+            for i in 0..shape[0] {
+                let alone = orthogonalize(&u.index(i), 5).unwrap();
+                let flat = |a: &Array| a.reshape(&[-1]).unwrap();
+                close(flat(&together.index(i)).as_slice::<f32>(), flat(&alone).as_slice::<f32>(), 1e-6, "batched");
+            }
+        }
     }
 
     #[test]
