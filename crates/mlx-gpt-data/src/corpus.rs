@@ -43,23 +43,32 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The files of folder `dir` whose extension is one of `extensions`, sorted by name; none
+/// is an error naming the folder and the extensions (also `datasets`' `.txt` folders).
+pub(crate) fn folder_files(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(DataError::io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| extensions.iter().any(|e| x == *e)))
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        let names: Vec<String> = extensions.iter().map(|e| format!(".{e}")).collect();
+        let names = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        return Err(DataError::Invalid { path: dir.into(), what: format!("holds no {names} file") });
+    }
+    Ok(out)
+}
+
 /// The corpus files at one path (see [`files`]).
 fn files_at(path: &Path) -> Result<Vec<PathBuf>> {
     let readable = |p: &Path| p.extension().is_some_and(|x| x == "txt" || x == "jsonl" || x == "parquet");
     if path.is_dir() {
-        let mut out: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(DataError::io(path))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && readable(p))
-            .collect();
-        out.sort();
-        if out.is_empty() {
-            return Err(DataError::Invalid {
-                path: path.into(),
-                what: "holds no .txt, .jsonl or .parquet file".into(),
-            });
-        }
-        return Ok(out);
+        return folder_files(path, &["txt", "jsonl", "parquet"]);
     }
     if !path.is_file() {
         return Err(DataError::io(path)(std::io::ErrorKind::NotFound.into()));

@@ -10,7 +10,7 @@ use crate::error::{DataError, Result};
 use crate::token_file::{write_tokens, FileEntry, Meta, TokenDtype, TokenFile, META_FILE};
 use crate::tokenizer::{CharTokenizer, Tokenizer, TokenizerSpec};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use crate::manifest::{thousands, HubParquet, Manifest, PrepareOptions, Prepared, SourceFile, TokenizerKind};
 pub use crate::own_text::{Gpt2Comparison, TokenizerReport, REPORT_FILE};
@@ -96,16 +96,7 @@ fn read_sources(manifest: &Manifest, dir: &Path, opts: &PrepareOptions) -> Resul
     let mut files = Vec::new();
     for from in &opts.from {
         if from.is_dir() {
-            let mut txt: Vec<PathBuf> = std::fs::read_dir(from)
-                .map_err(DataError::io(from))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "txt"))
-                .collect();
-            txt.sort();
-            if txt.is_empty() {
-                return Err(DataError::Invalid { path: from.clone(), what: "holds no .txt file".into() });
-            }
-            files.extend(txt);
+            files.extend(crate::corpus::folder_files(from, &["txt"])?);
         } else {
             // A local copy of a manifest's single source must be that very file.
             if let ([src], [_]) = (&manifest.sources[..], &opts.from[..]) {

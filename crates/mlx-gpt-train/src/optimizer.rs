@@ -124,8 +124,23 @@ impl AdamW {
         lr: f32,
     ) -> Result<NormAndParams, Exception> {
         if self.muon.is_some() {
-            return self.step_with_muon(k, params, parts, scale, grad_clip, lr);
+            self.step_with_muon(k, params, parts, scale, grad_clip, lr)
+        } else {
+            self.step_adamw(k, params, parts, scale, grad_clip, lr)
         }
+    }
+
+    /// [`AdamW::step`] for every parameter of `params`: one kernel (or its plain
+    /// formulation) for the clipping and the update.
+    fn step_adamw(
+        &mut self,
+        k: &Kernels,
+        params: &BTreeMap<String, Array>,
+        parts: &[Vec<Array>],
+        scale: f32,
+        grad_clip: f32,
+        lr: f32,
+    ) -> Result<NormAndParams, Exception> {
         let c = self.config;
         let t = (self.step + 1) as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
@@ -213,28 +228,11 @@ impl AdamW {
             }
         }
         let ratio = self.config.muon.map_or(1.0, |(_, r)| r);
-        let mut muon = self.muon.take().expect("called with Muon");
-        let adam = self.step_adamw_only(k, &adam_p, &[adam_g], lr);
-        let stepped = adam.and_then(|(_, mut out)| {
-            out.extend(muon.step(&muon_p, &muon_g, lr * ratio)?);
-            Ok(out)
-        });
-        self.muon = Some(muon);
-        Ok((norm, stepped?))
-    }
-
-    /// AdamW on `params` alone, from whole gradients, no clipping.
-    fn step_adamw_only(
-        &mut self,
-        k: &Kernels,
-        params: &BTreeMap<String, Array>,
-        parts: &[Vec<Array>],
-        lr: f32,
-    ) -> Result<NormAndParams, Exception> {
-        let muon = self.muon.take();
-        let out = self.step(k, params, parts, 1.0, 0.0, lr);
-        self.muon = muon;
-        out
+        // AdamW on the rest from the clipped gradients whole: no clipping inside.
+        let (_, mut out) = self.step_adamw(k, &adam_p, &[adam_g], 1.0, 0.0, lr)?;
+        let muon = self.muon.as_mut().expect("called with Muon");
+        out.extend(muon.step(&muon_p, &muon_g, lr * ratio)?);
+        Ok((norm, out))
     }
 
     /// All state arrays, for evaluation.
