@@ -278,6 +278,19 @@ fn resume_after_sigkill_continues_exactly() {
     assert_eq!(eval_losses(&a).len(), 5);
 }
 
+/// Trains `cfg` to iteration 20 in `a`, and to 10 then resumed to 20 in `b`: the loss falls
+/// and both runs log the same, byte for byte.
+fn learns_and_resumes_exactly(data: &Path, a: &Path, b: &Path, cfg: &[&str]) {
+    let to = |n: &'static str| [cfg, &["--max_iters", n]].concat();
+    let whole = ok(&mlx_gpt(&tiny(data, a, &to("20"))));
+    assert!(whole.contains("final: iter 20"), "{whole}");
+    ok(&mlx_gpt(&tiny(data, b, &to("10"))));
+    ok(&mlx_gpt(&tiny(data, b, &[&to("20")[..], &["--init_from", "resume"]].concat())));
+    assert_eq!(metrics_without_timing(b), metrics_without_timing(a));
+    let losses = train_losses(a);
+    assert!(losses[losses.len() - 1].1 < losses[0].1 - 0.5, "{losses:?}");
+}
+
 /// `--optimizer muon`: Muon for the blocks' matrices, AdamW for the rest; it learns, and a
 /// run stopped at a checkpoint and resumed logs exactly what an uninterrupted one does.
 #[test]
@@ -297,18 +310,61 @@ fn muon_trains_and_resumes_exactly() {
         "--eval_interval",
         "10",
     ];
-    let to = |n: &'static str| [&cfg[..], &["--max_iters", n]].concat();
-    let whole = ok(&mlx_gpt(&tiny(&data, &a, &to("20"))));
-    assert!(whole.contains("final: iter 20"), "{whole}");
-    ok(&mlx_gpt(&tiny(&data, &b, &to("10"))));
-    ok(&mlx_gpt(&tiny(&data, &b, &[&to("20")[..], &["--init_from", "resume"]].concat())));
-    assert_eq!(metrics_without_timing(&b), metrics_without_timing(&a));
-    let losses = train_losses(&a);
-    assert!(losses[losses.len() - 1].1 < losses[0].1 - 0.5, "{losses:?}");
+    learns_and_resumes_exactly(&data, &a, &b, &cfg);
     // Resumed without Muon, the checkpoint's optimizer state is refused, saying why.
     let adamw = mlx_gpt(&tiny(&data, &b, &["--max_iters", "30", "--init_from", "resume"]));
     let text = String::from_utf8_lossy(&adamw.stderr).to_string() + &String::from_utf8_lossy(&adamw.stdout);
     assert!(!adamw.status.success() && text.contains("muon"), "{text}");
+}
+
+/// `--arch modern` (with grouped-query attention, Muon and the embedding and head at their
+/// own learning rates): it learns, resumes exactly, samples from its checkpoint with the
+/// KV cache, exports for mlx-lm, and resuming it as a GPT-2 is refused, naming `arch`.
+#[test]
+fn modern_trains_resumes_exactly_samples_and_exports() {
+    let Some(data) = data_dir() else { return };
+    let run = common::Scratch::new("modern");
+    let (a, b) = (run.path().join("a"), run.path().join("b"));
+    let cfg = [
+        "--arch",
+        "modern",
+        "--n_kv_head",
+        "1",
+        "--optimizer",
+        "muon",
+        "--embedding_lr",
+        "0.3",
+        "--head_lr",
+        "0.01",
+        "--warmup_iters",
+        "5",
+        "--lr_decay_iters",
+        "20",
+        "--eval_interval",
+        "10",
+    ];
+    learns_and_resumes_exactly(&data, &a, &b, &cfg);
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(mlx_gpt_train::checkpoint::latest(&a).unwrap().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((config["model_type"].as_str(), config["n_kv_head"].as_u64()), (Some("mlx_gpt_modern"), Some(1)));
+
+    let a_arg = a.to_string_lossy().to_string();
+    let sample = ok(&mlx_gpt(
+        &["sample", "--out-dir", &a_arg, "--num-samples", "1", "--max-new-tokens", "40", "--start", "ROMEO:"]
+            .map(String::from),
+    ));
+    assert!(sample.contains("ROMEO:") && sample.len() > 40, "{sample}");
+    let exported = run.path().join("mlx-lm");
+    ok(&mlx_gpt(&["export", "--out-dir", &a_arg, "--to", &exported.to_string_lossy()].map(String::from)));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["model_type"].as_str(), config["num_key_value_heads"].as_u64()), (Some("nanochat"), Some(1)));
+
+    let gpt2 = mlx_gpt(&tiny(&data, &b, &["--max_iters", "30", "--init_from", "resume", "--optimizer", "muon"]));
+    let text = String::from_utf8_lossy(&gpt2.stderr).to_string() + &String::from_utf8_lossy(&gpt2.stdout);
+    assert!(!gpt2.status.success() && text.contains("arch: checkpoint Modern, config Gpt2"), "{text}");
 }
 
 #[test]

@@ -30,6 +30,8 @@ fn compile_kernels() {
         "csrc/entry.cpp",
         "csrc/decode_product.cpp",
         "csrc/gelu.cpp",
+        "csrc/rotary_qkv.cpp",
+        "csrc/rms_norm.cpp",
         "csrc/layer_norm.cpp",
         "csrc/decode_attention.cpp",
         "csrc/decode_block.cpp",

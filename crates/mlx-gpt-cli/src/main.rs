@@ -2,6 +2,7 @@
 //! subscriber and runs one subcommand; each subcommand lives in its own file.
 
 mod bench;
+mod export;
 mod info;
 mod launch;
 mod overrides;
@@ -47,6 +48,8 @@ enum Command {
     Sample(sample::Args),
     /// Train and val loss of a checkpoint or of GPT-2: mlx-gpt eval [CONFIG] [--key value]...
     Eval(train::Args),
+    /// Write a trained model in another program's layout (mlx-lm's nanochat).
+    Export(export::Args),
     /// Start N local processes that train together (MLX distributed, ring backend).
     Launch(launch::Args),
     /// Benchmarks that print figures (no pass/fail).
@@ -125,6 +128,7 @@ fn run(cli: Cli, jit: Option<mlx_gpt_runtime::jit::JitSetup>) -> anyhow::Result<
         Command::Train(args) => train::run_cmd(args, false),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => train::run_cmd(args, true),
+        Command::Export(args) => export::run(args),
         Command::Launch(args) => launch::run(args),
         Command::Bench(args) => bench::run(args, jit),
     }

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[derive(clap::Args)]
-#[command(after_help = "CONFIG is a preset (train_shakespeare_char, baby_shakespeare_char, train_gpt2, \
+#[command(after_help = "CONFIG is a preset (train_shakespeare_char, baby_shakespeare_char, modern_shakespeare_char, \
+baby_modern_shakespeare_char, train_gpt2, \
 finetune_shakespeare, eval_gpt2, eval_gpt2_medium, eval_gpt2_large, eval_gpt2_xl) or a TOML file; \
 --key value pairs override it, e.g. `mlx-gpt train baby_shakespeare_char --max_iters 500`. \
 Ctrl-C finishes the current step, saves a checkpoint and exits; continue with --init_from resume.")]

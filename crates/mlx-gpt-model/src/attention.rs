@@ -1,8 +1,15 @@
 //! `CausalSelfAttention`: multi-head attention where position t only sees positions ≤ t.
 //!
-//! Shapes: B batch, T new positions, C = n_embd, nh heads, hs = C / nh head size.
+//! Shapes: B batch, T new positions, C = n_embd, nh heads, hs = C / nh head size, nkv
+//! key/value heads (the modern GPT's grouped-query attention; nh otherwise).
+//!
+//! The modern GPT changes only what enters the attention: its queries and keys are
+//! normalised per head (QK-norm) and turned by their positions (rotary), and with
+//! grouped-query attention each key/value head is repeated for the query heads it serves.
+//! After that, q, k and v lie side by side (B, T, 3C) as GPT-2's c_attn produces them, and
+//! the same attention runs — whole sequences, the KV cache, and their kernels.
 
-use crate::config::GptConfig;
+use crate::config::{Arch, GptConfig};
 use crate::dropout::Dropout;
 use crate::kv_cache::LayerKv;
 use crate::linear::Linear;
@@ -14,7 +21,8 @@ use mlx_rs::Array;
 /// nanoGPT's `CausalSelfAttention`, with GPT-2's parameter names.
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct CausalSelfAttention {
-    /// Fused projection to q, k, v: (C, 3C)
+    /// Fused projection to q, k, v: (C, 3C); with grouped-query attention
+    /// (C, (nh + 2·nkv)·hs).
     #[param]
     pub c_attn: Linear,
     /// Output projection: (C, C)
@@ -26,17 +34,25 @@ pub struct CausalSelfAttention {
     pub resid_dropout: Dropout,
     /// Number of heads.
     pub n_head: usize,
+    /// Number of key/value heads (a divisor of `n_head`).
+    pub n_kv_head: usize,
+    /// The modern GPT's QK-norm: RMSNorm's ε for each head's queries and keys; none in
+    /// GPT-2.
+    pub qk_norm: Option<f32>,
 }
 
 impl CausalSelfAttention {
     /// Zero-initialised layer (see `Gpt::new` for the initialisation).
     pub fn new(c: &GptConfig) -> Result<Self, Exception> {
+        let kv_width = c.kv_heads() * c.head_size();
         Ok(CausalSelfAttention {
-            c_attn: Linear::new(c.n_embd, 3 * c.n_embd, c.bias)?,
+            c_attn: Linear::new(c.n_embd, c.n_embd + 2 * kv_width, c.bias)?,
             c_proj: Linear::new(c.n_embd, c.n_embd, c.bias)?,
             attn_dropout: Dropout::new(c.dropout),
             resid_dropout: Dropout::new(c.dropout),
             n_head: c.n_head,
+            n_kv_head: c.kv_heads(),
+            qk_norm: (c.arch == Arch::Modern).then_some(c.layer_norm_epsilon),
         })
     }
 
@@ -47,12 +63,27 @@ impl CausalSelfAttention {
     }
 
     /// x (B, T, C) → (B, T, C). With `kv`, the new keys and values are appended to it and
-    /// the queries attend to every position it then holds.
-    pub fn forward(&mut self, k: &Kernels, x: &Array, kv: Option<&mut LayerKv>) -> Result<Array, Exception> {
+    /// the queries attend to every position it then holds. `rope`: the rotary tables of
+    /// the T positions (the modern GPT; see [`mlx_gpt_ops::rotary_tables`]).
+    pub fn forward(
+        &mut self,
+        k: &Kernels,
+        x: &Array,
+        kv: Option<&mut LayerKv>,
+        rope: Option<&(Array, Array)>,
+    ) -> Result<Array, Exception> {
         let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let nh = self.n_head as i32;
         let scale = 1.0 / ((c / nh) as f32).sqrt();
         let qkv = self.c_attn.forward(k, x)?; // (B, T, 3C): q, k, v side by side
+        let qkv = match (self.qk_norm, rope) {
+            (Some(eps), Some((cos, sin))) => {
+                mlx_gpt_ops::rotary_qkv(k, &qkv, cos, sin, nh, self.n_kv_head as i32, eps)?
+                // (B, T, 3C)
+            }
+            (None, None) => qkv,
+            _ => return Err(Exception::custom("rotary tables are for the modern GPT's attention alone")),
+        };
         let y = match kv {
             // Whole sequences: training, evaluation, a prompt's first pass.
             Some(kv) if !kv.is_empty() => {
@@ -95,13 +126,13 @@ mod tests {
         let x = w(&[2, 9, 16], 3);
         let key = random::key(4).unwrap();
         let run = |attn: &mut CausalSelfAttention, k: Kernels| {
-            crate::dropout::with_key(&key, || attn.forward(&k, &x, None)).unwrap()
+            crate::dropout::with_key(&key, || attn.forward(&k, &x, None, None)).unwrap()
         };
         let with = run(&mut attn, Kernels::cpu().unwrap_or_default());
         let without = run(&mut attn, Kernels::mlx());
         let nothing_dropped = {
             attn.set_training(false);
-            attn.forward(&Kernels::mlx(), &x, None).unwrap()
+            attn.forward(&Kernels::mlx(), &x, None, None).unwrap()
         };
         let (a, b, c) = (with.as_slice::<f32>(), without.as_slice::<f32>(), nothing_dropped.as_slice::<f32>());
         for (p, q) in a.iter().zip(b) {

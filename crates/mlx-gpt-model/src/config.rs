@@ -14,6 +14,57 @@ pub enum Activation {
     Gelu,
     /// The tanh approximation OpenAI's GPT-2 was trained with (`gelu_new` in Hugging Face).
     GeluNew,
+    /// `relu(x)²`, the modern GPT's (Primer; modded-nanogpt and nanochat use it).
+    ReluSquared,
+}
+
+impl Activation {
+    /// The name Hugging Face's `activation_function` uses.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Activation::Gelu => "gelu",
+            Activation::GeluNew => "gelu_new",
+            Activation::ReluSquared => "relu2",
+        }
+    }
+}
+
+/// `model_type` in the config.json of a modern GPT.
+pub const MODERN_MODEL_TYPE: &str = "mlx_gpt_modern";
+
+/// Which GPT: OpenAI's GPT-2 as nanoGPT writes it, or the modern one of nanochat and
+/// modded-nanogpt (docs/model.md compares them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// Learned position embedding, LayerNorm with gain and bias, tied head.
+    #[default]
+    Gpt2,
+    /// Rotary positions, parameter-free RMSNorm (also right after the token embedding),
+    /// QK-norm, an untied head with logit soft-capping, zero-initialised output
+    /// projections, optional grouped-query attention.
+    Modern,
+}
+
+impl Arch {
+    /// The configuration name: `gpt2` or `modern`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Gpt2 => "gpt2",
+            Arch::Modern => "modern",
+        }
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gpt2" => Ok(Arch::Gpt2),
+            "modern" => Ok(Arch::Modern),
+            other => Err(format!("arch must be gpt2 or modern, got {other:?}")),
+        }
+    }
 }
 
 /// The shape of a GPT. Field names are nanoGPT's.
@@ -37,13 +88,34 @@ pub struct GptConfig {
     /// MLP nonlinearity.
     #[serde(default)]
     pub activation: Activation,
-    /// LayerNorm's ε (1e-5 in nanoGPT and GPT-2).
+    /// LayerNorm's ε (1e-5 in nanoGPT and GPT-2); the modern GPT's RMSNorm ε.
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f32,
+    /// Which GPT.
+    #[serde(default)]
+    pub arch: Arch,
+    /// Key/value heads (modern only): `n_head` for ordinary attention, a divisor of it for
+    /// grouped-query attention (each key/value head serves `n_head / n_kv_head` query
+    /// heads). `None`: `n_head`.
+    #[serde(default)]
+    pub n_kv_head: Option<usize>,
+    /// Rotary embedding base θ (modern only): position t turns feature pair i by
+    /// t·θ^(−2i/hs).
+    #[serde(default = "default_rope_base")]
+    pub rope_base: f32,
+    /// Logit soft-cap (modern only): logits become `cap·tanh(logits/cap)`; 0 turns it off.
+    #[serde(default = "default_softcap")]
+    pub logit_softcap: f32,
 }
 
 fn default_eps() -> f32 {
     1e-5
+}
+fn default_rope_base() -> f32 {
+    10_000.0
+}
+fn default_softcap() -> f32 {
+    15.0
 }
 
 /// Why a configuration or a `config.json` was refused.
@@ -67,6 +139,9 @@ pub enum ConfigError {
     /// NaN of any input whose variance is below it).
     #[error("layer_norm_epsilon must be a finite number > 0, got {0}")]
     LayerNormEpsilon(f32),
+    /// A setting the chosen architecture does not have, or out of range.
+    #[error("{0}")]
+    Arch(String),
     /// An unknown preset name.
     #[error("unknown model preset '{0}' (known: gpt2, gpt2-medium, gpt2-large, gpt2-xl)")]
     UnknownPreset(String),
@@ -133,7 +208,38 @@ impl GptConfig {
         if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
             return Err(ConfigError::LayerNormEpsilon(self.layer_norm_epsilon));
         }
+        let bad = |m: String| Err(ConfigError::Arch(m));
+        match self.arch {
+            Arch::Gpt2 => {
+                if self.n_kv_head.is_some_and(|n| n != self.n_head) {
+                    return bad("n_kv_head (grouped-query attention) needs arch = \"modern\"".into());
+                }
+            }
+            Arch::Modern => {
+                let kv = self.kv_heads();
+                if kv == 0 || !self.n_head.is_multiple_of(kv) {
+                    return bad(format!("n_kv_head ({kv}) must divide n_head ({})", self.n_head));
+                }
+                if !self.head_size().is_multiple_of(2) {
+                    return bad(format!(
+                        "the rotary embedding turns feature pairs: the head size n_embd / n_head ({}) must be even",
+                        self.head_size()
+                    ));
+                }
+                if !(self.rope_base > 1.0 && self.rope_base.is_finite()) {
+                    return bad(format!("rope_base must be a finite number > 1, got {}", self.rope_base));
+                }
+                if !(self.logit_softcap >= 0.0 && self.logit_softcap.is_finite()) {
+                    return bad(format!("logit_softcap must be ≥ 0 (0: off), got {}", self.logit_softcap));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Key/value heads: `n_kv_head`, or `n_head` when not set.
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_head.unwrap_or(self.n_head)
     }
 
     /// Size of one attention head (`hs` = C / nh).
@@ -152,6 +258,10 @@ impl GptConfig {
             bias: true, // OpenAI's checkpoints have biases everywhere
             activation: Activation::GeluNew,
             layer_norm_epsilon: 1e-5,
+            arch: Arch::Gpt2,
+            n_kv_head: None,
+            rope_base: default_rope_base(),
+            logit_softcap: default_softcap(),
         }
     }
 
@@ -196,6 +306,10 @@ impl GptConfig {
             bias: false,
             activation: Activation::Gelu,
             layer_norm_epsilon: 1e-5,
+            arch: Arch::Gpt2,
+            n_kv_head: None,
+            rope_base: default_rope_base(),
+            logit_softcap: default_softcap(),
         }
     }
 
@@ -209,6 +323,20 @@ impl GptConfig {
             n_embd: 128,
             dropout: 0.0,
             ..Self::shakespeare_char(vocab_size)
+        }
+    }
+
+    /// The modern GPT of the same shape as `self`: rotary positions, parameter-free
+    /// RMSNorm, QK-norm, ReLU², no biases, an untied head soft-capped at 15.
+    pub fn modern(self) -> Self {
+        GptConfig {
+            arch: Arch::Modern,
+            bias: false,
+            activation: Activation::ReluSquared,
+            n_kv_head: None,
+            rope_base: default_rope_base(),
+            logit_softcap: default_softcap(),
+            ..self
         }
     }
 
@@ -235,11 +363,17 @@ impl GptConfig {
             value: value.to_string(),
             why,
         };
-        if let Some(t) = v.get("model_type") {
-            if t != "gpt2" {
-                return Err(unsupported("model_type", t, "only GPT-2 checkpoints are supported"));
+        let arch = match v.get("model_type").and_then(Value::as_str) {
+            None | Some("gpt2") => Arch::Gpt2,
+            Some(MODERN_MODEL_TYPE) => Arch::Modern,
+            Some(_) => {
+                return Err(unsupported(
+                    "model_type",
+                    &v["model_type"],
+                    "supported: gpt2 (Hugging Face GPT-2) and mlx_gpt_modern (mlx-gpt's modern GPT)",
+                ))
             }
-        }
+        };
         // n_positions is the current name; very old configs only have n_ctx.
         let block_size = uint("n_positions").or_else(|_| uint("n_ctx"))?;
         let n_embd = uint("n_embd")?;
@@ -251,13 +385,20 @@ impl GptConfig {
         let activation = match v.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new") {
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluNew,
             "gelu" => Activation::Gelu,
-            _ => return Err(unsupported("activation_function", &v["activation_function"], "use gelu or gelu_new")),
+            "relu2" => Activation::ReluSquared,
+            _ => {
+                return Err(unsupported(
+                    "activation_function",
+                    &v["activation_function"],
+                    "use gelu, gelu_new or relu2",
+                ))
+            }
         };
         for (key, ok) in [
             ("scale_attn_weights", true),
             ("scale_attn_by_inverse_layer_idx", false),
             ("reorder_and_upcast_attn", false),
-            ("tie_word_embeddings", true),
+            ("tie_word_embeddings", arch == Arch::Gpt2),
         ] {
             if let Some(x) = v.get(key) {
                 if x.as_bool() != Some(ok) {
@@ -283,13 +424,58 @@ impl GptConfig {
             bias: v.get("bias").and_then(Value::as_bool).unwrap_or(true),
             activation,
             layer_norm_epsilon: eps,
+            arch,
+            n_kv_head: None,
+            rope_base: default_rope_base(),
+            logit_softcap: default_softcap(),
+        };
+        let config = match arch {
+            Arch::Gpt2 => config,
+            Arch::Modern => {
+                let float = |key: &'static str| -> Result<f32, ConfigError> {
+                    v.get(key).and_then(Value::as_f64).map(|x| x as f32).ok_or(ConfigError::Field {
+                        path: path.into(),
+                        key,
+                        expected: "a number",
+                    })
+                };
+                GptConfig {
+                    // `None` stands for n_head, as in configurations written by hand.
+                    n_kv_head: Some(uint("n_kv_head")?).filter(|&kv| kv != config.n_head),
+                    rope_base: float("rope_theta")?,
+                    logit_softcap: float("logit_softcap")?,
+                    ..config
+                }
+            }
         };
         config.validate()?;
         Ok(config)
     }
 
-    /// This configuration as a Hugging Face GPT-2 `config.json` value.
+    /// This configuration as a `config.json` value: Hugging Face GPT-2's layout, with
+    /// `model_type` `mlx_gpt_modern` and the modern GPT's keys for that architecture.
     pub fn to_hf_json(&self) -> Value {
+        if self.arch == Arch::Modern {
+            return json!({
+                "architectures": ["MlxGptModern"],
+                "model_type": MODERN_MODEL_TYPE,
+                "vocab_size": self.vocab_size,
+                "n_positions": self.block_size,
+                "n_embd": self.n_embd,
+                "n_layer": self.n_layer,
+                "n_head": self.n_head,
+                "n_kv_head": self.kv_heads(),
+                "rope_theta": self.rope_base,
+                "logit_softcap": self.logit_softcap,
+                "activation_function": self.activation.hf_name(),
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "resid_pdrop": self.dropout,
+                "embd_pdrop": self.dropout,
+                "attn_pdrop": self.dropout,
+                "tie_word_embeddings": false,
+                "bias": self.bias,
+            });
+        }
         json!({
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
@@ -300,7 +486,7 @@ impl GptConfig {
             "n_layer": self.n_layer,
             "n_head": self.n_head,
             "n_inner": null,
-            "activation_function": match self.activation { Activation::Gelu => "gelu", Activation::GeluNew => "gelu_new" },
+            "activation_function": self.activation.hf_name(),
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "resid_pdrop": self.dropout,
             "embd_pdrop": self.dropout,
@@ -336,6 +522,24 @@ mod tests {
         GptConfig::baby(65).validate().unwrap();
     }
     use proptest::prelude::*;
+
+    #[test]
+    fn each_architecture_refuses_what_it_cannot_build() {
+        let gqa = GptConfig { n_kv_head: Some(2), ..GptConfig::baby(65) };
+        assert!(gqa.validate().unwrap_err().to_string().contains("needs arch = \"modern\""));
+        let m = GptConfig { n_kv_head: Some(3), ..GptConfig::baby(65).modern() };
+        assert_eq!(m.validate().unwrap_err().to_string(), "n_kv_head (3) must divide n_head (4)");
+        let m = GptConfig { n_embd: 4 * 3, ..GptConfig::baby(65).modern() };
+        assert!(m.validate().unwrap_err().to_string().contains("head size n_embd / n_head (3) must be even"));
+        let m = GptConfig { logit_softcap: -1.0, ..GptConfig::baby(65).modern() };
+        assert!(m.validate().unwrap_err().to_string().contains("logit_softcap"));
+        let mut v = GptConfig::baby(65).modern().to_hf_json();
+        v.as_object_mut().unwrap().remove("rope_theta");
+        assert!(GptConfig::from_hf_json(&v, Path::new("c.json")).unwrap_err().to_string().contains("'rope_theta'"));
+        let mut v = GptConfig::baby(65).to_hf_json();
+        v["model_type"] = json!("llama");
+        assert!(GptConfig::from_hf_json(&v, Path::new("c.json")).unwrap_err().to_string().contains("mlx_gpt_modern"));
+    }
 
     #[test]
     fn presets_are_gpt2_sizes() {
@@ -392,8 +596,23 @@ mod tests {
                                block in 1usize..2048, bias: bool, tanh: bool, drop in 0.0f32..0.9) {
             let c = GptConfig { block_size: block, vocab_size: vocab, n_layer, n_head, n_embd: n_head * hs,
                 dropout: drop, bias, activation: if tanh { Activation::GeluNew } else { Activation::Gelu },
-                layer_norm_epsilon: 1e-5 };
+                ..GptConfig::baby(vocab) };
             let back = GptConfig::from_hf_json(&c.to_hf_json(), Path::new("x")).unwrap();
+            prop_assert_eq!(back, c);
+        }
+
+        #[test]
+        fn modern_config_json_round_trips(n_layer in 1usize..8, kv in 1usize..4, groups in 1usize..4,
+                                          half_hs in 1usize..8, vocab in 1usize..60000, block in 1usize..2048,
+                                          base in 2.0f32..1e6, cap in 0.0f32..50.0, relu2: bool) {
+            let n_head = kv * groups;
+            let c = GptConfig { block_size: block, vocab_size: vocab, n_layer, n_head, n_embd: n_head * 2 * half_hs,
+                ..GptConfig::baby(vocab) }.modern();
+            let c = GptConfig { n_kv_head: (kv != n_head).then_some(kv), rope_base: base, logit_softcap: cap,
+                activation: if relu2 { Activation::ReluSquared } else { Activation::Gelu }, ..c };
+            let json = c.to_hf_json();
+            prop_assert_eq!(&json["model_type"], MODERN_MODEL_TYPE);
+            let back = GptConfig::from_hf_json(&json, Path::new("x")).unwrap();
             prop_assert_eq!(back, c);
         }
     }

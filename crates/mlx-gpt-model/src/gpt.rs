@@ -1,10 +1,12 @@
 //! `Gpt`: token and position embeddings, `n_layer` blocks, a final LayerNorm, and an output
-//! head tied to the token embedding.
+//! head tied to the token embedding — or, with `arch = "modern"`, a token embedding
+//! normalised by RMSNorm, rotary positions inside attention, a final RMSNorm and an
+//! untied, soft-capped head (docs/model.md, "The modern GPT").
 //!
 //! Shape legend: B batch, T time (positions), C n_embd, V vocab_size.
 
 use crate::block::Block;
-use crate::config::GptConfig;
+use crate::config::{Arch, GptConfig};
 use crate::dropout::Dropout;
 use crate::kv_cache::LayerKv;
 use crate::layer_norm::LayerNorm;
@@ -18,23 +20,28 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{nn, ops, random, Array, Dtype};
 
 /// nanoGPT's `GPT`. Parameter names are Hugging Face GPT-2's without the `transformer.`
-/// prefix (`wte.weight`, `h.0.attn.c_attn.weight`, ..., `ln_f.bias`).
+/// prefix (`wte.weight`, `h.0.attn.c_attn.weight`, ..., `ln_f.bias`); the modern GPT's are
+/// the same where it has the layer, and `lm_head.weight` for its head.
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct Gpt {
-    /// Token embedding (V, C); also the output head (tied).
+    /// Token embedding (V, C); also the output head (tied) in GPT-2.
     #[param]
     pub wte: nn::Embedding,
-    /// Position embedding (block_size, C).
+    /// Position embedding (block_size, C); none in the modern GPT (rotary positions).
     #[param]
-    pub wpe: nn::Embedding,
+    pub wpe: Option<nn::Embedding>,
     /// Dropout on the summed embeddings.
     pub drop: Dropout,
     /// The transformer blocks.
     #[param]
     pub h: Vec<Block>,
-    /// Final LayerNorm.
+    /// Final LayerNorm; none in the modern GPT (RMSNorm without parameters).
     #[param]
-    pub ln_f: LayerNorm,
+    pub ln_f: Option<LayerNorm>,
+    /// The modern GPT's own output head (V, C), as `nn.Linear` stores it; none in GPT-2,
+    /// whose head is `wte`.
+    #[param]
+    pub lm_head: Option<LmHead>,
     /// The shape this model was built with.
     pub config: GptConfig,
     /// Which formulation of each operation its forward pass runs (default: plain MLX ops;
@@ -42,14 +49,24 @@ pub struct Gpt {
     pub kernels: Kernels,
 }
 
+/// An untied output head: logits = x·Wᵀ with W (V, C).
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct LmHead {
+    /// (V, C)
+    #[param]
+    pub weight: Param<Array>,
+}
+
 fn embedding(rows: usize, c: usize) -> Result<nn::Embedding, Exception> {
     Ok(nn::Embedding { weight: Param::new(ops::zeros::<f32>(&[rows as i32, c as i32])?) })
 }
 
 impl Gpt {
-    /// A model initialised as nanoGPT does, reproducibly from `seed`: every weight
-    /// N(0, 0.02), each residual projection (`c_proj.weight`) N(0, 0.02/√(2·n_layer)),
-    /// biases 0, LayerNorm gains 1. Parameters are float32.
+    /// A model initialised reproducibly from `seed`, float32. GPT-2 as nanoGPT does: every
+    /// weight N(0, 0.02), each residual projection (`c_proj.weight`) N(0, 0.02/√(2·n_layer)),
+    /// biases 0, LayerNorm gains 1. The modern GPT as nanochat does: `wte` N(0, 1) (RMSNorm
+    /// follows, so only its direction matters), the head N(0, 0.001), `c_attn` and `c_fc`
+    /// uniform with standard deviation 1/√C, output projections zero, biases 0.
     pub fn new(config: GptConfig, seed: u64) -> Result<Gpt, ModelError> {
         let mut model = Gpt::zeros(config)?;
         model.init_weights(seed)?;
@@ -74,12 +91,18 @@ impl Gpt {
     pub fn zeros(config: GptConfig) -> Result<Gpt, ModelError> {
         config.validate()?;
         let c = &config;
+        let gpt2 = c.arch == Arch::Gpt2;
         let model = Gpt {
             wte: embedding(c.vocab_size, c.n_embd)?,
-            wpe: embedding(c.block_size, c.n_embd)?,
+            wpe: gpt2.then(|| embedding(c.block_size, c.n_embd)).transpose()?,
             drop: Dropout::new(c.dropout),
             h: (0..c.n_layer).map(|_| Block::new(c)).collect::<Result<_, _>>()?,
-            ln_f: LayerNorm::new(c.n_embd, c.bias, c.layer_norm_epsilon)?,
+            ln_f: gpt2.then(|| LayerNorm::new(c.n_embd, c.bias, c.layer_norm_epsilon)).transpose()?,
+            lm_head: (!gpt2)
+                .then(|| -> Result<_, Exception> {
+                    Ok(LmHead { weight: Param::new(ops::zeros::<f32>(&[c.vocab_size as i32, c.n_embd as i32])?) })
+                })
+                .transpose()?,
             config,
             kernels: Kernels::default(),
         };
@@ -88,6 +111,7 @@ impl Gpt {
 
     fn init_weights(&mut self, seed: u64) -> Result<(), Exception> {
         let proj_std = 0.02 / (2.0 * self.config.n_layer as f32).sqrt();
+        let (arch, n_embd) = (self.config.arch, self.config.n_embd);
         let mut params = self.parameters_mut().flatten();
         let mut names: Vec<_> = params.keys().cloned().collect();
         names.sort(); // a fixed order, so the same seed gives the same weights
@@ -106,13 +130,23 @@ impl Gpt {
             } else {
                 let (next, sub) = random::split(&key, 2)?;
                 key = next;
-                let std = if name.ends_with("c_proj.weight") { proj_std } else { 0.02 };
-                random::normal::<f32>(&shape[..], None, std, &sub)?
+                match arch {
+                    Arch::Gpt2 => {
+                        let std = if name.ends_with("c_proj.weight") { proj_std } else { 0.02 };
+                        random::normal::<f32>(&shape[..], None, std, &sub)?
+                    }
+                    Arch::Modern => modern_init(&name, &shape, n_embd, &sub)?,
+                }
             };
         }
         drop(params);
         mlx_rs::transforms::eval_params(self.parameters())?;
         Ok(())
+    }
+
+    /// Whether the output head is `wte` (GPT-2) rather than a matrix of its own.
+    pub fn tied_head(&self) -> bool {
+        self.lm_head.is_none()
     }
 
     /// Dropout on (training) or off (evaluation and generation).
@@ -131,8 +165,9 @@ impl Gpt {
         mlx_rs::transforms::eval_params(self.parameters())
     }
 
-    /// Cast only the weight matrices (the dense layers' weights and wte, which the tied
-    /// head reads) to `dtype`; biases, LayerNorms and the position table stay as they are.
+    /// Cast only the weight matrices (the dense layers' weights, wte, which the tied head
+    /// reads, and the untied head) to `dtype`; biases, LayerNorms and the position table
+    /// stay as they are.
     ///
     /// For decoding: a token reads every matrix once, so on a CPU its time is the bytes of
     /// the matrices over the memory's read bandwidth, and bfloat16 halves those bytes. With
@@ -186,26 +221,43 @@ impl Gpt {
         let t = idx.shape()[1];
         let past = kv.as_ref().and_then(|kv| kv.first()).map_or(0, |l| l.len());
         self.check_len(t as usize, past)?;
-        let past = past as i32;
-        let pos = ops::arange::<_, i32>(past, past + t, None)?; // (T,)
         let tok_emb = self.wte.weight.take_axis(idx, 0)?; // (B, T, C)
-        let pos_emb = self.wpe.weight.take_axis(&pos, 0)?; // (T, C)
-        let mut x = self.drop.forward(&tok_emb.add(&pos_emb)?)?;
+        let (x, rope) = match &self.wpe {
+            Some(wpe) => {
+                let pos = ops::arange::<_, i32>(past as i32, past as i32 + t, None)?; // (T,)
+                let pos_emb = wpe.weight.take_axis(&pos, 0)?; // (T, C)
+                (tok_emb.add(&pos_emb)?, None)
+            }
+            // Modern: no position table; attention turns queries and keys by position.
+            None => {
+                let c = &self.config;
+                let tables = mlx_gpt_ops::rotary_tables(past, t as usize, c.head_size(), c.rope_base);
+                (mlx_gpt_ops::rms_norm(k, &tok_emb, c.layer_norm_epsilon)?, Some(tables))
+            }
+        };
+        let mut x = self.drop.forward(&x)?;
         for (i, block) in self.h.iter_mut().enumerate() {
             let layer_kv = kv.as_mut().map(|kv| &mut kv[i]);
-            x = block.forward(k, &x, layer_kv)?; // (B, T, C)
+            x = block.forward(k, &x, layer_kv, rope.as_ref())?; // (B, T, C)
         }
-        self.ln_f.forward(k, &x)
+        crate::layer_norm::pre_norm(k, self.ln_f.as_ref(), &x, self.config.layer_norm_epsilon)
     }
 
-    /// Logits from hidden states through the tied head: x (..., C) → (..., V).
+    /// Logits from hidden states through the head (tied in GPT-2; the modern GPT's own,
+    /// soft-capped): x (..., C) → (..., V).
     pub fn lm_head(&self, x: &Array) -> Result<Array, Exception> {
         self.lm_head_with(&self.kernels, x)
     }
 
     /// [`Gpt::lm_head`] with the kernels `k`.
     pub fn lm_head_with(&self, k: &Kernels, x: &Array) -> Result<Array, Exception> {
-        mlx_gpt_ops::linear_transposed(k, x, &self.wte.weight)
+        match &self.lm_head {
+            None => mlx_gpt_ops::linear_transposed(k, x, &self.wte.weight),
+            Some(head) => {
+                let logits = mlx_gpt_ops::linear_transposed(k, x, &head.weight)?;
+                softcap(&logits, self.config.logit_softcap)
+            }
+        }
     }
 
     /// nanoGPT's `forward`: with targets (B, T), logits (B, T, V) and the mean cross-entropy
@@ -237,20 +289,27 @@ impl Gpt {
         if block_size == 0 || block_size > self.config.block_size {
             return Err(ModelError::CropBlockSize { requested: block_size, block_size: self.config.block_size });
         }
-        let w = self.wpe.weight.value.index(..block_size as i32);
-        *self.wpe.weight = w;
+        if let Some(wpe) = &mut self.wpe {
+            let w = wpe.weight.value.index(..block_size as i32);
+            *wpe.weight = w;
+        }
         self.config.block_size = block_size;
         Ok(())
     }
 
     /// Number of parameters. nanoGPT reports it without the position embedding
-    /// (`non_embedding = true`): the token embedding counts once, as the tied head.
+    /// (`non_embedding = true`): the token embedding counts once, as the tied head. The
+    /// same rule for the modern GPT: tables that are only looked up (its `wte`) are left
+    /// out, matrices that multiply (its head) counted.
     pub fn num_params(&self, non_embedding: bool) -> usize {
         let total: usize = self.parameters().flatten().values().map(|a| a.size()).sum();
-        if non_embedding {
-            total - self.wpe.weight.size()
-        } else {
-            total
+        if !non_embedding {
+            return total;
+        }
+        match (&self.wpe, &self.lm_head) {
+            (Some(wpe), _) => total - wpe.weight.size(),
+            (None, Some(_)) => total - self.wte.weight.size(),
+            (None, None) => total,
         }
     }
 
@@ -267,6 +326,32 @@ impl Gpt {
     pub fn estimate_mfu(&self, tokens_per_second: f64, seq_len: usize, peak_flops: f64) -> f64 {
         self.flops_per_token(seq_len) * tokens_per_second / peak_flops
     }
+}
+
+/// The modern GPT's initialisation of the parameter `name` (see [`Gpt::new`]).
+fn modern_init(name: &str, shape: &[i32], n_embd: usize, key: &Array) -> Result<Array, Exception> {
+    if name == "wte.weight" {
+        random::normal::<f32>(shape, None, 1.0, key)
+    } else if name == "lm_head.weight" {
+        random::normal::<f32>(shape, None, 0.001, key)
+    } else if name.ends_with("c_proj.weight") {
+        // Each block starts as the identity: its residual branches add nothing yet.
+        ops::zeros::<f32>(shape)
+    } else {
+        // Uniform on ±√3/√C has standard deviation 1/√C, without a normal's outliers.
+        let bound = 3.0f32.sqrt() / (n_embd as f32).sqrt();
+        random::uniform::<_, f32>(-bound, bound, shape, key)
+    }
+}
+
+/// `cap·tanh(logits/cap)`: logits smoothly bounded to (−cap, cap), so no logit can grow
+/// without limit (Gemma 2, modded-nanogpt); `cap = 0` leaves them as they are.
+fn softcap(logits: &Array, cap: f32) -> Result<Array, Exception> {
+    if cap == 0.0 {
+        return Ok(logits.clone());
+    }
+    let cap = Array::from_f32(cap).as_dtype(logits.dtype())?;
+    ops::tanh(&logits.divide(&cap)?)?.multiply(&cap)
 }
 
 #[cfg(test)]
@@ -299,7 +384,7 @@ mod tests {
             dropout: 0.0,
             bias,
             activation: Activation::Gelu,
-            layer_norm_epsilon: 1e-5,
+            ..GptConfig::baby(vocab)
         }
     }
 
@@ -322,7 +407,7 @@ mod tests {
         assert!((std(&m.h[1].mlp.c_fc.weight) - 0.02).abs() < 0.002);
         assert!((std(&m.wte.weight) - 0.02).abs() < 0.002);
         assert!(m.h[2].attn.c_attn.bias.value.as_ref().unwrap().as_slice::<f32>().iter().all(|&x| x == 0.0));
-        assert!(m.ln_f.weight.as_slice::<f32>().iter().all(|&x| x == 1.0));
+        assert!(m.ln_f.as_ref().unwrap().weight.as_slice::<f32>().iter().all(|&x| x == 1.0));
         // Seeded: the same seed gives the same weights, another seed others.
         let again = Gpt::new(c.clone(), 0).unwrap();
         assert_eq!(m.wte.weight.as_slice::<f32>(), again.wte.weight.as_slice::<f32>());
@@ -356,7 +441,7 @@ mod tests {
         let mut m = Gpt::new(config(1, 2, 8, 10, 16, false), 0).unwrap();
         let (before, _) = m.forward(&ids(&[1, 2, 3], 1), None).unwrap();
         m.crop_block_size(8).unwrap();
-        assert_eq!(m.wpe.weight.shape(), &[8, 16]);
+        assert_eq!(m.wpe.as_ref().unwrap().weight.shape(), &[8, 16]);
         let (after, _) = m.forward(&ids(&[1, 2, 3], 1), None).unwrap();
         assert_eq!(before.as_slice::<f32>(), after.as_slice::<f32>());
         assert!(m.crop_block_size(9).is_err());
@@ -399,8 +484,13 @@ mod tests {
         #[test]
         fn shapes_and_causality(n_layer in 1usize..3, n_head in 1usize..4, hs in 1usize..6, vocab in 2usize..40,
                                 block in 2usize..12, bias: bool, b in 1i32..3, seed in 0u64..100,
-                                dropout_path: bool) {
+                                dropout_path: bool, modern: bool, grouped: bool) {
             let mut c = config(n_layer, n_head, hs, vocab, block, bias);
+            if modern {
+                // Rotary needs even head sizes; grouped: one key/value head for all.
+                c = GptConfig { n_embd: n_head * 2 * hs, ..c.modern() };
+                c.n_kv_head = grouped.then_some(1);
+            }
             if dropout_path {
                 c.dropout = 1e-9; // exercises the explicit softmax path with (almost) no dropout
             }

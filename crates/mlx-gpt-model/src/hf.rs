@@ -9,7 +9,9 @@
 //! - buffers: old checkpoints carry `h.N.attn.bias` (the causal mask) and
 //!   `h.N.attn.masked_bias`; they are not weights and are skipped;
 //! - the head: `lm_head.weight` is tied to `wte.weight`; if present it is checked for
-//!   shape and not loaded separately, and it is not written;
+//!   shape and not loaded separately, and it is not written. The modern GPT's head is its
+//!   own: `lm_head.weight` (V, C), loaded and written as a parameter, without the prefix
+//!   (as Hugging Face writes untied heads);
 //! - bias-free models (nanoGPT's `bias=False`): HF GPT-2 has no such variant, so they are
 //!   written with zero biases (the same function) and `"bias": false` in config.json; on
 //!   load those biases must be zero.
@@ -114,9 +116,9 @@ enum Key<'a> {
     Buffer,
 }
 
-fn classify(key: &str) -> Key<'_> {
+fn classify(key: &str, tied: bool) -> Key<'_> {
     if key == "lm_head.weight" {
-        return Key::LmHead;
+        return if tied { Key::LmHead } else { Key::Param(key) };
     }
     let name = key.strip_prefix(PREFIX).unwrap_or(key);
     if name.starts_with("h.") && (name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")) {
@@ -163,6 +165,7 @@ pub fn load_weights(model: &mut Gpt, path: &Path) -> Result<(), LoadError> {
         .map_err(|e| LoadError::Corrupt { path: path.into(), reason: e.to_string() })?;
 
     let bias_free = !model.config.bias;
+    let tied = model.tied_head();
     let mut params = model.parameters_mut().flatten();
     let expected: BTreeMap<String, Vec<i32>> =
         params.iter().map(|(k, v)| (k.to_string(), v.shape().to_vec())).collect();
@@ -175,7 +178,7 @@ pub fn load_weights(model: &mut Gpt, path: &Path) -> Result<(), LoadError> {
     for key in &names {
         let view = st.tensor(key).map_err(|e| LoadError::Corrupt { path: path.into(), reason: e.to_string() })?;
         let shape: Vec<i32> = view.shape().iter().map(|&d| d as i32).collect();
-        let name = match classify(key) {
+        let name = match classify(key, tied) {
             Key::Buffer => continue,
             Key::LmHead => {
                 if shape != wte_shape {
@@ -231,9 +234,11 @@ fn hf_tensors(model: &Gpt) -> Result<BTreeMap<String, Array>, LoadError> {
     let mut out = BTreeMap::new();
     let params = model.parameters().flatten();
     for (name, a) in &params {
-        out.insert(format!("{PREFIX}{name}"), (*a).clone());
+        let key = if &**name == "lm_head.weight" { name.to_string() } else { format!("{PREFIX}{name}") };
+        out.insert(key, (*a).clone());
     }
-    if !model.config.bias {
+    // Only GPT-2's layout needs them: Hugging Face's GPT-2 always has biases.
+    if !model.config.bias && model.tied_head() {
         // Zero biases for every layer that has a weight but no bias (not the embeddings).
         for (name, w) in &params {
             if let Some(layer) = name.strip_suffix(".weight") {
@@ -276,9 +281,14 @@ pub fn save_pretrained(model: &Gpt, dir: &Path) -> Result<(), LoadError> {
 
 /// Write the weights alone, in Hugging Face GPT-2 layout, atomically.
 pub fn save_weights(model: &Gpt, path: &Path) -> Result<(), LoadError> {
-    let tensors = hf_tensors(model)?;
+    write_tensors(&hf_tensors(model)?, path)
+}
+
+/// Write evaluated, contiguous `tensors` as a safetensors file (metadata `format: pt`),
+/// atomically.
+pub fn write_tensors(tensors: &BTreeMap<String, Array>, path: &Path) -> Result<(), LoadError> {
     let mut views = Vec::with_capacity(tensors.len());
-    for (name, a) in &tensors {
+    for (name, a) in tensors {
         let shape: Vec<usize> = a.shape().iter().map(|&d| d as usize).collect();
         let view = TensorView::new(to_st_dtype(a.dtype()), shape, bytes_of(a))
             .map_err(|e| LoadError::Corrupt { path: path.into(), reason: e.to_string() })?;

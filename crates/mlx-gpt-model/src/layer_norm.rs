@@ -1,4 +1,5 @@
-//! `LayerNorm` with an optional bias (PyTorch's has none-or-both; nanoGPT needs bias-free).
+//! `LayerNorm` with an optional bias (PyTorch's has none-or-both; nanoGPT needs bias-free),
+//! and [`pre_norm`]: LayerNorm, or the modern GPT's parameter-free RMSNorm.
 
 use mlx_gpt_ops::Kernels;
 use mlx_rs::error::Exception;
@@ -33,5 +34,14 @@ impl LayerNorm {
     /// x (..., C) → (..., C)
     pub fn forward(&self, k: &Kernels, x: &Array) -> Result<Array, Exception> {
         mlx_gpt_ops::layer_norm(k, x, &self.weight, self.bias.value.as_ref(), self.eps)
+    }
+}
+
+/// The normalisation before a block's attention and MLP and before the head: `ln` where
+/// the model has one (GPT-2), else RMSNorm without parameters (the modern GPT).
+pub fn pre_norm(k: &Kernels, ln: Option<&LayerNorm>, x: &Array, eps: f32) -> Result<Array, Exception> {
+    match ln {
+        Some(ln) => ln.forward(k, x),
+        None => mlx_gpt_ops::rms_norm(k, x, eps),
     }
 }

@@ -4,11 +4,14 @@
 //! - [`config`]: [`GptConfig`], presets, Hugging Face `config.json`;
 //! - the layers, one file each: [`linear`], [`layer_norm`], [`attention`], [`mlp`], [`block`],
 //!   and [`dropout`];
-//! - [`gpt`]: [`Gpt`] — embeddings, blocks, tied head, loss, parameter and FLOP counts;
+//! - [`gpt`]: [`Gpt`] — embeddings, blocks, tied head, loss, parameter and FLOP counts; with
+//!   `arch = "modern"` ([`config::Arch`]) rotary positions, RMSNorm, QK-norm, ReLU² and an
+//!   untied soft-capped head;
 //! - [`loss`]: cross-entropy with an ignore index;
 //! - [`kv_cache`] and [`generate`]: sampling (temperature, top-k, top-p) with a per-layer
 //!   KV cache;
-//! - [`hf`]: safetensors in Hugging Face GPT-2 layout — every checkpoint quirk lives there.
+//! - [`hf`]: safetensors in Hugging Face GPT-2 layout — every checkpoint quirk lives there;
+//!   [`mlx_lm`]: a modern GPT exported as mlx-lm's `nanochat` model.
 //!
 //! Each operation is one call into `mlx-gpt-ops` with the model's [`Kernels`] (plain MLX
 //! ops by default; `Kernels::resolve` picks mlx-gpt's CPU kernels where they are built).
@@ -51,6 +54,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod loss;
 pub mod mlp;
+pub mod mlx_lm;
 
 pub use config::{Activation, ConfigError, GptConfig};
 pub use gpt::Gpt;

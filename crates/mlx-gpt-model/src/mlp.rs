@@ -1,4 +1,4 @@
-//! `Mlp`: the position-wise feed-forward network, C → 4C → GELU → C.
+//! `Mlp`: the position-wise feed-forward network, C → 4C → GELU (or ReLU²) → C.
 
 use crate::config::{Activation, GptConfig};
 use crate::dropout::Dropout;
@@ -19,7 +19,7 @@ pub struct Mlp {
     pub c_proj: Linear,
     /// Dropout on the output (the residual branch).
     pub dropout: Dropout,
-    /// Exact or tanh GELU.
+    /// Exact or tanh GELU, or ReLU².
     pub activation: Activation,
 }
 
@@ -37,8 +37,11 @@ impl Mlp {
     /// x (B, T, C) → (B, T, C)
     pub fn forward(&mut self, k: &Kernels, x: &Array) -> Result<Array, Exception> {
         let h = self.c_fc.forward(k, x)?; // (B, T, 4C)
-                                          // Training: the CPU kernel also keeps GELU's slope for the backward pass.
-        let h = mlx_gpt_ops::gelu(k, &h, self.activation == Activation::GeluNew, self.dropout.training)?;
+        let h = match self.activation {
+            Activation::ReluSquared => mlx_gpt_ops::relu_squared(k, &h)?,
+            // Training: the CPU kernel also keeps GELU's slope for the backward pass.
+            gelu => mlx_gpt_ops::gelu(k, &h, gelu == Activation::GeluNew, self.dropout.training)?,
+        };
         self.dropout.forward(&self.c_proj.forward(k, &h)?) // (B, T, C)
     }
 }

@@ -7,6 +7,10 @@
 //! | dense layer | [`linear()`] | [`linear::linear_mlx`] | `linear.cpp` on `gemm.cpp`; `decode_product.cpp` when decoding |
 //! | LayerNorm | [`layer_norm()`] | [`layer_norm::layer_norm_mlx`] | `layer_norm.cpp` |
 //! | GELU | [`gelu()`] | [`gelu::gelu_mlx`] | `gelu.cpp` |
+//! | RMSNorm, no parameters (modern GPT) | [`rms_norm()`] | [`rms_norm::rms_norm_mlx`] | `rms_norm.cpp` (MLX's `fast::rms_norm` with `mlx-fast`) |
+//! | ReLU² (modern GPT) | [`relu_squared()`] | the same | — |
+//! | rotary position embedding (modern GPT) | [`rotary()`] | the same | — |
+//! | QK-norm + rotary + key/value repeat (modern GPT) | [`rotary_qkv()`] | [`rotary::rotary_qkv_mlx`] | `rotary_qkv.cpp` |
 //! | causal self-attention | [`causal_attention()`] | [`attention::attention_mlx`] | `causal_attention.cpp` |
 //! | attention over a KV cache | [`cached_attention()`] | [`attention::attention_mlx`] | `decode_attention.cpp` (one new position) |
 //! | a whole block, one new position | [`decode_block()`] | the operations above, one by one | `decode_block.cpp` (decoding) |
@@ -27,6 +31,9 @@ pub mod gelu;
 pub mod kernels;
 pub mod layer_norm;
 pub mod linear;
+pub mod relu_squared;
+pub mod rms_norm;
+pub mod rotary;
 pub mod softmax;
 
 pub use adamw::{adamw_step, AdamWHyper, AdamWStep, AdamWUpdate};
@@ -36,6 +43,9 @@ pub use gelu::gelu;
 pub use kernels::{KernelChoice, KernelSet, Kernels, KernelsError};
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_transposed};
+pub use relu_squared::relu_squared;
+pub use rms_norm::rms_norm;
+pub use rotary::{rotary, rotary_qkv, rotary_tables};
 pub use softmax::{logsumexp_last, softmax_last};
 
 /// How many blocks this thread has run through the decoding block (0 without the CPU

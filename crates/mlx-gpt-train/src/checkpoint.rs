@@ -401,7 +401,15 @@ fn load_parts(dir: &Path, adamw: AdamWConfig, with_optimizer: bool) -> Result<Lo
 mod tests {
     use super::*;
 
-    const ADAMW: AdamWConfig = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, muon: None };
+    const ADAMW: AdamWConfig = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        muon: None,
+        embedding_lr_ratio: 1.0,
+        head_lr_ratio: 1.0,
+    };
 
     #[test]
     fn replacing_a_checkpoint_never_deletes_it_first() {

@@ -1,6 +1,7 @@
 //! `TrainConfig`: every knob of nanoGPT's `train.py`, with its defaults and names, read
 //! from TOML presets (`config/*.toml`) and `--key value` overrides.
 
+use mlx_gpt_model::config::Arch;
 use mlx_gpt_ops::KernelChoice;
 use mlx_gpt_runtime::DeviceKind;
 use serde::{Deserialize, Serialize};
@@ -201,6 +202,16 @@ pub struct TrainConfig {
     pub dropout: f32,
     /// Biases in Linear and LayerNorm layers.
     pub bias: bool,
+    /// `gpt2` (nanoGPT's) or `modern` (rotary, RMSNorm, QK-norm, ReLU², untied
+    /// soft-capped head, zero-initialised projections; docs/model.md). A modern model has
+    /// no biases and uses ReLU²: `bias` is ignored for it.
+    pub arch: String,
+    /// Key/value heads of a modern model (grouped-query attention); 0: `n_head`.
+    pub n_kv_head: usize,
+    /// Rotary base θ of a modern model.
+    pub rope_base: f64,
+    /// Logit soft-cap of a modern model (0: off).
+    pub logit_softcap: f64,
     // AdamW
     /// Maximum learning rate.
     pub learning_rate: f64,
@@ -221,6 +232,12 @@ pub struct TrainConfig {
     pub muon_lr: f64,
     /// Muon's momentum.
     pub muon_momentum: f64,
+    /// Peak learning rate of the token embedding (`wte`, and GPT-2's `wpe`) under AdamW;
+    /// 0: `learning_rate`. Follows `learning_rate`'s schedule shape.
+    pub embedding_lr: f64,
+    /// Peak learning rate of an untied head (`lm_head`, modern models) under AdamW; 0:
+    /// `learning_rate`.
+    pub head_lr: f64,
     // learning rate schedule
     /// Cosine decay after warmup (else constant).
     pub decay_lr: bool,
@@ -319,6 +336,10 @@ impl Default for TrainConfig {
             n_embd: 768,
             dropout: 0.0,
             bias: false, // nanoGPT: no biases inside LayerNorm and Linear layers
+            arch: "gpt2".into(),
+            n_kv_head: 0,
+            rope_base: 10_000.0,
+            logit_softcap: 15.0,
             learning_rate: 6e-4,
             max_iters: 600_000,
             weight_decay: 1e-1,
@@ -327,6 +348,8 @@ impl Default for TrainConfig {
             optimizer: "adamw".into(),
             muon_lr: 0.02,
             muon_momentum: 0.95,
+            embedding_lr: 0.0,
+            head_lr: 0.0,
             grad_clip: 1.0,
             decay_lr: true,
             warmup_iters: 2000,
@@ -395,6 +418,8 @@ pub fn valid_keys() -> Vec<String> {
 pub const PRESETS: &[(&str, &str)] = &[
     ("train_shakespeare_char", include_str!("../../../config/train_shakespeare_char.toml")),
     ("baby_shakespeare_char", include_str!("../../../config/baby_shakespeare_char.toml")),
+    ("modern_shakespeare_char", include_str!("../../../config/modern_shakespeare_char.toml")),
+    ("baby_modern_shakespeare_char", include_str!("../../../config/baby_modern_shakespeare_char.toml")),
     ("train_gpt2", include_str!("../../../config/train_gpt2.toml")),
     ("finetune_shakespeare", include_str!("../../../config/finetune_shakespeare.toml")),
     ("eval_gpt2", include_str!("../../../config/eval_gpt2.toml")),
@@ -458,6 +483,10 @@ impl TrainConfig {
     /// Check values that must fit together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Inconsistent(m));
+        let arch = self.arch()?;
+        if arch == Arch::Gpt2 && self.n_kv_head != 0 && self.n_kv_head != self.n_head {
+            return bad("n_kv_head (grouped-query attention) needs arch = \"modern\"".into());
+        }
         if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head));
         }
@@ -489,6 +518,8 @@ impl TrainConfig {
             ("grad_clip", self.grad_clip, self.grad_clip >= 0.0, "≥ 0 (0 turns clipping off)"),
             ("muon_lr", self.muon_lr, self.muon_lr >= 0.0, "≥ 0"),
             ("muon_momentum", self.muon_momentum, (0.0..1.0).contains(&self.muon_momentum), "in [0, 1)"),
+            ("embedding_lr", self.embedding_lr, self.embedding_lr >= 0.0, "≥ 0 (0: learning_rate)"),
+            ("head_lr", self.head_lr, self.head_lr >= 0.0, "≥ 0 (0: learning_rate)"),
             ("dist_timeout", self.dist_timeout, self.dist_timeout > 0.0, "> 0 seconds"),
             ("peak_flops", self.peak_flops, self.peak_flops >= 0.0, "≥ 0 (0 measures it)"),
         ] {
@@ -496,6 +527,7 @@ impl TrainConfig {
                 return bad(format!("{k} must be a finite number {range}, got {v}"));
             }
         }
+        self.model_config(1).validate().map_err(|e| ConfigError::Inconsistent(e.to_string()))?;
         if !["adamw", "muon"].contains(&self.optimizer.as_str()) {
             return bad(format!("optimizer must be adamw or muon, got {:?}", self.optimizer));
         }
@@ -528,7 +560,7 @@ impl TrainConfig {
 
     /// The model this configuration describes, for a vocabulary of `vocab_size`.
     pub fn model_config(&self, vocab_size: usize) -> mlx_gpt_model::GptConfig {
-        mlx_gpt_model::GptConfig {
+        let gpt2 = mlx_gpt_model::GptConfig {
             block_size: self.block_size,
             vocab_size,
             n_layer: self.n_layer,
@@ -537,7 +569,21 @@ impl TrainConfig {
             dropout: self.dropout,
             bias: self.bias,
             ..mlx_gpt_model::GptConfig::baby(vocab_size)
+        };
+        match self.arch() {
+            Ok(Arch::Modern) => mlx_gpt_model::GptConfig {
+                n_kv_head: (self.n_kv_head != 0).then_some(self.n_kv_head),
+                rope_base: self.rope_base as f32,
+                logit_softcap: self.logit_softcap as f32,
+                ..gpt2.modern()
+            },
+            _ => gpt2,
         }
+    }
+
+    /// `arch` parsed.
+    pub fn arch(&self) -> Result<Arch, ConfigError> {
+        self.arch.parse().map_err(ConfigError::Inconsistent)
     }
 
     /// Tokens per optimizer step.
@@ -557,6 +603,32 @@ mod tests {
 
     fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// The modern presets have their GPT-2 twin's shape, batch and dropout, and about its
+    /// parameter count (no position table, an untied head); a wrong arch is named.
+    #[test]
+    fn modern_presets_are_twins_of_the_gpt2_ones() {
+        use mlx_gpt_model::Gpt;
+        for (gpt2, modern) in [
+            ("baby_shakespeare_char", "baby_modern_shakespeare_char"),
+            ("train_shakespeare_char", "modern_shakespeare_char"),
+        ] {
+            let (a, b) =
+                (TrainConfig::resolve(Some(gpt2), &[]).unwrap(), TrainConfig::resolve(Some(modern), &[]).unwrap());
+            assert_eq!((a.arch().unwrap(), b.arch().unwrap()), (Arch::Gpt2, Arch::Modern));
+            let shape = |c: &TrainConfig| (c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size, c.dropout);
+            assert_eq!(shape(&a), shape(&b), "{modern}");
+            let params = |c: &TrainConfig| Gpt::zeros(c.model_config(65)).unwrap().num_params(false) as f64;
+            let ratio = params(&b) / params(&a);
+            assert!((0.98..1.02).contains(&ratio), "{modern}: {ratio}");
+        }
+        let e = TrainConfig::resolve(None, &kv(&[("arch", "llama")])).unwrap_err().to_string();
+        assert!(e.contains("arch must be gpt2 or modern"), "{e}");
+        let e = TrainConfig::resolve(None, &kv(&[("n_kv_head", "4")])).unwrap_err().to_string();
+        assert!(e.contains("needs arch = \"modern\""), "{e}");
+        let e = TrainConfig::resolve(None, &kv(&[("arch", "modern"), ("n_kv_head", "5")])).unwrap_err().to_string();
+        assert!(e.contains("n_kv_head (5) must divide n_head (12)"), "{e}");
     }
 
     #[test]

@@ -35,12 +35,30 @@ pub struct AdamWConfig {
     pub weight_decay: f32,
     /// Muon for the blocks' matrices, and its learning rate as a multiple of the run's.
     pub muon: Option<(MuonConfig, f32)>,
+    /// The token (and position) embedding's learning rate as a multiple of the run's.
+    pub embedding_lr_ratio: f32,
+    /// An untied head's (`lm_head`) learning rate as a multiple of the run's.
+    pub head_lr_ratio: f32,
 }
 
 impl AdamWConfig {
-    /// AdamW alone, for every parameter.
+    /// AdamW alone, for every parameter, at one learning rate.
     pub fn adamw(beta1: f32, beta2: f32, eps: f32, weight_decay: f32) -> Self {
-        AdamWConfig { beta1, beta2, eps, weight_decay, muon: None }
+        AdamWConfig { beta1, beta2, eps, weight_decay, muon: None, embedding_lr_ratio: 1.0, head_lr_ratio: 1.0 }
+    }
+
+    /// The learning rate of AdamW's parameter `name` as a multiple of the run's.
+    pub fn lr_ratio(&self, name: &str) -> f32 {
+        match name {
+            "wte.weight" | "wpe.weight" => self.embedding_lr_ratio,
+            "lm_head.weight" => self.head_lr_ratio,
+            _ => 1.0,
+        }
+    }
+
+    /// Whether every parameter steps at the run's learning rate with AdamW.
+    fn single_group(&self) -> bool {
+        self.muon.is_none() && self.embedding_lr_ratio == 1.0 && self.head_lr_ratio == 1.0
     }
 }
 
@@ -48,11 +66,18 @@ impl From<&crate::config::TrainConfig> for AdamWConfig {
     /// A run's betas and weight decay, with PyTorch's ε (nanoGPT does not set one); and
     /// Muon's momentum and learning rate with `optimizer = "muon"`.
     fn from(c: &crate::config::TrainConfig) -> Self {
+        let ratio = |lr: f64| (lr / c.learning_rate.max(f64::MIN_POSITIVE)) as f32;
         let muon = (c.optimizer == "muon").then(|| {
             let m = MuonConfig { momentum: c.muon_momentum as f32, ..MuonConfig::default() };
-            (m, (c.muon_lr / c.learning_rate.max(f64::MIN_POSITIVE)) as f32)
+            (m, ratio(c.muon_lr))
         });
-        AdamWConfig { muon, ..AdamWConfig::adamw(c.beta1 as f32, c.beta2 as f32, 1e-8, c.weight_decay as f32) }
+        let or_run = |lr: f64| if lr > 0.0 { ratio(lr) } else { 1.0 };
+        AdamWConfig {
+            muon,
+            embedding_lr_ratio: or_run(c.embedding_lr),
+            head_lr_ratio: or_run(c.head_lr),
+            ..AdamWConfig::adamw(c.beta1 as f32, c.beta2 as f32, 1e-8, c.weight_decay as f32)
+        }
     }
 }
 
@@ -67,8 +92,9 @@ pub struct AdamW {
     step: u64,
     /// The blocks' matrices' optimizer, with `optimizer = "muon"`.
     muon: Option<Muon>,
-    /// The step function, made (and its plain formulation compiled) on first use.
-    kernel: Option<AdamWStep>,
+    /// The step functions, one per pattern of decayed parameters, made (and their plain
+    /// formulation compiled) on first use.
+    kernels: Vec<AdamWStep>,
 }
 
 impl std::fmt::Debug for AdamW {
@@ -96,7 +122,7 @@ impl AdamW {
     /// A fresh optimizer.
     pub fn new(config: AdamWConfig) -> Self {
         let muon = config.muon.map(|(m, _)| Muon::new(m));
-        AdamW { config, m: BTreeMap::new(), v: BTreeMap::new(), step: 0, muon, kernel: None }
+        AdamW { config, m: BTreeMap::new(), v: BTreeMap::new(), step: 0, muon, kernels: Vec::new() }
     }
 
     /// Steps taken.
@@ -123,16 +149,18 @@ impl AdamW {
         grad_clip: f32,
         lr: f32,
     ) -> Result<NormAndParams, Exception> {
-        if self.muon.is_some() {
-            self.step_with_muon(k, params, parts, scale, grad_clip, lr)
+        let out = if self.config.single_group() {
+            self.adamw_update(k, params, parts, scale, grad_clip, lr)
         } else {
-            self.step_adamw(k, params, parts, scale, grad_clip, lr)
-        }
+            self.step_grouped(k, params, parts, scale, grad_clip, lr)
+        };
+        self.step += 1;
+        out
     }
 
-    /// [`AdamW::step`] for every parameter of `params`: one kernel (or its plain
-    /// formulation) for the clipping and the update.
-    fn step_adamw(
+    /// The AdamW update of step `self.step + 1` for every parameter of `params` at `lr`:
+    /// one kernel (or its plain formulation) for the clipping and the update.
+    fn adamw_update(
         &mut self,
         k: &Kernels,
         params: &BTreeMap<String, Array>,
@@ -164,13 +192,14 @@ impl AdamW {
         };
         let (m, v) = (state(&self.m)?, state(&self.v)?);
         let decays: Vec<bool> = p.iter().map(Self::decays).collect();
-        let kernel = match self.kernel.take() {
-            Some(kernel) if kernel.decays() == decays.as_slice() => kernel,
-            _ => AdamWStep::new(decays),
+        let at = match self.kernels.iter().position(|kernel| kernel.decays() == decays.as_slice()) {
+            Some(at) => at,
+            None => {
+                self.kernels.push(AdamWStep::new(decays));
+                self.kernels.len() - 1
+            }
         };
-        let kernel = self.kernel.insert(kernel);
-        let (norm, new_p, new_m, new_v) = kernel.step(k, &h, &p, &m, &v, parts)?;
-        self.step += 1;
+        let (norm, new_p, new_m, new_v) = self.kernels[at].step(k, &h, &p, &m, &v, parts)?;
         let mut out = BTreeMap::new();
         for (((name, p), m), v) in params.keys().zip(new_p).zip(new_m).zip(new_v) {
             out.insert(name.clone(), p);
@@ -180,11 +209,12 @@ impl AdamW {
         Ok((norm, out))
     }
 
-    /// [`AdamW::step`] with Muon for the blocks' matrices: the gradients summed, one
-    /// global norm over all of them (clipping them all by the same factor, as
-    /// `clip_grad_norm_` over the whole model does), then AdamW on the rest (unclipped
-    /// inside: the factor is applied already) and Muon on the matrices.
-    fn step_with_muon(
+    /// [`AdamW::step`] with several groups — Muon for the blocks' matrices, AdamW at each
+    /// group's learning rate for the rest: the gradients summed, one global norm over all
+    /// of them (clipping them all by the same factor, as `clip_grad_norm_` over the whole
+    /// model does), then AdamW on each of its groups (unclipped inside: the factor is
+    /// applied already) and Muon on the matrices.
+    fn step_grouped(
         &mut self,
         k: &Kernels,
         params: &BTreeMap<String, Array>,
@@ -215,23 +245,29 @@ impl AdamW {
         } else {
             Array::from_f32(1.0)
         };
-        let (mut adam_p, mut adam_g, mut muon_p, mut muon_g) =
-            (BTreeMap::new(), Vec::new(), BTreeMap::new(), BTreeMap::new());
+        // AdamW's groups by learning-rate ratio (the bits of an f32, to be a map key).
+        let mut adam: BTreeMap<u32, (BTreeMap<String, Array>, Vec<Array>)> = BTreeMap::new();
+        let (mut muon_p, mut muon_g) = (BTreeMap::new(), BTreeMap::new());
         for ((name, p), g) in params.iter().zip(grads) {
             let g = g.multiply(&factor)?;
-            if crate::muon::takes(name, p) {
+            if self.muon.is_some() && crate::muon::takes(name, p) {
                 muon_p.insert(name.clone(), p.clone());
                 muon_g.insert(name.clone(), g);
             } else {
-                adam_p.insert(name.clone(), p.clone());
-                adam_g.push(g);
+                let group = adam.entry(self.config.lr_ratio(name).to_bits()).or_default();
+                group.0.insert(name.clone(), p.clone());
+                group.1.push(g);
             }
         }
-        let ratio = self.config.muon.map_or(1.0, |(_, r)| r);
-        // AdamW on the rest from the clipped gradients whole: no clipping inside.
-        let (_, mut out) = self.step_adamw(k, &adam_p, &[adam_g], 1.0, 0.0, lr)?;
-        let muon = self.muon.as_mut().expect("called with Muon");
-        out.extend(muon.step(&muon_p, &muon_g, lr * ratio)?);
+        let mut out = BTreeMap::new();
+        for (ratio, (p, g)) in adam {
+            // From the clipped gradients whole: no clipping inside.
+            let (_, updated) = self.adamw_update(k, &p, &[g], 1.0, 0.0, lr * f32::from_bits(ratio))?;
+            out.extend(updated);
+        }
+        if let (Some(muon), Some((_, ratio))) = (self.muon.as_mut(), self.config.muon) {
+            out.extend(muon.step(&muon_p, &muon_g, lr * ratio)?);
+        }
         Ok((norm, out))
     }
 

@@ -89,7 +89,7 @@ fn model_differences(a: &GptConfig, b: &GptConfig) -> Vec<String> {
     macro_rules! cmp {
         ($($f:ident),*) => { $( if a.$f != b.$f { d.push(format!("{}: checkpoint {:?}, config {:?}", stringify!($f), a.$f, b.$f)); } )* };
     }
-    cmp!(n_layer, n_head, n_embd, block_size, bias, vocab_size);
+    cmp!(arch, n_layer, n_head, n_kv_head, n_embd, block_size, bias, vocab_size, rope_base, logit_softcap);
     d
 }
 

@@ -132,7 +132,7 @@ fn greedy_against_transformers(
     let weight_bytes = |m: &mlx_gpt_model::Gpt| -> usize {
         use mlx_rs::module::ModuleParameters;
         let all: usize = m.parameters().flatten().values().map(|a| a.nbytes()).sum();
-        all - m.wpe.weight.nbytes()
+        all - m.wpe.as_ref().map_or(0, |wpe| wpe.weight.nbytes())
     };
     let threads = mlx_gpt_train::peak::default_threads();
     let bandwidth = read_bandwidth(threads);

@@ -1,4 +1,5 @@
-//! `mlx-gpt bench train`: a preset's training step, alternating with PyTorch's.
+//! `mlx-gpt bench train`: a preset's training step, alternating with PyTorch's; for a modern
+//! GPT, alternating with its GPT-2 twin (same shape, batch and optimizer) instead.
 
 use super::median;
 use super::torch::TorchReference;
@@ -105,17 +106,30 @@ pub fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_runtime::jit::JitSet
     // once), later rounds with one untimed step after the PyTorch process; each PyTorch
     // run is a fresh process and warms up itself.
     let torch = TorchReference::new(&c, vocab, args.iters, args.warmup);
-    let (mut times, mut torch_times) = (Vec::new(), Vec::new());
+    // A modern GPT's reference: the GPT-2 of the same shape, batch and optimizer, in this
+    // process with the same kernels (issue: the modern step may cost at most 1.2× per token).
+    let mut twin = if c.arch()? == mlx_gpt_model::config::Arch::Modern {
+        let tc = mlx_gpt_train::TrainConfig { arch: "gpt2".into(), ..c.clone() };
+        let mut m = Gpt::new(tc.model_config(vocab), c.seed)?;
+        m.set_dtype(c.dtype.to_mlx())?;
+        m.set_training(true);
+        m.kernels = model.kernels;
+        let o = AdamW::new(AdamWConfig::from(&tc));
+        let e = GradEngine::new(&tc, &m, streams, 1);
+        Some((m, o, e))
+    } else {
+        None
+    };
+    let (mut times, mut torch_times, mut twin_times) = (Vec::new(), Vec::new(), Vec::new());
     let mut rounds = Vec::new();
     let mut step = 0usize;
-    for round in 0..args.rounds {
+    let mut time_steps = |model: &mut Gpt, opt: &mut AdamW, engine: &mut GradEngine, warmup: usize| {
         let mut round_times = Vec::new();
-        let warmup = if round == 0 { args.warmup } else { args.warmup.min(1) };
         for i in 0..warmup + args.iters {
             let t = Instant::now();
             mlx_gpt_train::step::train_step(
-                &mut model,
-                &mut opt,
+                model,
+                opt,
                 &mut next,
                 c.gradient_accumulation_steps,
                 1e-4,
@@ -129,6 +143,14 @@ pub fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_runtime::jit::JitSet
             if i >= warmup {
                 round_times.push(t.elapsed().as_secs_f64());
             }
+        }
+        anyhow::Ok(round_times)
+    };
+    for round in 0..args.rounds {
+        let warmup = if round == 0 { args.warmup } else { args.warmup.min(1) };
+        let round_times = time_steps(&mut model, &mut opt, &mut engine, warmup)?;
+        if let Some((m, o, e)) = twin.as_mut() {
+            twin_times.extend(time_steps(m, o, e, warmup)?);
         }
         let torch_round = torch.as_ref().ok().map(TorchReference::run);
         let mlx_med = median(&mut round_times.clone());
@@ -150,6 +172,14 @@ pub fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_runtime::jit::JitSet
         flops / med / peak * 100.0
     );
     println!("(MFU against the ceiling: {})", ceiling.describe());
+    if !twin_times.is_empty() {
+        let t = median(&mut twin_times);
+        println!(
+            "its GPT-2 twin (arch gpt2, the same shape, batch, optimizer and kernels), alternating: median {:.2} ms",
+            t * 1e3
+        );
+        println!("modern step / GPT-2 step, per token: {:.2}x", med / t);
+    }
     match &torch {
         Err(why) => println!("PyTorch reference: not run ({why})"),
         Ok(_) => {

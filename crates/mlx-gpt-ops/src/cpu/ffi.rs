@@ -39,6 +39,21 @@ extern "C" {
         tanh: bool,
         with_slope: bool,
     ) -> libc::c_int;
+    /// `*res = x / √(mean(x²) + eps)` over the last axis as an `RmsNorm` primitive
+    /// (csrc/rms_norm.cpp).
+    pub(crate) fn mlx_gpt_rms_norm(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array, eps: f32) -> libc::c_int;
+    /// `*res` = the modern GPT's q, k, v (B, T, 3C) from c_attn's output, QK-normed,
+    /// turned and with key/value heads repeated, as a `RotaryQkv` primitive
+    /// (csrc/rotary_qkv.cpp).
+    pub(crate) fn mlx_gpt_rotary_qkv(
+        res: *mut mlx_sys::mlx_array,
+        qkv: mlx_sys::mlx_array,
+        cos: mlx_sys::mlx_array,
+        sin: mlx_sys::mlx_array,
+        n_head: libc::c_int,
+        n_kv_head: libc::c_int,
+        eps: f32,
+    ) -> libc::c_int;
     /// `*res = LayerNorm(x; w, bias, eps)` as a `LayerNorm` primitive (csrc/layer_norm.cpp);
     /// `bias` may be an empty handle.
     pub(crate) fn mlx_gpt_layer_norm(

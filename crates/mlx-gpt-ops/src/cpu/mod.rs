@@ -17,3 +17,5 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 pub mod matvec;
+pub mod rms_norm;
+pub mod rotary_qkv;
