@@ -117,6 +117,7 @@ def main():
     ap.add_argument("extra", nargs="*", help="--key value pairs for both recipes (e.g. --max_iters 100)")
     a = ap.parse_args()
     root = pathlib.Path(a.out) / a.pair
+    root.mkdir(parents=True, exist_ok=True)
     results = []
     for seed in a.seeds:
         # Alternating recipes, so slow drifts of the machine's speed touch both.

@@ -75,23 +75,25 @@ impl CausalSelfAttention {
         let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let nh = self.n_head as i32;
         let scale = 1.0 / ((c / nh) as f32).sqrt();
-        let qkv = self.c_attn.forward(k, x)?; // (B, T, 3C): q, k, v side by side
+        // (B, T, 3C): q, k, v side by side. The modern GPT's is (B, T, (nh + 2·nkv)·hs):
+        // QK-norm, the turn and the repeat of key/value heads bring it to GPT-2's layout.
+        let qkv = self.c_attn.forward(k, x)?;
         let qkv = match (self.qk_norm, rope) {
             (Some(eps), Some((cos, sin))) => {
                 mlx_gpt_ops::rotary_qkv(k, &qkv, cos, sin, nh, self.n_kv_head as i32, eps)?
-                // (B, T, 3C)
             }
             (None, None) => qkv,
             _ => return Err(Exception::custom("rotary tables are for the modern GPT's attention alone")),
         };
         let y = match kv {
-            // Whole sequences: training, evaluation, a prompt's first pass.
+            // New positions after cached ones (generation).
             Some(kv) if !kv.is_empty() => {
                 let parts = qkv.split_equal(3, -1)?; // 3 × (B, T, C)
                 kv.append(&parts[1], &parts[2])?;
                 let (kb, vb) = kv.buffers(); // (B, capacity, C)
                 mlx_gpt_ops::cached_attention(k, &parts[0], kb, vb, kv.len() as i32, nh, scale)?
             }
+            // Whole sequences: training, evaluation, a prompt's first pass.
             kv => {
                 let dropout = self.attn_dropout.multiplier(&[b, nh, t, t], qkv.dtype())?; // (B, nh, T, T)
                 if let Some(kv) = kv {

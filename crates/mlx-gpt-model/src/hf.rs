@@ -90,6 +90,14 @@ pub enum LoadError {
     /// Building the model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The model cannot be written in the layout asked for (crate::mlx_lm).
+    #[error("cannot export as {layout}: {why}")]
+    NotExportable {
+        /// The layout.
+        layout: &'static str,
+        /// What differs.
+        why: String,
+    },
 }
 
 fn list(what: &str, names: &[String]) -> String {

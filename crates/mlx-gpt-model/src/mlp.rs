@@ -38,7 +38,7 @@ impl Mlp {
     pub fn forward(&mut self, k: &Kernels, x: &Array) -> Result<Array, Exception> {
         let h = self.c_fc.forward(k, x)?; // (B, T, 4C)
         let h = match self.activation {
-            Activation::ReluSquared => mlx_gpt_ops::relu_squared(k, &h)?,
+            Activation::ReluSquared => mlx_gpt_ops::relu_squared(k, &h, self.dropout.training)?,
             // Training: the CPU kernel also keeps GELU's slope for the backward pass.
             gelu => mlx_gpt_ops::gelu(k, &h, gelu == Activation::GeluNew, self.dropout.training)?,
         };

@@ -85,9 +85,7 @@ pub fn tensors(model: &Gpt) -> Result<BTreeMap<String, Array>, LoadError> {
 /// each file under a temporary name first, then renamed. Refused, saying why, where mlx-lm's
 /// model would compute something else ([`check`]).
 pub fn save(model: &Gpt, dir: &Path) -> Result<(), LoadError> {
-    check(&model.config).map_err(|why| {
-        LoadError::Model(crate::ModelError::Sampling(format!("cannot export as mlx-lm's nanochat: {why}")))
-    })?;
+    check(&model.config).map_err(|why| LoadError::NotExportable { layout: "mlx-lm's nanochat", why })?;
     std::fs::create_dir_all(dir).map_err(|source| LoadError::Io { path: dir.into(), source })?;
     hf::write_tensors(&tensors(model)?, &dir.join(hf::WEIGHTS_FILE))?;
     let text = serde_json::to_string_pretty(&config_json(&model.config)).expect("JSON values serialize");

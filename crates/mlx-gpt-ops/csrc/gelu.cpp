@@ -1,5 +1,6 @@
 // GELU and its gradient as two MLX primitives, one pass over memory each: the exact
-// (erf) form, nanoGPT's, and the tanh approximation GPT-2 was trained with (`gelu_new`).
+// (erf) form, nanoGPT's, and the tanh approximation GPT-2 was trained with (`gelu_new`);
+// and the modern GPT's ReLU², max(x, 0)², through the same two primitives.
 //
 // Written as MLX ops, GELU's forward and backward become several element-wise kernels
 // under compile (erf, the products, exp(-x²/2) for the derivative, ...), each a pass over
@@ -129,6 +130,43 @@ MLX_GPT_CLONES void gelu_tanh_forward_slope(const float* __restrict x, float* __
   }
 }
 
+// ReLU²: y = max(x, 0)², slope 2·max(x, 0).
+MLX_GPT_CLONES void relu2_forward(const float* __restrict x, float* __restrict y, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float r = x[i] > 0.0f ? x[i] : 0.0f;
+    y[i] = r * r;
+  }
+}
+
+MLX_GPT_CLONES void relu2_forward_slope(const float* __restrict x, float* __restrict y, float* __restrict s, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float r = x[i] > 0.0f ? x[i] : 0.0f;
+    y[i] = r * r;
+    s[i] = 2.0f * r;
+  }
+}
+
+MLX_GPT_CLONES void relu2_backward(const float* __restrict x, const float* __restrict g, float* __restrict dx, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float r = x[i] > 0.0f ? x[i] : 0.0f;
+    dx[i] = g[i] * (2.0f * r);
+  }
+}
+
+// Which nonlinearity a primitive computes.
+enum class Kind { Erf, Tanh, Relu2 };
+
+void forward(Kind kind, const float* x, float* y, size_t n) {
+  (kind == Kind::Tanh ? gelu_tanh_forward : kind == Kind::Relu2 ? relu2_forward : gelu_forward)(x, y, n);
+}
+void forward_slope(Kind kind, const float* x, float* y, float* s, size_t n) {
+  (kind == Kind::Tanh ? gelu_tanh_forward_slope : kind == Kind::Relu2 ? relu2_forward_slope : gelu_forward_slope)(
+      x, y, s, n);
+}
+void backward(Kind kind, const float* x, const float* g, float* dx, size_t n) {
+  (kind == Kind::Tanh ? gelu_tanh_backward : kind == Kind::Relu2 ? relu2_backward : gelu_backward)(x, g, dx, n);
+}
+
 // Allocates outputs[0] (same shape as inputs[0]) and dispatches `kernel(ptrs..., out, n)`.
 template <typename F>
 void dispatch_elementwise(
@@ -149,40 +187,40 @@ void dispatch_elementwise(
 
 class GeluGrad : public mlx_gpt::CpuPrimitive {
  public:
-  GeluGrad(mx::Stream stream, bool tanh) : mlx_gpt::CpuPrimitive(stream), tanh_(tanh) {}
+  GeluGrad(mx::Stream stream, Kind kind) : mlx_gpt::CpuPrimitive(stream), kind_(kind) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    const bool tanh = tanh_;
-    dispatch_elementwise(stream(), inputs, outputs, [tanh](const std::vector<const float*>& p, float* y, size_t n) {
-      (tanh ? gelu_tanh_backward : gelu_backward)(p[0], p[1], y, n);
+    const Kind kind = kind_;
+    dispatch_elementwise(stream(), inputs, outputs, [kind](const std::vector<const float*>& p, float* y, size_t n) {
+      backward(kind, p[0], p[1], y, n);
     });
   }
   const char* name() const override {
     return "GeluGrad";
   }
   bool is_equivalent(const mx::Primitive& other) const override {
-    return tanh_ == static_cast<const GeluGrad&>(other).tanh_;
+    return kind_ == static_cast<const GeluGrad&>(other).kind_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     return {inputs[0].shape()};
   }
 
  private:
-  bool tanh_;
+  Kind kind_;
 };
 
 // inputs: x; outputs: y and, `with_slope`, the slope at x (for training: the gradient is
 // then the cotangent times the slope, a product compile can fuse with its neighbours).
 class Gelu : public mlx_gpt::CpuPrimitive {
  public:
-  Gelu(mx::Stream stream, bool tanh, bool with_slope)
-      : mlx_gpt::CpuPrimitive(stream), tanh_(tanh), with_slope_(with_slope) {}
+  Gelu(mx::Stream stream, Kind kind, bool with_slope)
+      : mlx_gpt::CpuPrimitive(stream), kind_(kind), with_slope_(with_slope) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    const bool tanh = tanh_;
+    const Kind kind = kind_;
     if (!with_slope_) {
-      dispatch_elementwise(stream(), inputs, outputs, [tanh](const std::vector<const float*>& p, float* y, size_t n) {
-        (tanh ? gelu_tanh_forward : gelu_forward)(p[0], y, n);
+      dispatch_elementwise(stream(), inputs, outputs, [kind](const std::vector<const float*>& p, float* y, size_t n) {
+        forward(kind, p[0], y, n);
       });
       return;
     }
@@ -193,7 +231,7 @@ class Gelu : public mlx_gpt::CpuPrimitive {
     const size_t n = outputs[0].size();
     encoder.dispatch([=]() {
       in.fill();
-      (tanh ? gelu_tanh_forward_slope : gelu_forward_slope)(x, y, slope, n);
+      forward_slope(kind, x, y, slope, n);
     });
   }
 
@@ -206,7 +244,7 @@ class Gelu : public mlx_gpt::CpuPrimitive {
       return {mx::multiply(cotangents[0], outputs[1], stream())};
     }
     return {mx::array(
-        primals[0].shape(), mx::float32, std::make_shared<GeluGrad>(stream(), tanh_), {primals[0], cotangents[0]})};
+        primals[0].shape(), mx::float32, std::make_shared<GeluGrad>(stream(), kind_), {primals[0], cotangents[0]})};
   }
 
   const char* name() const override {
@@ -214,7 +252,7 @@ class Gelu : public mlx_gpt::CpuPrimitive {
   }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const Gelu&>(other);
-    return tanh_ == o.tanh_ && with_slope_ == o.with_slope_;
+    return kind_ == o.kind_ && with_slope_ == o.with_slope_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     if (with_slope_) {
@@ -224,8 +262,27 @@ class Gelu : public mlx_gpt::CpuPrimitive {
   }
 
  private:
-  bool tanh_, with_slope_;
+  Kind kind_;
+  bool with_slope_;
 };
+
+// The entry points' shared body: *res = kind(x), differentiable.
+int make(mlx_array* res, const mlx_array x, Kind kind, bool with_slope) {
+  return mlx_gpt::guarded([&]() {
+    const mx::array& xa = mlx_array_get_(x);
+    if (xa.dtype() != mx::float32) {
+      throw std::invalid_argument("[Gelu] takes float32 only");
+    }
+    auto stream = mx::default_stream(mx::Device::cpu);
+    auto primitive = std::make_shared<Gelu>(stream, kind, with_slope);
+    if (with_slope) {
+      mlx_array_set_(*res, mx::array::make_arrays({xa.shape(), xa.shape()}, {mx::float32, mx::float32}, primitive, {xa})[0]);
+    } else {
+      mlx_array_set_(*res, mx::array(xa.shape(), mx::float32, primitive, {xa}));
+    }
+    return 0;
+  });
+}
 
 }  // namespace
 
@@ -244,20 +301,12 @@ extern "C" {
 // the slope in the forward pass, for the gradient. Returns 0, or 1 with the reason in
 // mlx_gpt_last_error().
 int mlx_gpt_gelu(mlx_array* res, const mlx_array x, bool tanh, bool with_slope) {
-  return mlx_gpt::guarded([&]() {
-    const mx::array& xa = mlx_array_get_(x);
-    if (xa.dtype() != mx::float32) {
-      throw std::invalid_argument("[Gelu] takes float32 only");
-    }
-    auto stream = mx::default_stream(mx::Device::cpu);
-    auto primitive = std::make_shared<Gelu>(stream, tanh, with_slope);
-    if (with_slope) {
-      mlx_array_set_(*res, mx::array::make_arrays({xa.shape(), xa.shape()}, {mx::float32, mx::float32}, primitive, {xa})[0]);
-    } else {
-      mlx_array_set_(*res, mx::array(xa.shape(), mx::float32, primitive, {xa}));
-    }
-    return 0;
-  });
+  return make(res, x, tanh ? Kind::Tanh : Kind::Erf, with_slope);
+}
+
+// *res = max(x, 0)² for float32 x, as mlx_gpt_gelu.
+int mlx_gpt_relu_squared(mlx_array* res, const mlx_array x, bool with_slope) {
+  return make(res, x, Kind::Relu2, with_slope);
 }
 
 }  // extern "C"

@@ -8,7 +8,7 @@
 //! | LayerNorm | [`layer_norm()`] | [`layer_norm::layer_norm_mlx`] | `layer_norm.cpp` |
 //! | GELU | [`gelu()`] | [`gelu::gelu_mlx`] | `gelu.cpp` |
 //! | RMSNorm, no parameters (modern GPT) | [`rms_norm()`] | [`rms_norm::rms_norm_mlx`] | `rms_norm.cpp` (MLX's `fast::rms_norm` with `mlx-fast`) |
-//! | ReLU² (modern GPT) | [`relu_squared()`] | the same | — |
+//! | ReLU² (modern GPT) | [`relu_squared()`] | [`relu_squared::relu_squared_mlx`] | `gelu.cpp` |
 //! | rotary position embedding (modern GPT) | [`rotary()`] | the same | — |
 //! | QK-norm + rotary + key/value repeat (modern GPT) | [`rotary_qkv()`] | [`rotary::rotary_qkv_mlx`] | `rotary_qkv.cpp` |
 //! | causal self-attention | [`causal_attention()`] | [`attention::attention_mlx`] | `causal_attention.cpp` |

@@ -54,6 +54,12 @@ extern "C" {
         n_kv_head: libc::c_int,
         eps: f32,
     ) -> libc::c_int;
+    /// `*res = max(x, 0)²` through the `Gelu` primitive (csrc/gelu.cpp).
+    pub(crate) fn mlx_gpt_relu_squared(
+        res: *mut mlx_sys::mlx_array,
+        x: mlx_sys::mlx_array,
+        with_slope: bool,
+    ) -> libc::c_int;
     /// `*res = LayerNorm(x; w, bias, eps)` as a `LayerNorm` primitive (csrc/layer_norm.cpp);
     /// `bias` may be an empty handle.
     pub(crate) fn mlx_gpt_layer_norm(

@@ -20,6 +20,16 @@ pub fn gelu(x: &Array, tanh: bool, with_slope: bool) -> Result<Option<Array>, Ex
     unsafe { super::ffi::call(|res| super::ffi::mlx_gpt_gelu(res, x.as_ptr(), tanh, with_slope)) }
 }
 
+/// `max(x, 0)²` through the same primitive, or `Ok(None)` for another dtype than float32;
+/// `with_slope` as for [`gelu`].
+pub fn relu_squared(x: &Array, with_slope: bool) -> Result<Option<Array>, Exception> {
+    if x.dtype() != Dtype::Float32 {
+        return Ok(None);
+    }
+    // SAFETY: mlx_gpt_relu_squared with the given handle; `x` outlives the call.
+    unsafe { super::ffi::call(|res| super::ffi::mlx_gpt_relu_squared(res, x.as_ptr(), with_slope)) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
