@@ -11,6 +11,12 @@
 //! (`checkpoint`), so exiting at any moment loses no finished one. (With overcommit turned
 //! off, or under `ulimit -v`, a failed `malloc` still crashes inside MLX; that needs a fix
 //! in MLX.)
+//!
+//! In a container the limit is usually the control group's, not the machine's: Docker and
+//! Kubernetes set `memory.max` (cgroup v2) or `memory.limit_in_bytes` (v1), `/proc/meminfo`
+//! still shows the host, and the kernel kills at the group's limit. So a snapshot takes the
+//! smaller of the two: the group's limit as the total and what the group may still use as
+//! the available memory ([`CgroupMemory`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,12 +31,14 @@ pub fn estimate_bytes(c: &crate::config::TrainConfig, n_params: usize) -> f64 {
     16.0 * n_params as f64 + b * t * l * (34.0 * ch + 5.0 * nh * t) * 2.0
 }
 
-/// What `/proc/meminfo` and `/proc/self/statm` say, in bytes.
+/// What `/proc/meminfo` and `/proc/self/statm` say, in bytes, within this process's
+/// control group's memory limit where it has one.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemorySnapshot {
-    /// `MemTotal`.
+    /// `MemTotal`, or the control group's limit when lower.
     pub total: u64,
-    /// `MemAvailable`: what the system can still give without swapping.
+    /// `MemAvailable`: what the system can still give without swapping; within a control
+    /// group's limit, the smaller of that and what the group may still use.
     pub available: u64,
     /// This process's resident memory.
     pub resident: u64,
@@ -48,7 +56,80 @@ impl MemorySnapshot {
         let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        Some(MemorySnapshot { total: field("MemTotal:")?, available: field("MemAvailable:")?, resident: pages * page })
+        let machine =
+            MemorySnapshot { total: field("MemTotal:")?, available: field("MemAvailable:")?, resident: pages * page };
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|text| CgroupMemory::read(&text, std::path::Path::new("/sys/fs/cgroup")));
+        Some(machine.within(cgroup))
+    }
+
+    /// This snapshot within a control group's limit (none: unchanged).
+    pub fn within(self, cgroup: Option<CgroupMemory>) -> MemorySnapshot {
+        match cgroup {
+            Some(g) if g.limit < self.total => {
+                MemorySnapshot { total: g.limit, available: self.available.min(g.limit.saturating_sub(g.used)), ..self }
+            }
+            _ => self,
+        }
+    }
+}
+
+/// A control group's memory limit and what counts against it, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CgroupMemory {
+    /// The smallest limit on the way from this process's group to the root.
+    pub limit: u64,
+    /// The group's usage less its inactive file cache, which the kernel reclaims before it
+    /// kills (the figure `docker stats` shows).
+    pub used: u64,
+}
+
+impl CgroupMemory {
+    /// The memory limit of the group `/proc/self/cgroup` (`proc_cgroup`) names, under the
+    /// cgroup mount `root` (`/sys/fs/cgroup`): cgroup v2's `memory.max` and
+    /// `memory.current`, or v1's `memory.limit_in_bytes` and `memory.usage_in_bytes` in the
+    /// `memory` hierarchy. `None` where there is no limit or nothing readable.
+    pub fn read(proc_cgroup: &str, root: &std::path::Path) -> Option<CgroupMemory> {
+        // v1: "N:memory:/path" (possibly "N:memory,other:/path"); v2: "0::/path".
+        let v1 = proc_cgroup.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            controllers.split(',').any(|c| c == "memory").then(|| path.to_string())
+        });
+        let (base, path, limit_file, usage_file, inactive_key) = match v1 {
+            Some(path) => {
+                (root.join("memory"), path, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+            }
+            None => {
+                let path = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
+                (root.to_path_buf(), path, "memory.max", "memory.current", "inactive_file")
+            }
+        };
+        // The group's own folder where it is visible; in a container with its own cgroup
+        // namespace the mount's root is the container's group.
+        let mut dir = base.join(path.trim_start_matches('/'));
+        if !dir.join(usage_file).is_file() {
+            dir = base.clone();
+        }
+        let number = |p: std::path::PathBuf| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+        // Every ancestor's limit applies too ("max" and v1's huge "unlimited" parse as none).
+        let mut limit: Option<u64> = None;
+        let mut at = Some(dir.as_path());
+        while let Some(d) = at.filter(|d| d.starts_with(&base)) {
+            if let Some(l) = number(d.join(limit_file)).filter(|&l| l < 1 << 60) {
+                limit = Some(limit.map_or(l, |m: u64| m.min(l)));
+            }
+            at = d.parent();
+        }
+        let usage = number(dir.join(usage_file))?;
+        let inactive = std::fs::read_to_string(dir.join("memory.stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.lines().find_map(|l| l.strip_prefix(inactive_key)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        Some(CgroupMemory { limit: limit?, used: usage.saturating_sub(inactive) })
     }
 }
 
@@ -153,6 +234,55 @@ impl Drop for MemoryGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// cgroup v2 and v1 layouts written out under a temporary root: the group's limit (or
+    /// an ancestor's, the smaller) becomes the total, and what it may still use, less the
+    /// reclaimable inactive cache, the available memory; no limit changes nothing.
+    #[test]
+    fn a_control_groups_limit_bounds_the_snapshot() {
+        let root = std::env::temp_dir().join(format!("mlx-gpt-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let write = |rel: &str, text: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        // v2: a 4 GiB group inside an 8 GiB parent, 3 GiB used of which 1 GiB inactive cache.
+        write("v2/memory.max", "max\n");
+        write("v2/kubepods/memory.max", "8589934592\n");
+        write("v2/kubepods/pod/memory.max", "4294967296\n");
+        write("v2/kubepods/pod/memory.current", "3221225472\n");
+        write("v2/kubepods/pod/memory.stat", "anon 1\nfile 5\ninactive_file 1073741824\nactive_file 2\n");
+        let g = CgroupMemory::read("0::/kubepods/pod\n", &root.join("v2")).unwrap();
+        assert_eq!(g, CgroupMemory { limit: 4 * GIB, used: 2 * GIB });
+        // The same group seen from inside its own namespace ("0::/") at the mount's root.
+        write("v2ns/memory.max", "4294967296\n");
+        write("v2ns/memory.current", "1073741824\n");
+        assert_eq!(CgroupMemory::read("0::/\n", &root.join("v2ns")).unwrap().limit, 4 * GIB);
+        // v1, with the memory controller beside others on its line.
+        write("v1/memory/docker/abc/memory.limit_in_bytes", "2147483648\n");
+        write("v1/memory/docker/abc/memory.usage_in_bytes", "1073741824\n");
+        write("v1/memory/docker/abc/memory.stat", "inactive_file 7\ntotal_inactive_file 536870912\n");
+        let text = "12:pids:/docker/abc\n4:memory,hugetlb:/docker/abc\n0::/\n";
+        assert_eq!(CgroupMemory::read(text, &root.join("v1")).unwrap(), CgroupMemory { limit: 2 * GIB, used: GIB / 2 });
+        // No limit (v1's "unlimited" is a huge number; v2's is "max"): none.
+        write("v1u/memory/memory.limit_in_bytes", "9223372036854771712\n");
+        write("v1u/memory/memory.usage_in_bytes", "1073741824\n");
+        assert_eq!(CgroupMemory::read("4:memory:/\n", &root.join("v1u")), None);
+        assert_eq!(CgroupMemory::read("0::/\n", &root.join("nothing-here")), None);
+
+        let machine = MemorySnapshot { total: 24 * GIB, available: 20 * GIB, resident: GIB };
+        let s = machine.within(Some(g));
+        assert_eq!((s.total, s.available, s.resident), (4 * GIB, 2 * GIB, GIB));
+        // The guard's floor then follows the group: 100 MiB left of 4 GiB, this run holding
+        // most of it, stops the run, though the machine has 20 GiB free.
+        let tight = machine.within(Some(CgroupMemory { limit: 4 * GIB, used: 4 * GIB - (100 << 20) }));
+        assert!(MemoryFloor::for_machine(tight.total)
+            .breached(&MemorySnapshot { resident: 3 * GIB, ..tight })
+            .is_some());
+        assert_eq!(machine.within(None), machine);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     const GIB: u64 = 1 << 30;
 
