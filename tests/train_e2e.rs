@@ -364,7 +364,7 @@ fn modern_trains_resumes_exactly_samples_and_exports() {
 
     let gpt2 = mlx_gpt(&tiny(&data, &b, &["--max_iters", "30", "--init_from", "resume", "--optimizer", "muon"]));
     let text = String::from_utf8_lossy(&gpt2.stderr).to_string() + &String::from_utf8_lossy(&gpt2.stdout);
-    assert!(!gpt2.status.success() && text.contains("arch: checkpoint Modern, config Gpt2"), "{text}");
+    assert!(!gpt2.status.success() && text.contains("arch: checkpoint modern, config gpt2"), "{text}");
 }
 
 #[test]

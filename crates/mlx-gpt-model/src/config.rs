@@ -242,6 +242,13 @@ impl GptConfig {
         self.n_kv_head.unwrap_or(self.n_head)
     }
 
+    /// The same model with `n_kv_head` unset where it equals `n_head` (ordinary attention),
+    /// as `config.json` reads back: one spelling per model, so configurations compare.
+    pub fn normalized(self) -> Self {
+        let n_kv_head = self.n_kv_head.filter(|&kv| kv != self.n_head);
+        GptConfig { n_kv_head, ..self }
+    }
+
     /// Size of one attention head (`hs` = C / nh).
     pub fn head_size(&self) -> usize {
         self.n_embd / self.n_head
@@ -420,8 +427,8 @@ impl GptConfig {
             n_embd,
             dropout,
             // Hugging Face's GPT-2 always has biases; mlx-gpt writes this extra key for
-            // models trained without them (saved with zero biases).
-            bias: v.get("bias").and_then(Value::as_bool).unwrap_or(true),
+            // models trained without them (saved with zero biases). The modern GPT has none.
+            bias: v.get("bias").and_then(Value::as_bool).unwrap_or(arch == Arch::Gpt2),
             activation,
             layer_norm_epsilon: eps,
             arch,
@@ -604,16 +611,20 @@ mod tests {
         #[test]
         fn modern_config_json_round_trips(n_layer in 1usize..8, kv in 1usize..4, groups in 1usize..4,
                                           half_hs in 1usize..8, vocab in 1usize..60000, block in 1usize..2048,
-                                          base in 2.0f32..1e6, cap in 0.0f32..50.0, relu2: bool) {
+                                          base in 2.0f32..1e6, cap in 0.0f32..50.0, relu2: bool, set_kv: bool) {
             let n_head = kv * groups;
             let c = GptConfig { block_size: block, vocab_size: vocab, n_layer, n_head, n_embd: n_head * 2 * half_hs,
                 ..GptConfig::baby(vocab) }.modern();
-            let c = GptConfig { n_kv_head: (kv != n_head).then_some(kv), rope_base: base, logit_softcap: cap,
+            // n_kv_head given even where it equals n_head (groups = 1), or left unset.
+            let c = GptConfig { n_kv_head: set_kv.then_some(kv), rope_base: base, logit_softcap: cap,
                 activation: if relu2 { Activation::ReluSquared } else { Activation::Gelu }, ..c };
-            let json = c.to_hf_json();
+            let mut json = c.to_hf_json();
             prop_assert_eq!(&json["model_type"], MODERN_MODEL_TYPE);
             let back = GptConfig::from_hf_json(&json, Path::new("x")).unwrap();
-            prop_assert_eq!(back, c);
+            prop_assert_eq!(&back, &c.clone().normalized());
+            // Written by hand without "bias": the modern GPT has none.
+            json.as_object_mut().unwrap().remove("bias");
+            prop_assert!(!GptConfig::from_hf_json(&json, Path::new("x")).unwrap().bias);
         }
     }
 }

@@ -415,6 +415,34 @@ mod tests {
         assert_ne!(m.wte.weight.as_slice::<f32>(), other.wte.weight.as_slice::<f32>());
     }
 
+    /// nanochat's initialisation for the modern GPT: output projections zero, the head
+    /// N(0, 0.001), wte N(0, 1), c_attn and c_fc uniform within ±√3/√C (std 1/√C); no
+    /// position table, no LayerNorm gains.
+    #[test]
+    fn modern_init_follows_nanochat() {
+        use mlx_rs::module::ModuleParameters as _;
+        let c = GptConfig { n_layer: 2, n_embd: 256, n_head: 4, ..GptConfig::baby(500).modern() };
+        let m = Gpt::new(c, 0).unwrap();
+        let stats = |a: &Array| {
+            let v = a.as_slice::<f32>();
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+            let std = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+            (std, v.iter().fold(0.0f32, |a, &x| a.max(x.abs())))
+        };
+        for b in &m.h {
+            assert_eq!(stats(&b.attn.c_proj.weight).1, 0.0);
+            assert_eq!(stats(&b.mlp.c_proj.weight).1, 0.0);
+            for w in [&b.attn.c_attn.weight, &b.mlp.c_fc.weight] {
+                let (std, max) = stats(w);
+                assert!((std - 1.0 / 16.0).abs() < 0.05 / 16.0 && max <= 3f32.sqrt() / 16.0, "{std} {max}");
+            }
+        }
+        assert!((stats(&m.wte.weight).0 - 1.0).abs() < 0.05);
+        assert!((stats(&m.lm_head.as_ref().unwrap().weight).0 - 0.001).abs() < 0.0001);
+        let names: Vec<String> = m.parameters().flatten().keys().map(|k| k.to_string()).collect();
+        assert!(!names.iter().any(|n| n.contains("wpe") || n.contains("ln_") || n.ends_with("bias")), "{names:?}");
+    }
+
     #[test]
     fn parameter_count_matches_the_formula() {
         let (l, c, v, t) = (3usize, 48usize, 101usize, 20usize);

@@ -18,8 +18,10 @@
 #include "primitive.h"
 
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace mx = mlx::core;
 

@@ -576,7 +576,8 @@ impl TrainConfig {
                 rope_base: self.rope_base as f32,
                 logit_softcap: self.logit_softcap as f32,
                 ..gpt2.modern()
-            },
+            }
+            .normalized(),
             _ => gpt2,
         }
     }
@@ -623,6 +624,9 @@ mod tests {
             let ratio = params(&b) / params(&a);
             assert!((0.98..1.02).contains(&ratio), "{modern}: {ratio}");
         }
+        // n_kv_head equal to n_head is ordinary attention: one spelling, as config.json reads back.
+        let c = TrainConfig::resolve(None, &kv(&[("arch", "modern"), ("n_kv_head", "12")])).unwrap();
+        assert_eq!(c.model_config(65).n_kv_head, None);
         let e = TrainConfig::resolve(None, &kv(&[("arch", "llama")])).unwrap_err().to_string();
         assert!(e.contains("arch must be gpt2 or modern"), "{e}");
         let e = TrainConfig::resolve(None, &kv(&[("n_kv_head", "4")])).unwrap_err().to_string();

@@ -430,6 +430,47 @@ mod muon_tests {
         AdamWConfig { muon: Some((MuonConfig::default(), 20.0)), ..AdamWConfig::adamw(0.9, 0.95, 1e-8, 0.1) }
     }
 
+    /// With `embedding_lr_ratio` and `head_lr_ratio`, AdamW's first step moves the token
+    /// embedding, the head and the rest by their own learning rates: Adam's first update is
+    /// ±lr (m̂/√v̂ = g/|g|), so each parameter moves by its group's rate exactly; and over two
+    /// steps each group equals AdamW alone at that rate (one step count for all groups).
+    #[test]
+    fn each_group_steps_at_its_own_learning_rate() {
+        let mut params = model_like();
+        params.insert(
+            "lm_head.weight".into(),
+            random::normal::<f32>(&[11, 8], None, None, &random::key(9).unwrap()).unwrap(),
+        );
+        let config =
+            AdamWConfig { embedding_lr_ratio: 10.0, head_lr_ratio: 0.1, ..AdamWConfig::adamw(0.9, 0.95, 1e-12, 0.0) };
+        let mut opt = AdamW::new(config);
+        let lr = 1e-3;
+        let (g1, g2) = (grads(&params, 1), grads(&params, 2));
+        let (_, new) = opt.step(&Kernels::mlx(), &params, std::slice::from_ref(&g1), 1.0, 0.0, lr).unwrap();
+        for (name, want) in [("wte.weight", 10.0 * lr), ("lm_head.weight", 0.1 * lr), ("h.0.attn.c_attn.weight", lr)] {
+            let moved = new[name].subtract(&params[name]).unwrap().abs().unwrap();
+            for m in moved.as_slice::<f32>() {
+                // Up to the rounding of p − p' (parameters of magnitude ~1 in float32).
+                assert!((m - want).abs() < 1e-3 * want + 1e-6, "{name}: moved {m}, want {want}");
+            }
+        }
+        let (_, new2) = opt.step(&Kernels::mlx(), &new, std::slice::from_ref(&g2), 1.0, 0.0, lr).unwrap();
+        for (name, ratio) in [("wte.weight", 10.0f32), ("lm_head.weight", 0.1)] {
+            let one = |p: &BTreeMap<String, Array>| -> BTreeMap<String, Array> {
+                [(name.to_string(), p[name].clone())].into()
+            };
+            let at = params.keys().position(|k| k == name).unwrap();
+            let mut alone = AdamW::new(AdamWConfig::adamw(0.9, 0.95, 1e-12, 0.0));
+            let (_, a1) =
+                alone.step(&Kernels::mlx(), &one(&params), &[vec![g1[at].clone()]], 1.0, 0.0, lr * ratio).unwrap();
+            let (_, a2) = alone.step(&Kernels::mlx(), &a1, &[vec![g2[at].clone()]], 1.0, 0.0, lr * ratio).unwrap();
+            for (a, b) in new2[name].as_slice::<f32>().iter().zip(a2[name].as_slice::<f32>()) {
+                assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{name}: {a} vs {b}");
+            }
+        }
+        assert_eq!(opt.steps(), 2);
+    }
+
     /// The matrices get Muon's step at 20 × the learning rate, the rest AdamW's, all from
     /// gradients clipped by one norm over everything.
     #[test]

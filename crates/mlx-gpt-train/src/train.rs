@@ -89,7 +89,13 @@ fn model_differences(a: &GptConfig, b: &GptConfig) -> Vec<String> {
     macro_rules! cmp {
         ($($f:ident),*) => { $( if a.$f != b.$f { d.push(format!("{}: checkpoint {:?}, config {:?}", stringify!($f), a.$f, b.$f)); } )* };
     }
-    cmp!(arch, n_layer, n_head, n_kv_head, n_embd, block_size, bias, vocab_size, rope_base, logit_softcap);
+    if a.arch != b.arch {
+        d.push(format!("arch: checkpoint {}, config {}", a.arch.name(), b.arch.name()));
+    }
+    if a.kv_heads() != b.kv_heads() {
+        d.push(format!("n_kv_head: checkpoint {}, config {}", a.kv_heads(), b.kv_heads()));
+    }
+    cmp!(n_layer, n_head, n_embd, block_size, bias, vocab_size, rope_base, logit_softcap);
     d
 }
 
