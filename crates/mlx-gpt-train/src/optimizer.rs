@@ -150,12 +150,12 @@ impl AdamW {
         lr: f32,
     ) -> Result<NormAndParams, Exception> {
         let out = if self.config.single_group() {
-            self.adamw_update(k, params, parts, scale, grad_clip, lr)
+            self.adamw_update(k, params, parts, scale, grad_clip, lr)?
         } else {
-            self.step_grouped(k, params, parts, scale, grad_clip, lr)
+            self.step_grouped(k, params, parts, scale, grad_clip, lr)?
         };
-        self.step += 1;
-        out
+        self.step += 1; // once per step, whatever the number of groups (bias correction)
+        Ok(out)
     }
 
     /// The AdamW update of step `self.step + 1` for every parameter of `params` at `lr`:
