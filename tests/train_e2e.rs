@@ -312,9 +312,8 @@ fn muon_trains_and_resumes_exactly() {
     ];
     learns_and_resumes_exactly(&data, &a, &b, &cfg);
     // Resumed without Muon, the checkpoint's optimizer state is refused, saying why.
-    let adamw = mlx_gpt(&tiny(&data, &b, &["--max_iters", "30", "--init_from", "resume"]));
-    let text = String::from_utf8_lossy(&adamw.stderr).to_string() + &String::from_utf8_lossy(&adamw.stdout);
-    assert!(!adamw.status.success() && text.contains("muon"), "{text}");
+    let text = failure(&mlx_gpt(&tiny(&data, &b, &["--max_iters", "30", "--init_from", "resume"])));
+    assert!(text.contains("muon"), "{text}");
 }
 
 /// `--arch modern` (with grouped-query attention, Muon and the embedding and head at their
@@ -350,21 +349,17 @@ fn modern_trains_resumes_exactly_samples_and_exports() {
     .unwrap();
     assert_eq!((config["model_type"].as_str(), config["n_kv_head"].as_u64()), (Some("mlx_gpt_modern"), Some(1)));
 
-    let a_arg = a.to_string_lossy().to_string();
-    let sample = ok(&mlx_gpt(
-        &["sample", "--out-dir", &a_arg, "--num-samples", "1", "--max-new-tokens", "40", "--start", "ROMEO:"]
-            .map(String::from),
-    ));
+    let sample = ok(&mlx_gpt(&sample_args(&a, 40, &[])));
     assert!(sample.contains("ROMEO:") && sample.len() > 40, "{sample}");
     let exported = run.path().join("mlx-lm");
-    ok(&mlx_gpt(&["export", "--out-dir", &a_arg, "--to", &exported.to_string_lossy()].map(String::from)));
+    ok(&mlx_gpt(&["export", "--out-dir", &a.to_string_lossy(), "--to", &exported.to_string_lossy()].map(String::from)));
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap()).unwrap();
     assert_eq!((config["model_type"].as_str(), config["num_key_value_heads"].as_u64()), (Some("nanochat"), Some(1)));
 
-    let gpt2 = mlx_gpt(&tiny(&data, &b, &["--max_iters", "30", "--init_from", "resume", "--optimizer", "muon"]));
-    let text = String::from_utf8_lossy(&gpt2.stderr).to_string() + &String::from_utf8_lossy(&gpt2.stdout);
-    assert!(!gpt2.status.success() && text.contains("arch: checkpoint modern, config gpt2"), "{text}");
+    let text =
+        failure(&mlx_gpt(&tiny(&data, &b, &["--max_iters", "30", "--init_from", "resume", "--optimizer", "muon"])));
+    assert!(text.contains("arch: checkpoint modern, config gpt2"), "{text}");
 }
 
 #[test]

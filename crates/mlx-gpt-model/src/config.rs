@@ -56,6 +56,12 @@ impl Arch {
     }
 }
 
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for Arch {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -88,8 +88,11 @@ impl Gpt {
     }
 
     /// The model's structure with every parameter zero (gains one); for loading weights.
+    /// Its `config` is `config` normalised ([`GptConfig::normalized`]), as its
+    /// `config.json` reads back.
     pub fn zeros(config: GptConfig) -> Result<Gpt, ModelError> {
         config.validate()?;
+        let config = config.normalized();
         let c = &config;
         let gpt2 = c.arch == Arch::Gpt2;
         let model = Gpt {

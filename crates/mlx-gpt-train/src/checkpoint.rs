@@ -377,7 +377,7 @@ fn load_parts(dir: &Path, adamw: AdamWConfig, with_optimizer: bool) -> Result<Lo
         )));
     }
     let model = hf::load_pretrained(dir).map_err(|e| damaged(format!("weights: {e}")))?;
-    if model.config != state.model.clone().normalized() {
+    if model.config != state.model {
         return Err(damaged("config.json and state.json describe different models".into()));
     }
     if !with_optimizer {

@@ -205,7 +205,8 @@ pub struct TrainConfig {
     /// `gpt2` (nanoGPT's) or `modern` (rotary, RMSNorm, QK-norm, ReLU², untied
     /// soft-capped head, zero-initialised projections; docs/model.md). A modern model has
     /// no biases and uses ReLU²: `bias` is ignored for it.
-    pub arch: String,
+    #[serde(with = "as_str")]
+    pub arch: Arch,
     /// Key/value heads of a modern model (grouped-query attention); 0: `n_head`.
     pub n_kv_head: usize,
     /// Rotary base θ of a modern model.
@@ -336,7 +337,7 @@ impl Default for TrainConfig {
             n_embd: 768,
             dropout: 0.0,
             bias: false, // nanoGPT: no biases inside LayerNorm and Linear layers
-            arch: "gpt2".into(),
+            arch: Arch::Gpt2,
             n_kv_head: 0,
             rope_base: 10_000.0,
             logit_softcap: 15.0,
@@ -483,10 +484,6 @@ impl TrainConfig {
     /// Check values that must fit together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Inconsistent(m));
-        let arch = self.arch()?;
-        if arch == Arch::Gpt2 && self.n_kv_head != 0 && self.n_kv_head != self.n_head {
-            return bad("n_kv_head (grouped-query attention) needs arch = \"modern\"".into());
-        }
         if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!("n_embd ({}) must be divisible by n_head ({})", self.n_embd, self.n_head));
         }
@@ -559,6 +556,7 @@ impl TrainConfig {
     }
 
     /// The model this configuration describes, for a vocabulary of `vocab_size`.
+    /// (A GPT-2 with `n_kv_head` other than `n_head` fails the model's validation.)
     pub fn model_config(&self, vocab_size: usize) -> mlx_gpt_model::GptConfig {
         let gpt2 = mlx_gpt_model::GptConfig {
             block_size: self.block_size,
@@ -570,21 +568,16 @@ impl TrainConfig {
             bias: self.bias,
             ..mlx_gpt_model::GptConfig::baby(vocab_size)
         };
-        match self.arch() {
-            Ok(Arch::Modern) => mlx_gpt_model::GptConfig {
-                n_kv_head: (self.n_kv_head != 0).then_some(self.n_kv_head),
+        let n_kv_head = (self.n_kv_head != 0).then_some(self.n_kv_head);
+        let config = match self.arch {
+            Arch::Modern => mlx_gpt_model::GptConfig {
                 rope_base: self.rope_base as f32,
                 logit_softcap: self.logit_softcap as f32,
                 ..gpt2.modern()
-            }
-            .normalized(),
-            _ => gpt2,
-        }
-    }
-
-    /// `arch` parsed.
-    pub fn arch(&self) -> Result<Arch, ConfigError> {
-        self.arch.parse().map_err(ConfigError::Inconsistent)
+            },
+            Arch::Gpt2 => gpt2,
+        };
+        mlx_gpt_model::GptConfig { n_kv_head, ..config }.normalized()
     }
 
     /// Tokens per optimizer step.
@@ -617,7 +610,7 @@ mod tests {
         ] {
             let (a, b) =
                 (TrainConfig::resolve(Some(gpt2), &[]).unwrap(), TrainConfig::resolve(Some(modern), &[]).unwrap());
-            assert_eq!((a.arch().unwrap(), b.arch().unwrap()), (Arch::Gpt2, Arch::Modern));
+            assert_eq!((a.arch, b.arch), (Arch::Gpt2, Arch::Modern));
             let shape = |c: &TrainConfig| (c.n_layer, c.n_head, c.n_embd, c.block_size, c.batch_size, c.dropout);
             assert_eq!(shape(&a), shape(&b), "{modern}");
             let params = |c: &TrainConfig| Gpt::zeros(c.model_config(65)).unwrap().num_params(false) as f64;

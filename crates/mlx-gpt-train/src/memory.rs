@@ -47,6 +47,12 @@ pub struct MemorySnapshot {
 impl MemorySnapshot {
     /// Now; `None` where the system does not say (not Linux, or `/proc` not mounted).
     pub fn now() -> Option<MemorySnapshot> {
+        MemorySnapshot::now_in(Cgroup::of_this_process().as_ref())
+    }
+
+    /// Now, within `cgroup`'s limit where it has one (located once by a caller that
+    /// snapshots often: the guard).
+    pub fn now_in(cgroup: Option<&Cgroup>) -> Option<MemorySnapshot> {
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
         let field = |name: &str| -> Option<u64> {
             let kib: u64 = meminfo.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()?;
@@ -58,10 +64,7 @@ impl MemorySnapshot {
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
         let machine =
             MemorySnapshot { total: field("MemTotal:")?, available: field("MemAvailable:")?, resident: pages * page };
-        let cgroup = std::fs::read_to_string("/proc/self/cgroup")
-            .ok()
-            .and_then(|text| CgroupMemory::read(&text, std::path::Path::new("/sys/fs/cgroup")));
-        Some(machine.within(cgroup))
+        Some(machine.within(cgroup.and_then(Cgroup::memory)))
     }
 
     /// This snapshot within a control group's limit (none: unchanged).
@@ -86,11 +89,39 @@ pub struct CgroupMemory {
 }
 
 impl CgroupMemory {
-    /// The memory limit of the group `/proc/self/cgroup` (`proc_cgroup`) names, under the
-    /// cgroup mount `root` (`/sys/fs/cgroup`): cgroup v2's `memory.max` and
-    /// `memory.current`, or v1's `memory.limit_in_bytes` and `memory.usage_in_bytes` in the
-    /// `memory` hierarchy. `None` where there is no limit or nothing readable.
+    /// The memory of the group `/proc/self/cgroup` (`proc_cgroup`) names under the cgroup
+    /// mount `root` ([`Cgroup::locate`]), now; `None` where it has no limit.
     pub fn read(proc_cgroup: &str, root: &std::path::Path) -> Option<CgroupMemory> {
+        Cgroup::locate(proc_cgroup, root)?.memory()
+    }
+}
+
+/// A file holding one number, as the cgroup files do.
+fn read_number(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A control group with a memory limit, located: where its usage is read, and the limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cgroup {
+    dir: std::path::PathBuf,
+    usage_file: &'static str,
+    inactive_key: &'static str,
+    limit: u64,
+}
+
+impl Cgroup {
+    /// This process's group (`/proc/self/cgroup` under `/sys/fs/cgroup`), if it has a limit.
+    pub fn of_this_process() -> Option<Cgroup> {
+        let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        Cgroup::locate(&text, std::path::Path::new("/sys/fs/cgroup"))
+    }
+
+    /// The group `/proc/self/cgroup` (`proc_cgroup`) names, under the cgroup mount `root`
+    /// (`/sys/fs/cgroup`): cgroup v2's `memory.max` and `memory.current`, or v1's
+    /// `memory.limit_in_bytes` and `memory.usage_in_bytes` in the `memory` hierarchy.
+    /// `None` where there is no limit or nothing readable. The limit is read here, once.
+    pub fn locate(proc_cgroup: &str, root: &std::path::Path) -> Option<Cgroup> {
         // v1: "N:memory:/path" (possibly "N:memory,other:/path"); v2: "0::/path".
         let v1 = proc_cgroup.lines().find_map(|l| {
             let mut f = l.splitn(3, ':');
@@ -112,24 +143,30 @@ impl CgroupMemory {
         if !dir.join(usage_file).is_file() {
             dir = base.clone();
         }
-        let number = |p: std::path::PathBuf| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
         // Every ancestor's limit applies too ("max" and v1's huge "unlimited" parse as none).
         let mut limit: Option<u64> = None;
         let mut at = Some(dir.as_path());
         while let Some(d) = at.filter(|d| d.starts_with(&base)) {
-            if let Some(l) = number(d.join(limit_file)).filter(|&l| l < 1 << 60) {
+            if let Some(l) = read_number(&d.join(limit_file)).filter(|&l| l < 1 << 60) {
                 limit = Some(limit.map_or(l, |m: u64| m.min(l)));
             }
             at = d.parent();
         }
-        let usage = number(dir.join(usage_file))?;
-        let inactive = std::fs::read_to_string(dir.join("memory.stat"))
+        read_number(&dir.join(usage_file))?;
+        Some(Cgroup { dir, usage_file, inactive_key, limit: limit? })
+    }
+
+    /// The limit and what counts against it now.
+    pub fn memory(&self) -> Option<CgroupMemory> {
+        let usage = read_number(&self.dir.join(self.usage_file))?;
+        let inactive = std::fs::read_to_string(self.dir.join("memory.stat"))
             .ok()
             .and_then(|stat| {
-                stat.lines().find_map(|l| l.strip_prefix(inactive_key)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+                stat.lines()
+                    .find_map(|l| l.strip_prefix(self.inactive_key)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
             })
             .unwrap_or(0);
-        Some(CgroupMemory { limit: limit?, used: usage.saturating_sub(inactive) })
+        Some(CgroupMemory { limit: self.limit, used: usage.saturating_sub(inactive) })
     }
 }
 
@@ -190,14 +227,16 @@ impl MemoryGuard {
         every: Duration,
         on_breach: impl FnOnce(String) + Send + 'static,
     ) -> Option<MemoryGuard> {
-        MemorySnapshot::now()?;
+        // Where the group's usage is, found once: the loop reads only what changes.
+        let cgroup = Cgroup::of_this_process();
+        MemorySnapshot::now_in(cgroup.as_ref())?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("memory-guard".into())
             .spawn(move || {
                 while !stopped.load(Ordering::Relaxed) {
-                    if let Some(why) = MemorySnapshot::now().and_then(|s| floor.breached(&s)) {
+                    if let Some(why) = MemorySnapshot::now_in(cgroup.as_ref()).and_then(|s| floor.breached(&s)) {
                         on_breach(why);
                         return;
                     }

@@ -20,7 +20,7 @@ impl TorchReference {
         if c.gradient_accumulation_steps != 1 {
             return Err("skipped: it needs gradient_accumulation_steps = 1".into());
         }
-        if c.arch != "gpt2" || c.optimizer != "adamw" {
+        if c.arch != mlx_gpt_model::config::Arch::Gpt2 || c.optimizer != "adamw" {
             return Err("skipped: it is nanoGPT's step (GPT-2, AdamW); the modern GPT is measured against its \
                         GPT-2 twin"
                 .into());

@@ -108,8 +108,8 @@ pub fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_runtime::jit::JitSet
     let torch = TorchReference::new(&c, vocab, args.iters, args.warmup);
     // A modern GPT's reference: the GPT-2 of the same shape, batch and optimizer, in this
     // process with the same kernels (issue: the modern step may cost at most 1.2× per token).
-    let mut twin = if c.arch()? == mlx_gpt_model::config::Arch::Modern {
-        let tc = mlx_gpt_train::TrainConfig { arch: "gpt2".into(), ..c.clone() };
+    let mut twin = if c.arch == mlx_gpt_model::config::Arch::Modern {
+        let tc = mlx_gpt_train::TrainConfig { arch: mlx_gpt_model::config::Arch::Gpt2, ..c.clone() };
         let mut m = Gpt::new(tc.model_config(vocab), c.seed)?;
         m.set_dtype(c.dtype.to_mlx())?;
         m.set_training(true);
