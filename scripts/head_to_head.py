@@ -5,6 +5,10 @@ results in docs/training.md).
 
     cargo build --release -p mlx-gpt-cli && cargo xtask fetch-data shakespeare_char
     python3 scripts/head_to_head.py --pair baby --seeds 0 1 2 3
+    # the large pair on a shorter, equal schedule (its presets' 5,000 steps are ~8 h a run
+    # on 2 cores); arguments after `--` go to both recipes' train and eval:
+    python3 scripts/head_to_head.py --pair shakespeare_char --eval_every 25 -- \
+        --max_iters 100 --lr_decay_iters 100 --warmup_iters 10 --eval_iters 1
 
 Each run trains its preset with a checkpoint at every evaluation; afterwards every
 checkpoint's exact val loss and bits per byte are computed (`mlx-gpt eval --eval_full`), and
@@ -114,6 +118,7 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--out", default="runs/head-to-head")
     ap.add_argument("--bin", default="target/release/mlx-gpt")
+    ap.add_argument("--eval_every", type=int, default=0, help="checkpoint interval for both recipes (0: the pair's own)")
     ap.add_argument("extra", nargs="*", help="--key value pairs for both recipes (e.g. --max_iters 100)")
     a = ap.parse_args()
     root = pathlib.Path(a.out) / a.pair
@@ -125,6 +130,7 @@ def main():
             out = root / f"{preset}-seed{seed}"
             subprocess.run(["rm", "-rf", str(out)])
             extra = list(a.extra)
+            every = a.eval_every or every
             run([a.bin, "train", preset, "--seed", str(seed), "--out_dir", str(out), "--eval_interval", str(every),
                  "--always_save_checkpoint", "true", "--keep_last", "1000", "--eval_full", "false", "--log_interval", "1"] + extra,
                 root / f"{preset}-seed{seed}.log")
