@@ -1,12 +1,17 @@
 // mlx-gpt's own float32 GEMM (gemm.h): a 12 × 32 AVX-512 register tile, op(B) packed in
 // 32-column panels, op(A) read in place (Aᵀ copied into 12-wide panels), blocking over k,
-// n and m so that what a tile reads stays in L1 and L2. Products larger than a small
-// model's, CPUs without AVX-512 and the switched-off kernel go to the BLAS's
-// cblas_sgemm.
+// n and m. Every product of the CPU kernels, small or large, runs here where the CPU has
+// AVX-512: at a small model's sizes it beats OpenBLAS (which packs both operands and
+// clears C first), at the 10M-parameter preset's and GPT-2's it is on par with OpenBLAS's
+// own AVX-512 kernel, and it does not depend on which kernel OpenBLAS picked for the CPU
+// (OPENBLAS_CORETYPE=Haswell, or an unknown CPU's generic fallback, halves the BLAS's
+// speed: docs/performance-history.md). CPUs without AVX-512 and the generic-cpu build go
+// to the BLAS's cblas_sgemm.
 
 #include "gemm.h"
 
 #include "blas.h"
+#include "pool.h"
 #include "vector.h"
 
 #include <algorithm>
@@ -42,12 +47,6 @@ void prefetch_to_l2(const float* p, size_t rows, size_t cols, size_t ld, bool wr
 
 namespace {
 
-// Products whose operands together exceed this many floats (4 MiB) go to the BLAS: the
-// own kernel was measured for small products (a 0.8M-parameter model's step), and on
-// the 10M-parameter preset's (8192 rows) it ran at about 115 GFLOP/s against OpenBLAS's
-// 150 (docs/performance-history.md).
-constexpr size_t kOwnGemmMaxFloats = size_t{1} << 20;
-
 void blas_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda, const float* b,
                size_t ldb, float* c, size_t ldc, GemmInit init, const float* bias) {
   if (sgemm == nullptr) {
@@ -67,9 +66,30 @@ void blas_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cons
 
 constexpr int kMr = 12;     // rows of the register tile: 24 accumulators of 16 floats
 constexpr int kNr = 32;     // columns of the register tile (two vectors), and of a B panel
-constexpr size_t kKc = 256;  // depth of a block: a B panel (32 KiB) stays in L1
-constexpr size_t kNc = 256;  // columns of a packed B block (256 KiB at most, in L2)
-constexpr size_t kMc = 192;  // rows of op(A) swept per B panel (192 KiB at most, in L2)
+constexpr size_t kNc = 256;  // columns of a packed B block
+constexpr size_t kMc = 192;  // rows of op(A) swept per B panel
+
+// The deepest depth block: a product deeper than this is split into equal blocks no
+// deeper. Every depth block after the first reads C back and writes it again, and for a
+// product of 8192 rows C is 12–50 MB, far outside the caches: with 256-deep blocks (a B
+// panel then fits L1) the 10M-parameter preset's products ran at ~200 GFLOP/s on one
+// Zen 5 core, with 768 at ~250, on par with OpenBLAS's own AVX-512 kernel. A B panel of
+// 768 × 32 floats (96 KiB) is read from L2, 128 bytes per 24 FMAs, which L2 sustains
+// (docs/performance-history.md).
+constexpr size_t kMaxKc = 768;
+
+// The most bytes of Aᵀ packed at once: its panels are re-read for every column block,
+// and a product with tens of thousands of rows (the tied lm_head's weight gradient,
+// 50304 rows) would otherwise pack all of them out to memory and stream them back per
+// column block.
+constexpr size_t kPackedABudget = size_t{2} << 20;
+
+// The depth of the blocks that split k: ceil(k / blocks) for the fewest blocks no deeper
+// than kMaxKc, so that no block is left with a thin remainder.
+size_t depth_block(size_t k) {
+  const size_t blocks = (k + kMaxKc - 1) / kMaxKc;
+  return (k + blocks - 1) / blocks;
+}
 
 // A 64-byte aligned buffer per thread that only grows.
 struct Panels {
@@ -265,57 +285,97 @@ void own_gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const
     }
     return;
   }
-  for (size_t k0 = 0; k0 < k; k0 += kKc) {
-    const size_t kc = std::min(kKc, k - k0);
+  const size_t kc_max = depth_block(k);
+  for (size_t k0 = 0; k0 < k; k0 += kc_max) {
+    const size_t kc = std::min(kc_max, k - k0);
     // Later depth blocks add to what the first wrote (which carries the bias).
     const GemmInit block_init = k0 == 0 ? init : GemmInit::Accumulate;
     const float* a_k = ta ? a + k0 * lda : a + k0;
     // op(A) = Aᵀ: its 12 values for one k lie side by side, but consecutive k are a row
     // of A apart; with a row of 2 KiB (a 512-wide layer) they fall into two L1 sets and
     // thrash. Copied into 12-wide panels (the tile reads them with a row stride of 12),
-    // they are read in sequence. All of this depth block's rows at once, before the
-    // column blocks that all read them (it was copied again for each).
-    float* packed_a = nullptr;
-    if (ta) {
-      packed_a = a_panels.get((m + kMr - 1) / kMr * kMr * kc);
-      for (size_t i0 = 0; i0 < m; i0 += kMc) {
-        pack_a_transposed(a_k + i0, lda, std::min(kMc, m - i0), kc, packed_a + i0 * kc);
+    // they are read in sequence. As many rows at once as kPackedABudget allows (all of
+    // them, in a small model), before the column blocks that all read them (it was
+    // copied again for each). op(A) = A is read where it lies, all rows in one pass.
+    const size_t m_step =
+        ta ? std::max(kMc, kPackedABudget / (kc * sizeof(float)) / kMc * kMc) : m;
+    for (size_t m0 = 0; m0 < m; m0 += m_step) {
+      const size_t mm = std::min(m_step, m - m0);
+      float* packed_a = nullptr;
+      if (ta) {
+        packed_a = a_panels.get((mm + kMr - 1) / kMr * kMr * kc);
+        for (size_t i0 = 0; i0 < mm; i0 += kMc) {
+          pack_a_transposed(a_k + m0 + i0, lda, std::min(kMc, mm - i0), kc, packed_a + i0 * kc);
+        }
       }
-    }
-    for (size_t j0 = 0; j0 < n; j0 += kNc) {
-      const size_t nc = std::min(kNc, n - j0);
-      float* packed = panels.get((nc + kNr - 1) / kNr * kNr * kc);
-      pack_b(b, ldb, tb, j0, nc, k0, kc, packed);
-      for (size_t i0 = 0; i0 < m; i0 += kMc) {
-        const size_t mc = std::min(kMc, m - i0);
-        const float* a_block = ta ? packed_a + i0 * kc : a_k + i0 * lda;
-        const size_t a_ld = ta ? kMr : lda;
-        for (size_t p = 0; p < nc; p += kNr) {
-          const size_t cols = std::min<size_t>(kNr, nc - p);
-          const auto& row_tiles = kTiles[cols > 16 ? 1 : 0][ta ? 1 : 0];
-          const float* panel = packed + p * kc;
-          const float* bias_p = bias == nullptr ? nullptr : bias + j0 + p;
-          for (size_t i = 0; i < mc; i += kMr) {
-            const size_t rows = std::min<size_t>(kMr, mc - i);
-            const size_t r0 = i0 + i;  // the tile's first row of C
-            if (structure == Structure::LowerC && j0 + p > r0 + rows - 1) {
-              continue;  // every column of the tile lies above the diagonal
+      for (size_t j0 = 0; j0 < n; j0 += kNc) {
+        const size_t nc = std::min(kNc, n - j0);
+        float* packed = panels.get((nc + kNr - 1) / kNr * kNr * kc);
+        pack_b(b, ldb, tb, j0, nc, k0, kc, packed);
+        for (size_t i0 = m0; i0 < m0 + mm; i0 += kMc) {
+          const size_t mc = std::min(kMc, m0 + mm - i0);
+          const float* a_block = ta ? packed_a + (i0 - m0) * kc : a_k + i0 * lda;
+          const size_t a_ld = ta ? kMr : lda;
+          for (size_t p = 0; p < nc; p += kNr) {
+            const size_t cols = std::min<size_t>(kNr, nc - p);
+            const auto& row_tiles = kTiles[cols > 16 ? 1 : 0][ta ? 1 : 0];
+            const float* panel = packed + p * kc;
+            const float* bias_p = bias == nullptr ? nullptr : bias + j0 + p;
+            for (size_t i = 0; i < mc; i += kMr) {
+              const size_t rows = std::min<size_t>(kMr, mc - i);
+              const size_t r0 = i0 + i;  // the tile's first row of C
+              if (structure == Structure::LowerC && j0 + p > r0 + rows - 1) {
+                continue;  // every column of the tile lies above the diagonal
+              }
+              // The part of this depth block where op(A)'s rows r0..r0+rows can be non-zero.
+              size_t k_from = 0, k_to = kc;
+              if (structure == Structure::LowerA) {
+                k_to = std::min(kc, r0 + rows > k0 ? r0 + rows - k0 : 0);
+              } else if (structure == Structure::UpperA) {
+                k_from = std::min(kc, r0 > k0 ? r0 - k0 : 0);
+              }
+              const float* a_i = ta ? a_block + i * kc + k_from * kMr : a_block + i * lda + k_from;
+              row_tiles[rows](k_to - k_from, a_i, a_ld, panel + k_from * kNr, c + r0 * ldc + j0 + p, ldc, cols,
+                              alpha, block_init, bias_p);
             }
-            // The part of this depth block where op(A)'s rows r0..r0+rows can be non-zero.
-            size_t k_from = 0, k_to = kc;
-            if (structure == Structure::LowerA) {
-              k_to = std::min(kc, r0 + rows > k0 ? r0 + rows - k0 : 0);
-            } else if (structure == Structure::UpperA) {
-              k_from = std::min(kc, r0 > k0 ? r0 - k0 : 0);
-            }
-            const float* a_i = ta ? a_block + i * kc + k_from * kMr : a_block + i * lda + k_from;
-            row_tiles[rows](k_to - k_from, a_i, a_ld, panel + k_from * kNr, c + r0 * ldc + j0 + p, ldc, cols, alpha,
-                            block_init, bias_p);
           }
         }
       }
     }
   }
+}
+
+// The least work (m·n·k multiply-adds, about 40 µs on one core) split over threads:
+// handing a part to the pool's helper and waiting for it costs microseconds (more when
+// the helper has gone to sleep), which a smaller product would not win back.
+constexpr size_t kMinSplitWork = size_t{1} << 23;
+
+// own_gemm over `threads` threads of the pool: C's rows in bands of whole register tiles
+// when it has at least as many rows as columns, else its columns in bands of whole
+// panels. Each part is an own_gemm of its own on a band of C, so every element is
+// computed exactly as on one thread. Rows: each thread packs all of op(B) (k × n, small
+// next to its m/threads × n × k of work); columns: each reads all of op(A).
+void split_gemm(int threads, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda,
+                const float* b, size_t ldb, float* c, size_t ldc, GemmInit init, const float* bias) {
+  const bool by_rows = m >= n;
+  const size_t extent = by_rows ? m : n, unit = by_rows ? kMr : kNr;
+  const size_t units = (extent + unit - 1) / unit;
+  const size_t parts = std::min<size_t>(static_cast<size_t>(threads), units);
+  const size_t band = (units + parts - 1) / parts * unit;
+  Pool::run(static_cast<int>(parts), [&](int part) {
+    const size_t from = static_cast<size_t>(part) * band;
+    if (from >= extent) {
+      return;
+    }
+    const size_t len = std::min(band, extent - from);
+    if (by_rows) {
+      own_gemm(ta, tb, len, n, k, alpha, ta ? a + from : a + from * lda, lda, b, ldb, c + from * ldc, ldc, init, bias,
+               Structure::General);
+    } else {
+      own_gemm(ta, tb, m, len, k, alpha, a, lda, tb ? b + from * ldb : b + from, ldb, c + from, ldc, init,
+               bias == nullptr ? nullptr : bias + from, Structure::General);
+    }
+  });
 }
 
 #endif  // MLX_GPT_OWN_GEMM
@@ -331,13 +391,17 @@ bool own_gemm_active() {
 }
 
 void gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda, const float* b,
-          size_t ldb, float* c, size_t ldc, GemmInit init, const float* bias, Structure structure) {
+          size_t ldb, float* c, size_t ldc, GemmInit init, const float* bias, Structure structure, int threads) {
   if (m == 0 || n == 0) {
     return;
   }
 #if MLX_GPT_OWN_GEMM
-  if (own_gemm_active() && (m * k + k * n + m * n) <= kOwnGemmMaxFloats) {
-    own_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias, structure);
+  if (own_gemm_active()) {
+    if (threads > 1 && structure == Structure::General && m * n * k >= kMinSplitWork) {
+      split_gemm(threads, ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias);
+    } else {
+      own_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias, structure);
+    }
     return;
   }
 #endif

@@ -5,11 +5,11 @@
 // few hundred rows, 64–512 wide) outside its compute kernel, packing both operands and
 // clearing the output before accumulating into it (perf on the baby GPT's step). This
 // one packs only op(B) (and Aᵀ, whose rows would thrash L1), reads op(A) where it lies,
-// writes each output block once per 256-deep pass, with the bias or old contents added
-// in the same store, and
-// first asks for all of its operands' lines at once: in a training step they were
-// written long before and sit in L3, and waiting for them one line at a time cost more
-// than the packing did (docs/performance-history.md). Large products go to the BLAS.
+// writes each output block once per depth block (up to 768 deep), with the bias or old
+// contents added in the same store, and first asks for all of its operands' lines at
+// once: in a training step they were written long before and sit in L3, and waiting for
+// them one line at a time cost more than the packing did (docs/performance-history.md).
+// Large products run here too (gemm.cpp).
 
 #pragma once
 
@@ -30,10 +30,12 @@ enum class Structure { General, LowerA, UpperA, LowerC };
 
 // C (m × n, row stride ldc) = alpha · op(A) · op(B) [+ C | + bias], row-major; op(A) is
 // m × k (A stored k × m when ta), op(B) is k × n (B stored n × k when tb). Runs on the
-// calling thread. Throws when neither the own kernel nor a CBLAS is available.
+// calling thread, or with `threads` > 1 split over that many threads of the persistent
+// pool (pool.h; the own kernel, General structure, and a product large enough to pay for
+// the hand-over). Throws when neither the own kernel nor a CBLAS is available.
 void gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda, const float* b,
           size_t ldb, float* c, size_t ldc, GemmInit init = GemmInit::Zero, const float* bias = nullptr,
-          Structure structure = Structure::General);
+          Structure structure = Structure::General, int threads = 1);
 
 // Asks for the lines of a rows × cols block (row stride ld) to be brought towards L2,
 // without waiting for them; `write`: for writing (fetched for ownership).

@@ -20,6 +20,7 @@
 #include "primitive.h"
 #include "vector.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -29,6 +30,7 @@ namespace mx = mlx::core;
 namespace {
 
 using mlx_gpt::GemmInit;
+using mlx_gpt::Structure;
 
 // The sizes of one layer: `rows` input rows of `in` features, `out` outputs.
 struct Dims {
@@ -59,8 +61,13 @@ MLX_GPT_CLONES void column_sums(const float* __restrict g, size_t rows, size_t o
 // (x's shape), dW (W's shape), db (out).
 class LinearGrad : public mlx_gpt::CpuPrimitive {
  public:
-  LinearGrad(mx::Stream stream, bool w_t, bool want_dx, bool want_dw, bool want_db)
-      : mlx_gpt::CpuPrimitive(stream), w_t_(w_t), want_dx_(want_dx), want_dw_(want_dw), want_db_(want_db) {}
+  LinearGrad(mx::Stream stream, bool w_t, int threads, bool want_dx, bool want_dw, bool want_db)
+      : mlx_gpt::CpuPrimitive(stream),
+        w_t_(w_t),
+        threads_(threads),
+        want_dx_(want_dx),
+        want_dw_(want_dw),
+        want_db_(want_db) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const mlx_gpt::DenseInputs in(inputs);
@@ -72,6 +79,7 @@ class LinearGrad : public mlx_gpt::CpuPrimitive {
     float* dw = want_dw_ ? outputs[next++].data<float>() : nullptr;
     float* db = want_db_ ? outputs[next++].data<float>() : nullptr;
     const bool w_t = w_t_;
+    const int threads = threads_;
     encoder.dispatch([=]() {
       in.fill();
       if (dx != nullptr) {
@@ -81,13 +89,16 @@ class LinearGrad : public mlx_gpt::CpuPrimitive {
           mlx_gpt::prefetch_to_l2(x, d.rows, d.in, d.in);
         }
         // dx = g·Wᵀ for W (in, out); g·W for W stored (out, in).
-        mlx_gpt::gemm(false, !w_t, d.rows, d.in, d.out, 1.0f, g, d.out, w, w_t ? d.in : d.out, dx, d.in);
+        mlx_gpt::gemm(false, !w_t, d.rows, d.in, d.out, 1.0f, g, d.out, w, w_t ? d.in : d.out, dx, d.in,
+                      GemmInit::Zero, nullptr, Structure::General, threads);
       }
       if (dw != nullptr) {
         if (w_t) {
-          mlx_gpt::gemm(true, false, d.out, d.in, d.rows, 1.0f, g, d.out, x, d.in, dw, d.in);  // gᵀ·x
+          mlx_gpt::gemm(true, false, d.out, d.in, d.rows, 1.0f, g, d.out, x, d.in, dw, d.in,  // gᵀ·x
+                        GemmInit::Zero, nullptr, Structure::General, threads);
         } else {
-          mlx_gpt::gemm(true, false, d.in, d.out, d.rows, 1.0f, x, d.in, g, d.out, dw, d.out);  // xᵀ·g
+          mlx_gpt::gemm(true, false, d.in, d.out, d.rows, 1.0f, x, d.in, g, d.out, dw, d.out,  // xᵀ·g
+                        GemmInit::Zero, nullptr, Structure::General, threads);
         }
       }
       if (db != nullptr) {
@@ -100,7 +111,8 @@ class LinearGrad : public mlx_gpt::CpuPrimitive {
   }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const LinearGrad&>(other);
-    return w_t_ == o.w_t_ && want_dx_ == o.want_dx_ && want_dw_ == o.want_dw_ && want_db_ == o.want_db_;
+    return w_t_ == o.w_t_ && threads_ == o.threads_ && want_dx_ == o.want_dx_ && want_dw_ == o.want_dw_ &&
+           want_db_ == o.want_db_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     std::vector<mx::Shape> shapes;
@@ -111,14 +123,16 @@ class LinearGrad : public mlx_gpt::CpuPrimitive {
   }
 
  private:
-  bool w_t_, want_dx_, want_dw_, want_db_;
+  bool w_t_;
+  int threads_;  // each product split over this many threads (gemm.h)
+  bool want_dx_, want_dw_, want_db_;
 };
 
 // inputs: x (..., in), W ((in, out), or (out, in) when w_t) and optionally b (out);
 // output: y (..., out).
 class Linear : public mlx_gpt::CpuPrimitive {
  public:
-  Linear(mx::Stream stream, bool w_t) : mlx_gpt::CpuPrimitive(stream), w_t_(w_t) {}
+  Linear(mx::Stream stream, bool w_t, int threads) : mlx_gpt::CpuPrimitive(stream), w_t_(w_t), threads_(threads) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const mlx_gpt::DenseInputs in(inputs);
@@ -128,10 +142,11 @@ class Linear : public mlx_gpt::CpuPrimitive {
     const float* b = in.size() > 2 ? in[2].data<float>() : nullptr;
     float* y = outputs[0].data<float>();
     const bool w_t = w_t_;
+    const int threads = threads_;
     encoder.dispatch([=]() {
       in.fill();
       mlx_gpt::gemm(false, w_t, d.rows, d.out, d.in, 1.0f, x, d.in, w, w_t ? d.in : d.out, y, d.out,
-                    b != nullptr ? GemmInit::Bias : GemmInit::Zero, b);
+                    b != nullptr ? GemmInit::Bias : GemmInit::Zero, b, Structure::General, threads);
     });
   }
 
@@ -156,7 +171,7 @@ class Linear : public mlx_gpt::CpuPrimitive {
       }
     }
     auto grads = mx::array::make_arrays(
-        shapes, dtypes, std::make_shared<LinearGrad>(stream(), w_t_, want[0], want[1], want[2]),
+        shapes, dtypes, std::make_shared<LinearGrad>(stream(), w_t_, threads_, want[0], want[1], want[2]),
         {primals[0], primals[1], g});
     std::vector<mx::array> out;
     for (int arg : argnums) {
@@ -169,7 +184,8 @@ class Linear : public mlx_gpt::CpuPrimitive {
     return "Linear";
   }
   bool is_equivalent(const mx::Primitive& other) const override {
-    return w_t_ == static_cast<const Linear&>(other).w_t_;
+    auto& o = static_cast<const Linear&>(other);
+    return w_t_ == o.w_t_ && threads_ == o.threads_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     auto shape = inputs[0].shape();
@@ -179,6 +195,7 @@ class Linear : public mlx_gpt::CpuPrimitive {
 
  private:
   bool w_t_;
+  int threads_;
 };
 
 }  // namespace
@@ -186,9 +203,12 @@ class Linear : public mlx_gpt::CpuPrimitive {
 extern "C" {
 
 // *res = x·W + bias (x·Wᵀ + bias when `w_transposed`, W stored (out, in)) for float32 x
-// (..., in), W and bias (out), on this thread's default CPU stream, differentiable;
-// `bias` may be an empty handle. Returns 0, or 1 with the reason in mlx_gpt_last_error().
-int mlx_gpt_linear(mlx_array* res, const mlx_array x, const mlx_array w, const mlx_array bias, bool w_transposed) {
+// (..., in), W and bias (out), on this thread's default CPU stream, differentiable, each
+// product (forward and gradient) split over `threads` threads (1: this stream's thread
+// alone); `bias` may be an empty handle. Returns 0, or 1 with the reason in
+// mlx_gpt_last_error().
+int mlx_gpt_linear(mlx_array* res, const mlx_array x, const mlx_array w, const mlx_array bias, bool w_transposed,
+                   int threads) {
   return mlx_gpt::guarded([&]() {
     const mx::array &xa = mlx_array_get_(x), &wa = mlx_array_get_(w);
     if (xa.dtype() != mx::float32 || wa.dtype() != mx::float32 || xa.ndim() < 1 || wa.ndim() != 2) {
@@ -211,7 +231,7 @@ int mlx_gpt_linear(mlx_array* res, const mlx_array x, const mlx_array w, const m
     }
     auto shape = xa.shape();
     shape.back() = out;
-    mlx_array_set_(*res, mx::array(shape, mx::float32, std::make_shared<Linear>(stream, w_transposed), inputs));
+    mlx_array_set_(*res, mx::array(shape, mx::float32, std::make_shared<Linear>(stream, w_transposed, std::max(threads, 1)), inputs));
     return 0;
   });
 }

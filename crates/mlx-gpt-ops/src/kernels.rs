@@ -84,14 +84,16 @@ pub enum KernelsError {
 /// Which formulation of each operation runs (see the crate documentation's table).
 ///
 /// A plain value: resolved once ([`Kernels::resolve`]), printed by `mlx-gpt info` and the
-/// training header, and handed to the model (`Gpt::kernels`) and the optimizer. Two
-/// refinements of the CPU set are part of it, both chosen by the caller that knows the
-/// situation: [`Kernels::with_gemm_layers`] (training on single-threaded streams) and
+/// training header, and handed to the model (`Gpt::kernels`) and the optimizer.
+/// Refinements of the CPU set are part of it, chosen by the caller that knows the
+/// situation: [`Kernels::with_gemm_layers`] and [`Kernels::with_gemm_threads`] (training:
+/// dense layers on mlx-gpt's GEMM, on all cores or one per stream) and
 /// [`Kernels::for_decoding`] (generation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernels {
     set: KernelSet,
     gemm_layers: bool,
+    gemm_threads: u16,
     decoding: bool,
     threads: u16,
 }
@@ -108,7 +110,7 @@ impl Kernels {
         // Every program that computes gets OpenBLAS's start-up kernel check.
         mlx_gpt_runtime::blas_kernel::keep_linked();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u16);
-        Kernels { set, gemm_layers: false, decoding: false, threads }
+        Kernels { set, gemm_layers: false, gemm_threads: threads, decoding: false, threads }
     }
 
     /// Plain MLX ops ([`KernelSet::Mlx`]).
@@ -153,12 +155,13 @@ impl Kernels {
     }
 
     /// With the CPU set, run the dense layers and the tied head through the `Linear`
-    /// primitive on mlx-gpt's single-threaded GEMM (`on`), or MLX's matmul on the BLAS.
-    /// The GEMM is the faster where each core computes a part of the batch on its own
-    /// (the training step's streams, the BLAS set to one thread); a BLAS on several
-    /// threads does one large product faster. Where the GEMM does not run (no AVX-512, a
-    /// `generic-cpu` build) the primitive would call the BLAS, measured no faster than
-    /// MLX's matmul, so this stays off. No effect on the other sets.
+    /// primitive on mlx-gpt's GEMM (`on`), or MLX's matmul on the BLAS. The GEMM runs
+    /// each product on [`Kernels::gemm_threads`] threads: one where each core computes a
+    /// part of the batch on its own (the training step's streams), all of them otherwise.
+    /// It matches OpenBLAS's best kernel on this project's CPUs and does not depend on
+    /// the kernel OpenBLAS picked (docs/performance.md). Where the GEMM does not run (no
+    /// AVX-512, a `generic-cpu` build) the primitive would call the BLAS, measured no
+    /// faster than MLX's matmul, so this stays off. No effect on the other sets.
     pub fn with_gemm_layers(self, on: bool) -> Self {
         Kernels { gemm_layers: on && self.set == KernelSet::Cpu && own_gemm_active(), ..self }
     }
@@ -166,6 +169,18 @@ impl Kernels {
     /// Whether dense layers use the GEMM primitive (see [`Kernels::with_gemm_layers`]).
     pub fn gemm_layers(&self) -> bool {
         self.gemm_layers
+    }
+
+    /// The same kernels with each of the GEMM's products split over `n` threads (1 to
+    /// 64): 1 for a stream that has a core of its own. By default, every core this
+    /// process may run on.
+    pub fn with_gemm_threads(self, n: usize) -> Self {
+        Kernels { gemm_threads: n.clamp(1, 64) as u16, ..self }
+    }
+
+    /// Threads each product of the GEMM runs on (see [`Kernels::with_gemm_threads`]).
+    pub fn gemm_threads(&self) -> usize {
+        self.gemm_threads as usize
     }
 
     /// The same kernels for decoding: with the CPU set, products of at most
@@ -208,7 +223,13 @@ impl Kernels {
             KernelSet::Cpu => format!(
                 "cpu: mlx-gpt's CPU kernels ({}); dense layers on {}; decoding products on {} thread{}",
                 cpu_isa(),
-                if self.gemm_layers { "mlx-gpt's GEMM" } else { "MLX's matmul (the BLAS)" },
+                if !self.gemm_layers {
+                    "MLX's matmul (the BLAS)".to_string()
+                } else if self.gemm_threads == 1 {
+                    "mlx-gpt's GEMM (1 thread per product)".to_string()
+                } else {
+                    format!("mlx-gpt's GEMM ({} threads per product)", self.gemm_threads)
+                },
                 self.threads,
                 if self.threads == 1 { "" } else { "s" }
             ),

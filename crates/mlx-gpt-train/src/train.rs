@@ -56,12 +56,12 @@ pub fn select_device(d: Device) -> Result<DeviceKind, TrainError> {
 }
 
 /// The kernels the configuration asks for on `device`, for a step split across `streams`
-/// CPU streams: with more than one, each core runs a part of the batch with the BLAS on
-/// one thread, and the dense layers go through mlx-gpt's single-threaded GEMM; so they do
-/// on a machine with one core.
+/// CPU streams: the dense layers go through mlx-gpt's GEMM (where it runs: AVX-512), on
+/// one thread per product when each core runs a part of the batch (the BLAS then on one
+/// thread too), on every core otherwise.
 pub fn kernels_for(c: &TrainConfig, device: DeviceKind, streams: usize) -> Result<Kernels, TrainError> {
-    let one_core = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
-    Ok(Kernels::resolve(c.kernels, device)?.with_gemm_layers(streams > 1 || one_core))
+    let k = Kernels::resolve(c.kernels, device)?.with_gemm_layers(true);
+    Ok(if streams > 1 { k.with_gemm_threads(1) } else { k })
 }
 
 /// The dataset folder, checked.

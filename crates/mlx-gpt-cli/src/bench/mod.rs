@@ -46,3 +46,25 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
+
+/// The `q`-quantile (0 < q ≤ 1) of `sorted` by the nearest-rank rule: the smallest value
+/// with at least a fraction `q` of the values at or below it.
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_quantiles_by_rank() {
+        let mut v: Vec<f64> = (1..=10).rev().map(f64::from).collect();
+        assert_eq!(median(&mut v), 6.0);
+        assert_eq!(quantile(&v, 0.9), 9.0);
+        assert_eq!(quantile(&v, 1.0), 10.0);
+        assert_eq!(quantile(&v, 0.01), 1.0);
+        assert_eq!(quantile(&[4.0], 0.9), 4.0);
+    }
+}

@@ -1,8 +1,8 @@
 //! `mlx-gpt bench train`: a preset's training step, alternating with PyTorch's; for a modern
 //! GPT, alternating with its GPT-2 twin (same shape, batch and optimizer) instead.
 
-use super::median;
 use super::torch::TorchReference;
+use super::{median, quantile};
 use anyhow::Context;
 use mlx_rs::Array;
 use std::time::Instant;
@@ -161,16 +161,18 @@ pub fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_runtime::jit::JitSet
         times.extend(round_times);
     }
     let med = median(&mut times);
-    let (min, max) = (times[0], times[times.len() - 1]);
-    println!("{:>10} {:>10} {:>10} {:>12} {:>8}", "median ms", "min ms", "max ms", "tokens/s", "MFU");
+    let (min, max, p90) = (times[0], times[times.len() - 1], quantile(&times, 0.9));
+    println!("{:>10} {:>10} {:>10} {:>10} {:>12} {:>8}", "median ms", "min ms", "p90 ms", "max ms", "tokens/s", "MFU");
     println!(
-        "{:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>7.2}%",
+        "{:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>7.2}%",
         med * 1e3,
         min * 1e3,
+        p90 * 1e3,
         max * 1e3,
         tokens / med,
         flops / med / peak * 100.0
     );
+    println!("spread of the {} timed steps: p90 / median {:.2}", times.len(), p90 / med);
     println!("(MFU against the ceiling: {})", ceiling.describe());
     if !twin_times.is_empty() {
         let t = median(&mut twin_times);

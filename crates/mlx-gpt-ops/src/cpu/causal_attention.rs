@@ -123,15 +123,15 @@ mod tests {
         }
     }
 
-    /// Sequences longer than the GEMM's row (192) and depth (256) blocks: the products
-    /// that skip the causal zeros (gemm.h's Structure) must find the diagonal in every
-    /// block.
+    /// Sequences longer than the GEMM's row (192) and depth (768) blocks, and (1000) long
+    /// enough that the T × T Aᵀ is packed in parts: the products that skip the causal
+    /// zeros (gemm.h's Structure) must find the diagonal in every block.
     #[test]
     fn long_sequences_match_mlx_ops() {
         if !crate::cpu::ffi::own_gemm_active() {
             eprintln!("note: mlx-gpt's GEMM is not active on this CPU (no AVX-512): the products run on the BLAS");
         }
-        for (t, dropout) in [(200, false), (300, true)] {
+        for (t, dropout) in [(200, false), (300, true), (1000, true)] {
             compare(1, 1, 8, t, false, dropout, 7).unwrap();
         }
     }

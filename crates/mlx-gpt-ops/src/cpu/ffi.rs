@@ -21,13 +21,14 @@ extern "C" {
         threads: libc::c_int,
     ) -> libc::c_int;
     /// `*res = x·W + bias` (`x·Wᵀ + bias` when `w_transposed`) as a `Linear` primitive
-    /// (csrc/linear.cpp); `bias` may be an empty handle.
+    /// (csrc/linear.cpp), each product on `threads` threads; `bias` may be an empty handle.
     pub(crate) fn mlx_gpt_linear(
         res: *mut mlx_sys::mlx_array,
         x: mlx_sys::mlx_array,
         w: mlx_sys::mlx_array,
         bias: mlx_sys::mlx_array,
         w_transposed: bool,
+        threads: libc::c_int,
     ) -> libc::c_int;
     /// Whether the primitives' products run on mlx-gpt's own GEMM (csrc/gemm.cpp): the
     /// CPU has AVX-512 and the build its path.
