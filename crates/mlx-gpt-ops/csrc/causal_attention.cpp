@@ -19,6 +19,7 @@
 #include "blas.h"
 #include "entry.h"
 #include "gemm.h"
+#include "pool.h"
 #include "primitive.h"
 #include "vector.h"
 
@@ -138,16 +139,33 @@ MLX_GPT_CLONES void scale_by_mask(float* __restrict x, const float* __restrict m
   }
 }
 
+// f(b, h) for every sequence b and head h: on this thread, or with `threads` > 1 the
+// pairs dealt out in turn over that many threads of the persistent pool (pool.h). Each
+// pair reads and writes only its own slices, so the results do not depend on the split.
+template <typename F>
+void for_each_head(const Dims& d, int threads, const F& f) {
+  const size_t pairs = d.batch * d.n_head;
+  const size_t parts = std::min(pairs, static_cast<size_t>(std::max(threads, 1)));
+  if (parts <= 1) {
+    for (size_t i = 0; i < pairs; ++i) f(i / d.n_head, i % d.n_head);
+    return;
+  }
+  mlx_gpt::Pool::run(static_cast<int>(parts), [&](int part) {
+    for (size_t i = static_cast<size_t>(part); i < pairs; i += parts) f(i / d.n_head, i % d.n_head);
+  });
+}
+
 // Per (sequence, head): S = scale·Q Kᵀ (gemm.h), P = causal softmax(S) (kept), with dropout
 // P' = P ∘ M, Y = P' V (gemm.h), all on c_attn's output in place (row stride 3C). The
 // products skip the register tiles that fall in the causal zeros (S's upper triangle is
 // not computed; P's is zero), about a third of their work. `mask` (B, nh, T, T) may be
 // null (no dropout).
-void attention_forward(const float* qkv, const float* mask, float* y, float* att, Dims d, float scale) {
+void attention_forward(const float* qkv, const float* mask, float* y, float* att, Dims d, float scale, int threads) {
   const size_t T = d.t, C = d.c, hs = C / d.n_head, ld = 3 * C;
-  std::vector<float> dropped(mask != nullptr ? T * T : 0);
-  for (size_t b = 0; b < d.batch; ++b) {
-    for (size_t h = 0; h < d.n_head; ++h) {
+  for_each_head(d, threads, [&](size_t b, size_t h) {
+    thread_local std::vector<float> dropped;
+    dropped.resize(mask != nullptr ? T * T : 0);
+    {
       const float* q = qkv + b * T * ld + h * hs;
       float* p = att + (b * d.n_head + h) * T * T;
       gemm(false, true, T, T, hs, scale, q, ld, q + C, ld, p, T, Structure::LowerC);
@@ -159,7 +177,7 @@ void attention_forward(const float* qkv, const float* mask, float* y, float* att
       }
       gemm(false, false, T, hs, T, 1.0f, weights, T, q + 2 * C, ld, y + b * T * C + h * hs, C, Structure::LowerA);
     }
-  }
+  });
 }
 
 // With P the weights, M the dropout multiplier (or none), S = scale·Q Kᵀ the scores and
@@ -167,11 +185,13 @@ void attention_forward(const float* qkv, const float* mask, float* y, float* att
 // dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = scale·dS K, dK = scale·dSᵀ Q, each written into
 // its block of dqkv (B, T, 3C).
 void attention_backward(const float* qkv, const float* att, const float* mask, const float* dy, float* dqkv, Dims d,
-                        float scale) {
+                        float scale, int threads) {
   const size_t T = d.t, C = d.c, hs = C / d.n_head, ld = 3 * C;
-  std::vector<float> ds(T * T), dropped(mask != nullptr ? T * T : 0);
-  for (size_t b = 0; b < d.batch; ++b) {
-    for (size_t h = 0; h < d.n_head; ++h) {
+  for_each_head(d, threads, [&](size_t b, size_t h) {
+    thread_local std::vector<float> ds, dropped;
+    ds.resize(T * T);
+    dropped.resize(mask != nullptr ? T * T : 0);
+    {
       const float* q = qkv + b * T * ld + h * hs;
       const float* p = att + (b * d.n_head + h) * T * T;
       const float* m = mask != nullptr ? mask + (b * d.n_head + h) * T * T : nullptr;
@@ -191,7 +211,7 @@ void attention_backward(const float* qkv, const float* att, const float* mask, c
       gemm(false, false, T, hs, T, 1.0f, ds.data(), T, q + C, ld, dq, ld, Structure::LowerA);  // dQ
       gemm(true, false, T, hs, T, 1.0f, ds.data(), T, q, ld, dq + C, ld, Structure::UpperA);   // dK
     }
-  }
+  });
 }
 
 Dims dims_of(const mx::array& qkv, int n_head) {
@@ -203,8 +223,8 @@ Dims dims_of(const mx::array& qkv, int n_head) {
 // multiplier (B, nh, T, T); output: dqkv (B, T, 3C).
 class CausalAttentionGrad : public mlx_gpt::CpuPrimitive {
  public:
-  CausalAttentionGrad(mx::Stream stream, int n_head, float scale)
-      : mlx_gpt::CpuPrimitive(stream), n_head_(n_head), scale_(scale) {}
+  CausalAttentionGrad(mx::Stream stream, int n_head, float scale, int threads)
+      : mlx_gpt::CpuPrimitive(stream), n_head_(n_head), scale_(scale), threads_(threads) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const mlx_gpt::DenseInputs in(inputs);
@@ -214,9 +234,10 @@ class CausalAttentionGrad : public mlx_gpt::CpuPrimitive {
     const float* mask = in.size() > 3 ? in[3].data<float>() : nullptr;
     float* dqkv = outputs[0].data<float>();
     const float scale = scale_;
+    const int threads = threads_;
     encoder.dispatch([=]() {
       in.fill();
-      attention_backward(qkv, att, mask, dy, dqkv, d, scale);
+      attention_backward(qkv, att, mask, dy, dqkv, d, scale, threads);
     });
   }
   const char* name() const override {
@@ -224,7 +245,7 @@ class CausalAttentionGrad : public mlx_gpt::CpuPrimitive {
   }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const CausalAttentionGrad&>(other);
-    return n_head_ == o.n_head_ && scale_ == o.scale_;
+    return n_head_ == o.n_head_ && scale_ == o.scale_ && threads_ == o.threads_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     return {inputs[0].shape()};
@@ -233,14 +254,15 @@ class CausalAttentionGrad : public mlx_gpt::CpuPrimitive {
  private:
   int n_head_;
   float scale_;
+  int threads_;  // (sequence, head) pairs split over this many threads
 };
 
 // inputs: qkv (B, T, 3C) and, with dropout, the multiplier (B, nh, T, T); outputs:
 // y (B, T, C) and the weights before dropout (B, nh, T, T), which only the gradient reads.
 class CausalAttention : public mlx_gpt::CpuPrimitive {
  public:
-  CausalAttention(mx::Stream stream, int n_head, float scale)
-      : mlx_gpt::CpuPrimitive(stream), n_head_(n_head), scale_(scale) {}
+  CausalAttention(mx::Stream stream, int n_head, float scale, int threads)
+      : mlx_gpt::CpuPrimitive(stream), n_head_(n_head), scale_(scale), threads_(threads) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const mlx_gpt::DenseInputs in(inputs);
@@ -250,9 +272,10 @@ class CausalAttention : public mlx_gpt::CpuPrimitive {
     const float* mask = in.size() > 1 ? in[1].data<float>() : nullptr;
     float *y = outputs[0].data<float>(), *att = outputs[1].data<float>();
     const float scale = scale_;
+    const int threads = threads_;
     encoder.dispatch([=]() {
       in.fill();
-      attention_forward(qkv, mask, y, att, d, scale);
+      attention_forward(qkv, mask, y, att, d, scale, threads);
     });
   }
 
@@ -267,7 +290,7 @@ class CausalAttention : public mlx_gpt::CpuPrimitive {
       inputs.push_back(primals[1]);
     }
     auto dqkv = mx::array(
-        primals[0].shape(), mx::float32, std::make_shared<CausalAttentionGrad>(stream(), n_head_, scale_), inputs);
+        primals[0].shape(), mx::float32, std::make_shared<CausalAttentionGrad>(stream(), n_head_, scale_, threads_), inputs);
     // The dropout multiplier is random, not learned: no gradient flows into it.
     std::vector<mx::array> out;
     for (int arg : argnums) {
@@ -281,7 +304,7 @@ class CausalAttention : public mlx_gpt::CpuPrimitive {
   }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const CausalAttention&>(other);
-    return n_head_ == o.n_head_ && scale_ == o.scale_;
+    return n_head_ == o.n_head_ && scale_ == o.scale_ && threads_ == o.threads_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     const auto& s = inputs[0].shape();
@@ -291,6 +314,7 @@ class CausalAttention : public mlx_gpt::CpuPrimitive {
  private:
   int n_head_;
   float scale_;
+  int threads_;  // (sequence, head) pairs split over this many threads
 };
 
 }  // namespace
@@ -300,9 +324,11 @@ extern "C" {
 // *res (B, T, C) = causal softmax(scale · q kᵀ) v per head, for float32 qkv (B, T, 3C)
 // holding q, k and v side by side (c_attn's output), on this thread's default CPU
 // stream, differentiable. `mask` (B, nh, T, T), float32, multiplies the weights
-// (dropout); it may be an empty handle. Returns 0, or 1 with the reason in
+// (dropout); it may be an empty handle. The (sequence, head) pairs are split over
+// `threads` threads (1: this stream's thread alone). Returns 0, or 1 with the reason in
 // mlx_gpt_last_error().
-int mlx_gpt_causal_attention(mlx_array* res, const mlx_array qkv, const mlx_array mask, int n_head, float scale) {
+int mlx_gpt_causal_attention(mlx_array* res, const mlx_array qkv, const mlx_array mask, int n_head, float scale,
+                             int threads) {
   return mlx_gpt::guarded([&]() {
     const mx::array& a = mlx_array_get_(qkv);
     if (a.dtype() != mx::float32 || a.ndim() != 3 || a.shape(2) % 3 != 0 || a.shape(1) == 0) {
@@ -327,7 +353,7 @@ int mlx_gpt_causal_attention(mlx_array* res, const mlx_array qkv, const mlx_arra
       inputs.push_back(m);
     }
     auto outs = mx::array::make_arrays(
-        {y_shape, w_shape}, {mx::float32, mx::float32}, std::make_shared<CausalAttention>(stream, n_head, scale),
+        {y_shape, w_shape}, {mx::float32, mx::float32}, std::make_shared<CausalAttention>(stream, n_head, scale, std::max(threads, 1)),
         inputs);
     mlx_array_set_(*res, outs[0]);
     return 0;

@@ -24,7 +24,7 @@ pub fn causal_attention(
     if k.set() == KernelSet::Cpu {
         // One kernel from c_attn's output, and one for its gradient.
         #[cfg(cpu_kernels)]
-        if let Some(y) = crate::cpu::causal_attention::attend(qkv, dropout, n_head, scale)? {
+        if let Some(y) = crate::cpu::causal_attention::attend(qkv, dropout, n_head, scale, k.layer_threads())? {
             return Ok(y);
         }
     }

@@ -86,14 +86,14 @@ pub enum KernelsError {
 /// A plain value: resolved once ([`Kernels::resolve`]), printed by `mlx-gpt info` and the
 /// training header, and handed to the model (`Gpt::kernels`) and the optimizer.
 /// Refinements of the CPU set are part of it, chosen by the caller that knows the
-/// situation: [`Kernels::with_gemm_layers`] and [`Kernels::with_gemm_threads`] (training:
+/// situation: [`Kernels::with_gemm_layers`] and [`Kernels::with_layer_threads`] (training:
 /// dense layers on mlx-gpt's GEMM, on all cores or one per stream) and
 /// [`Kernels::for_decoding`] (generation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernels {
     set: KernelSet,
     gemm_layers: bool,
-    gemm_threads: u16,
+    layer_threads: u16,
     decoding: bool,
     threads: u16,
 }
@@ -110,7 +110,7 @@ impl Kernels {
         // Every program that computes gets OpenBLAS's start-up kernel check.
         mlx_gpt_runtime::blas_kernel::keep_linked();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u16);
-        Kernels { set, gemm_layers: false, gemm_threads: threads, decoding: false, threads }
+        Kernels { set, gemm_layers: false, layer_threads: threads, decoding: false, threads }
     }
 
     /// Plain MLX ops ([`KernelSet::Mlx`]).
@@ -156,7 +156,7 @@ impl Kernels {
 
     /// With the CPU set, run the dense layers and the tied head through the `Linear`
     /// primitive on mlx-gpt's GEMM (`on`), or MLX's matmul on the BLAS. The GEMM runs
-    /// each product on [`Kernels::gemm_threads`] threads: one where each core computes a
+    /// each product on [`Kernels::layer_threads`] threads: one where each core computes a
     /// part of the batch on its own (the training step's streams), all of them otherwise.
     /// It matches OpenBLAS's best kernel on this project's CPUs and does not depend on
     /// the kernel OpenBLAS picked (docs/performance.md). Where the GEMM does not run (no
@@ -171,16 +171,17 @@ impl Kernels {
         self.gemm_layers
     }
 
-    /// The same kernels with each of the GEMM's products split over `n` threads (1 to
-    /// 64): 1 for a stream that has a core of its own. By default, every core this
-    /// process may run on.
-    pub fn with_gemm_threads(self, n: usize) -> Self {
-        Kernels { gemm_threads: n.clamp(1, 64) as u16, ..self }
+    /// The same kernels with the work of each whole-sequence layer primitive (the GEMM's
+    /// products, causal attention's sequences and heads) split over `n` threads (1 to
+    /// 64), the persistent pool's: 1 for a stream that has a core of its own. By default,
+    /// every core this process may run on. The split never changes a result.
+    pub fn with_layer_threads(self, n: usize) -> Self {
+        Kernels { layer_threads: n.clamp(1, 64) as u16, ..self }
     }
 
-    /// Threads each product of the GEMM runs on (see [`Kernels::with_gemm_threads`]).
-    pub fn gemm_threads(&self) -> usize {
-        self.gemm_threads as usize
+    /// Threads a layer primitive splits its work over (see [`Kernels::with_layer_threads`]).
+    pub fn layer_threads(&self) -> usize {
+        self.layer_threads as usize
     }
 
     /// The same kernels for decoding: with the CPU set, products of at most
@@ -225,10 +226,10 @@ impl Kernels {
                 cpu_isa(),
                 if !self.gemm_layers {
                     "MLX's matmul (the BLAS)".to_string()
-                } else if self.gemm_threads == 1 {
-                    "mlx-gpt's GEMM (1 thread per product)".to_string()
+                } else if self.layer_threads == 1 {
+                    "mlx-gpt's GEMM (1 thread per layer)".to_string()
                 } else {
-                    format!("mlx-gpt's GEMM ({} threads per product)", self.gemm_threads)
+                    format!("mlx-gpt's GEMM ({} threads per layer)", self.layer_threads)
                 },
                 self.threads,
                 if self.threads == 1 { "" } else { "s" }

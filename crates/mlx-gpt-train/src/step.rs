@@ -148,7 +148,7 @@ impl CompiledGrad {
 /// only near the end of the first (docs/performance-history.md). MLX 0.32 keeps streams per host
 /// thread, which this design follows. BLAS should use one thread per part (see
 /// `mlx_gpt_runtime::blas::set_blas_threads`), and the model's kernels put its dense
-/// layers on mlx-gpt's GEMM, one thread per product (`Kernels::with_gemm_threads`).
+/// layers on mlx-gpt's GEMM, one thread per product (`Kernels::with_layer_threads`).
 ///
 /// The parts' losses and gradients are averaged; each part's loss is a mean over an equal
 /// share of the batch, so the average is the whole batch's mean.
@@ -450,7 +450,7 @@ mod tests {
         m.kernels = match path {
             "eager" => mlx_gpt_model::Kernels::mlx(),
             "compiled" => cpu,
-            _ => cpu.with_gemm_layers(true).with_gemm_threads(1),
+            _ => cpu.with_gemm_layers(true).with_layer_threads(1),
         };
         let mut opt = AdamW::new(AdamWConfig::adamw(0.9, 0.99, 1e-8, 0.1));
         let mut compiled = CompiledGrad::new(&m);

@@ -61,7 +61,7 @@ pub fn select_device(d: Device) -> Result<DeviceKind, TrainError> {
 /// thread too), on every core otherwise.
 pub fn kernels_for(c: &TrainConfig, device: DeviceKind, streams: usize) -> Result<Kernels, TrainError> {
     let k = Kernels::resolve(c.kernels, device)?.with_gemm_layers(true);
-    Ok(if streams > 1 { k.with_gemm_threads(1) } else { k })
+    Ok(if streams > 1 { k.with_layer_threads(1) } else { k })
 }
 
 /// The dataset folder, checked.

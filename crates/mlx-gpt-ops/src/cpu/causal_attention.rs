@@ -19,9 +19,16 @@ pub fn applies(dtype: Dtype) -> bool {
 /// Causal softmax(scale · q kᵀ) v per head, for `qkv` (B, T, 3C) holding q, k and v side
 /// by side; returns (B, T, C), heads side by side. With `dropout`, the weights are
 /// multiplied by it (B, nh, T, T) before the product with v (see
-/// `Dropout::multiplier` in mlx-gpt-model). `Ok(None)` when the primitive does not apply
-/// (not float32, no CBLAS found).
-pub fn attend(qkv: &Array, dropout: Option<&Array>, n_head: i32, scale: f32) -> Result<Option<Array>, Exception> {
+/// `Dropout::multiplier` in mlx-gpt-model). The (sequence, head) pairs are split over
+/// `threads` threads. `Ok(None)` when the primitive does not apply (not float32, no CBLAS
+/// found).
+pub fn attend(
+    qkv: &Array,
+    dropout: Option<&Array>,
+    n_head: i32,
+    scale: f32,
+    threads: usize,
+) -> Result<Option<Array>, Exception> {
     if !applies(qkv.dtype()) || dropout.is_some_and(|m| m.dtype() != Dtype::Float32) {
         return Ok(None);
     }
@@ -29,7 +36,7 @@ pub fn attend(qkv: &Array, dropout: Option<&Array>, n_head: i32, scale: f32) -> 
     // dropout"); the arrays outlive the call.
     unsafe {
         super::ffi::call_with_optional(dropout, |res, mask| {
-            super::ffi::mlx_gpt_causal_attention(res, qkv.as_ptr(), mask, n_head, scale)
+            super::ffi::mlx_gpt_causal_attention(res, qkv.as_ptr(), mask, n_head, scale, threads.clamp(1, 64) as i32)
         })
     }
 }
@@ -58,7 +65,8 @@ mod tests {
         y.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, t, c])
     }
 
-    /// Output and gradient of the primitive against MLX ops for one configuration.
+    /// Output and gradient of the primitive against MLX ops for one configuration, on one
+    /// thread; on two, the very same numbers.
     fn compare(
         batch: i32,
         n_head: i32,
@@ -89,15 +97,18 @@ mod tests {
             }
             Ok(())
         };
-        let got = attend(&qkv, mask.as_ref(), n_head, scale).unwrap().expect("float32 on the CPU");
+        let got = attend(&qkv, mask.as_ref(), n_head, scale, 1).unwrap().expect("float32 on the CPU");
         close(&got, &reference(&qkv, mask.as_ref(), n_head, scale).unwrap())?;
+        let split = attend(&qkv, mask.as_ref(), n_head, scale, 2).unwrap().expect("float32 on the CPU");
+        prop_assert_eq!(split.as_slice::<f32>(), got.as_slice::<f32>());
         // Gradient of Σ g·attention(qkv) for a non-trivial cotangent g.
         let g = random::normal::<f32>(&[batch, t, c], None, None, &key(1)).unwrap();
-        let grad_of = |custom: bool| {
+        // `threads`: the primitive on that many threads; None: MLX ops.
+        let grad_of = |threads: Option<usize>| {
             let (g, mask) = (g.clone(), mask.clone());
             let mut f = transforms::grad(move |x: &Array| -> Result<Array, Exception> {
-                let y = if custom {
-                    attend(x, mask.as_ref(), n_head, scale)?.expect("float32 on the CPU")
+                let y = if let Some(threads) = threads {
+                    attend(x, mask.as_ref(), n_head, scale, threads)?.expect("float32 on the CPU")
                 } else {
                     reference(x, mask.as_ref(), n_head, scale)?
                 };
@@ -105,7 +116,10 @@ mod tests {
             });
             f(&qkv).unwrap()
         };
-        close(&grad_of(true), &grad_of(false))?;
+        let mine = grad_of(Some(1));
+        close(&mine, &grad_of(None))?;
+        let split = grad_of(Some(2));
+        prop_assert_eq!(split.as_slice::<f32>(), mine.as_slice::<f32>());
         Ok(())
     }
 
@@ -139,12 +153,12 @@ mod tests {
     #[test]
     fn bad_shapes_are_errors_and_other_dtypes_decline() {
         let qkv = Array::from_slice(&[1.0f32; 12], &[1, 2, 6]);
-        let err = attend(&qkv, None, 4, 1.0).unwrap_err().to_string();
+        let err = attend(&qkv, None, 4, 1.0, 1).unwrap_err().to_string();
         assert!(err.contains("n_head"), "{err}");
-        assert!(attend(&Array::from_slice(&[1.0f32; 10], &[1, 2, 5]), None, 1, 1.0).is_err());
+        assert!(attend(&Array::from_slice(&[1.0f32; 10], &[1, 2, 5]), None, 1, 1.0, 1).is_err());
         let wrong_mask = Array::from_slice(&[1.0f32; 4], &[1, 1, 2, 2]);
-        let err = attend(&qkv, Some(&wrong_mask), 2, 1.0).unwrap_err().to_string();
+        let err = attend(&qkv, Some(&wrong_mask), 2, 1.0, 1).unwrap_err().to_string();
         assert!(err.contains("dropout mask"), "{err}");
-        assert!(attend(&qkv.as_dtype(Dtype::Float16).unwrap(), None, 1, 1.0).unwrap().is_none());
+        assert!(attend(&qkv.as_dtype(Dtype::Float16).unwrap(), None, 1, 1.0, 1).unwrap().is_none());
     }
 }

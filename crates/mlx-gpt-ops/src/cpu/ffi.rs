@@ -88,6 +88,7 @@ extern "C" {
         mask: mlx_sys::mlx_array,
         n_head: libc::c_int,
         scale: f32,
+        threads: libc::c_int,
     ) -> libc::c_int;
     /// One GPT-2 block for one new position per sequence, as a `DecodeBlock` primitive
     /// (csrc/decode_block.cpp): reads `arrays[0..15]`, fills `outs[0..3]`.

@@ -8,7 +8,7 @@
 //! step they were written long before, and waiting on them one line at a time cost more
 //! than OpenBLAS's packing did (docs/performance-history.md, third round). Each product
 //! runs on the stream's thread, or split over the persistent pool's threads
-//! ([`Kernels::gemm_threads`]). On a CPU without AVX-512 (or built with `generic-cpu`)
+//! ([`Kernels::layer_threads`]). On a CPU without AVX-512 (or built with `generic-cpu`)
 //! the primitive calls the BLAS's `cblas_sgemm`; the causal-attention primitive's
 //! products follow the same rules.
 //!
@@ -41,7 +41,7 @@ pub fn for_kernels(
         }
     }
     if k.gemm_layers() {
-        return linear(x, w, bias, w_transposed, k.gemm_threads());
+        return linear(x, w, bias, w_transposed, k.layer_threads());
     }
     Ok(None)
 }
