@@ -158,10 +158,11 @@ impl Kernels {
     /// primitive on mlx-gpt's GEMM (`on`), or MLX's matmul on the BLAS. The GEMM runs
     /// each product on [`Kernels::layer_threads`] threads: one where each core computes a
     /// part of the batch on its own (the training step's streams), all of them otherwise.
-    /// It matches OpenBLAS's best kernel on this project's CPUs and does not depend on
-    /// the kernel OpenBLAS picked (docs/performance.md). Where the GEMM does not run (no
-    /// AVX-512, a `generic-cpu` build) the primitive would call the BLAS, measured no
-    /// faster than MLX's matmul, so this stays off. No effect on the other sets.
+    /// It kept pace with OpenBLAS's AVX-512 kernel where measured
+    /// (docs/performance-history.md, 2026-12-05) and does not depend on the kernel
+    /// OpenBLAS picked. Where the GEMM does not run (no AVX-512, a `generic-cpu` build)
+    /// the primitive would call the BLAS, measured no faster than MLX's matmul, so this
+    /// stays off. No effect on the other sets.
     pub fn with_gemm_layers(self, on: bool) -> Self {
         Kernels { gemm_layers: on && self.set == KernelSet::Cpu && own_gemm_active(), ..self }
     }
