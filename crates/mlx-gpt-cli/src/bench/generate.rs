@@ -162,9 +162,7 @@ fn greedy_against_transformers(
             let before = if run.batch == 1 { probe.measure() } else { 0.0 };
             let (rate, tokens) = ours_greedy(m, prompts, n)?;
             if run.batch == 1 {
-                let bandwidth = (before + probe.measure()) / 2.0;
-                run.bandwidth.push(bandwidth);
-                run.floor.push(bandwidth / if run.reference { bytes32 } else { bytes16 });
+                run.bandwidth.push((before + probe.measure()) / 2.0);
             }
             run.ours.push(rate);
             run.our_tokens.get_or_insert(tokens);
@@ -189,6 +187,11 @@ fn greedy_against_transformers(
         args.rounds.max(1)
     );
     println!("{:>30} {:>12} {:>12} {:>9} {:>9}", "", "mlx-gpt tok/s", "transformers", "ratio", "of floor");
+    // A round's floor: tokens/s at its read bandwidth, for the bytes its weights take.
+    let floors = |run: &Run| -> Vec<f64> {
+        let bytes = if run.reference { bytes32 } else { bytes16 };
+        run.bandwidth.iter().map(|b| b / bytes).collect()
+    };
     for run in &runs {
         let ours = super::median(&mut run.ours.clone());
         // bfloat16 decoding is compared with transformers' float32 batch 1, what a user
@@ -200,10 +203,10 @@ fn greedy_against_transformers(
             let t = super::median(&mut theirs.clone());
             (format!("{t:.2}"), format!("{:.2}x", ours / t))
         };
-        let floor = if run.floor.is_empty() {
+        let floor = if run.bandwidth.is_empty() {
             "-".to_string()
         } else {
-            let mut shares: Vec<f64> = run.ours.iter().zip(&run.floor).map(|(o, f)| o / f).collect();
+            let mut shares: Vec<f64> = run.ours.iter().zip(floors(run)).map(|(o, f)| o / f).collect();
             format!("{:.0}%", super::median(&mut shares) * 100.0)
         };
         println!("{:>30} {ours:>12.2} {hf:>12} {ratio:>9} {floor:>9}", run.label);
@@ -213,9 +216,9 @@ fn greedy_against_transformers(
         let theirs =
             if run.theirs.is_empty() { String::new() } else { format!("; transformers {}", list(&run.theirs)) };
         println!("{}, tokens/s by round: mlx-gpt {}{theirs}", run.label, list(&run.ours));
-        if !run.floor.is_empty() {
+        if !run.bandwidth.is_empty() {
             let gb: Vec<f64> = run.bandwidth.iter().map(|b| b / 1e9).collect();
-            println!("  read bandwidth by round (GB/s) {}; floor (tokens/s) {}", list(&gb), list(&run.floor));
+            println!("  read bandwidth by round (GB/s) {}; floor (tokens/s) {}", list(&gb), list(&floors(run)));
         }
     }
     for run in &runs {
@@ -249,10 +252,8 @@ struct Run {
     reference: bool,
     ours: Vec<f64>,
     theirs: Vec<f64>,
-    /// Batch 1: the read bandwidth around each round (bytes/s) and the floor it sets
-    /// (tokens/s).
+    /// Batch 1: the read bandwidth around each round (bytes/s).
     bandwidth: Vec<f64>,
-    floor: Vec<f64>,
     our_tokens: Option<Vec<Vec<u32>>>,
     their_tokens: Option<Vec<Vec<u32>>>,
     versions: Option<String>,
@@ -267,7 +268,6 @@ impl Run {
             ours: Vec::new(),
             theirs: Vec::new(),
             bandwidth: Vec::new(),
-            floor: Vec::new(),
             our_tokens: None,
             their_tokens: None,
             versions: None,
@@ -346,7 +346,7 @@ impl ReadProbe {
     /// Bytes/s: the best of three passes, each thread summing its own part. Each pass asks
     /// for the lines 4 KiB ahead, as the decoding kernels do: the hardware prefetchers
     /// alone keep fewer reads in flight, and a floor measured without the prefetches was
-    /// beaten by the decoding itself (121 % of it on an AMD EPYC family 26).
+    /// beaten by the decoding itself (122 % of it on an AMD EPYC family 26).
     pub(super) fn measure(&self) -> f64 {
         let part = self.buffer.len().div_ceil(self.threads);
         let mut best = 0.0f64;
