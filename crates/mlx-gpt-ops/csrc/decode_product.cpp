@@ -105,11 +105,12 @@ MLX_GPT_INLINE float lane_sum(const f32x16& sums) {
 // streams, and keeps the tile's sums in registers between them.
 constexpr int kRowBlock = 16;
 
-// How far ahead (in weights) the kernels reading W (N, K) row by row ask for the weights
+// How far ahead (in weights) the kernels reading W in memory order ask for the weights
 // they will read: on this project's machines the hardware prefetchers alone left one
 // core reading well below its bandwidth (the bfloat16 head took 10 ms on one core, 6 ms
-// with this). The (K, N) kernels ask for the next block of rows. A prefetch never
-// faults, so asking past the end of W is harmless.
+// with this). rows_by_kn's blocks ask for the next block of rows instead. A prefetch
+// never faults, so asking past the end of W is harmless. (2048 measured no better on
+// one row and slower on a batch of 8: AMD EPYC Zen 5, docs/performance-history.md.)
 constexpr int kPrefetch = 1024;
 
 // Columns [n, N) of rows_by_kn's block of rows [k0, k1), one at a time.
@@ -181,45 +182,30 @@ MLX_GPT_INLINE void rows_by_kn(const float* x, int K, const WT* w, int N, int k_
 }
 
 // y[r, n] = bias + Σ_k W[n, k] · x[r, k] for n in [n0, n1), R rows, W (N, K) row-major
-// (the tied head reads wte (V, C) this way): D outputs at a time, R·D dot products in
-// registers (at most 8 vectors), each weight widened once and used R times.
+// (the tied head reads wte (V, C) this way): one output at a time, its R dot products in
+// registers, each weight widened once and used R times. W is read in memory order, one
+// sequential stream per thread: four outputs side by side (four streams) took the head
+// a third longer (AMD EPYC Zen 5, docs/performance-history.md).
 template <typename WT, int R>
 MLX_GPT_INLINE void rows_by_nk(const float* x, int K, const WT* w, int N, int n0, int n1, const float* bias, float* y) {
-  constexpr int D = R >= 4 ? 1 : (R >= 2 ? 2 : 4);
-  int n = n0;
-  for (; n + D <= n1; n += D) {
-    f32x16 acc[D][R] = {};
+  for (int n = n0; n < n1; ++n) {
+    const WT* wn = w + static_cast<size_t>(n) * K;
+    f32x16 acc[R] = {};
     int k = 0;
     for (; k + 16 <= K; k += 16) {
-#pragma GCC unroll 4
-      for (int d = 0; d < D; ++d) {
-        __builtin_prefetch(w + static_cast<size_t>(n + d) * K + k + kPrefetch);
-        const f32x16 wv = load16(w + static_cast<size_t>(n + d) * K + k);
+      __builtin_prefetch(wn + k + kPrefetch);
+      const f32x16 wv = load16(wn + k);
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          acc[d][r] += wv * load16(x + static_cast<size_t>(r) * K + k);
-        }
-      }
-    }
-    for (int d = 0; d < D; ++d) {
-      const WT* wn = w + static_cast<size_t>(n + d) * K;
       for (int r = 0; r < R; ++r) {
-        float tail = 0.0f;
-        for (int kk = k; kk < K; ++kk) {
-          tail += widen(wn[kk]) * x[static_cast<size_t>(r) * K + kk];
-        }
-        y[static_cast<size_t>(r) * N + n + d] = (bias ? bias[n + d] : 0.0f) + lane_sum(acc[d][r]) + tail;
+        acc[r] += wv * load16(x + static_cast<size_t>(r) * K + k);
       }
     }
-  }
-  for (; n < n1; ++n) {  // the outputs left over
-    const WT* wn = w + static_cast<size_t>(n) * K;
     for (int r = 0; r < R; ++r) {
-      float a = bias ? bias[n] : 0.0f;
-      for (int kk = 0; kk < K; ++kk) {
-        a += widen(wn[kk]) * x[static_cast<size_t>(r) * K + kk];
+      float tail = 0.0f;
+      for (int kk = k; kk < K; ++kk) {
+        tail += widen(wn[kk]) * x[static_cast<size_t>(r) * K + kk];
       }
-      y[static_cast<size_t>(r) * N + n] = a;
+      y[static_cast<size_t>(r) * N + n] = (bias ? bias[n] : 0.0f) + lane_sum(acc[r]) + tail;
     }
   }
 }
@@ -337,9 +323,80 @@ MLX_GPT_INLINE void rows_by_nk_bf16(const float* xs, int K, const uint16_t* w, i
   }
 }
 
+// Asks for p[begin, end) at once, a cache line at a time. Before a kernel walks W (K, N):
+// x, written by the thread that ran the step before (often on another core), which the
+// walk needs a new line of only every sixteen rows of W, so each line would otherwise
+// arrive late, one at a time, with the multiply-adds of its rows waiting on it; and the
+// first kPrefetch weights, which the walk's own prefetches never ask for.
+template <typename T>
+MLX_GPT_INLINE void prefetch_range(const T* p, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; i += 64 / sizeof(T)) {
+    __builtin_prefetch(p + i);
+  }
+}
+
+// y += xk · wk for one row wk of W (K, N), in float32 ...
+MLX_GPT_INLINE void add_row(float* y, const float* wk, float xk, int N) {
+  const f32x16 xv = f32x16{} + xk;
+  int n = 0;
+#pragma GCC unroll 4
+  for (; n + 16 <= N; n += 16) {
+    __builtin_prefetch(wk + n + kPrefetch);
+    store16(y + n, load16(y + n) + xv * load16(wk + n));
+  }
+  for (; n < N; ++n) {
+    y[n] += xk * wk[n];
+  }
+}
+
+// ... and in bfloat16: 32 columns at a time, their sums split into the even and the odd
+// columns around the multiply-adds (as in rows_by_kn_bf16).
+MLX_GPT_INLINE void add_row(float* y, const uint16_t* wk, float xk, int N) {
+  const f32x16 xv = f32x16{} + xk;
+  int n = 0;
+#pragma GCC unroll 2
+  for (; n + 32 <= N; n += 32) {
+    __builtin_prefetch(wk + n + kPrefetch);
+    f32x16 we, wo;
+    load32_pairs(wk + n, we, wo);
+    const f32x16 a = load16(y + n), b = load16(y + n + 16);
+    const f32x16 ev = __builtin_shuffle(a, b, kEven) + xv * we, od = __builtin_shuffle(a, b, kOdd) + xv * wo;
+    store16(y + n, __builtin_shuffle(ev, od, kLow));
+    store16(y + n + 16, __builtin_shuffle(ev, od, kHigh));
+  }
+  for (; n < N; ++n) {
+    y[n] += xk * widen(wk[n]);
+  }
+}
+
+// rows_by_kn for a single row (a batch of one, decoding's common case): W's rows one
+// after the other in memory order, y (N sums, a few KiB) staying in the first-level cache
+// between them, so each thread reads one sequential stream. Each column's sum takes the
+// same steps as in rows_by_kn (the bias, then k upwards), so the results are the same to
+// the bit. rows_by_kn's blocks of sixteen rows side by side (sixteen streams) measured
+// 3-7 % slower for one row (AMD EPYC Zen 5, docs/performance-history.md).
+template <typename WT>
+MLX_GPT_INLINE void row_by_kn(const float* x, const WT* w, int N, int k_begin, int k_end, const float* bias,
+                              float* y) {
+  prefetch_range(x, k_begin, k_end);
+  prefetch_range(w + static_cast<size_t>(k_begin) * N, 0, kPrefetch);
+  for (int n = 0; n < N; ++n) {
+    y[n] = bias ? bias[n] : 0.0f;
+  }
+  for (int k = k_begin; k < k_end; ++k) {
+    add_row(y, w + static_cast<size_t>(k) * N, x[k], N);
+  }
+}
+
 template <typename WT, int R>
 MLX_GPT_INLINE void rows_group(bool w_transposed, const float* x, int K, const WT* w, int N, int n0, int n1,
                                const float* bias, float* y) {
+  if constexpr (R == 1) {
+    if (!w_transposed) {
+      row_by_kn(x, w, N, n0, n1, bias, y);
+      return;
+    }
+  }
   if constexpr (std::is_same_v<WT, uint16_t>) {
     if (w_transposed) {
       rows_by_nk_bf16<R>(x, K, w, N, n0, n1, bias, y);  // x split by split_pairs
