@@ -16,9 +16,11 @@
 
 #include "decode_kernels.h"
 #include "entry.h"
+#include "pool.h"
 #include "primitive.h"
 #include "vector.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -28,55 +30,121 @@ namespace mx = mlx::core;
 
 namespace {
 
-// Position-major: each cached row (all heads' keys, then values) is read once, front to
-// back, so the cache streams through memory; a head-major order would revisit every
-// row once per head.
-MLX_GPT_CLONES void decode_attention(const float* __restrict q, const float* __restrict k, const float* __restrict v,
-                                     float* __restrict y, mlx_gpt::AttentionLayout l, float scale) {
-  const size_t hs = l.c / l.n_head, nh = l.n_head, len = l.len;
-  std::vector<float> p(nh * len), m(nh), total(nh);  // p: (nh, len)
-  for (size_t b = 0; b < l.batch; ++b) {
-    const float* qb = q + b * l.q_b;
-    for (size_t s = 0; s < len; ++s) {
-      const float* ks = k + b * l.k_b + s * l.k_s;
-      for (size_t h = 0; h < nh; ++h) {
-        p[h * len + s] = scale * mlx_gpt::dot(qb + h * hs, ks + h * hs, hs);
-      }
-    }
+// The cache is taken in chunks of kChunk positions: each chunk's softmax is computed
+// against its own maximum, and the chunks are merged after (each rescaled by
+// exp(its maximum - the overall one), as flash-decoding does). The chunks are the same
+// whatever the number of threads, and are merged in their order, so the result is the
+// same to the bit on any number of threads; threads take contiguous runs of chunks, so
+// each reads whole cached rows, one stretch of memory.
+constexpr size_t kChunk = 16;
+
+// What one chunk of one sequence leaves for the merge: per head its maximum score m,
+// the sum l of exp(score - m), and acc (hs values) = Σ exp(score - m) · v.
+struct ChunkLayout {
+  size_t nh, hs;
+  size_t floats() const {
+    return nh * (2 + hs);
+  }
+};
+
+// Chunk `chunk` of sequence b, into out (ChunkLayout::floats()). Position-major: each
+// cached row (all heads' keys, then values) is read once, front to back, so the cache
+// streams through memory; a head-major order would revisit every row once per head.
+MLX_GPT_CLONES void attend_chunk(const float* __restrict q, const float* __restrict k, const float* __restrict v,
+                                 mlx_gpt::AttentionLayout l, float scale, size_t b, size_t chunk,
+                                 float* __restrict out) {
+  const size_t hs = l.c / l.n_head, nh = l.n_head;
+  const size_t s0 = chunk * kChunk, s1 = std::min(l.len, s0 + kChunk), n = s1 - s0;
+  thread_local std::vector<float> scores;
+  scores.resize(nh * kChunk);
+  float* p = scores.data();  // (nh, n): the scores, then their weights
+  float *m = out, *sum = out + nh, *acc = out + 2 * nh;
+  const float* qb = q + b * l.q_b;
+  for (size_t s = s0; s < s1; ++s) {
+    const float* ks = k + b * l.k_b + s * l.k_s;
     for (size_t h = 0; h < nh; ++h) {
-      float* ph = p.data() + h * len;
-      float mh = -INFINITY;
-      for (size_t s = 0; s < len; ++s) {
-        mh = ph[s] > mh ? ph[s] : mh;
-      }
-      float t = 0.0f;
-      for (size_t s = 0; s < len; ++s) {
-        ph[s] = mlx_gpt::exp1(ph[s] - mh);
-        t += ph[s];
-      }
-      total[h] = t;
+      p[h * n + s - s0] = scale * mlx_gpt::dot(qb + h * hs, ks + h * hs, hs);
     }
-    float* yb = y + b * l.c;
-    for (size_t i = 0; i < l.c; ++i) {
-      yb[i] = 0.0f;
+  }
+  for (size_t h = 0; h < nh; ++h) {
+    float* ph = p + h * n;
+    float mh = -INFINITY;
+    for (size_t i = 0; i < n; ++i) {
+      mh = ph[i] > mh ? ph[i] : mh;
     }
-    for (size_t s = 0; s < len; ++s) {
-      const float* vs = v + b * l.v_b + s * l.v_s;
-      for (size_t h = 0; h < nh; ++h) {
-        const float w = p[h * len + s];
-        float* yh = yb + h * hs;
-        const float* vh = vs + h * hs;
-        for (size_t d = 0; d < hs; ++d) {
-          yh[d] += w * vh[d];
-        }
-      }
+    float t = 0.0f;
+    for (size_t i = 0; i < n; ++i) {
+      ph[i] = mlx_gpt::exp1(ph[i] - mh);
+      t += ph[i];
     }
+    m[h] = mh;
+    sum[h] = t;
+  }
+  for (size_t i = 0; i < nh * hs; ++i) {
+    acc[i] = 0.0f;
+  }
+  for (size_t s = s0; s < s1; ++s) {
+    const float* vs = v + b * l.v_b + s * l.v_s;
     for (size_t h = 0; h < nh; ++h) {
-      const float inv = 1.0f / total[h];
+      const float w = p[h * n + s - s0];
+      float* ah = acc + h * hs;
+      const float* vh = vs + h * hs;
       for (size_t d = 0; d < hs; ++d) {
-        yb[h * hs + d] *= inv;
+        ah[d] += w * vh[d];
       }
     }
+  }
+}
+
+// y (hs values per head) of sequence b from its `chunks` chunks' results, in order.
+MLX_GPT_CLONES void merge_chunks(const float* __restrict parts, size_t chunks, ChunkLayout cl, float* __restrict y) {
+  const size_t nh = cl.nh, hs = cl.hs;
+  for (size_t h = 0; h < nh; ++h) {
+    float mh = -INFINITY;
+    for (size_t c = 0; c < chunks; ++c) {
+      const float mc = parts[c * cl.floats() + h];
+      mh = mc > mh ? mc : mh;
+    }
+    float* yh = y + h * hs;
+    for (size_t d = 0; d < hs; ++d) {
+      yh[d] = 0.0f;
+    }
+    float total = 0.0f;
+    for (size_t c = 0; c < chunks; ++c) {
+      const float* pc = parts + c * cl.floats();
+      const float e = mlx_gpt::exp1(pc[h] - mh);
+      total += e * pc[nh + h];
+      const float* ah = pc + 2 * nh + h * hs;
+      for (size_t d = 0; d < hs; ++d) {
+        yh[d] += e * ah[d];
+      }
+    }
+    const float inv = 1.0f / total;
+    for (size_t d = 0; d < hs; ++d) {
+      yh[d] *= inv;
+    }
+  }
+}
+
+// The whole attention: every (sequence, chunk) pair, split over up to `requested_parts`
+// threads of the pool in contiguous runs, then each sequence's chunks merged.
+void decode_attention(const float* q, const float* k, const float* v, float* y, mlx_gpt::AttentionLayout l,
+                      float scale, int requested_parts) {
+  const ChunkLayout cl{l.n_head, l.c / l.n_head};
+  const size_t chunks = (l.len + kChunk - 1) / kChunk, items = l.batch * chunks;
+  thread_local std::vector<float> scratch;
+  scratch.resize(items * cl.floats());
+  float* out = scratch.data();
+  // At least two chunks a thread: a chunk is a microsecond or two of work, about what
+  // handing it to another thread costs.
+  const int parts = static_cast<int>(std::max<size_t>(1, std::min<size_t>(requested_parts, items / 2)));
+  mlx_gpt::Pool::run(parts, [&](int part) {
+    for (size_t i = items * part / parts; i < items * (part + 1) / parts; ++i) {
+      attend_chunk(q, k, v, l, scale, i / chunks, i % chunks, out + i * cl.floats());
+    }
+  });
+  for (size_t b = 0; b < l.batch; ++b) {
+    merge_chunks(out + b * chunks * cl.floats(), chunks, cl, y + b * l.c);
   }
 }
 
@@ -107,7 +175,7 @@ class DecodeAttention : public mlx_gpt::CpuPrimitive {
     const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
     float* yp = out.data<float>();
     const float scale = scale_;
-    encoder.dispatch([=]() { decode_attention(qp, kp, vp, yp, l, scale); });
+    encoder.dispatch([=]() { decode_attention(qp, kp, vp, yp, l, scale, 1); });
   }
   const char* name() const override {
     return "DecodeAttention";
@@ -124,8 +192,9 @@ class DecodeAttention : public mlx_gpt::CpuPrimitive {
 
 }  // namespace
 
-void mlx_gpt::attend_one(const float* q, const float* k, const float* v, float* y, AttentionLayout l, float scale) {
-  decode_attention(q, k, v, y, l, scale);
+void mlx_gpt::attend_one(const float* q, const float* k, const float* v, float* y, AttentionLayout l, float scale,
+                         int parts) {
+  decode_attention(q, k, v, y, l, scale, parts);
 }
 
 extern "C" {

@@ -6,8 +6,9 @@
 // to the stream's thread and waited for; on GPT-2 124M they cost several milliseconds
 // per token beyond reading the weights. Here a block is one task running the same
 // kernels one after the other (csrc/decode_kernels.h) on scratch rows, each product split
-// over the pool's threads as the decoding product's primitive splits it, so the results
-// are the separate kernels' to the bit.
+// over the pool's threads as the decoding product's primitive splits it and the
+// attention's positions split over them too (which changes no bit), so the results are
+// the separate kernels' to the bit.
 //
 // The cache: the new position's keys and values are written into the buffers at row
 // `past`, and the buffers so updated are outputs 1 and 2. They take over the input
@@ -88,7 +89,7 @@ void run_block(const Shape& s, const Pointers& p, int parts) {
                                    static_cast<size_t>(c),
                                    row_stride,
                                    static_cast<size_t>(c)};
-  mlx_gpt::attend_one(qkv.data(), p.k, p.v, y.data(), l, s.scale);
+  mlx_gpt::attend_one(qkv.data(), p.k, p.v, y.data(), l, s.scale, parts);
   mlx_gpt::decode_product(false, y.data(), rows, c, p.w[kAttnProj], p.bf16, c, p.b[kAttnProj], x1.data(), parts);
   for (size_t i = 0; i < n; ++i) {
     x1[i] = p.x[i] + x1[i];

@@ -19,9 +19,10 @@ struct AttentionLayout {
   size_t q_b, k_b, k_s, v_b, v_s;
 };
 
-// y (B, C) = softmax(scale · q kᵀ) v per head over the first `len` positions.
-// csrc/decode_attention.cpp.
-void attend_one(const float* q, const float* k, const float* v, float* y, AttentionLayout l, float scale);
+// y (B, C) = softmax(scale · q kᵀ) v per head over the first `len` positions, the
+// positions split over up to `parts` threads of the pool (the same result on any
+// number). csrc/decode_attention.cpp.
+void attend_one(const float* q, const float* k, const float* v, float* y, AttentionLayout l, float scale, int parts);
 
 // y (rows, N) = x (rows, K) · W + bias, W (K, N), or (N, K) used transposed when
 // `w_transposed`; float32 or bfloat16 (`bf16`) weights; split over `parts` threads of the
