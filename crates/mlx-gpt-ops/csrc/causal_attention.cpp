@@ -165,18 +165,16 @@ void attention_forward(const float* qkv, const float* mask, float* y, float* att
   for_each_head(d, threads, [&](size_t b, size_t h) {
     thread_local std::vector<float> dropped;
     dropped.resize(mask != nullptr ? T * T : 0);
-    {
-      const float* q = qkv + b * T * ld + h * hs;
-      float* p = att + (b * d.n_head + h) * T * T;
-      gemm(false, true, T, T, hs, scale, q, ld, q + C, ld, p, T, Structure::LowerC);
-      causal_softmax(p, T);
-      const float* weights = p;
-      if (mask != nullptr) {
-        apply_mask(p, mask + (b * d.n_head + h) * T * T, dropped.data(), T * T);
-        weights = dropped.data();
-      }
-      gemm(false, false, T, hs, T, 1.0f, weights, T, q + 2 * C, ld, y + b * T * C + h * hs, C, Structure::LowerA);
+    const float* q = qkv + b * T * ld + h * hs;
+    float* p = att + (b * d.n_head + h) * T * T;
+    gemm(false, true, T, T, hs, scale, q, ld, q + C, ld, p, T, Structure::LowerC);
+    causal_softmax(p, T);
+    const float* weights = p;
+    if (mask != nullptr) {
+      apply_mask(p, mask + (b * d.n_head + h) * T * T, dropped.data(), T * T);
+      weights = dropped.data();
     }
+    gemm(false, false, T, hs, T, 1.0f, weights, T, q + 2 * C, ld, y + b * T * C + h * hs, C, Structure::LowerA);
   });
 }
 
@@ -191,26 +189,24 @@ void attention_backward(const float* qkv, const float* att, const float* mask, c
     thread_local std::vector<float> ds, dropped;
     ds.resize(T * T);
     dropped.resize(mask != nullptr ? T * T : 0);
-    {
-      const float* q = qkv + b * T * ld + h * hs;
-      const float* p = att + (b * d.n_head + h) * T * T;
-      const float* m = mask != nullptr ? mask + (b * d.n_head + h) * T * T : nullptr;
-      const float* g = dy + b * T * C + h * hs;
-      float* dq = dqkv + b * T * ld + h * hs;
-      const float* weights = p;
-      if (m != nullptr) {
-        apply_mask(p, m, dropped.data(), T * T);
-        weights = dropped.data();
-      }
-      gemm(true, false, T, hs, T, 1.0f, weights, T, g, C, dq + 2 * C, ld, Structure::UpperA);  // dV
-      gemm(false, true, T, T, hs, 1.0f, g, C, q + 2 * C, ld, ds.data(), T, Structure::LowerC);  // dP (after dropout)
-      if (m != nullptr) {
-        scale_by_mask(ds.data(), m, T * T);  // dP (before dropout)
-      }
-      softmax_backward_rows(p, ds.data(), T, scale);                       // dS (scaled)
-      gemm(false, false, T, hs, T, 1.0f, ds.data(), T, q + C, ld, dq, ld, Structure::LowerA);  // dQ
-      gemm(true, false, T, hs, T, 1.0f, ds.data(), T, q, ld, dq + C, ld, Structure::UpperA);   // dK
+    const float* q = qkv + b * T * ld + h * hs;
+    const float* p = att + (b * d.n_head + h) * T * T;
+    const float* m = mask != nullptr ? mask + (b * d.n_head + h) * T * T : nullptr;
+    const float* g = dy + b * T * C + h * hs;
+    float* dq = dqkv + b * T * ld + h * hs;
+    const float* weights = p;
+    if (m != nullptr) {
+      apply_mask(p, m, dropped.data(), T * T);
+      weights = dropped.data();
     }
+    gemm(true, false, T, hs, T, 1.0f, weights, T, g, C, dq + 2 * C, ld, Structure::UpperA);  // dV
+    gemm(false, true, T, T, hs, 1.0f, g, C, q + 2 * C, ld, ds.data(), T, Structure::LowerC);  // dP (after dropout)
+    if (m != nullptr) {
+      scale_by_mask(ds.data(), m, T * T);  // dP (before dropout)
+    }
+    softmax_backward_rows(p, ds.data(), T, scale);                       // dS (scaled)
+    gemm(false, false, T, hs, T, 1.0f, ds.data(), T, q + C, ld, dq, ld, Structure::LowerA);  // dQ
+    gemm(true, false, T, hs, T, 1.0f, ds.data(), T, q, ld, dq + C, ld, Structure::UpperA);   // dK
   });
 }
 

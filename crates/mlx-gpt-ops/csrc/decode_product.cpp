@@ -391,20 +391,16 @@ MLX_GPT_INLINE void row_by_kn(const float* x, const WT* w, int N, int k_begin, i
 template <typename WT, int R>
 MLX_GPT_INLINE void rows_group(bool w_transposed, const float* x, int K, const WT* w, int N, int n0, int n1,
                                const float* bias, float* y) {
-  if constexpr (R == 1) {
-    if (!w_transposed) {
-      row_by_kn(x, w, N, n0, n1, bias, y);
-      return;
-    }
-  }
-  if constexpr (std::is_same_v<WT, uint16_t>) {
-    if (w_transposed) {
+  if (w_transposed) {
+    if constexpr (std::is_same_v<WT, uint16_t>) {
       rows_by_nk_bf16<R>(x, K, w, N, n0, n1, bias, y);  // x split by split_pairs
     } else {
-      rows_by_kn_bf16<R>(x, K, w, N, n0, n1, bias, y);
+      rows_by_nk<WT, R>(x, K, w, N, n0, n1, bias, y);
     }
-  } else if (w_transposed) {
-    rows_by_nk<WT, R>(x, K, w, N, n0, n1, bias, y);
+  } else if constexpr (R == 1) {
+    row_by_kn(x, w, N, n0, n1, bias, y);
+  } else if constexpr (std::is_same_v<WT, uint16_t>) {
+    rows_by_kn_bf16<R>(x, K, w, N, n0, n1, bias, y);
   } else {
     rows_by_kn<WT, R>(x, K, w, N, n0, n1, bias, y);
   }
