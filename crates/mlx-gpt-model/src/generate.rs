@@ -251,6 +251,13 @@ fn decode(
     // Decoding multiplies a few rows by every weight matrix: with the CPU kernels, the
     // decoding product (one read of each weight for all rows).
     let k = model.kernels.for_decoding();
+    if k.set() == mlx_gpt_ops::KernelSet::Cpu {
+        // The decoding product reads float32 matrices fastest laid out (out, in) for one or
+        // two rows, (in, out) for more, and bfloat16 ones (in, out) (mlx_gpt_ops::layout):
+        // a copy when the layout changes.
+        let float32 = model.h.first().is_none_or(|b| b.attn.c_attn.weight.dtype() == Dtype::Float32);
+        model.lay_out_matrices(rows <= 2 && float32)?;
+    }
     let window =
         |tokens: &[Vec<u32>], from: usize| -> Array { ids(&tokens.iter().map(|t| &t[from..]).collect::<Vec<_>>()) };
     for _ in 0..max_new_tokens {
@@ -552,6 +559,8 @@ mod tests {
     fn bfloat16_matrices_decode_as_their_float32_rounding_does() {
         // The decoding product widens bfloat16 weights exactly, so a model with bfloat16
         // matrices computes what the same model with those values in float32 computes.
+        // (Three rows: both lay their matrices out (in, out) and run the same kernels;
+        // with one or two, float32 runs (out, in) and sums in another order.)
         let mut sets = vec![Kernels::mlx()];
         sets.extend(Kernels::cpu());
         for k in sets {
@@ -564,11 +573,49 @@ mod tests {
             let mut rounded = half.clone();
             rounded.set_matrices_dtype(Dtype::Float32).unwrap();
             let params = SamplingParams { temperature: 0.8, top_k: Some(9), seed: 3, ..Default::default() };
-            let prompts: [&[u32]; 2] = [&[1, 2, 3], &[5, 6, 7]];
+            let prompts: [&[u32]; 3] = [&[1, 2, 3], &[5, 6, 7], &[2, 4, 6]];
             let a = generate_batch(&mut half, &prompts, 16, &params).unwrap();
             let b = generate_batch(&mut rounded, &prompts, 16, &params).unwrap();
             assert_eq!(a, b, "{}", k.name());
         }
+    }
+
+    #[test]
+    fn generation_lays_the_matrices_out_for_its_batch() {
+        // The CPU kernels read float32 matrices fastest (out, in) for one or two rows and
+        // (in, out) for more or in bfloat16 (mlx_gpt_ops::layout); the layout changes
+        // nothing else, not what a file of the weights holds.
+        let Ok(k) = Kernels::cpu() else { return };
+        let mut m = Gpt { kernels: k, ..tiny(8) };
+        let dir = std::env::temp_dir().join(format!("mlx-gpt-layout-test-{}", std::process::id()));
+        let file = |m: &Gpt| {
+            crate::hf::save_weights(m, &dir.join("w.safetensors")).unwrap();
+            std::fs::read(dir.join("w.safetensors")).unwrap()
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        let before = file(&m);
+        let transposed = |m: &Gpt| {
+            let all: Vec<bool> =
+                m.h.iter()
+                    .flat_map(|b| [&b.attn.c_attn, &b.attn.c_proj, &b.mlp.c_fc, &b.mlp.c_proj])
+                    .map(|l| mlx_gpt_ops::is_stored_transposed(&l.weight))
+                    .collect();
+            assert!(all.iter().all(|&t| t == all[0]), "mixed layouts");
+            all[0]
+        };
+        assert!(!transposed(&m));
+        let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+        let one = generate(&mut m, &[1, 2], 6, &greedy, |_| true).unwrap();
+        assert!(transposed(&m));
+        assert!(file(&m) == before, "the weights as a file holds them");
+        std::fs::remove_dir_all(&dir).unwrap();
+        generate_batch(&mut m, &[&[1, 2], &[3, 4], &[5, 6]], 6, &greedy).unwrap();
+        assert!(!transposed(&m));
+        // Laid out again for one row, the same tokens.
+        assert_eq!(generate(&mut m, &[1, 2], 6, &greedy, |_| true).unwrap(), one);
+        m.set_matrices_dtype(Dtype::Bfloat16).unwrap();
+        generate(&mut m, &[1, 2], 2, &greedy, |_| true).unwrap();
+        assert!(!transposed(&m));
     }
 
     #[test]

@@ -186,6 +186,20 @@ impl Gpt {
         mlx_rs::transforms::eval_params(self.parameters())
     }
 
+    /// Lay every block matrix out in memory (out, in) when `transposed`, else (in, out):
+    /// the same values, shapes and names either way ([`mlx_gpt_ops::layout`]). The CPU
+    /// decoding kernels read (out, in) fastest for one or two rows per step and (in, out)
+    /// for more, so generating on them lays the matrices out for its batch; a matrix
+    /// already laid out so is left as it is.
+    pub fn lay_out_matrices(&mut self, transposed: bool) -> Result<(), Exception> {
+        for (name, p) in self.parameters_mut().flatten() {
+            if p.ndim() == 2 && name.starts_with("h.") {
+                *p = if transposed { mlx_gpt_ops::store_transposed(p)? } else { mlx_gpt_ops::row_major(p)? };
+            }
+        }
+        Ok(())
+    }
+
     /// The parameters' dtype.
     pub fn dtype(&self) -> Dtype {
         self.wte.weight.dtype()

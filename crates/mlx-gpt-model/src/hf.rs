@@ -243,7 +243,8 @@ fn hf_tensors(model: &Gpt) -> Result<BTreeMap<String, Array>, LoadError> {
     let params = model.parameters().flatten();
     for (name, a) in &params {
         let key = if &**name == "lm_head.weight" { name.to_string() } else { format!("{PREFIX}{name}") };
-        out.insert(key, (*a).clone());
+        // Row-major, as the file stores it (decoding lays matrices out transposed).
+        out.insert(key, mlx_gpt_ops::row_major(a)?);
     }
     // Only GPT-2's layout needs them: Hugging Face's GPT-2 always has biases.
     if !model.config.bias && model.tied_head() {

@@ -46,6 +46,9 @@ struct Shape {
   int batch, capacity, c, n_head, past;
   float eps, scale;
   bool tanh;
+  // The four matrices lie column-major: (out, in) rows, each output's weights side by side
+  // (mlx_gpt_ops::store_transposed), which the products walk output by output.
+  bool column_major;
 };
 
 struct Pointers {
@@ -73,7 +76,7 @@ void run_block(const Shape& s, const Pointers& p, int parts) {
   auto ln = [&](Weight i) { return static_cast<const float*>(p.w[i]); };
   // x + attn(ln_1(x))
   mlx_gpt::layer_norm_rows(p.x, ln(kLn1), p.b[kLn1], h.data(), rows, c, s.eps);
-  mlx_gpt::decode_product(false, h.data(), rows, c, p.w[kAttn], p.bf16, 3 * c, p.b[kAttn], qkv.data(), parts);
+  mlx_gpt::decode_product(s.column_major, h.data(), rows, c, p.w[kAttn], p.bf16, 3 * c, p.b[kAttn], qkv.data(), parts);
   const size_t row_stride = static_cast<size_t>(s.capacity) * c;
   for (int b = 0; b < rows; ++b) {
     const float* r = qkv.data() + static_cast<size_t>(b) * 3 * c;
@@ -90,15 +93,15 @@ void run_block(const Shape& s, const Pointers& p, int parts) {
                                    row_stride,
                                    static_cast<size_t>(c)};
   mlx_gpt::attend_one(qkv.data(), p.k, p.v, y.data(), l, s.scale, parts);
-  mlx_gpt::decode_product(false, y.data(), rows, c, p.w[kAttnProj], p.bf16, c, p.b[kAttnProj], x1.data(), parts);
+  mlx_gpt::decode_product(s.column_major, y.data(), rows, c, p.w[kAttnProj], p.bf16, c, p.b[kAttnProj], x1.data(), parts);
   for (size_t i = 0; i < n; ++i) {
     x1[i] = p.x[i] + x1[i];
   }
   // x + mlp(ln_2(x))
   mlx_gpt::layer_norm_rows(x1.data(), ln(kLn2), p.b[kLn2], h.data(), rows, c, s.eps);
-  mlx_gpt::decode_product(false, h.data(), rows, c, p.w[kFc], p.bf16, 4 * c, p.b[kFc], f.data(), parts);
+  mlx_gpt::decode_product(s.column_major, h.data(), rows, c, p.w[kFc], p.bf16, 4 * c, p.b[kFc], f.data(), parts);
   mlx_gpt::gelu_values(f.data(), g.data(), 4 * n, s.tanh);
-  mlx_gpt::decode_product(false, g.data(), rows, 4 * c, p.w[kMlpProj], p.bf16, c, p.b[kMlpProj], p.out, parts);
+  mlx_gpt::decode_product(s.column_major, g.data(), rows, 4 * c, p.w[kMlpProj], p.bf16, c, p.b[kMlpProj], p.out, parts);
   for (size_t i = 0; i < n; ++i) {
     p.out[i] = x1[i] + p.out[i];
   }
@@ -153,7 +156,8 @@ class DecodeBlock : public mlx_gpt::CpuPrimitive {
     auto& o = static_cast<const DecodeBlock&>(other);
     return shape_.batch == o.shape_.batch && shape_.capacity == o.shape_.capacity && shape_.c == o.shape_.c &&
            shape_.n_head == o.shape_.n_head && shape_.past == o.shape_.past && shape_.eps == o.shape_.eps &&
-           shape_.scale == o.shape_.scale && shape_.tanh == o.shape_.tanh && bias_ == o.bias_ && parts_ == o.parts_;
+           shape_.scale == o.shape_.scale && shape_.tanh == o.shape_.tanh &&
+           shape_.column_major == o.shape_.column_major && bias_ == o.bias_ && parts_ == o.parts_;
   }
 
  private:
@@ -177,9 +181,10 @@ size_t mlx_gpt_decode_block_copies() {
 // arrays[3..9] ln_1.weight (C), c_attn.weight (C, 3C), attn.c_proj.weight (C, C),
 // ln_2.weight (C), c_fc.weight (C, 4C), mlp.c_proj.weight (4C, C); arrays[9..15] their
 // biases in the same order, or all empty handles. All float32 but the four matrices,
-// which may be bfloat16 together. Fills outs[0] (the block's output, (B, 1, C)) and
-// outs[1], outs[2] (the buffers with the new position written at `past`). Returns 0; 2
-// when a weight is not an evaluated dense array (the caller uses the separate kernels);
+// which may be bfloat16 together and may lie column-major together. Fills outs[0] (the
+// block's output, (B, 1, C)) and outs[1], outs[2] (the buffers with the new position
+// written at `past`). Returns 0; 2 when a weight is not an evaluated dense array, or the
+// matrices mix layouts (the caller uses the separate kernels);
 // or 1 with the reason in mlx_gpt_last_error().
 int mlx_gpt_decode_block(mlx_array* outs, const mlx_array* arrays, int n_head, int past, float eps, bool tanh,
                          int threads) {
@@ -209,6 +214,8 @@ int mlx_gpt_decode_block(mlx_array* outs, const mlx_array* arrays, int n_head, i
       bad("the matrices must be float32 or bfloat16");
     }
     auto dense = [](const mx::array& a) { return a.is_available() && a.flags().row_contiguous; };
+    // The matrices may all lie column-major instead (decoding's layout, src/layout.rs).
+    const bool column_major = mlx_gpt::column_major(get(3 + kAttn));
     bool ready = true;
     for (int i = 0; i < kWeights; ++i) {
       const mx::array& w = get(3 + i);
@@ -217,7 +224,7 @@ int mlx_gpt_decode_block(mlx_array* outs, const mlx_array* arrays, int n_head, i
                  : (w.ndim() != 2 || w.shape(0) != want[i][0] || w.shape(1) != want[i][1] || w.dtype() != wt)) {
         bad("weight " + std::to_string(i) + " has the wrong shape or type");
       }
-      ready = ready && dense(w);
+      ready = ready && (vector ? dense(w) : w.is_available() && (column_major ? mlx_gpt::column_major(w) : dense(w)));
       if (bias) {
         const mx::array& b = get(3 + kWeights + i);
         const int width = vector ? c : want[i][1];
@@ -237,7 +244,8 @@ int mlx_gpt_decode_block(mlx_array* outs, const mlx_array* arrays, int n_head, i
     for (int i = 3; i < 3 + (bias ? 2 : 1) * kWeights; ++i) {
       inputs.push_back(get(i));
     }
-    const Shape shape{batch, k.shape(1), c, n_head, past, eps, 1.0f / std::sqrt(static_cast<float>(c / n_head)), tanh};
+    const Shape shape{batch, k.shape(1), c,    n_head, past, eps, 1.0f / std::sqrt(static_cast<float>(c / n_head)),
+                      tanh,  column_major};
     auto results = mx::array::make_arrays({x.shape(), k.shape(), v.shape()}, {mx::float32, mx::float32, mx::float32},
                                           std::make_shared<DecodeBlock>(stream, shape, bias, std::max(1, threads)),
                                           inputs);

@@ -7,9 +7,11 @@
 // is about 500 MB per token), so this kernel reads each weight once, straight from where
 // it lies, and does all R rows' arithmetic on it while it is in registers; with bfloat16
 // weights it reads half the bytes and widens them to float32 in registers (products and
-// sums stay float32). The work is split into one part per thread of a persistent pool
-// (csrc/pool.h), each reading its own contiguous stretch of W: one core cannot read
-// memory as fast as two.
+// sums stay float32). W is (K, N) or (N, K) in memory, whichever way it lies (a weight
+// laid out for decoding is a column-major (K, N) view of (N, K) memory, src/layout.rs):
+// the kernels walk it in memory order. The work is split into one part per thread of a
+// persistent pool (csrc/pool.h), each reading its own contiguous stretch of W: one core
+// cannot read memory as fast as two.
 //
 // As an MLX primitive the product stays in the lazy graph and runs on the stream's
 // worker thread like MLX's own kernels, so a decoded token is still a single `eval`.
@@ -112,6 +114,9 @@ constexpr int kRowBlock = 16;
 // never faults, so asking past the end of W is harmless. (2048 measured no better on
 // one row and slower on a batch of 8: AMD EPYC Zen 5, docs/performance-history.md.)
 constexpr int kPrefetch = 1024;
+
+// At most this many threads share a product (the pool's limit, csrc/pool.h).
+constexpr int kMaxParts = 64;
 
 // Columns [n, N) of rows_by_kn's block of rows [k0, k1), one at a time.
 template <typename WT, int R>
@@ -449,7 +454,8 @@ MLX_GPT_CLONES void rows_by_bf16(bool tr, const float* x, int rows, int K, const
 }
 
 // out (..., N) = x (..., K) · w + bias: w is (K, N), or (N, K) used transposed; float32
-// or bfloat16. Split into `parts` ranges of outputs, one per thread.
+// or bfloat16, row-major or column-major (the kernels walk W as it lies in memory). Split
+// into `parts` ranges of outputs, one per thread.
 class DecodeProduct : public mlx_gpt::CpuPrimitive {
  public:
   DecodeProduct(mx::Stream stream, bool w_transposed, int parts)
@@ -468,7 +474,9 @@ class DecodeProduct : public mlx_gpt::CpuPrimitive {
     const bool bf16 = w.dtype() == mx::bfloat16;
     const float* bp = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
     float* yp = outputs[0].data<float>();
-    const bool tr = w_transposed_;
+    // W's memory holds (N, K) rows when it is used transposed or stored column-major
+    // (not both: then it holds (K, N)).
+    const bool tr = w_transposed_ != mlx_gpt::column_major(w);
     const int parts = parts_;
     encoder.dispatch([=]() { mlx_gpt::decode_product(tr, xp, rows, k, wp, bf16, n, bp, yp, parts); });
   }
@@ -492,11 +500,12 @@ class DecodeProduct : public mlx_gpt::CpuPrimitive {
 void mlx_gpt::decode_product(bool tr, const float* xp, int rows, int k, const void* wp, bool bf16, int n,
                              const float* bp, float* yp, int requested_parts) {
   // Each thread reads one contiguous stretch of W: for W (N, K) a range of outputs
-  // (whole cache lines of them), for W (K, N) a range of W's rows, whose partial sums
-  // (all N outputs) the first thread's add up at the end. Threads that read next to
-  // each other's rows measured slower than each reading its own stretch.
+  // (whole cache lines of them; see below for its last quarter), for W (K, N) a range of
+  // W's rows, whose partial sums (all N outputs) the first thread's add up at the end.
+  // Threads that read next to each other's rows measured slower than each reading its
+  // own stretch.
   const int extent = tr ? n : k;
-  const int parts = std::max(1, std::min(requested_parts, extent / 64));
+  const int parts = std::max(1, std::min({requested_parts, extent / 64, kMaxParts}));
   const int per = (extent / parts + 15) / 16 * 16;
   thread_local std::vector<float> partial, split;
   const size_t out_size = static_cast<size_t>(rows) * n;
@@ -510,23 +519,60 @@ void mlx_gpt::decode_product(bool tr, const float* xp, int rows, int k, const vo
     split_pairs(xp, rows, k, split.data());
     xin = split.data();
   }
+  auto stretch = [&](int part) {
+    const int p0 = std::min(extent, part * per);
+    return std::make_pair(p0, part + 1 == parts ? extent : std::min(extent, p0 + per));
+  };
+  if (tr) {
+    // The outputs are independent, so the threads need not wait for the slowest: each
+    // takes the first three quarters of its stretch alone and the last quarter in chunks
+    // (whole cache lines of outputs) that a thread done with its own may take instead.
+    // On the 2-vCPU machines one thread often read 5-15 % slower than the other in a
+    // product, which of the two changing within seconds (docs/performance-history.md).
+    // Each output is the same dot product whichever thread computes it.
+    std::atomic<int> next[kMaxParts];  // the next chunk of each stretch's last quarter
+    int zone_begin[kMaxParts], zone_end[kMaxParts], chunk[kMaxParts];
+    for (int part = 0; part < parts; ++part) {
+      const auto [p0, p1] = stretch(part);
+      zone_begin[part] = p0 + (p1 - p0) * 3 / 4 / 16 * 16;
+      zone_end[part] = p1;
+      chunk[part] = std::max(16, (p1 - zone_begin[part]) / 8 / 16 * 16);
+      next[part].store(zone_begin[part], std::memory_order_relaxed);
+    }
+    mlx_gpt::Pool::run(parts, [&](int part) {
+      auto outputs = [&](int n0, int n1) {
+        if (bf16) {
+          rows_by_bf16(true, xin, rows, k, static_cast<const uint16_t*>(wp), n, n0, n1, bp, yp);
+        } else {
+          rows_by_f32(true, xp, rows, k, static_cast<const float*>(wp), n, n0, n1, bp, yp);
+        }
+      };
+      outputs(stretch(part).first, zone_begin[part]);
+      // Its own chunks, then the others'.
+      for (int i = 0; i < parts; ++i) {
+        const int z = (part + i) % parts;
+        for (int c; (c = next[z].fetch_add(chunk[z], std::memory_order_relaxed)) < zone_end[z];) {
+          outputs(c, std::min(c + chunk[z], zone_end[z]));
+        }
+      }
+    });
+    return;
+  }
   mlx_gpt::Pool::run(parts, [&](int part) {
-    const int p0 = std::min(extent, part * per), p1 = part + 1 == parts ? extent : std::min(extent, p0 + per);
+    const auto [p0, p1] = stretch(part);
     // Part 0 writes the output (with the bias); the others their partial sums.
-    float* out = tr || part == 0 ? yp : scratch + out_size * (part - 1);
-    const float* b = tr || part == 0 ? bp : nullptr;
-    if (p0 >= p1 && !tr) {
+    float* out = part == 0 ? yp : scratch + out_size * (part - 1);
+    const float* b = part == 0 ? bp : nullptr;
+    if (p0 >= p1) {
       std::fill(out, out + out_size, 0.0f);
     } else if (bf16) {
-      rows_by_bf16(tr, xin, rows, k, static_cast<const uint16_t*>(wp), n, p0, p1, b, out);
+      rows_by_bf16(false, xp, rows, k, static_cast<const uint16_t*>(wp), n, p0, p1, b, out);
     } else {
-      rows_by_f32(tr, xp, rows, k, static_cast<const float*>(wp), n, p0, p1, b, out);
+      rows_by_f32(false, xp, rows, k, static_cast<const float*>(wp), n, p0, p1, b, out);
     }
   });
-  if (!tr) {
-    for (int part = 1; part < parts; ++part) {
-      add_to(yp, scratch + out_size * (part - 1), out_size);
-    }
+  for (int part = 1; part < parts; ++part) {
+    add_to(yp, scratch + out_size * (part - 1), out_size);
   }
 }
 
@@ -534,7 +580,8 @@ extern "C" {
 
 // *res = x · w (+ bias): x (..., K) float32; w (K, N), or (N, K) with w_transposed,
 // float32 or bfloat16; bias (N,) float32 or an empty mlx_array (ctx null); the work
-// split over `threads` threads. On this thread's default CPU stream. Returns 0; 2 (and
+// split over `threads` threads. On this thread's default CPU stream. w may lie
+// column-major (a transposed view: decoding's layout, src/layout.rs). Returns 0; 2 (and
 // *res untouched) when the weight or bias is not an evaluated, dense array (the caller
 // falls back to MLX's matmul); or 1 with the reason in mlx_gpt_last_error().
 int mlx_gpt_decode_product(mlx_array* res, const mlx_array x, const mlx_array w, const mlx_array bias,
@@ -551,10 +598,12 @@ int mlx_gpt_decode_product(mlx_array* res, const mlx_array x, const mlx_array w,
     if (xa.shape(-1) != k) {
       throw std::invalid_argument("[DecodeProduct] x's last dimension does not match the weight");
     }
-    // Weights must already be materialised and dense: the product reads them in place
-    // (making a copy per token would cost more than it saves). Otherwise decline.
+    // Weights must already be materialised and dense (row- or column-major): the product
+    // reads them in place (making a copy per token would cost more than it saves).
+    // Otherwise decline.
     auto dense = [](const mx::array& a) { return a.is_available() && a.flags().row_contiguous; };
-    if (!dense(wa) || (bias.ctx != nullptr && !dense(mlx_array_get_(bias)))) {
+    if (!wa.is_available() || !(wa.flags().row_contiguous || mlx_gpt::column_major(wa)) ||
+        (bias.ctx != nullptr && !dense(mlx_array_get_(bias)))) {
       return 2;
     }
     auto stream = mx::default_stream(mx::Device::cpu);

@@ -95,6 +95,13 @@ inline mlx::core::cpu::CommandEncoder& prepare(mlx::core::Stream stream,
   return encoder;
 }
 
+// Whether `a` is dense and lies in memory column after column but not row after row: a
+// transposed view of a row-major buffer, as mlx_gpt_ops::store_transposed leaves a
+// weight matrix (src/layout.rs). Kernels that take such a matrix walk it as it lies.
+inline bool column_major(const mlx::core::array& a) {
+  return !a.flags().row_contiguous && a.flags().col_contiguous;
+}
+
 // `a` as a dense row-major array for a primitive's input, decided when the graph is
 // built: `a` itself when it is already computed and dense, else a Contiguous node (a
 // copy only where needed). For inputs that are computed already, as the optimizer

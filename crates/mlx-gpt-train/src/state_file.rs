@@ -9,10 +9,16 @@ use std::path::Path;
 
 /// Write `arrays` (float32, evaluated here) and `step` to `path`.
 pub(crate) fn save(path: &Path, arrays: &[(String, &Array)], step: u64) -> Result<(), String> {
-    mlx_rs::transforms::eval(arrays.iter().map(|(_, a)| *a)).map_err(|e| e.what().to_string())?;
+    // Row-major, as the file stores them (evaluated here).
+    let dense: Vec<Array> = arrays
+        .iter()
+        .map(|(_, a)| mlx_gpt_ops::row_major(a))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.what().to_string())?;
     let views: Vec<(String, TensorView)> = arrays
         .iter()
-        .map(|(k, a)| {
+        .zip(&dense)
+        .map(|((k, _), a)| {
             let shape = a.shape().iter().map(|&d| d as usize).collect();
             let bytes = mlx_gpt_model::hf::bytes_of(a);
             (k.clone(), TensorView::new(safetensors::Dtype::F32, shape, bytes).expect("consistent view"))

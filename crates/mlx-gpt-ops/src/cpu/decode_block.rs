@@ -150,7 +150,7 @@ mod tests {
         fn matches_the_separate_kernels_to_the_bit(
             batch in 1i32..4, n_head in 1i32..7, hs in prop::sample::select(vec![4, 16, 24]), past in 1i32..80,
             spare in 1i32..4, bias in any::<bool>(), tanh in any::<bool>(), bf16 in any::<bool>(),
-            held in any::<bool>(), seed in 0u64..1000,
+            stored_transposed in any::<bool>(), held in any::<bool>(), seed in 0u64..1000,
         ) {
             let Ok(k) = Kernels::cpu() else { return Ok(()) };
             let k = k.for_decoding();
@@ -159,9 +159,11 @@ mod tests {
             let normal = |shape: &[i32], i: u64| {
                 random::normal::<f32>(shape, None, Some(0.5), &key(i)).unwrap()
             };
+            // bfloat16 or float32, laid out (in, out) or (out, in) (decoding's layout).
             let matrix = |shape: &[i32], i: u64| {
                 let m = normal(shape, i);
-                if bf16 { m.as_dtype(Dtype::Bfloat16).unwrap() } else { m }
+                let m = if bf16 { m.as_dtype(Dtype::Bfloat16).unwrap() } else { m };
+                if stored_transposed { crate::store_transposed(&m).unwrap() } else { m }
             };
             let shapes = [vec![c], vec![c, 3 * c], vec![c, c], vec![c], vec![c, 4 * c], vec![4 * c, c]];
             let weights: Vec<Array> = shapes.iter().enumerate().map(|(i, s)| {

@@ -82,6 +82,7 @@ pub fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mlx_rs::ops::indexing::IndexOp;
     use mlx_rs::{ops, random};
     use proptest::prelude::*;
 
@@ -121,6 +122,15 @@ mod tests {
             close(&product(&wt, true, None), &x.matmul(wt32.t()).unwrap());
             close(&product(&wt, true, Some(&b)), &ops::add(x.matmul(wt32.t()).unwrap(), &b).unwrap());
             close(&product(&w, false, Some(&b)), &ops::addmm(&b, &x, &w32, None, None).unwrap());
+            // Stored transposed (decoding's layout, crate::layout): read as it lies, the
+            // kernel of the transposed operand over the same memory, so the same bits.
+            let ws = crate::store_transposed(&w).unwrap();
+            close(&product(&ws, false, Some(&b)), &ops::addmm(&b, &x, &w32, None, None).unwrap());
+            if k > 1 && n > 1 {
+                let same_memory = crate::row_major(&w.t()).unwrap(); // (n, k)
+                let (stored, transposed) = (product(&ws, false, Some(&b)), product(&same_memory, true, Some(&b)));
+                prop_assert_eq!(stored.as_slice::<f32>(), transposed.as_slice::<f32>());
+            }
         }
     }
 
@@ -141,10 +151,17 @@ mod tests {
             w16.eval().unwrap();
             assert!(matmul(&x1, &w16, false, None, 2).unwrap().is_none());
             assert!(matmul(&x1, &w, true, None, 2).unwrap().is_none());
-            // A strided (transposed) weight is left to MLX; a strided input is copied.
-            let w_view = random::normal::<f32>(&[3, 8], None, None, None).unwrap().t(); // (8, 3), strided
+            // A transposed view (column-major) is read as it lies; a view with gaps is left
+            // to MLX; a strided input is copied.
+            let w_view = random::normal::<f32>(&[3, 8], None, None, None).unwrap().t(); // (8, 3)
             w_view.eval().unwrap();
-            assert!(matmul(&x1, &w_view, false, None, 2).unwrap().is_none());
+            close(
+                &matmul(&x1, &w_view, false, None, 2).unwrap().expect("decoding product"),
+                &x1.matmul(&w_view).unwrap(),
+            );
+            let w_gaps = random::normal::<f32>(&[8, 6], None, None, None).unwrap().index((.., ..3)); // (8, 3)
+            w_gaps.eval().unwrap();
+            assert!(matmul(&x1, &w_gaps, false, None, 2).unwrap().is_none());
             let x_view = random::normal::<f32>(&[8, 1], None, None, None).unwrap().t(); // (1, 8)
             close(
                 &matmul(&x_view, &w, false, None, 2).unwrap().expect("decoding product"),
