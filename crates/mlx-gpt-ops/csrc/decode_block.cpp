@@ -224,7 +224,9 @@ int mlx_gpt_decode_block(mlx_array* outs, const mlx_array* arrays, int n_head, i
                  : (w.ndim() != 2 || w.shape(0) != want[i][0] || w.shape(1) != want[i][1] || w.dtype() != wt)) {
         bad("weight " + std::to_string(i) + " has the wrong shape or type");
       }
-      ready = ready && (vector ? dense(w) : w.is_available() && (column_major ? mlx_gpt::column_major(w) : dense(w)));
+      // The LayerNorms' weights dense; the matrices all row-major or all column-major.
+      const bool laid_out = vector || !column_major ? dense(w) : w.is_available() && mlx_gpt::column_major(w);
+      ready = ready && laid_out;
       if (bias) {
         const mx::array& b = get(3 + kWeights + i);
         const int width = vector ? c : want[i][1];
@@ -244,8 +246,8 @@ int mlx_gpt_decode_block(mlx_array* outs, const mlx_array* arrays, int n_head, i
     for (int i = 3; i < 3 + (bias ? 2 : 1) * kWeights; ++i) {
       inputs.push_back(get(i));
     }
-    const Shape shape{batch, k.shape(1), c,    n_head, past, eps, 1.0f / std::sqrt(static_cast<float>(c / n_head)),
-                      tanh,  column_major};
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c / n_head));
+    const Shape shape{batch, k.shape(1), c, n_head, past, eps, scale, tanh, column_major};
     auto results = mx::array::make_arrays({x.shape(), k.shape(), v.shape()}, {mx::float32, mx::float32, mx::float32},
                                           std::make_shared<DecodeBlock>(stream, shape, bias, std::max(1, threads)),
                                           inputs);
