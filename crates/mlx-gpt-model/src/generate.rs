@@ -255,7 +255,8 @@ fn decode(
         // The decoding product reads float32 matrices fastest laid out (out, in) for one or
         // two rows, (in, out) for more, and bfloat16 ones (in, out) (mlx_gpt_ops::layout):
         // a copy when the layout changes.
-        let float32 = model.h.first().is_none_or(|b| b.attn.c_attn.weight.dtype() == Dtype::Float32);
+        // (The matrices' dtype is wte's: set_matrices_dtype converts them together.)
+        let float32 = model.dtype() == Dtype::Float32;
         model.lay_out_matrices(rows <= 2 && float32)?;
     }
     let window =

@@ -115,9 +115,6 @@ constexpr int kRowBlock = 16;
 // one row and slower on a batch of 8: AMD EPYC Zen 5, docs/performance-history.md.)
 constexpr int kPrefetch = 1024;
 
-// At most this many threads share a product (the pool's limit, csrc/pool.h).
-constexpr int kMaxParts = 64;
-
 // Columns [n, N) of rows_by_kn's block of rows [k0, k1), one at a time.
 template <typename WT, int R>
 MLX_GPT_INLINE void kn_columns(const float* x, int K, const WT* w, int N, int k0, int k1, int n, bool first,
@@ -524,7 +521,7 @@ void mlx_gpt::decode_product(bool tr, const float* xp, int rows, int k, const vo
   // Threads that read next to each other's rows measured slower than each reading its
   // own stretch.
   const int extent = tr ? n : k;
-  const int parts = std::max(1, std::min({requested_parts, extent / 64, kMaxParts}));
+  const int parts = std::max(1, std::min({requested_parts, extent / 64, mlx_gpt::Pool::kMaxParts}));
   const int per = (extent / parts + 15) / 16 * 16;
   thread_local std::vector<float> partial, split;
   const size_t out_size = static_cast<size_t>(rows) * n;
@@ -549,8 +546,9 @@ void mlx_gpt::decode_product(bool tr, const float* xp, int rows, int k, const vo
     // On the 2-vCPU machines one thread often read 5-15 % slower than the other in a
     // product, which of the two changing within seconds (docs/performance-history.md).
     // Each output is the same dot product whichever thread computes it.
-    std::atomic<int> next[kMaxParts];  // the next chunk of each stretch's last quarter
-    int zone_begin[kMaxParts], zone_end[kMaxParts], chunk[kMaxParts];
+    constexpr int kMax = mlx_gpt::Pool::kMaxParts;
+    std::atomic<int> next[kMax];  // the next chunk of each stretch's last quarter
+    int zone_begin[kMax], zone_end[kMax], chunk[kMax];
     for (int part = 0; part < parts; ++part) {
       const auto [p0, p1] = stretch(part);
       zone_begin[part] = p0 + (p1 - p0) * 3 / 4 / 16 * 16;

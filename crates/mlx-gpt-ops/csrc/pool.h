@@ -28,6 +28,9 @@ namespace mlx_gpt {
 
 class Pool {
  public:
+  // At most this many threads (this one and its helpers) share a task.
+  static constexpr int kMaxParts = 64;
+
   // Runs f(part) for every part in [0, parts): part 0 on this thread, part i on helper i,
   // and returns when all are done. If another thread is using the pool, or a helper
   // cannot be started, every part runs here, one after the other: the result is the
@@ -40,7 +43,6 @@ class Pool {
  private:
   // How long a helper spins for the next task before it sleeps.
   static constexpr auto kSpin = std::chrono::microseconds(200);
-  static constexpr int kMaxParts = 64;
 
   std::mutex busy_;  // one task at a time
   int helpers_ = 0;
