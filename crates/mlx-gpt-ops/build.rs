@@ -39,6 +39,7 @@ fn compile_kernels() {
         "csrc/adamw.cpp",
         "csrc/gemm.cpp",
         "csrc/linear.cpp",
+        "csrc/huge_pages.cpp",
     ]);
     println!("cargo:rerun-if-env-changed=DEP_MLX_INCLUDE");
     // As system headers: their warnings are MLX's, ours stay visible.

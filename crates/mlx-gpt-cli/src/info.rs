@@ -56,6 +56,14 @@ pub fn run(args: Args, jit: Option<mlx_gpt_runtime::jit::JitSetup>) -> anyhow::R
             "system defaults (--no-malloc-tuning, or not glibc)"
         }
     );
+    println!(
+        "decoding's weights: {}",
+        if mlx_gpt_model::huge_pages_available() {
+            "on 2 MiB pages (Linux's transparent huge pages, asked for with madvise)"
+        } else {
+            "on the allocator's pages (no transparent huge pages here, or a build without the CPU kernels)"
+        }
+    );
     println!("CPU: {} ({} logical cores)", cpu_model(), available_cores());
     println!("  features: {}", cpu_features().join(" "));
     // Measured now (a quarter of a second), so `info` also refreshes the cached figure

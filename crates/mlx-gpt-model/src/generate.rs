@@ -244,14 +244,18 @@ fn decode(
     // must not ask for its whole capacity up front.
     let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(max_new_tokens.min(1 << 16)); rows];
     let mut done = vec![false; rows];
-    let mut kv: Vec<LayerKv> = vec![LayerKv::default(); model.config.n_layer];
     // How many of each row's tokens the cache holds (a suffix ending before the pending
     // ones); every row has the same length.
     let mut cached = 0usize;
     // Decoding multiplies a few rows by every weight matrix: with the CPU kernels, the
     // decoding product (one read of each weight for all rows).
     let k = model.kernels.for_decoding();
-    if k.set() == mlx_gpt_ops::KernelSet::Cpu {
+    let cpu = k.set() == mlx_gpt_ops::KernelSet::Cpu;
+    // With the CPU kernels the cache, which every new position reads whole, on 2 MiB
+    // pages too.
+    let empty_cache = || if cpu { LayerKv::on_huge_pages() } else { LayerKv::default() };
+    let mut kv: Vec<LayerKv> = vec![empty_cache(); model.config.n_layer];
+    if cpu {
         // The decoding product reads float32 matrices fastest laid out (out, in) for one or
         // two rows, (in, out) for more, and bfloat16 ones (in, out) (mlx_gpt_ops::layout):
         // a copy when the layout changes.
@@ -267,7 +271,7 @@ fn decode(
             let pending = len - cached;
             if cached == 0 || cached + pending > block {
                 // (Re)build from the window of the last block_size tokens.
-                kv.iter_mut().for_each(|l| *l = LayerKv::default());
+                kv.iter_mut().for_each(|l| *l = empty_cache());
                 let x = model.hidden_with(&k, &window(&tokens, len.saturating_sub(block)), Some(&mut kv))?; // (B, Tw, C)
                 cached = len.min(block);
                 x
@@ -605,18 +609,31 @@ mod tests {
             all[0]
         };
         assert!(!transposed(&m));
+        // Every matrix a token reads whole (all but the position table) on 2 MiB pages,
+        // where the system has them.
+        let on_huge_pages = |m: &Gpt| {
+            use mlx_rs::module::ModuleParameters as _;
+            let params = m.parameters().flatten();
+            let read: Vec<_> = params.iter().filter(|(n, p)| p.ndim() == 2 && &***n != "wpe.weight").collect();
+            assert_eq!(read.len(), 2 * 4 + 1, "the block matrices and wte");
+            read.iter().all(|(_, p)| mlx_gpt_ops::is_on_huge_pages(p))
+        };
+        assert!(!on_huge_pages(&m));
         let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
         let one = generate(&mut m, &[1, 2], 6, &greedy, |_| true).unwrap();
         assert!(transposed(&m));
+        assert_eq!(on_huge_pages(&m), mlx_gpt_ops::layout::huge_pages_available());
         assert!(file(&m) == before, "the weights as a file holds them");
         std::fs::remove_dir_all(&dir).unwrap();
         generate_batch(&mut m, &[&[1, 2], &[3, 4], &[5, 6]], 6, &greedy).unwrap();
         assert!(!transposed(&m));
+        assert_eq!(on_huge_pages(&m), mlx_gpt_ops::layout::huge_pages_available());
         // Laid out again for one row, the same tokens.
         assert_eq!(generate(&mut m, &[1, 2], 6, &greedy, |_| true).unwrap(), one);
         m.set_matrices_dtype(Dtype::Bfloat16).unwrap();
         generate(&mut m, &[1, 2], 2, &greedy, |_| true).unwrap();
         assert!(!transposed(&m));
+        assert_eq!(on_huge_pages(&m), mlx_gpt_ops::layout::huge_pages_available());
     }
 
     #[test]

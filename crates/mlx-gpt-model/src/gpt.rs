@@ -191,11 +191,37 @@ impl Gpt {
     /// decoding kernels read (out, in) fastest for one or two rows per step and (in, out)
     /// for more, so generating on them lays the matrices out for its batch; a matrix
     /// already laid out so is left as it is.
+    ///
+    /// The matrices a token reads whole (every 2-D parameter but the position table, of
+    /// which it reads a row) then go onto 2 MiB pages, together, where the system has them
+    /// ([`mlx_gpt_ops::onto_huge_pages`]): decoding streams them once per token.
     pub fn lay_out_matrices(&mut self, transposed: bool) -> Result<(), Exception> {
         for (name, p) in self.parameters_mut().flatten() {
             if p.ndim() == 2 && name.starts_with("h.") {
                 *p = if transposed { mlx_gpt_ops::store_transposed(p)? } else { mlx_gpt_ops::row_major(p)? };
             }
+        }
+        let mut params = self.parameters_mut().flatten();
+        let mut read: Vec<&mut Array> = params
+            .iter_mut()
+            .filter(|(name, p)| p.ndim() == 2 && &***name != "wpe.weight")
+            .map(|(_, p)| &mut **p)
+            .collect();
+        if read.iter().all(|p| mlx_gpt_ops::is_on_huge_pages(p)) {
+            return Ok(());
+        }
+        for p in read.iter_mut() {
+            if !mlx_gpt_ops::is_stored_transposed(p) {
+                **p = mlx_gpt_ops::row_major(p)?; // evaluated and dense, as the copy needs
+            }
+        }
+        let sources: Vec<&Array> = read.iter().map(|p| &**p).collect();
+        if let Some(copies) = mlx_gpt_ops::onto_huge_pages(&sources)? {
+            for (p, copy) in read.into_iter().zip(copies) {
+                *p = copy;
+            }
+            // The weights they replaced, unless something else holds them.
+            mlx_gpt_runtime::malloc::release_free_memory();
         }
         Ok(())
     }

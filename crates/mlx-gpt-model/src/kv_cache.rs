@@ -5,6 +5,10 @@ use mlx_rs::error::Exception;
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array};
 
+/// The smallest buffer [`LayerKv::on_huge_pages`] puts on 2 MiB pages: GPT-2 124M's
+/// first (64 positions of 768 float32, 192 KiB), not a toy model's.
+pub const HUGE_PAGES_FROM: usize = 128 << 10;
+
 /// Keys and values of the positions already processed by one layer, for generation.
 ///
 /// They live in buffers with room to spare, written in place: appending a token writes
@@ -21,9 +25,22 @@ pub struct LayerKv {
     /// (B, capacity, C)
     pub v: Option<Array>,
     len: usize,
+    huge_pages: bool,
 }
 
 impl LayerKv {
+    /// An empty cache whose buffers of [`HUGE_PAGES_FROM`] bytes or more go on 2 MiB
+    /// pages where the system has them ([`mlx_gpt_ops::onto_huge_pages`]), for the CPU
+    /// decoding kernels: a new position's attention reads every held position, and the
+    /// weights streamed between two layers' attention leave none of the cache's 4 KiB
+    /// pages in the translation caches. Each buffer then takes at least one 2 MiB page:
+    /// 48 MiB for GPT-2 124M's 24 buffers at batch 1. Writing a new position keeps a
+    /// buffer where it is (the update takes it over); growing it places the larger one
+    /// the same way.
+    pub fn on_huge_pages() -> Self {
+        LayerKv { huge_pages: true, ..Default::default() }
+    }
+
     /// Number of positions held.
     pub fn len(&self) -> usize {
         self.len
@@ -57,6 +74,12 @@ impl LayerKv {
             let grow = |old: Option<Array>, like: &Array| -> Result<Array, Exception> {
                 let sh = like.shape();
                 let mut buffer = ops::zeros_dtype(&[sh[0], new_capacity, sh[2]], like.dtype())?;
+                if self.huge_pages && buffer.nbytes() >= HUGE_PAGES_FROM {
+                    buffer.eval()?;
+                    if let Some(mut copy) = mlx_gpt_ops::onto_huge_pages(&[&buffer])? {
+                        buffer = copy.pop().expect("one copy");
+                    }
+                }
                 if let Some(old) = old {
                     buffer.try_index_mut((.., 0..past, ..), old.index((.., 0..past, ..)))?;
                 }
@@ -84,5 +107,49 @@ impl LayerKv {
     /// The buffers (B, capacity, C); positions `..len()` are held. Call after `append`.
     pub fn buffers(&self) -> (&Array, &Array) {
         (self.k.as_ref().expect("appended"), self.v.as_ref().expect("appended"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::random;
+
+    #[test]
+    fn a_cache_on_huge_pages_holds_what_was_appended_and_stays_there_as_it_grows() {
+        if mlx_gpt_ops::Kernels::cpu().is_err() {
+            return; // the CPU kernels' cache
+        }
+        // (1, capacity, 1024) float32 buffers: 256 KiB at the first capacity (64).
+        let (mut kv, mut plain) = (LayerKv::on_huge_pages(), LayerKv::default());
+        let (mut ks, mut vs) = (Vec::new(), Vec::new());
+        for (i, t) in [10, 1, 150, 1, 1, 150].into_iter().enumerate() {
+            let k = random::normal::<f32>(&[1, t, 1024], None, None, &random::key(i as u64).unwrap()).unwrap();
+            let v = random::normal::<f32>(&[1, t, 1024], None, None, &random::key(99 + i as u64).unwrap()).unwrap();
+            kv.append(&k, &v).unwrap();
+            plain.append(&k, &v).unwrap();
+            ks.push(k);
+            vs.push(v);
+            let (kb, vb) = kv.buffers();
+            kb.eval().unwrap();
+            vb.eval().unwrap();
+            assert!(kb.nbytes() >= HUGE_PAGES_FROM);
+            let want = mlx_gpt_ops::layout::huge_pages_available();
+            assert_eq!(mlx_gpt_ops::is_on_huge_pages(kb), want, "keys at {} positions", kv.len());
+            assert_eq!(mlx_gpt_ops::is_on_huge_pages(vb), want, "values at {} positions", kv.len());
+            assert!(!mlx_gpt_ops::is_on_huge_pages(plain.buffers().0));
+            let n = kv.len() as i32;
+            let held = |b: &Array| b.index((.., 0..n, ..));
+            assert!(held(kb).eq_values(ops::concatenate(&ks, 1).unwrap()).unwrap());
+            assert!(held(vb).eq_values(ops::concatenate(&vs, 1).unwrap()).unwrap());
+        }
+        assert_eq!(kv.len(), 313);
+        assert!(kv.buffers().0.shape()[1] >= 313);
+        // A toy model's buffers stay where MLX puts them.
+        let mut toy = LayerKv::on_huge_pages();
+        let x = random::normal::<f32>(&[1, 3, 16], None, None, &random::key(7).unwrap()).unwrap();
+        toy.append(&x, &x).unwrap();
+        toy.buffers().0.eval().unwrap();
+        assert!(!mlx_gpt_ops::is_on_huge_pages(toy.buffers().0));
     }
 }

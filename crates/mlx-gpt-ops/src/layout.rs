@@ -52,6 +52,52 @@ pub fn row_major(a: &Array) -> Result<Array, Exception> {
     Ok(dense)
 }
 
+/// Copies of `arrays` (evaluated; row-major, or laid out by [`store_transposed`]) on
+/// memory that asks the operating system for 2 MiB pages, with the same shapes, dtypes,
+/// layouts and values; `None` where there are no such pages (Linux's transparent huge
+/// pages set to "never", another system, a build without the CPU kernels).
+///
+/// Decoding streams every weight once per token: on 4 KiB pages GPT-2 124M's weights are
+/// 120 000 pages a token, on 2 MiB pages 250, and memory is read faster so (the reasons
+/// and the figures: csrc/huge_pages.cpp). MLX takes its buffers from `malloc`, which does
+/// not ask for such pages.
+pub fn onto_huge_pages(arrays: &[&Array]) -> Result<Option<Vec<Array>>, Exception> {
+    #[cfg(cpu_kernels)]
+    {
+        crate::cpu::huge_pages::gather(arrays)
+    }
+    #[cfg(not(cpu_kernels))]
+    {
+        let _ = arrays;
+        Ok(None)
+    }
+}
+
+/// Whether [`onto_huge_pages`] places arrays on 2 MiB pages in this process.
+pub fn huge_pages_available() -> bool {
+    #[cfg(cpu_kernels)]
+    {
+        crate::cpu::huge_pages::usable()
+    }
+    #[cfg(not(cpu_kernels))]
+    {
+        false
+    }
+}
+
+/// Whether `a` lies where [`onto_huge_pages`] put it.
+pub fn is_on_huge_pages(a: &Array) -> bool {
+    #[cfg(cpu_kernels)]
+    {
+        crate::cpu::huge_pages::holds(a)
+    }
+    #[cfg(not(cpu_kernels))]
+    {
+        let _ = a;
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +123,61 @@ mod tests {
         // A single row or column is row-major either way: never reported transposed.
         let row = random::normal::<f32>(&[1, 7], None, None, &random::key(4).unwrap()).unwrap();
         assert!(!is_stored_transposed(&store_transposed(&row).unwrap()));
+    }
+
+    /// The AnonHugePages (KiB) of the mapping that holds address `p`: how much of it the
+    /// kernel backs with 2 MiB pages.
+    fn huge_kib_at(p: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-') && !r.ends_with(':')) {
+                let (a, b) = range.split_once('-').unwrap();
+                let (a, b) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16));
+                inside = matches!((a, b), (Ok(a), Ok(b)) if a <= p && p < b);
+            } else if inside && line.starts_with("AnonHugePages:") {
+                return line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            }
+        }
+        0
+    }
+
+    #[test]
+    fn onto_huge_pages_keeps_shapes_dtypes_layouts_and_values() {
+        let key = random::key(5).unwrap();
+        let rows = random::normal::<f32>(&[1024, 1024], None, None, &key).unwrap(); // 4 MiB
+        let columns = store_transposed(&random::normal::<f32>(&[40, 96], None, None, &key).unwrap()).unwrap();
+        let half = random::normal::<f32>(&[3, 5], None, None, &key).unwrap().as_dtype(mlx_rs::Dtype::Bfloat16).unwrap();
+        let vector = random::normal::<f32>(&[7], None, None, &key).unwrap();
+        let all = [&rows, &columns, &half, &vector];
+        for a in all {
+            a.eval().unwrap();
+        }
+        let Some(copies) = onto_huge_pages(&all).unwrap() else {
+            // Only where the system has no such pages, and then consistently.
+            assert!(!huge_pages_available());
+            let never = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                .map_or(true, |mode| mode.contains("[never]"));
+            assert!(never || !cfg!(cpu_kernels), "no 2 MiB pages although the kernel offers them");
+            return;
+        };
+        assert!(huge_pages_available());
+        for (a, c) in all.iter().zip(&copies) {
+            assert_eq!((c.shape(), c.dtype(), c.strides()), (a.shape(), a.dtype(), a.strides()));
+            assert!(c.eq_values(a).unwrap());
+            assert!(is_on_huge_pages(c) && !is_on_huge_pages(a));
+        }
+        assert!(is_stored_transposed(&copies[1]));
+        assert_eq!(row_major(&copies[1]).unwrap().as_slice::<f32>(), row_major(&columns).unwrap().as_slice::<f32>());
+        // Bit for bit, and the 4 MiB array on at least one whole 2 MiB page.
+        assert_eq!(copies[0].as_slice::<f32>(), rows.as_slice::<f32>());
+        assert!(huge_kib_at(copies[0].as_slice::<f32>().as_ptr() as usize) >= 2048);
+        // MLX operations take the copies as they take any array.
+        assert!(copies[0].sum(None).unwrap().eq_values(rows.sum(None).unwrap()).unwrap());
+        // The mapping stays while any copy does.
+        let kept = copies[3].clone();
+        drop(copies);
+        assert!(is_on_huge_pages(&kept));
+        assert_eq!(kept.as_slice::<f32>(), vector.as_slice::<f32>());
     }
 }

@@ -41,3 +41,17 @@ fn set_malloc_thresholds() -> bool {
         false
     }
 }
+
+/// Hand the free memory inside glibc's heap back to the system (`malloc_trim`; nothing
+/// elsewhere), for after a large set of buffers was freed at once and will not be
+/// allocated again soon: a model's weights replaced by copies laid out for decoding
+/// (`Gpt::lay_out_matrices`), which would otherwise stay resident beside the copies, as
+/// [`keep_freed_memory`]'s thresholds keep them. A few milliseconds for a heap of a few
+/// hundred MB.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of glibc's arenas to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

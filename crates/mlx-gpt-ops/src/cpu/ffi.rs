@@ -103,6 +103,17 @@ extern "C" {
     ) -> libc::c_int;
     /// Cache buffers `DecodeBlock` copied rather than wrote in place, process-wide.
     pub(crate) fn mlx_gpt_decode_block_copies() -> usize;
+    /// `outs[i]` = a copy of `arrays[i]` on memory that asks for 2 MiB pages
+    /// (csrc/huge_pages.cpp); 2 when the system gives none.
+    pub(crate) fn mlx_gpt_huge_pages_gather(
+        outs: *mut mlx_sys::mlx_array,
+        arrays: *const mlx_sys::mlx_array,
+        n: usize,
+    ) -> libc::c_int;
+    /// Whether `mlx_gpt_huge_pages_gather` places arrays on 2 MiB pages here.
+    pub(crate) fn mlx_gpt_huge_pages_usable() -> bool;
+    /// Whether `a`'s data lies in memory that `mlx_gpt_huge_pages_gather` placed.
+    pub(crate) fn mlx_gpt_on_huge_pages(a: mlx_sys::mlx_array) -> bool;
     /// `*res` = one query's attention over the first `len` cached positions, as a
     /// `DecodeAttention` primitive (csrc/decode_attention.cpp).
     pub(crate) fn mlx_gpt_decode_attention(

@@ -14,6 +14,7 @@ pub mod decode_attention;
 pub mod decode_block;
 pub mod ffi;
 pub mod gelu;
+pub mod huge_pages;
 pub mod layer_norm;
 pub mod linear;
 pub mod matvec;
