@@ -40,6 +40,7 @@ fn compile_kernels() {
         "csrc/gemm.cpp",
         "csrc/linear.cpp",
         "csrc/huge_pages.cpp",
+        "csrc/decode_step.cpp",
     ]);
     println!("cargo:rerun-if-env-changed=DEP_MLX_INCLUDE");
     // As system headers: their warnings are MLX's, ours stay visible.

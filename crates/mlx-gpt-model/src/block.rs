@@ -74,26 +74,13 @@ impl Block {
     fn decode_one(&self, k: &Kernels, x: &Array, kv: &mut LayerKv) -> Result<Option<Array>, Exception> {
         // The decoding block is GPT-2's (LayerNorms, GELU); the modern GPT's runs as
         // separate operations.
-        let (Some(ln_1), Some(ln_2)) = (&self.ln_1, &self.ln_2) else { return Ok(None) };
-        if x.shape()[1] != 1
-            || kv.is_empty()
-            || self.mlp.dropout.training
-            || self.mlp.activation == Activation::ReluSquared
-        {
+        let Some((params, tanh, eps)) = self.decoding_params() else { return Ok(None) };
+        if x.shape()[1] != 1 || kv.is_empty() {
             return Ok(None);
         }
-        let params: mlx_gpt_ops::BlockParams = [
-            (&ln_1.weight, ln_1.bias.value.as_ref()),
-            (&self.attn.c_attn.weight, self.attn.c_attn.bias.value.as_ref()),
-            (&self.attn.c_proj.weight, self.attn.c_proj.bias.value.as_ref()),
-            (&ln_2.weight, ln_2.bias.value.as_ref()),
-            (&self.mlp.c_fc.weight, self.mlp.c_fc.bias.value.as_ref()),
-            (&self.mlp.c_proj.weight, self.mlp.c_proj.bias.value.as_ref()),
-        ];
         kv.reserve(x, 1)?;
         let (kb, vb) = kv.take();
-        let tanh = self.mlp.activation == Activation::GeluNew;
-        let (n_head, eps) = (self.attn.n_head, ln_1.eps);
+        let n_head = self.attn.n_head;
         match mlx_gpt_ops::decode_block(k, x, kb, vb, kv.len(), n_head, eps, tanh, &params)? {
             mlx_gpt_ops::Decoded::Done { x, k, v } => {
                 kv.restore(k, v, 1);
@@ -104,6 +91,25 @@ impl Block {
                 Ok(None)
             }
         }
+    }
+
+    /// The block's parameters as the decoding kernels take them, GELU's tanh form and the
+    /// LayerNorms' epsilon: GPT-2's block (LayerNorms, GELU) out of training; `None` for
+    /// the modern GPT's (RMSNorm, ReLU²), which runs as separate operations.
+    pub(crate) fn decoding_params(&self) -> Option<(mlx_gpt_ops::BlockParams<'_>, bool, f32)> {
+        let (Some(ln_1), Some(ln_2)) = (&self.ln_1, &self.ln_2) else { return None };
+        if self.mlp.dropout.training || self.mlp.activation == Activation::ReluSquared || ln_1.eps != ln_2.eps {
+            return None;
+        }
+        let params: mlx_gpt_ops::BlockParams = [
+            (&ln_1.weight, ln_1.bias.value.as_ref()),
+            (&self.attn.c_attn.weight, self.attn.c_attn.bias.value.as_ref()),
+            (&self.attn.c_proj.weight, self.attn.c_proj.bias.value.as_ref()),
+            (&ln_2.weight, ln_2.bias.value.as_ref()),
+            (&self.mlp.c_fc.weight, self.mlp.c_fc.bias.value.as_ref()),
+            (&self.mlp.c_proj.weight, self.mlp.c_proj.bias.value.as_ref()),
+        ];
+        Some((params, self.mlp.activation == Activation::GeluNew, ln_1.eps))
     }
 
     /// Dropout on or off.

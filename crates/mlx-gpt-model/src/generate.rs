@@ -267,28 +267,42 @@ fn decode(
         |tokens: &[Vec<u32>], from: usize| -> Array { ids(&tokens.iter().map(|t| &t[from..]).collect::<Vec<_>>()) };
     for _ in 0..max_new_tokens {
         let len = tokens[0].len();
-        let x = if params.use_kv_cache {
-            let pending = len - cached;
-            if cached == 0 || cached + pending > block {
-                // (Re)build from the window of the last block_size tokens.
-                kv.iter_mut().for_each(|l| *l = empty_cache());
-                let x = model.hidden_with(&k, &window(&tokens, len.saturating_sub(block)), Some(&mut kv))?; // (B, Tw, C)
-                cached = len.min(block);
-                x
-            } else {
-                let x = model.hidden_with(&k, &window(&tokens, cached), Some(&mut kv))?; // (B, pending, C)
-                cached += pending;
-                x
-            }
+        // One token after the cached ones: on the CPU kernels the whole step as one call,
+        // with no graph (Gpt::decode_step), where it applies.
+        let stepped = if cpu && params.use_kv_cache && cached > 0 && len == cached + 1 && len <= block {
+            let last: Vec<u32> = tokens.iter().map(|t| t[len - 1]).collect();
+            model.decode_step(&k, &last, &mut kv)?
         } else {
-            model.hidden_with(&k, &window(&tokens, len.saturating_sub(block)), None)?
-            // (B, Tw, C)
+            None
         };
-        let t = x.shape()[1];
-        let last = x.take_axis(Array::from_slice(&[t - 1], &[1]), 1)?; // (B, 1, C)
-        let logits = model.lm_head_with(&k, &last)?.as_dtype(Dtype::Float32)?; // (B, 1, V)
-        logits.eval()?;
-        let logits = logits.as_slice::<f32>();
+        let graph_logits;
+        let logits: &[f32] = if let Some(logits) = &stepped {
+            cached += 1;
+            logits
+        } else {
+            let x = if params.use_kv_cache {
+                let pending = len - cached;
+                if cached == 0 || cached + pending > block {
+                    // (Re)build from the window of the last block_size tokens.
+                    kv.iter_mut().for_each(|l| *l = empty_cache());
+                    let x = model.hidden_with(&k, &window(&tokens, len.saturating_sub(block)), Some(&mut kv))?; // (B, Tw, C)
+                    cached = len.min(block);
+                    x
+                } else {
+                    let x = model.hidden_with(&k, &window(&tokens, cached), Some(&mut kv))?; // (B, pending, C)
+                    cached += pending;
+                    x
+                }
+            } else {
+                model.hidden_with(&k, &window(&tokens, len.saturating_sub(block)), None)?
+                // (B, Tw, C)
+            };
+            let t = x.shape()[1];
+            let last = x.take_axis(Array::from_slice(&[t - 1], &[1]), 1)?; // (B, 1, C)
+            graph_logits = model.lm_head_with(&k, &last)?.as_dtype(Dtype::Float32)?; // (B, 1, V)
+            graph_logits.eval()?;
+            graph_logits.as_slice::<f32>()
+        };
         let v = model.config.vocab_size;
         let mut step = Vec::with_capacity(rows);
         for r in 0..rows {
@@ -423,6 +437,53 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_step_gives_the_graphs_logits_and_caches_to_the_bit() {
+        use mlx_rs::ops::indexing::IndexOp;
+        let Ok(cpu) = Kernels::cpu() else { return };
+        let k = cpu.for_decoding();
+        for (transposed, dtype) in [(true, Dtype::Float32), (false, Dtype::Float32), (false, Dtype::Bfloat16)] {
+            let mut m = Gpt { kernels: cpu, ..tiny(16) };
+            m.set_matrices_dtype(dtype).unwrap();
+            m.lay_out_matrices(transposed).unwrap();
+            let (mut graph, mut whole) = (vec![LayerKv::default(); 2], vec![LayerKv::default(); 2]);
+            let prompt = ids(&[&[1, 2, 3], &[4, 5, 6]]);
+            for kv in [&mut graph, &mut whole] {
+                m.hidden_with(&k, &prompt, Some(kv)).unwrap();
+            }
+            for (step, next) in [[7u32, 8], [9, 10], [11, 12]].into_iter().enumerate() {
+                let x = m.hidden_with(&k, &ids(&[&next[..1], &next[1..]]), Some(&mut graph)).unwrap();
+                let theirs = m.lm_head_with(&k, &x).unwrap().as_dtype(Dtype::Float32).unwrap();
+                theirs.eval().unwrap();
+                let before = mlx_gpt_ops::decode_step_count();
+                let ours = m.decode_step(&k, &next, &mut whole).unwrap().expect("the whole step applies");
+                assert_eq!(mlx_gpt_ops::decode_step_count(), before + 1);
+                let what = format!("step {step}, {dtype:?}, transposed {transposed}");
+                assert_eq!(ours.len(), 2 * 31, "{what}");
+                assert!(ours.iter().zip(theirs.as_slice::<f32>()).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}");
+                assert_eq!(whole[0].len(), 4 + step);
+                for (g, w) in graph.iter().zip(&whole) {
+                    let n = g.len() as i32;
+                    let held = |b: &Array| b.index((.., 0..n, ..));
+                    let (gk, gv) = g.buffers();
+                    let (wk, wv) = w.buffers();
+                    assert!(held(gk).eq_values(held(wk)).unwrap() && held(gv).eq_values(held(wv)).unwrap(), "{what}");
+                }
+            }
+            // Not for a cache buffer something else holds (it would be written in place
+            // under it), a cache that holds nothing yet, or other kernels.
+            let elsewhere = whole[1].k.clone().expect("a buffer");
+            let before: Vec<f32> = elsewhere.as_slice::<f32>().to_vec();
+            assert!(m.decode_step(&k, &[13, 14], &mut whole).unwrap().is_none());
+            assert_eq!(elsewhere.as_slice::<f32>(), &before[..]);
+            assert_eq!(whole[0].len(), 6, "declined: the caches as they were");
+            drop(elsewhere);
+            assert!(m.decode_step(&k, &[13, 14], &mut whole).unwrap().is_some());
+            assert!(m.decode_step(&k, &[1, 2], &mut vec![LayerKv::default(); 2]).unwrap().is_none());
+            assert!(m.decode_step(&Kernels::mlx(), &[1, 2], &mut whole).unwrap().is_none());
+        }
+    }
+
+    #[test]
     fn cached_generation_equals_uncached_across_the_window_slide() {
         // block 8, prompt 3, 20 new tokens: the window slides 15 times.
         let mut sets = vec![Kernels::mlx(), Kernels::mlx_fast()];
@@ -431,16 +492,14 @@ mod tests {
             for (temperature, top_k, top_p) in [(0.0, None, None), (1.0, None, None), (0.8, Some(5), Some(0.9))] {
                 let params = SamplingParams { temperature, top_k, top_p, seed: 11, ..Default::default() };
                 let model = || Gpt { kernels: k, ..tiny(8) };
-                let before = mlx_gpt_ops::decode_product_calls();
-                let (blocks, copies) = (mlx_gpt_ops::decode_block_calls(), mlx_gpt_ops::decode_block_copies());
+                let (steps, copies) = (mlx_gpt_ops::decode_step_count(), mlx_gpt_ops::decode_block_copies());
                 let cached = generate(&mut model(), &[1, 2, 3], 20, &params, |_| true).unwrap();
                 // With the CPU kernels, the cached one-token steps before the window first
-                // slides (4 at least) ran each of the 2 blocks as one kernel, which wrote
-                // the cache in place, and the head through the decoding product.
-                let host = mlx_gpt_ops::decode_product_calls() - before;
-                let blocks = mlx_gpt_ops::decode_block_calls() - blocks;
+                // slides (4 at least) ran as whole steps with no graph, which wrote the
+                // cache in place.
+                let steps = mlx_gpt_ops::decode_step_count() - steps;
                 if k.set() == mlx_gpt_ops::KernelSet::Cpu {
-                    assert!(host >= 4 && blocks >= 4 * 2, "decoding product {host} times, block {blocks} times");
+                    assert!(steps >= 4, "{steps} whole steps");
                     assert_eq!(mlx_gpt_ops::decode_block_copies(), copies, "the cache was copied");
                 }
                 let plain = SamplingParams { use_kv_cache: false, ..params.clone() };

@@ -286,6 +286,55 @@ impl Gpt {
         crate::layer_norm::pre_norm(k, self.ln_f.as_ref(), &x, self.config.layer_norm_epsilon)
     }
 
+    /// One decoding step as one call on the CPU kernels for decoding
+    /// ([`mlx_gpt_ops::decode_step`]): logits (B·V, row after row) for `ids`, one new token
+    /// per sequence, after the positions `kv` holds, each layer's cache then holding the
+    /// new one too. The same logits and caches as [`Gpt::hidden_with`] and
+    /// [`Gpt::lm_head_with`] on that position, without building MLX's graph (on two
+    /// vCPUs its building and hand-offs took about 0.27 ms of a 7–10 ms GPT-2 124M token;
+    /// docs/performance-history.md). `None` where it does not apply — the modern GPT,
+    /// other kernels, caches not ready to be written in place — with `kv` as it was.
+    pub fn decode_step(&mut self, k: &Kernels, ids: &[u32], kv: &mut [LayerKv]) -> Result<Option<Vec<f32>>, Exception> {
+        let (Some(wpe), Some(ln_f), None) = (&self.wpe, &self.ln_f, &self.lm_head) else { return Ok(None) };
+        let past = kv.first().map_or(0, |l| l.len());
+        if self.drop.training || kv.len() != self.h.len() || past == 0 || kv.iter().any(|l| l.len() != past) {
+            return Ok(None);
+        }
+        self.check_len(1, past)?;
+        let mut blocks = Vec::with_capacity(self.h.len());
+        let mut gelu_tanh = None;
+        for block in &self.h {
+            match block.decoding_params() {
+                Some((params, tanh, eps)) if eps == ln_f.eps && gelu_tanh.is_none_or(|t| t == tanh) => {
+                    blocks.push(params);
+                    gelu_tanh = Some(tanh);
+                }
+                _ => return Ok(None),
+            }
+        }
+        // Room for the new position (a grown buffer is evaluated by the step).
+        let (batch, c) = (ids.len() as i32, self.config.n_embd as i32);
+        for l in kv.iter_mut() {
+            l.reserve_rows(batch, c, Dtype::Float32, 1)?;
+        }
+        let params = mlx_gpt_ops::StepParams {
+            wte: &self.wte.weight,
+            wpe: &wpe.weight,
+            ln_f: (&ln_f.weight, ln_f.bias.value.as_ref()),
+            blocks,
+            n_head: self.config.n_head,
+            eps: ln_f.eps,
+            gelu_tanh: gelu_tanh.unwrap_or(true),
+        };
+        let mut caches: Vec<(Array, Array)> = kv.iter_mut().map(|l| l.take()).collect();
+        let logits = mlx_gpt_ops::decode_step(k, ids, past, &mut caches, &params);
+        let added = usize::from(matches!(logits, Ok(Some(_))));
+        for (l, (kb, vb)) in kv.iter_mut().zip(caches) {
+            l.restore(kb, vb, added);
+        }
+        logits
+    }
+
     /// Logits from hidden states through the head (tied in GPT-2; the modern GPT's own,
     /// soft-capped): x (..., C) → (..., V).
     pub fn lm_head(&self, x: &Array) -> Result<Array, Exception> {

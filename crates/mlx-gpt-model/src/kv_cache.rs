@@ -65,15 +65,20 @@ impl LayerKv {
 
     /// Room for `t` more positions of rows like `like` (B, T, C).
     pub fn reserve(&mut self, like: &Array, t: i32) -> Result<(), Exception> {
+        let sh = like.shape();
+        self.reserve_rows(sh[0], sh[2], like.dtype(), t)
+    }
+
+    /// Room for `t` more positions of `batch` rows of `c` values of `dtype`.
+    pub fn reserve_rows(&mut self, batch: i32, c: i32, dtype: mlx_rs::Dtype, t: i32) -> Result<(), Exception> {
         use mlx_rs::ops::indexing::TryIndexMutOp;
         let past = self.len as i32;
         let needed = past + t;
         let capacity = self.k.as_ref().map_or(0, |k| k.shape()[1]);
         if needed > capacity {
             let new_capacity = needed.max(2 * capacity).max(64);
-            let grow = |old: Option<Array>, like: &Array| -> Result<Array, Exception> {
-                let sh = like.shape();
-                let mut buffer = ops::zeros_dtype(&[sh[0], new_capacity, sh[2]], like.dtype())?;
+            let grow = |old: Option<Array>| -> Result<Array, Exception> {
+                let mut buffer = ops::zeros_dtype(&[batch, new_capacity, c], dtype)?;
                 if self.huge_pages && buffer.nbytes() >= HUGE_PAGES_FROM {
                     buffer.eval()?;
                     if let Some(mut copy) = mlx_gpt_ops::onto_huge_pages(&[&buffer])? {
@@ -85,8 +90,8 @@ impl LayerKv {
                 }
                 Ok(buffer)
             };
-            self.k = Some(grow(self.k.take(), like)?);
-            self.v = Some(grow(self.v.take(), like)?);
+            self.k = Some(grow(self.k.take())?);
+            self.v = Some(grow(self.v.take())?);
         }
         Ok(())
     }

@@ -20,6 +20,7 @@
 
 #include "mlx/c/private/array.h"
 
+#include "decode_block.h"
 #include "decode_kernels.h"
 #include "entry.h"
 #include "primitive.h"
@@ -39,31 +40,9 @@ namespace {
 // Cache buffers copied because something else held them (see mlx_gpt_decode_block_copies).
 std::atomic<size_t> buffer_copies{0};
 
-// The block's weights in the order of the entry point's arrays after x, k and v.
-enum Weight { kLn1, kAttn, kAttnProj, kLn2, kFc, kMlpProj, kWeights };
+}  // namespace
 
-struct Shape {
-  int batch, capacity, c, n_head, past;
-  float eps, scale;
-  bool tanh;
-  // The four matrices lie column-major: (out, in) rows, each output's weights side by side
-  // (mlx_gpt_ops::store_transposed), which the products walk output by output.
-  bool column_major;
-};
-
-struct Pointers {
-  const float* x;
-  const float* k_in;
-  const float* v_in;
-  float* out;
-  float* k;
-  float* v;
-  const void* w[kWeights];
-  const float* b[kWeights];  // null when the model has no biases
-  bool bf16;
-};
-
-void run_block(const Shape& s, const Pointers& p, int parts) {
+void mlx_gpt::run_block(const BlockShape& s, const BlockPointers& p, int parts) {
   const int rows = s.batch, c = s.c;
   const size_t n = static_cast<size_t>(rows) * c;
   thread_local std::vector<float> h, qkv, y, x1, f, g;
@@ -73,7 +52,7 @@ void run_block(const Shape& s, const Pointers& p, int parts) {
   x1.resize(n);
   f.resize(4 * n);
   g.resize(4 * n);
-  auto ln = [&](Weight i) { return static_cast<const float*>(p.w[i]); };
+  auto ln = [&](BlockWeight i) { return static_cast<const float*>(p.w[i]); };
   // x + attn(ln_1(x))
   mlx_gpt::layer_norm_rows(p.x, ln(kLn1), p.b[kLn1], h.data(), rows, c, s.eps);
   mlx_gpt::decode_product(s.column_major, h.data(), rows, c, p.w[kAttn], p.bf16, 3 * c, p.b[kAttn], qkv.data(), parts);
@@ -107,9 +86,45 @@ void run_block(const Shape& s, const Pointers& p, int parts) {
   }
 }
 
+bool mlx_gpt::check_block_weights(const mx::array* const w[kBlockWeights], const mx::array* const b[kBlockWeights],
+                                  int c, const std::string& who, bool* bf16, bool* column_major) {
+  auto bad = [&](const std::string& what) { throw std::invalid_argument(who + " " + what); };
+  const int want[kBlockWeights][2] = {{c, 0}, {c, 3 * c}, {c, c}, {c, 0}, {c, 4 * c}, {4 * c, c}};
+  const mx::Dtype wt = w[kAttn]->dtype();
+  if (wt != mx::float32 && wt != mx::bfloat16) {
+    bad("the matrices must be float32 or bfloat16");
+  }
+  auto dense = [](const mx::array& a) { return a.is_available() && a.flags().row_contiguous; };
+  // The matrices may all lie column-major instead (decoding's layout, src/layout.rs).
+  *column_major = mlx_gpt::column_major(*w[kAttn]);
+  *bf16 = wt == mx::bfloat16;
+  bool ready = true;
+  for (int i = 0; i < kBlockWeights; ++i) {
+    const mx::array& a = *w[i];
+    const bool vector = want[i][1] == 0;
+    if (vector ? (a.ndim() != 1 || a.shape(0) != c || a.dtype() != mx::float32)
+               : (a.ndim() != 2 || a.shape(0) != want[i][0] || a.shape(1) != want[i][1] || a.dtype() != wt)) {
+      bad("weight " + std::to_string(i) + " has the wrong shape or type");
+    }
+    // The LayerNorms' weights dense; the matrices all row-major or all column-major.
+    const bool laid_out = vector || !*column_major ? dense(a) : a.is_available() && mlx_gpt::column_major(a);
+    ready = ready && laid_out;
+    if (b[i] != nullptr) {
+      const int width = vector ? c : want[i][1];
+      if (b[i]->dtype() != mx::float32 || b[i]->ndim() != 1 || b[i]->shape(0) != width) {
+        bad("bias " + std::to_string(i) + " has the wrong shape or type");
+      }
+      ready = ready && dense(*b[i]);
+    }
+  }
+  return ready;
+}
+
+namespace {
+
 class DecodeBlock : public mlx_gpt::CpuPrimitive {
  public:
-  DecodeBlock(mx::Stream stream, Shape shape, bool bias, int parts)
+  DecodeBlock(mx::Stream stream, mlx_gpt::BlockShape shape, bool bias, int parts)
       : mlx_gpt::CpuPrimitive(stream), shape_(shape), bias_(bias), parts_(parts) {}
 
   // inputs: x, k, v, the six weights, then (with biases) the six biases.
@@ -121,32 +136,32 @@ class DecodeBlock : public mlx_gpt::CpuPrimitive {
     const std::vector<int> donors = {-1, mlx_gpt::can_donate(inputs[1], outputs[1]) ? 1 : -1,
                                      mlx_gpt::can_donate(inputs[2], outputs[2]) ? 2 : -1};
     auto& encoder = mlx_gpt::prepare(stream(), inputs, outputs, &donors);
-    Pointers p{};
+    mlx_gpt::BlockPointers p{};
     p.x = inputs[0].data<float>();
-    p.k_in = inputs[1].data<float>();
-    p.v_in = inputs[2].data<float>();
+    const float* k_in = inputs[1].data<float>();
+    const float* v_in = inputs[2].data<float>();
     p.out = outputs[0].data<float>();
     p.k = outputs[1].data<float>();
     p.v = outputs[2].data<float>();
-    for (int i = 0; i < kWeights; ++i) {
+    for (int i = 0; i < mlx_gpt::kBlockWeights; ++i) {
       p.w[i] = inputs[3 + i].data<void>();
-      p.b[i] = bias_ ? inputs[3 + kWeights + i].data<float>() : nullptr;
+      p.b[i] = bias_ ? inputs[3 + mlx_gpt::kBlockWeights + i].data<float>() : nullptr;
     }
-    p.bf16 = inputs[3 + kAttn].dtype() == mx::bfloat16;
+    p.bf16 = inputs[3 + mlx_gpt::kAttn].dtype() == mx::bfloat16;
     const size_t bytes = outputs[1].nbytes();
     const bool copy_k = donors[1] < 0, copy_v = donors[2] < 0;
-    const Shape s = shape_;
+    const mlx_gpt::BlockShape s = shape_;
     const int parts = parts_;
     encoder.dispatch([=]() {
       // Not donated: the cache is copied into the new buffers first.
       buffer_copies += copy_k + copy_v;
       if (copy_k) {
-        std::memcpy(p.k, p.k_in, bytes);
+        std::memcpy(p.k, k_in, bytes);
       }
       if (copy_v) {
-        std::memcpy(p.v, p.v_in, bytes);
+        std::memcpy(p.v, v_in, bytes);
       }
-      run_block(s, p, parts);
+      mlx_gpt::run_block(s, p, parts);
     });
   }
   const char* name() const override {
@@ -161,7 +176,7 @@ class DecodeBlock : public mlx_gpt::CpuPrimitive {
   }
 
  private:
-  Shape shape_;
+  mlx_gpt::BlockShape shape_;
   bool bias_;
   int parts_;
 };
@@ -191,7 +206,7 @@ int mlx_gpt_decode_block(mlx_array* outs, const mlx_array* arrays, int n_head, i
   return mlx_gpt::guarded([&]() {
     auto get = [&](int i) -> const mx::array& { return mlx_array_get_(arrays[i]); };
     const mx::array &x = get(0), &k = get(1), &v = get(2);
-    const bool bias = arrays[3 + kWeights].ctx != nullptr;
+    const bool bias = arrays[3 + mlx_gpt::kBlockWeights].ctx != nullptr;
     auto bad = [](const std::string& what) { throw std::invalid_argument("[DecodeBlock] " + what); };
     if (x.dtype() != mx::float32 || x.ndim() != 3 || x.shape(1) != 1) {
       bad("x must be float32 (B, 1, C)");
@@ -208,34 +223,14 @@ int mlx_gpt_decode_block(mlx_array* outs, const mlx_array* arrays, int n_head, i
     if (n_head <= 0 || c % n_head != 0) {
       bad("C must split into n_head heads");
     }
-    const int want[kWeights][2] = {{c, 0}, {c, 3 * c}, {c, c}, {c, 0}, {c, 4 * c}, {4 * c, c}};
-    const mx::Dtype wt = get(3 + kAttn).dtype();
-    if (wt != mx::float32 && wt != mx::bfloat16) {
-      bad("the matrices must be float32 or bfloat16");
+    const mx::array* w[mlx_gpt::kBlockWeights];
+    const mx::array* b[mlx_gpt::kBlockWeights];
+    for (int i = 0; i < mlx_gpt::kBlockWeights; ++i) {
+      w[i] = &get(3 + i);
+      b[i] = bias ? &get(3 + mlx_gpt::kBlockWeights + i) : nullptr;
     }
-    auto dense = [](const mx::array& a) { return a.is_available() && a.flags().row_contiguous; };
-    // The matrices may all lie column-major instead (decoding's layout, src/layout.rs).
-    const bool column_major = mlx_gpt::column_major(get(3 + kAttn));
-    bool ready = true;
-    for (int i = 0; i < kWeights; ++i) {
-      const mx::array& w = get(3 + i);
-      const bool vector = want[i][1] == 0;
-      if (vector ? (w.ndim() != 1 || w.shape(0) != c || w.dtype() != mx::float32)
-                 : (w.ndim() != 2 || w.shape(0) != want[i][0] || w.shape(1) != want[i][1] || w.dtype() != wt)) {
-        bad("weight " + std::to_string(i) + " has the wrong shape or type");
-      }
-      // The LayerNorms' weights dense; the matrices all row-major or all column-major.
-      const bool laid_out = vector || !column_major ? dense(w) : w.is_available() && mlx_gpt::column_major(w);
-      ready = ready && laid_out;
-      if (bias) {
-        const mx::array& b = get(3 + kWeights + i);
-        const int width = vector ? c : want[i][1];
-        if (b.dtype() != mx::float32 || b.ndim() != 1 || b.shape(0) != width) {
-          bad("bias " + std::to_string(i) + " has the wrong shape or type");
-        }
-        ready = ready && dense(b);
-      }
-    }
+    bool bf16 = false, column_major = false;
+    const bool ready = mlx_gpt::check_block_weights(w, b, c, "[DecodeBlock]", &bf16, &column_major);
     if (!ready) {
       return 2;
     }
@@ -243,11 +238,11 @@ int mlx_gpt_decode_block(mlx_array* outs, const mlx_array* arrays, int n_head, i
     // The buffers go in as they are (LayerKv's are dense): a copy here would be a second
     // holder, and the outputs could not take them over.
     std::vector<mx::array> inputs = {mlx_gpt::dense(x, stream), k, v};
-    for (int i = 3; i < 3 + (bias ? 2 : 1) * kWeights; ++i) {
+    for (int i = 3; i < 3 + (bias ? 2 : 1) * mlx_gpt::kBlockWeights; ++i) {
       inputs.push_back(get(i));
     }
     const float scale = 1.0f / std::sqrt(static_cast<float>(c / n_head));
-    const Shape shape{batch, k.shape(1), c, n_head, past, eps, scale, tanh, column_major};
+    const mlx_gpt::BlockShape shape{batch, k.shape(1), c, n_head, past, eps, scale, tanh, column_major};
     auto results = mx::array::make_arrays({x.shape(), k.shape(), v.shape()}, {mx::float32, mx::float32, mx::float32},
                                           std::make_shared<DecodeBlock>(stream, shape, bias, std::max(1, threads)),
                                           inputs);

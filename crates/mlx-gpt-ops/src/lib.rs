@@ -14,6 +14,7 @@
 //! | causal self-attention | [`causal_attention()`] | [`attention::attention_mlx`] | `causal_attention.cpp` |
 //! | attention over a KV cache | [`cached_attention()`] | [`attention::attention_mlx`] | `decode_attention.cpp` (one new position) |
 //! | a whole block, one new position | [`decode_block()`] | the operations above, one by one | `decode_block.cpp` (decoding) |
+//! | a whole GPT-2 step, one new position | [`decode_step()`] | the model's graph | `decode_step.cpp` (decoding, no graph) |
 //! | clipped AdamW step | [`adamw_step()`] | [`adamw::adamw_step_arrays`] | `adamw.cpp` |
 //! | softmax, logsumexp | [`softmax_last`], [`logsumexp_last`] | the same | — |
 //!
@@ -27,6 +28,7 @@ pub mod attention;
 #[cfg(cpu_kernels)]
 pub mod cpu;
 pub mod decode_block;
+pub mod decode_step;
 pub mod gelu;
 pub mod kernels;
 pub mod layer_norm;
@@ -40,6 +42,7 @@ pub mod softmax;
 pub use adamw::{adamw_step, AdamWHyper, AdamWStep, AdamWUpdate};
 pub use attention::{cached_attention, causal_attention, causal_mask};
 pub use decode_block::{decode_block, BlockParams, Decoded};
+pub use decode_step::{decode_step, decode_step_count, StepParams};
 pub use gelu::gelu;
 pub use kernels::{KernelChoice, KernelSet, Kernels, KernelsError};
 pub use layer_norm::layer_norm;

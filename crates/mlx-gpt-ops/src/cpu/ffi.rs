@@ -103,6 +103,20 @@ extern "C" {
     ) -> libc::c_int;
     /// Cache buffers `DecodeBlock` copied rather than wrote in place, process-wide.
     pub(crate) fn mlx_gpt_decode_block_copies() -> usize;
+    /// One GPT-2 decoding step over the arrays' memory (csrc/decode_step.cpp): fills
+    /// `logits` (B·V) and writes the caches in place; 2 when it declines.
+    pub(crate) fn mlx_gpt_decode_step(
+        logits: *mut f32,
+        ids: *const i32,
+        batch: libc::c_int,
+        past: libc::c_int,
+        arrays: *const mlx_sys::mlx_array,
+        n_layer: libc::c_int,
+        n_head: libc::c_int,
+        eps: f32,
+        tanh: bool,
+        threads: libc::c_int,
+    ) -> libc::c_int;
     /// `outs[i]` = a copy of `arrays[i]` on memory that asks for 2 MiB pages
     /// (csrc/huge_pages.cpp); 2 when the system gives none.
     pub(crate) fn mlx_gpt_huge_pages_gather(

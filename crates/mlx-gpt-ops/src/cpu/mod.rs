@@ -12,6 +12,7 @@ pub mod adamw;
 pub mod causal_attention;
 pub mod decode_attention;
 pub mod decode_block;
+pub mod decode_step;
 pub mod ffi;
 pub mod gelu;
 pub mod huge_pages;
