@@ -94,7 +94,6 @@ bool mlx_gpt::check_block_weights(const mx::array* const w[kBlockWeights], const
   if (wt != mx::float32 && wt != mx::bfloat16) {
     bad("the matrices must be float32 or bfloat16");
   }
-  auto dense = [](const mx::array& a) { return a.is_available() && a.flags().row_contiguous; };
   // The matrices may all lie column-major instead (decoding's layout, src/layout.rs).
   *column_major = mlx_gpt::column_major(*w[kAttn]);
   *bf16 = wt == mx::bfloat16;
@@ -107,14 +106,15 @@ bool mlx_gpt::check_block_weights(const mx::array* const w[kBlockWeights], const
       bad("weight " + std::to_string(i) + " has the wrong shape or type");
     }
     // The LayerNorms' weights dense; the matrices all row-major or all column-major.
-    const bool laid_out = vector || !*column_major ? dense(a) : a.is_available() && mlx_gpt::column_major(a);
+    const bool laid_out =
+        vector || !*column_major ? mlx_gpt::evaluated_dense(a) : a.is_available() && mlx_gpt::column_major(a);
     ready = ready && laid_out;
     if (b[i] != nullptr) {
       const int width = vector ? c : want[i][1];
       if (b[i]->dtype() != mx::float32 || b[i]->ndim() != 1 || b[i]->shape(0) != width) {
         bad("bias " + std::to_string(i) + " has the wrong shape or type");
       }
-      ready = ready && dense(*b[i]);
+      ready = ready && mlx_gpt::evaluated_dense(*b[i]);
     }
   }
   return ready;

@@ -3,8 +3,18 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 
 namespace mlx_gpt {
+
+// A bfloat16 (its 16 bits) as float32: bfloat16 is float32's upper half.
+inline float bf16_to_float(uint16_t w) {
+  const uint32_t bits = static_cast<uint32_t>(w) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
 
 // y = LayerNorm(x; w, b, eps) over `rows` rows of `c` (b may be null). csrc/layer_norm.cpp.
 void layer_norm_rows(const float* x, const float* w, const float* b, float* y, size_t rows, size_t c, float eps);

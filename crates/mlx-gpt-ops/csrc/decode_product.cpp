@@ -86,10 +86,7 @@ MLX_GPT_INLINE float widen(float w) {
   return w;
 }
 MLX_GPT_INLINE float widen(uint16_t w) {
-  const uint32_t bits = static_cast<uint32_t>(w) << 16;
-  float f;
-  __builtin_memcpy(&f, &bits, sizeof(f));
-  return f;
+  return mlx_gpt::bf16_to_float(w);
 }
 
 // The sum of the sixteen lanes, halving: 4 shuffles and 4 adds.
@@ -618,9 +615,8 @@ int mlx_gpt_decode_product(mlx_array* res, const mlx_array x, const mlx_array w,
     // Weights must already be materialised and dense (row- or column-major): the product
     // reads them in place (making a copy per token would cost more than it saves).
     // Otherwise decline.
-    auto dense = [](const mx::array& a) { return a.is_available() && a.flags().row_contiguous; };
     if (!wa.is_available() || !(wa.flags().row_contiguous || mlx_gpt::column_major(wa)) ||
-        (bias.ctx != nullptr && !dense(mlx_array_get_(bias)))) {
+        (bias.ctx != nullptr && !mlx_gpt::evaluated_dense(mlx_array_get_(bias)))) {
       return 2;
     }
     auto stream = mx::default_stream(mx::Device::cpu);

@@ -41,15 +41,8 @@ namespace {
 constexpr int kHead = 4, kPerLayer = 2 + 2 * mlx_gpt::kBlockWeights;
 
 float widen(const void* row, bool bf16, int i) {
-  if (!bf16) {
-    return static_cast<const float*>(row)[i];
-  }
-  const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(row)[i]) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
+  return bf16 ? mlx_gpt::bf16_to_float(static_cast<const uint16_t*>(row)[i]) : static_cast<const float*>(row)[i];
 }
-
 }  // namespace
 
 extern "C" {
@@ -69,7 +62,6 @@ int mlx_gpt_decode_step(float* logits, const int32_t* ids, int batch, int past, 
   return mlx_gpt::guarded([&]() {
     auto get = [&](int i) -> const mx::array& { return mlx_array_get_(arrays[i]); };
     auto bad = [](const std::string& what) { throw std::invalid_argument("[DecodeStep] " + what); };
-    auto dense = [](const mx::array& a) { return a.is_available() && a.flags().row_contiguous; };
     const mx::array &wte = get(0), &wpe = get(1), &ln_w = get(2);
     const bool ln_bias = arrays[3].ctx != nullptr;
     if (wte.ndim() != 2 || (wte.dtype() != mx::float32 && wte.dtype() != mx::bfloat16)) {
@@ -95,7 +87,8 @@ int mlx_gpt_decode_step(float* logits, const int32_t* ids, int batch, int past, 
         bad("token " + std::to_string(ids[b]) + " is outside the vocabulary of " + std::to_string(vocab));
       }
     }
-    bool ready = dense(wte) && dense(wpe) && dense(ln_w) && (!ln_bias || dense(get(3)));
+    bool ready = mlx_gpt::evaluated_dense(wte) && mlx_gpt::evaluated_dense(wpe) && mlx_gpt::evaluated_dense(ln_w) &&
+                 (!ln_bias || mlx_gpt::evaluated_dense(get(3)));
     // A cache appended to through MLX (the prompt's positions) may not be evaluated yet.
     // (The list holds them only while they are evaluated: a second holder would make
     // them look shared below.)
@@ -127,7 +120,7 @@ int mlx_gpt_decode_step(float* logits, const int32_t* ids, int batch, int past, 
               std::to_string(past));
         }
         // Written in place: nothing else may see them.
-        ready = ready && dense(*a) && a->data_size() == a->size() && a->is_donatable();
+        ready = ready && mlx_gpt::evaluated_dense(*a) && a->data_size() == a->size() && a->is_donatable();
       }
       const bool bias = arrays[at + 2 + mlx_gpt::kBlockWeights].ctx != nullptr;
       const mx::array* w[mlx_gpt::kBlockWeights];

@@ -102,6 +102,11 @@ inline bool column_major(const mlx::core::array& a) {
   return !a.flags().row_contiguous && a.flags().col_contiguous;
 }
 
+// Whether `a` is computed and dense row-major: what a kernel reading it in place needs.
+inline bool evaluated_dense(const mlx::core::array& a) {
+  return a.is_available() && a.flags().row_contiguous;
+}
+
 // `a` as a dense row-major array for a primitive's input, decided when the graph is
 // built: `a` itself when it is already computed and dense, else a Contiguous node (a
 // copy only where needed). For inputs that are computed already, as the optimizer
@@ -109,7 +114,7 @@ inline bool column_major(const mlx::core::array& a) {
 // nodes of a baby GPT's half-batch graph, so the primitives used there take their
 // inputs as they come and go through DenseInputs instead.
 inline mlx::core::array dense(const mlx::core::array& a, mlx::core::Stream stream) {
-  if (a.is_available() && a.flags().row_contiguous) {
+  if (evaluated_dense(a)) {
     return a;
   }
   return mlx::core::contiguous(a, false, stream);
