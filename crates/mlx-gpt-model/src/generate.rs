@@ -255,6 +255,13 @@ fn decode(
     // pages too.
     let empty_cache = || if cpu { LayerKv::on_huge_pages() } else { LayerKv::default() };
     let mut kv: Vec<LayerKv> = vec![empty_cache(); model.config.n_layer];
+    // Fresh caches with room for every position the rest of the generation holds (at most
+    // a block), taken at once (LayerKv::reserve_all).
+    let (c, kv_dtype) = (model.config.n_embd as i32, model.kv_dtype());
+    let fresh_caches = |kv: &mut [LayerKv], positions: usize| -> Result<(), mlx_rs::error::Exception> {
+        kv.iter_mut().for_each(|l| *l = empty_cache());
+        LayerKv::reserve_all(kv, rows as i32, c, kv_dtype, positions.min(block) as i32)
+    };
     if cpu {
         // The decoding product reads float32 matrices fastest laid out (out, in) for one or
         // two rows, (in, out) for more, and bfloat16 ones (in, out) (mlx_gpt_ops::layout):
@@ -265,7 +272,7 @@ fn decode(
     }
     let window =
         |tokens: &[Vec<u32>], from: usize| -> Array { ids(&tokens.iter().map(|t| &t[from..]).collect::<Vec<_>>()) };
-    for _ in 0..max_new_tokens {
+    for step in 0..max_new_tokens {
         let len = tokens[0].len();
         // One token after the cached ones: on the CPU kernels the whole step as one call,
         // with no graph (Gpt::decode_step), where it applies.
@@ -284,7 +291,8 @@ fn decode(
                 let pending = len - cached;
                 if cached == 0 || cached + pending > block {
                     // (Re)build from the window of the last block_size tokens.
-                    kv.iter_mut().for_each(|l| *l = empty_cache());
+                    // (The last token chosen is never fed back.)
+                    fresh_caches(&mut kv, len + (max_new_tokens - step) - 1)?;
                     let x = model.hidden_with(&k, &window(&tokens, len.saturating_sub(block)), Some(&mut kv))?; // (B, Tw, C)
                     cached = len.min(block);
                     x
@@ -642,6 +650,23 @@ mod tests {
             let b = generate_batch(&mut rounded, &prompts, 16, &params).unwrap();
             assert_eq!(a, b, "{}", k.name());
         }
+    }
+
+    #[test]
+    fn generation_asks_for_its_whole_cache_at_once() {
+        // Buffers of 64 positions of 512 float32 are 128 KiB, where the cache goes on 2 MiB
+        // pages: 2 + 100 positions, grown as they come, would be two sets of mappings.
+        let Ok(k) = Kernels::cpu() else { return };
+        let c =
+            GptConfig { block_size: 256, vocab_size: 31, n_layer: 2, n_head: 4, n_embd: 512, ..GptConfig::baby(31) };
+        let mut m = Gpt { kernels: k, ..Gpt::new(c, 3).unwrap() };
+        let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+        generate(&mut m, &[1, 2], 2, &greedy, |_| true).unwrap(); // lays the matrices out
+        let before = mlx_gpt_ops::huge_page_mappings();
+        let out = generate(&mut m, &[1, 2], 100, &greedy, |_| true).unwrap();
+        assert_eq!(out.len(), 100);
+        let want = usize::from(mlx_gpt_ops::layout::huge_pages_available());
+        assert_eq!(mlx_gpt_ops::huge_page_mappings() - before, want, "one mapping for every layer's keys and values");
     }
 
     #[test]

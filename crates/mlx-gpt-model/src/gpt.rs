@@ -231,6 +231,15 @@ impl Gpt {
         self.wte.weight.dtype()
     }
 
+    /// The dtype the blocks' keys and values take: the embedding's (GPT-2's sums the token
+    /// and position rows, so bfloat16 matrices with a float32 `wpe` give float32).
+    pub fn kv_dtype(&self) -> Dtype {
+        match &self.wpe {
+            Some(wpe) if wpe.weight.dtype() == Dtype::Float32 => Dtype::Float32,
+            _ => self.dtype(),
+        }
+    }
+
     fn check_len(&self, t: usize, past: usize) -> Result<(), Exception> {
         if past + t > self.config.block_size {
             return Err(Exception::custom(format!(

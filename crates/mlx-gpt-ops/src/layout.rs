@@ -85,6 +85,19 @@ pub fn huge_pages_available() -> bool {
     }
 }
 
+/// How many mappings [`onto_huge_pages`] has made on this thread (one per call that
+/// placed its arrays): for tests and diagnostics.
+pub fn huge_page_mappings() -> usize {
+    #[cfg(cpu_kernels)]
+    {
+        crate::cpu::huge_pages::mappings()
+    }
+    #[cfg(not(cpu_kernels))]
+    {
+        0
+    }
+}
+
 /// Whether `a` lies where [`onto_huge_pages`] put it.
 pub fn is_on_huge_pages(a: &Array) -> bool {
     #[cfg(cpu_kernels)]

@@ -46,7 +46,9 @@ pub use decode_step::{decode_step, decode_step_count, StepParams};
 pub use gelu::gelu;
 pub use kernels::{KernelChoice, KernelSet, Kernels, KernelsError};
 pub use layer_norm::layer_norm;
-pub use layout::{is_on_huge_pages, is_stored_transposed, onto_huge_pages, row_major, store_transposed};
+pub use layout::{
+    huge_page_mappings, is_on_huge_pages, is_stored_transposed, onto_huge_pages, row_major, store_transposed,
+};
 pub use linear::{linear, linear_transposed};
 pub use relu_squared::relu_squared;
 pub use rms_norm::rms_norm;

@@ -134,15 +134,16 @@ fn greedy_against_transformers(
         let all: usize = m.parameters().flatten().values().map(|a| a.nbytes()).sum();
         all - m.wpe.as_ref().map_or(0, |wpe| wpe.weight.nbytes())
     };
-    // This machine's read bandwidth moves by 1.5x within minutes (other tenants of the
-    // host), so each batch-1 round is measured against the bandwidth read just before
-    // and just after it, and the share of the floor is the median of the rounds' shares.
+    // This machine's read bandwidth moves by 1.5x within seconds (other tenants of the
+    // host), so each batch-1 round is measured against the bandwidth read while it runs:
+    // between its segments of PROBE_EVERY tokens (the reads themselves are not timed).
+    // The share of the floor is the median of the rounds' shares.
     let threads = mlx_gpt_train::peak::default_threads();
     let probe = ReadProbe::new(threads);
     let (bytes32, bytes16) = (weight_bytes(model) as f64, weight_bytes(&half) as f64);
     println!(
         "weights read per token {:.0} MB (float32), {:.0} MB (bfloat16 matrices); read bandwidth measured on \
-         {threads} threads before and after each batch-1 round",
+         {threads} threads before each batch-1 round and after every {PROBE_EVERY} of its tokens",
         bytes32 / 1e6,
         bytes16 / 1e6
     );
@@ -159,13 +160,10 @@ fn greedy_against_transformers(
         for run in runs.iter_mut() {
             let prompts = if run.batch == 1 { &one } else { &batch };
             let m = if run.label.contains("bfloat16") { &mut half } else { &mut *model };
-            let before = if run.batch == 1 { probe.measure() } else { 0.0 };
-            let (rate, tokens) = ours_greedy(m, prompts, n)?;
-            if run.batch == 1 {
-                run.bandwidth.push((before + probe.measure()) / 2.0);
-            }
-            run.ours.push(rate);
-            run.our_tokens.get_or_insert(tokens);
+            let ours = ours_greedy(m, prompts, n, (run.batch == 1).then_some(&probe))?;
+            run.bandwidth.extend(ours.bandwidth);
+            run.ours.push(ours.rate);
+            run.our_tokens.get_or_insert(ours.tokens);
             if run.reference && hf_missing.is_none() {
                 match transformers_greedy(&dir, prompts, n) {
                     Ok(hf) => {
@@ -252,7 +250,7 @@ struct Run {
     reference: bool,
     ours: Vec<f64>,
     theirs: Vec<f64>,
-    /// Batch 1: the read bandwidth around each round (bytes/s).
+    /// Batch 1: the read bandwidth during each round (bytes/s; `Ours::bandwidth`).
     bandwidth: Vec<f64>,
     our_tokens: Option<Vec<Vec<u32>>>,
     their_tokens: Option<Vec<Vec<u32>>>,
@@ -275,16 +273,65 @@ impl Run {
     }
 }
 
-/// mlx-gpt's greedy cached generation of `prompts` (one batch): new tokens per second
-/// over all rows, and the tokens.
-fn ours_greedy(model: &mut mlx_gpt_model::Gpt, prompts: &[Vec<u32>], n: usize) -> anyhow::Result<(f64, Vec<Vec<u32>>)> {
-    use mlx_gpt_model::generate::{generate_batch, SamplingParams};
+/// Tokens between two reads of the bandwidth in a batch-1 round: 256 tokens are 2-3 s
+/// here, over which the bandwidth can move by a third; a read is ~25 ms.
+const PROBE_EVERY: usize = 32;
+
+/// What one round of mlx-gpt's generation measured.
+struct Ours {
+    /// New tokens per second over all rows.
+    rate: f64,
+    tokens: Vec<Vec<u32>>,
+    /// With a probe: the read bandwidth the round had (bytes/s), each segment of tokens
+    /// given the mean of the reads before and after it, weighted as the floor weighs it
+    /// (the floor's time for the round is Σ tokens_i · bytes / bandwidth_i, so this is
+    /// the tokens-weighted harmonic mean).
+    bandwidth: Option<f64>,
+}
+
+/// mlx-gpt's greedy cached generation of `prompts` (one batch); with a probe (one prompt),
+/// the bandwidth read before the first token and after every [`PROBE_EVERY`] tokens, the
+/// clock stopped while it reads.
+fn ours_greedy(
+    model: &mut mlx_gpt_model::Gpt,
+    prompts: &[Vec<u32>],
+    n: usize,
+    probe: Option<&ReadProbe>,
+) -> anyhow::Result<Ours> {
+    use mlx_gpt_model::generate::{generate, generate_batch, SamplingParams};
     let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
     let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     generate_batch(model, &rows, 2, &greedy)?; // warm-up
-    let t = Instant::now();
-    let out = generate_batch(model, &rows, n, &greedy)?;
-    Ok((out.iter().map(Vec::len).sum::<usize>() as f64 / t.elapsed().as_secs_f64(), out))
+    let Some(probe) = probe.filter(|_| rows.len() == 1) else {
+        let t = Instant::now();
+        let out = generate_batch(model, &rows, n, &greedy)?;
+        let rate = out.iter().map(Vec::len).sum::<usize>() as f64 / t.elapsed().as_secs_f64();
+        return Ok(Ours { rate, tokens: out, bandwidth: None });
+    };
+    // (tokens, seconds) of each segment, and the reads around them.
+    let mut segments: Vec<(usize, f64)> = Vec::new();
+    let mut reads = vec![probe.measure()];
+    let (mut since, mut t) = (0usize, Instant::now());
+    let mut end_segment = |segments: &mut Vec<(usize, f64)>, since: &mut usize, t: &mut Instant| {
+        segments.push((*since, t.elapsed().as_secs_f64()));
+        reads.push(probe.measure());
+        *since = 0;
+        *t = Instant::now();
+    };
+    let out = generate(model, rows[0], n, &greedy, |_| {
+        since += 1;
+        if since == PROBE_EVERY {
+            end_segment(&mut segments, &mut since, &mut t);
+        }
+        true
+    })?;
+    if since > 0 {
+        end_segment(&mut segments, &mut since, &mut t);
+    }
+    let secs: f64 = segments.iter().map(|s| s.1).sum();
+    // Σ tokens_i / bandwidth_i: the floor's seconds per byte read per token.
+    let per_bandwidth: f64 = segments.iter().zip(reads.windows(2)).map(|(s, r)| s.0 as f64 * 2.0 / (r[0] + r[1])).sum();
+    Ok(Ours { rate: out.len() as f64 / secs, bandwidth: Some(out.len() as f64 / per_bandwidth), tokens: vec![out] })
 }
 
 /// What one run of scripts/bench_hf_generate.py reported.

@@ -20,7 +20,10 @@ pub fn gather(arrays: &[&Array]) -> Result<Option<Vec<Array>>, Exception> {
         (status, outs.into_iter().map(|h| Array::from_ptr(h)).collect::<Vec<_>>())
     };
     match status {
-        0 => Ok(Some(outs)),
+        0 => {
+            MAPPINGS.with(|n| n.set(n.get() + 1));
+            Ok(Some(outs))
+        }
         2 => Ok(None),
         _ => Err(super::ffi::last_error()),
     }
@@ -37,4 +40,13 @@ pub fn usable() -> bool {
 pub fn holds(a: &Array) -> bool {
     // SAFETY: reads the handle of an array that outlives the call.
     unsafe { super::ffi::mlx_gpt_on_huge_pages(a.as_ptr()) }
+}
+
+thread_local! {
+    static MAPPINGS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Mappings [`gather`] has made on this thread.
+pub fn mappings() -> usize {
+    MAPPINGS.with(|n| n.get())
 }
