@@ -23,6 +23,10 @@ fn info_names_mlx_devices_and_blas() {
     // The kernels, resolved for the CPU: mlx-gpt's where this build has them.
     let want = if mlx_gpt_model::Kernels::cpu_built() { "kernels: cpu: " } else { "kernels: mlx: " };
     assert!(stdout.contains(want), "{stdout}");
+    // Decoding's weights read ahead as non-temporal on an AMD CPU, with the CPU kernels.
+    let amd = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("AuthenticAMD"));
+    let line = stdout.lines().find(|l| l.trim_start().starts_with("read ahead ")).expect("a read-ahead line");
+    assert_eq!(line.contains("non-temporal"), amd && mlx_gpt_model::Kernels::cpu_built(), "{line}");
     let out = mlx_gpt(&["info", "--kernels", "mlx-fast"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("kernels: mlx-fast: "));
 }

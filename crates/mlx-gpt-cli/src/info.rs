@@ -64,6 +64,14 @@ pub fn run(args: Args, jit: Option<mlx_gpt_runtime::jit::JitSetup>) -> anyhow::R
             "on the allocator's pages (no transparent huge pages here, or a build without the CPU kernels)"
         }
     );
+    println!(
+        "  read ahead {}",
+        if mlx_gpt_model::decode_weights_non_temporal() {
+            "as non-temporal (prefetchnta: an AMD CPU; docs/model.md)"
+        } else {
+            "into every cache level (the ordinary prefetch)"
+        }
+    );
     println!("CPU: {} ({} logical cores)", cpu_model(), available_cores());
     println!("  features: {}", cpu_features().join(" "));
     // Measured now (a quarter of a second), so `info` also refreshes the cached figure

@@ -60,7 +60,9 @@ pub use config::{Activation, ConfigError, GptConfig};
 pub use gpt::Gpt;
 pub use hf::LoadError;
 pub use mlx_gpt_ops::layout::huge_pages_available;
-pub use mlx_gpt_ops::{decode_product_calls, KernelChoice, KernelSet, Kernels, KernelsError};
+pub use mlx_gpt_ops::{
+    decode_product_calls, decode_weights_non_temporal, KernelChoice, KernelSet, Kernels, KernelsError,
+};
 pub use mlx_gpt_runtime::fs::{temp_path, write_atomic, write_atomic_with};
 
 /// Errors of building or running a model.

@@ -624,6 +624,12 @@ void mlx_gpt::decode_product(bool tr, const float* xp, int rows, int k, const vo
 
 extern "C" {
 
+// Whether the decoding product asks for weights ahead as non-temporal here (see
+// weights_non_temporal above).
+bool mlx_gpt_decode_weights_non_temporal() {
+  return weights_non_temporal();
+}
+
 // *res = x · w (+ bias): x (..., K) float32; w (K, N), or (N, K) with w_transposed,
 // float32 or bfloat16; bias (N,) float32 or an empty mlx_array (ctx null); the work
 // split over `threads` threads. On this thread's default CPU stream. w may lie

@@ -81,6 +81,19 @@ pub fn decode_block_copies() -> usize {
     }
 }
 
+/// Whether the decoding product asks for the weights it streams as non-temporal
+/// (`prefetchnta`, chosen for AMD CPUs; false without the CPU kernels): for `info`.
+pub fn decode_weights_non_temporal() -> bool {
+    #[cfg(cpu_kernels)]
+    {
+        cpu::matvec::weights_non_temporal()
+    }
+    #[cfg(not(cpu_kernels))]
+    {
+        false
+    }
+}
+
 /// How many products this thread has run through the decoding product (0 without
 /// the CPU kernels): for tests and diagnostics.
 pub fn decode_product_calls() -> usize {

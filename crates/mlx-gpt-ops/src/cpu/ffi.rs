@@ -20,6 +20,8 @@ extern "C" {
         w_transposed: bool,
         threads: libc::c_int,
     ) -> libc::c_int;
+    /// Whether the decoding product asks for weights ahead as non-temporal (an AMD CPU).
+    pub(crate) fn mlx_gpt_decode_weights_non_temporal() -> bool;
     /// `*res = x·W + bias` (`x·Wᵀ + bias` when `w_transposed`) as a `Linear` primitive
     /// (csrc/linear.cpp), each product on `threads` threads; `bias` may be an empty handle.
     pub(crate) fn mlx_gpt_linear(

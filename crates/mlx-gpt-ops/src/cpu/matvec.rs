@@ -38,6 +38,13 @@ pub fn calls() -> usize {
     CALLS.with(Cell::get)
 }
 
+/// Whether the decoding product asks for the weights ahead as non-temporal
+/// (`prefetchnta`: on AMD CPUs, csrc/decode_product.cpp) rather than into every cache.
+pub fn weights_non_temporal() -> bool {
+    // SAFETY: reads a flag computed once on the C++ side.
+    unsafe { super::ffi::mlx_gpt_decode_weights_non_temporal() }
+}
+
 /// `x @ w` (`w` of shape (K, N)), or `x @ wᵀ` when `w_transposed` (`w` of shape (N, K)),
 /// plus `bias` (N,), as a lazy decoding-product primitive on `threads` threads. `x` and
 /// `bias` float32, `w` float32 or bfloat16; the result is float32. `Ok(None)` when not
