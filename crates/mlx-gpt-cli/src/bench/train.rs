@@ -205,12 +205,16 @@ pub fn train_step(args: TrainBenchArgs, jit: Option<mlx_gpt_runtime::jit::JitSet
             let first_ok = rounds.iter().find_map(|r| r.1.as_ref().and_then(|t| t.as_ref().ok()));
             match first_ok {
                 Some(first) => {
-                    let t = median(&mut torch_times);
+                    let t = median(&mut torch_times); // (sorts them)
                     let (tmin, tmax) = (torch_times[0], torch_times[torch_times.len() - 1]);
+                    let tp90 = quantile(&torch_times, 0.9);
                     println!(
                         "PyTorch {} ({} threads), same model and step: median {t:.2} ms, min {tmin:.2}, max {tmax:.2}",
                         first.version, first.threads
                     );
+                    // The reference's own spread, measured alongside: how quiet the
+                    // machine was during the run.
+                    println!("spread of PyTorch's {} timed steps: p90 / median {:.2}", torch_times.len(), tp90 / t);
                     println!("speed-up over PyTorch: {:.2}x", t / (med * 1e3));
                 }
                 None => {
