@@ -69,7 +69,7 @@ pub fn run(args: Args, jit: Option<mlx_gpt_runtime::jit::JitSetup>) -> anyhow::R
         if mlx_gpt_model::decode_weights_non_temporal() {
             "as non-temporal (prefetchnta: an AMD CPU; docs/model.md)"
         } else {
-            "into every cache level (the ordinary prefetch)"
+            "into every cache level (the ordinary prefetch), or a build without the CPU kernels"
         }
     );
     println!("CPU: {} ({} logical cores)", cpu_model(), available_cores());

@@ -292,7 +292,7 @@ fn decode(
                 if cached == 0 || cached + pending > block {
                     // (Re)build from the window of the last block_size tokens.
                     // (The last token chosen is never fed back.)
-                    fresh_caches(&mut kv, len + (max_new_tokens - step) - 1)?;
+                    fresh_caches(&mut kv, len.saturating_add(max_new_tokens - step - 1))?;
                     let x = model.hidden_with(&k, &window(&tokens, len.saturating_sub(block)), Some(&mut kv))?; // (B, Tw, C)
                     cached = len.min(block);
                     x
@@ -667,6 +667,12 @@ mod tests {
         assert_eq!(out.len(), 100);
         let want = usize::from(mlx_gpt_ops::layout::huge_pages_available());
         assert_eq!(mlx_gpt_ops::huge_page_mappings() - before, want, "one mapping for every layer's keys and values");
+        // With bfloat16 matrices too (Gpt::kv_dtype: the keys stay float32).
+        m.set_matrices_dtype(Dtype::Bfloat16).unwrap();
+        generate(&mut m, &[1, 2], 2, &greedy, |_| true).unwrap();
+        let before = mlx_gpt_ops::huge_page_mappings();
+        generate(&mut m, &[1, 2], 100, &greedy, |_| true).unwrap();
+        assert_eq!(mlx_gpt_ops::huge_page_mappings() - before, want, "bfloat16 matrices");
     }
 
     #[test]

@@ -33,10 +33,10 @@ impl LayerKv {
     /// pages where the system has them ([`mlx_gpt_ops::onto_huge_pages`]), for the CPU
     /// decoding kernels: a new position's attention reads every held position, and the
     /// weights streamed between two layers' attention leave none of the cache's 4 KiB
-    /// pages in the translation caches. Each buffer then takes at least one 2 MiB page:
-    /// 48 MiB for GPT-2 124M's 24 buffers at batch 1. Writing a new position keeps a
-    /// buffer where it is (the update takes it over); growing it places the larger one
-    /// the same way.
+    /// pages in the translation caches. A buffer placed on its own takes at least one
+    /// 2 MiB page; [`LayerKv::reserve_all`] puts a generation's buffers in one mapping.
+    /// Writing a new position keeps a buffer where it is (the update takes it over);
+    /// growing it places the larger one the same way.
     pub fn on_huge_pages() -> Self {
         LayerKv { huge_pages: true, ..Default::default() }
     }
@@ -73,9 +73,10 @@ impl LayerKv {
     /// `layers` (empty caches), taken at once, before a generation: growing as positions
     /// come (64, 128, 256, ...) costs a fresh buffer and a copy each time, and on 2 MiB
     /// pages a fresh page of zeros a buffer; here the buffers that go on such pages share
-    /// one mapping. (GPT-2 124M, 272 positions: 24 buffers of 816 KiB, 20 MiB, where
-    /// growing asked for four sets of 24 pages, 192 MiB, each zeroed by the kernel inside
-    /// the timed generation: ~3 % of its time; AMD EPYC Zen 5.) A layer that is not
+    /// one mapping. (GPT-2 124M, a 16-token prompt and 256 new tokens, 271 positions held:
+    /// 24 buffers of 813 KiB, 20 MiB, where growing asked for four sets of 24 pages,
+    /// 192 MiB, each zeroed by the kernel inside the timed generation: ~3 % of its time;
+    /// AMD EPYC Zen 5.) A layer that is not
     /// empty, or a later `reserve_rows` with another batch, width or dtype, goes its own
     /// way: the reservation is a plan, never a constraint.
     pub fn reserve_all(
@@ -85,15 +86,13 @@ impl LayerKv {
         dtype: mlx_rs::Dtype,
         positions: i32,
     ) -> Result<(), Exception> {
-        if positions <= 0 || layers.iter().any(|l| !l.is_empty()) {
+        if positions <= 0 || layers.is_empty() || layers.iter().any(|l| !l.is_empty()) {
             return Ok(());
         }
-        let mut buffers = Vec::with_capacity(2 * layers.len());
-        for _ in 0..2 * layers.len() {
-            let b = ops::zeros_dtype(&[batch, positions, c], dtype)?;
-            b.eval()?;
-            buffers.push(b);
-        }
+        let mut buffers = (0..2 * layers.len())
+            .map(|_| ops::zeros_dtype(&[batch, positions, c], dtype))
+            .collect::<Result<Vec<_>, _>>()?;
+        mlx_rs::transforms::eval(&buffers)?;
         let huge = layers.iter().all(|l| l.huge_pages) && buffers[0].nbytes() >= HUGE_PAGES_FROM;
         if huge {
             if let Some(copies) = mlx_gpt_ops::onto_huge_pages(&buffers.iter().collect::<Vec<_>>())? {
@@ -229,7 +228,17 @@ mod tests {
             assert_eq!(mlx_gpt_ops::is_on_huge_pages(kb), huge);
             assert!(kb.index((.., 0..positions, ..)).eq_values(ops::concatenate(&ks, 1).unwrap()).unwrap());
         }
-        // A plan that does not match what comes: the buffers of what came.
+        // No layers: nothing to do.
+        LayerKv::reserve_all(&mut [], 1, 512, mlx_rs::Dtype::Float32, positions).unwrap();
+        // A plan in another dtype only: float32 keys are not rounded into it.
+        let mut other = vec![LayerKv::default()];
+        LayerKv::reserve_all(&mut other, 1, 512, mlx_rs::Dtype::Bfloat16, positions).unwrap();
+        let k = random::normal::<f32>(&[1, 3, 512], None, None, &random::key(6).unwrap()).unwrap();
+        other[0].append(&k, &k).unwrap();
+        let kb = other[0].buffers().0;
+        assert_eq!(kb.dtype(), mlx_rs::Dtype::Float32);
+        assert!(kb.index((.., 0..3, ..)).eq_values(&k).unwrap());
+        // A plan that does not match what comes at all: the buffers of what came.
         let mut other = vec![LayerKv::default()];
         LayerKv::reserve_all(&mut other, 1, 512, mlx_rs::Dtype::Bfloat16, positions).unwrap();
         let k = random::normal::<f32>(&[2, 3, 8], None, None, &random::key(5).unwrap()).unwrap();
