@@ -40,6 +40,8 @@ fn compile_kernels() {
         "csrc/gemm.cpp",
         "csrc/linear.cpp",
         "csrc/huge_pages.cpp",
+        "csrc/run_ahead.cpp",
+        "csrc/scheduler.cpp",
         "csrc/decode_step.cpp",
     ]);
     println!("cargo:rerun-if-env-changed=DEP_MLX_INCLUDE");

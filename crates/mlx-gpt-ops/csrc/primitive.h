@@ -10,6 +10,8 @@
 #include <mlx/backend/cpu/encoder.h>
 #include <mlx/primitives.h>
 
+#include "run_ahead.h"
+
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -62,7 +64,8 @@ inline bool can_donate(const mlx::core::array& in, const mlx::core::array& out) 
          in.dtype() == out.dtype();
 }
 
-// Allocates every output and registers every input and output with `stream`'s encoder
+// Waits while `stream` holds too many of mlx-gpt's primitives queued (run_ahead.h), then
+// allocates every output and registers every input and output with `stream`'s encoder
 // (no-ops in MLX 0.32, where cpu::eval itself keeps the primitive's input and output
 // buffers alive until the task dispatched next has run: the tasks capture raw
 // pointers). Returns the encoder, for that dispatch.
@@ -78,6 +81,7 @@ inline mlx::core::cpu::CommandEncoder& prepare(mlx::core::Stream stream,
                                               std::vector<mlx::core::array>& outputs,
                                               const std::vector<int>* donors = nullptr) {
   auto& encoder = mlx::core::cpu::get_command_encoder(stream);
+  RunAhead::of(stream).admit(encoder);
   for (auto& in : inputs) {
     encoder.set_input_array(in);
   }

@@ -37,6 +37,7 @@ pub mod linear;
 pub mod relu_squared;
 pub mod rms_norm;
 pub mod rotary;
+pub mod scheduler;
 pub mod softmax;
 
 pub use adamw::{adamw_step, AdamWHyper, AdamWStep, AdamWUpdate};

@@ -3,6 +3,8 @@
 
 use crate::optimizer::AdamW;
 use mlx_gpt_model::{dropout, Gpt};
+use mlx_gpt_ops::scheduler::PendingCapLift;
+use mlx_gpt_ops::KernelSet;
 use mlx_rs::error::Exception;
 use mlx_rs::module::ModuleParameters;
 use mlx_rs::ops::indexing::IndexOp;
@@ -23,6 +25,11 @@ pub struct StepStats {
 pub fn dropout_seed(seed: u64, iter: usize, micro: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((iter as u64) << 16) ^ micro as u64
 }
+
+/// How far each part lifts MLX's cap on pending tasks while it evaluates: 256 tasks of ten
+/// kernels each, more than a stream holds under the kernels' own bound (16 of mlx-gpt's
+/// primitives and MLX's operations between them), for about 10 µs per evaluation.
+const PENDING_TASKS_LIFTED: u16 = 256;
 
 /// Largest number of elements reduced in one collective call.
 const BUCKET: usize = 1 << 24;
@@ -150,6 +157,13 @@ impl CompiledGrad {
 /// `mlx_gpt_runtime::blas::set_blas_threads`), and the model's kernels put its dense
 /// layers on mlx-gpt's GEMM, one thread per product (`Kernels::with_layer_threads`).
 ///
+/// The two host threads evaluate at once, and MLX's cap on pending tasks is one count for
+/// the whole process, whose wait is unfair between them: measured on train_shakespeare_char,
+/// one part's worker stood idle for a fifth of the step while the other's host kept the
+/// count at its mark (docs/performance-history.md). With mlx-gpt's CPU kernels each part
+/// therefore evaluates with that cap lifted ([`PendingCapLift`]), and its memory in flight is
+/// bounded per stream by the kernels themselves (`mlx_gpt_ops::scheduler`).
+///
 /// The parts' losses and gradients are averaged; each part's loss is a mean over an equal
 /// share of the batch, so the average is the whole batch's mean.
 pub struct StreamSplit {
@@ -159,6 +173,8 @@ pub struct StreamSplit {
     names: Vec<String>,
     /// The (x, y) shapes every worker has already traced.
     warm: Option<(Vec<i32>, Vec<i32>)>,
+    /// Whether the workers lift MLX's cap on pending tasks.
+    lift: bool,
 }
 
 /// What a worker is given: parameters (sorted by name), the whole batch's inputs and
@@ -196,7 +212,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(template: &Gpt, index: usize, cpu: Option<usize>) -> Worker {
+    fn spawn(template: &Gpt, index: usize, cpu: Option<usize>, lift: bool) -> Worker {
         let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
         let (answer_tx, answer_rx) = std::sync::mpsc::channel::<Answer>();
         let template = template.clone();
@@ -220,6 +236,7 @@ impl Worker {
                     let answer = part(&x, &y, &key, index, n)
                         .and_then(|(x, y, key)| grad.call_arrays(params, &x, &y, &key))
                         .and_then(|(loss, grads)| {
+                            let _lifted = lift.then(|| PendingCapLift::new(PENDING_TASKS_LIFTED));
                             mlx_rs::transforms::eval(std::iter::once(&loss).chain(grads.iter()))?;
                             Ok((loss, grads))
                         });
@@ -259,8 +276,16 @@ impl StreamSplit {
     pub fn new(template: &Gpt, n: usize, cpus: Option<Vec<usize>>) -> Self {
         let cpus = cpus.filter(|c| c.len() == n);
         let names = param_names(template);
-        let workers = (0..n).map(|i| Worker::spawn(template, i, cpus.as_ref().map(|c| c[i]))).collect();
-        StreamSplit { workers, cpus, names, warm: None }
+        // Only graphs of mlx-gpt's primitives have a run-ahead bound of their own.
+        let lift = template.kernels.set() == KernelSet::Cpu;
+        let workers = (0..n).map(|i| Worker::spawn(template, i, cpus.as_ref().map(|c| c[i]), lift)).collect();
+        StreamSplit { workers, cpus, names, warm: None, lift }
+    }
+
+    /// Whether each part evaluates with MLX's cap on pending tasks lifted (graphs of
+    /// mlx-gpt's CPU kernels, which bound their run-ahead per stream).
+    pub fn lifts_pending_cap(&self) -> bool {
+        self.lift
     }
 
     /// The CPU each part's threads are pinned to, if they are.
@@ -455,6 +480,9 @@ mod tests {
         let mut opt = AdamW::new(AdamWConfig::adamw(0.9, 0.99, 1e-8, 0.1));
         let mut compiled = CompiledGrad::new(&m);
         let mut split = StreamSplit::new(&m, 2, None);
+        // Only graphs of mlx-gpt's kernels bound their own run-ahead.
+        let cpu_kernels = path != "eager" && mlx_gpt_model::Kernels::cpu().is_ok();
+        assert_eq!(split.lifts_pending_cap(), cpu_kernels, "{path}");
         let (mut losses, mut norms) = (vec![], vec![]);
         let mut n = 0;
         for iter in 0..2 {

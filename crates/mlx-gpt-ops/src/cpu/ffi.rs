@@ -126,6 +126,16 @@ extern "C" {
         arrays: *const mlx_sys::mlx_array,
         n: usize,
     ) -> libc::c_int;
+    /// Lowers MLX's process-wide count of pending tasks by `tasks` (raises it when
+    /// negative): csrc/scheduler.cpp.
+    pub(crate) fn mlx_gpt_scheduler_lift(tasks: libc::c_int);
+    /// MLX's process-wide count of pending tasks.
+    pub(crate) fn mlx_gpt_scheduler_pending() -> libc::c_int;
+    /// The most of mlx-gpt's primitives one stream has held queued and not yet begun when
+    /// another was admitted (csrc/run_ahead.h).
+    pub(crate) fn mlx_gpt_run_ahead_peak() -> u64;
+    /// csrc/run_ahead.h's `kRunAhead`.
+    pub(crate) fn mlx_gpt_run_ahead_limit() -> u64;
     /// Whether `mlx_gpt_huge_pages_gather` places arrays on 2 MiB pages here.
     pub(crate) fn mlx_gpt_huge_pages_usable() -> bool;
     /// Whether `a`'s data lies in memory that `mlx_gpt_huge_pages_gather` placed.
