@@ -51,7 +51,7 @@ pub fn run(args: Args, jit: Option<mlx_gpt_runtime::jit::JitSetup>) -> anyhow::R
     println!(
         "malloc: {}",
         if mlx_gpt_runtime::malloc::freed_memory_kept() {
-            "freed memory kept in the process (mmap threshold 256 MiB, trim threshold 1 GiB)"
+            "freed memory kept in the process (mmap threshold 256 MiB, the heap never trimmed)"
         } else {
             "system defaults (--no-malloc-tuning, or not glibc)"
         }

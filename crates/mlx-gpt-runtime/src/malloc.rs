@@ -8,10 +8,15 @@
 /// mmap threshold (which only grows up to 32 MiB) are mapped and unmapped each time, and
 /// freed heap tops are trimmed; a training step allocates the same large buffers (the
 /// attention weights, the optimizer's outputs) step after step, so it paid fresh page
-/// faults for them every step. This raises the mmap threshold to 256 MiB and the trim
-/// threshold to 1 GiB, as `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…:glibc.malloc.trim_threshold=…`
+/// faults for them every step. This raises the mmap threshold to 256 MiB and turns the
+/// trimming of the heap's top off, as `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…:glibc.malloc.trim_threshold=…`
 /// would. Measured on the baby GPT's step: 1–2 ms of about 33 (docs/performance-history.md).
-/// The cost is memory that stays with the process after a peak; `mlx-gpt
+/// A finite trim threshold is not enough: once the free top of the heap passes it, glibc
+/// hands all of it back, not the excess; with the 1 GiB used before, a one-stream
+/// train_shakespeare_char step freed its 2.6 GB of activations at its end and faulted them
+/// in again in the next step (650 thousand page faults, a quarter of the step) whenever
+/// nothing small happened to be allocated above them. The cost is memory that stays with
+/// the process after a peak (until [`release_free_memory`]); `mlx-gpt
 /// --no-malloc-tuning` skips it. Call it early, before large allocations (the CLI does at
 /// start-up).
 pub fn keep_freed_memory() -> bool {
@@ -33,7 +38,8 @@ fn set_malloc_thresholds() -> bool {
         // SAFETY: mallopt only changes the allocator's thresholds. Both are tried: a glibc
         // that refuses one threshold (some cap the mmap threshold) still takes the other.
         let mmap = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20) } == 1;
-        let trim = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) } == 1;
+        // -1: never trim (mallopt(3)).
+        let trim = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, -1) } == 1;
         mmap && trim
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
