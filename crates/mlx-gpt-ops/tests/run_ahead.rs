@@ -9,7 +9,11 @@ use mlx_rs::Array;
 #[test]
 fn a_lifted_cap_leaves_each_stream_bounded_by_its_own_run_ahead() {
     let Ok(kernels) = Kernels::cpu() else {
-        assert!(std::env::var("CI").is_err(), "CI builds the CPU kernels");
+        // A build without the CPU kernels (test-other-builds): nothing bounds the run-ahead
+        // per stream, so the lift leaves MLX's cap as it is.
+        let lift = PendingCapLift::new(256);
+        assert_eq!((pending_tasks(), run_ahead_limit(), run_ahead_peak()), (0, 0, 0));
+        drop(lift);
         return;
     };
     assert_eq!(run_ahead_limit(), 16);
