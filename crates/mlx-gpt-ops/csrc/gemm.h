@@ -1,5 +1,6 @@
-// The matrix products of the primitives in csrc/: mlx-gpt's own single-threaded float32
-// GEMM for AVX-512 CPUs (gemm.cpp), and the BLAS MLX calls (blas.h) everywhere else.
+// The matrix products of the primitives in csrc/: mlx-gpt's own float32 GEMM for CPUs
+// with AVX-512 or AVX2 and FMA (gemm.cpp), and the BLAS MLX calls (blas.h) everywhere
+// else.
 //
 // Why its own: OpenBLAS spends about a third of its time on a small model's products (a
 // few hundred rows, 64–512 wide) outside its compute kernel, packing both operands and
@@ -41,8 +42,23 @@ void gemm(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const flo
 // without waiting for them; `write`: for writing (fetched for ownership).
 void prefetch_to_l2(const float* p, size_t rows, size_t cols, size_t ld, bool write = false);
 
-// Whether gemm runs the own kernel: the CPU has AVX-512 and the build has its path
-// (not MLX_GPT_GENERIC_CPU).
+// Which kernel runs the products: the BLAS's cblas_sgemm, or the own kernel for CPUs with
+// AVX2 and FMA (gemm_avx2.h) or AVX-512 (gemm_avx512.h).
+enum class GemmPath { Blas = 0, Avx2 = 1, Avx512 = 2 };
+
+// Whether this CPU and build can run `path` (the BLAS: once a CBLAS was handed over).
+bool path_available(GemmPath path);
+
+// The path gemm takes: the widest own kernel the CPU has, else the BLAS (chosen once).
+GemmPath gemm_path();
+
+// Whether gemm runs an own kernel: the CPU has AVX2 and FMA, or AVX-512, and the build
+// has the kernels (not MLX_GPT_GENERIC_CPU).
 bool own_gemm_active();
+
+// gemm on the given path, which must be available (for tests of each kernel).
+void gemm_on(GemmPath path, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda,
+             const float* b, size_t ldb, float* c, size_t ldc, GemmInit init, const float* bias, Structure structure,
+             int threads);
 
 }  // namespace mlx_gpt

@@ -44,6 +44,20 @@ inline bool cpu_has_avx512() {
 #endif
 }
 
+// Whether this CPU has AVX2 and FMA (for kernels written with their intrinsics, in
+// functions marked target("avx2,fma")).
+inline bool cpu_has_avx2_fma() {
+#if MLX_GPT_AVX512
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("fma") != 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 #if MLX_GPT_AVX512
 // The mask of the first `n` lanes (all 16 for n ≥ 16).
 inline __mmask16 first_lanes(size_t n) {

@@ -160,9 +160,9 @@ impl Kernels {
     /// part of the batch on its own (the training step's streams), all of them otherwise.
     /// It kept pace with OpenBLAS's AVX-512 kernel where measured
     /// (docs/performance-history.md, 2026-12-05) and does not depend on the kernel
-    /// OpenBLAS picked. Where the GEMM does not run (no AVX-512, a `generic-cpu` build)
-    /// the primitive would call the BLAS, measured no faster than MLX's matmul, so this
-    /// stays off. No effect on the other sets.
+    /// OpenBLAS picked. Where the GEMM does not run (neither AVX-512 nor AVX2, a
+    /// `generic-cpu` build) the primitive would call the BLAS, measured no faster than
+    /// MLX's matmul, so this stays off. No effect on the other sets.
     pub fn with_gemm_layers(self, on: bool) -> Self {
         Kernels { gemm_layers: on && self.set == KernelSet::Cpu && own_gemm_active(), ..self }
     }
@@ -241,7 +241,8 @@ impl Kernels {
     }
 }
 
-/// Whether mlx-gpt's own GEMM runs the CPU kernels' products here (built, AVX-512).
+/// Whether mlx-gpt's own GEMM runs the CPU kernels' products here (built; AVX2 and FMA,
+/// or AVX-512).
 fn own_gemm_active() -> bool {
     #[cfg(cpu_kernels)]
     {
@@ -257,12 +258,12 @@ fn own_gemm_active() -> bool {
 fn cpu_isa() -> &'static str {
     #[cfg(cpu_kernels)]
     {
-        if crate::cpu::ffi::own_gemm_active() {
-            "AVX-512 paths"
-        } else if cfg!(feature = "generic-cpu") {
-            "portable paths, built with generic-cpu"
-        } else {
-            "portable paths: no AVX-512 on this CPU"
+        use crate::cpu::gemm::{gemm_path, GemmPath};
+        match gemm_path() {
+            GemmPath::Avx512 => "AVX-512 paths",
+            GemmPath::Avx2 => "AVX2 paths: no AVX-512 on this CPU",
+            GemmPath::Blas if cfg!(feature = "generic-cpu") => "portable paths, built with generic-cpu",
+            GemmPath::Blas => "portable paths: neither AVX-512 nor AVX2 on this CPU",
         }
     }
     #[cfg(not(cpu_kernels))]

@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn long_sequences_match_mlx_ops() {
         if !crate::cpu::ffi::own_gemm_active() {
-            eprintln!("note: mlx-gpt's GEMM is not active on this CPU (no AVX-512): the products run on the BLAS");
+            eprintln!("note: mlx-gpt's GEMM is not active on this CPU (neither AVX-512 nor AVX2): the products run on the BLAS");
         }
         for (t, dropout) in [(200, false), (300, true), (1000, true)] {
             compare(1, 1, 8, t, false, dropout, 7).unwrap();

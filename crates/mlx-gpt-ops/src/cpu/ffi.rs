@@ -32,9 +32,31 @@ extern "C" {
         w_transposed: bool,
         threads: libc::c_int,
     ) -> libc::c_int;
-    /// Whether the primitives' products run on mlx-gpt's own GEMM (csrc/gemm.cpp): the
-    /// CPU has AVX-512 and the build its path.
-    fn mlx_gpt_own_gemm_active() -> bool;
+    /// Which kernel runs the primitives' products (csrc/gemm.cpp): 0 the BLAS, 1
+    /// mlx-gpt's GEMM for AVX2 and FMA, 2 for AVX-512.
+    pub(crate) fn mlx_gpt_gemm_path() -> libc::c_int;
+    /// `C = alpha·op(A)·op(B) [+ C | + bias]` on the given path (csrc/gemm.cpp); false,
+    /// with C untouched, where this CPU or build has no such path.
+    #[cfg(test)]
+    pub(crate) fn mlx_gpt_gemm_on_path(
+        path: libc::c_int,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        init: libc::c_int,
+        bias: *const f32,
+        structure: libc::c_int,
+        threads: libc::c_int,
+    ) -> bool;
     /// `*res = x·Φ(x)` (or the tanh approximation) as a `Gelu` primitive (csrc/gelu.cpp).
     pub(crate) fn mlx_gpt_gelu(
         res: *mut mlx_sys::mlx_array,
@@ -154,10 +176,9 @@ extern "C" {
 }
 
 /// Whether the primitives' products run on mlx-gpt's own GEMM rather than the BLAS: the
-/// CPU has AVX-512, and the build has that path (not `generic-cpu`).
+/// CPU has AVX2 and FMA, or AVX-512, and the build has the kernels (not `generic-cpu`).
 pub fn own_gemm_active() -> bool {
-    // SAFETY: reads a flag computed once on the C++ side.
-    unsafe { mlx_gpt_own_gemm_active() }
+    super::gemm::gemm_path() != super::gemm::GemmPath::Blas
 }
 
 /// Whether the primitives that call the BLAS can run: `cblas_sgemm` is looked up in the

@@ -15,6 +15,7 @@ pub mod decode_block;
 pub mod decode_step;
 pub mod ffi;
 pub mod gelu;
+pub mod gemm;
 pub mod huge_pages;
 pub mod layer_norm;
 pub mod linear;
