@@ -209,51 +209,99 @@ MLX_GPT_INLINE void rows_by_kn(const float* x, int K, const WT* w, int N, int k_
   }
 }
 
+// Vectors of L floats for decoding's one-row kernels (rows_by_nk, rows_by_nk_bf16,
+// add_row_bf16): 16 (one AVX-512 register) where the CPU has AVX-512, else 8 (one AVX2
+// register); both are compiled into every per-feature-level copy. In the x86-64-v3 copy
+// GCC 12 splits a 16-float vector into two halves but carries sums of them from one
+// iteration to the next through the stack: float32 decoding ran at 42 % of the bandwidth
+// floor on an AVX2 CPU (docs/performance-history.md, "An AVX2 kernel for the GEMM"),
+// bfloat16 at 19 % of its own. Lanes<16> is the code as it was. The 8-float vectors are
+// loaded through a may_alias type rather than memcpy, which that copy's tuning (split
+// unaligned 32-byte loads) also sent through the stack.
+template <int L>
+struct Lanes;
+template <>
+struct Lanes<16> {
+  using V = f32x16;
+  static MLX_GPT_INLINE V load(const float* p) { return load16(p); }
+  static MLX_GPT_INLINE void load_pairs(const uint16_t* p, V& even, V& odd) { load32_pairs(p, even, odd); }
+  static MLX_GPT_INLINE float sum(const V& v) { return lane_sum(v); }
+};
+template <>
+struct Lanes<8> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef float Unaligned __attribute__((vector_size(32), aligned(4), may_alias));
+  typedef int32_t Index __attribute__((vector_size(32)));
+  typedef uint32_t Pairs __attribute__((vector_size(32)));
+  typedef uint32_t UnalignedPairs __attribute__((vector_size(32), aligned(2), may_alias));
+  static MLX_GPT_INLINE V load(const float* p) { return *reinterpret_cast<const Unaligned*>(p); }
+  static MLX_GPT_INLINE void store(float* p, const V& v) { *reinterpret_cast<Unaligned*>(p) = v; }
+  // Sixteen bfloat16 weights as float32, as load32_pairs.
+  static MLX_GPT_INLINE void load_pairs(const uint16_t* p, V& even, V& odd) {
+    const Pairs v = *reinterpret_cast<const UnalignedPairs*>(p);
+    even = reinterpret_cast<V>(v << 16);
+    odd = reinterpret_cast<V>(v & 0xFFFF0000u);
+  }
+  // Halving, as lane_sum: 3 shuffles and 3 adds.
+  static MLX_GPT_INLINE float sum(const V& sums) {
+    V v = sums;
+    v += __builtin_shuffle(v, Index{4, 5, 6, 7, 4, 5, 6, 7});
+    v += __builtin_shuffle(v, Index{2, 3, 2, 3, 2, 3, 2, 3});
+    v += __builtin_shuffle(v, Index{1, 1, 1, 1, 1, 1, 1, 1});
+    return v[0];
+  }
+};
+
 // y[r, n] = bias + Σ_k W[n, k] · x[r, k] for n in [n0, n1), R rows, W (N, K) row-major
-// (the tied head reads wte (V, C) this way): one output at a time, its R dot products in
-// registers, each weight widened once and used R times. W is read in memory order, one
-// sequential stream per thread: four outputs side by side (four streams) took the head
-// a third longer (AMD EPYC Zen 5, docs/performance-history.md).
-template <typename WT, int R>
-MLX_GPT_INLINE void rows_by_nk(const float* x, int K, const WT* w, int N, int n0, int n1, const float* bias, float* y) {
+// float32 (the tied head reads wte (V, C) this way), in vectors of L lanes: one output at
+// a time, its R dot products in registers, each weight used R times. W is read in memory
+// order, one sequential stream per thread: four outputs side by side (four streams) took
+// the head a third longer (AMD EPYC Zen 5, docs/performance-history.md).
+template <int L, int R>
+MLX_GPT_INLINE void rows_by_nk(const float* x, int K, const float* w, int N, int n0, int n1, const float* bias,
+                               float* y) {
+  using V = typename Lanes<L>::V;
   // One row's sum alone would be one chain of dependent multiply-adds, each waiting for
-  // the one before (4 cycles): two sums, over alternate vectors, halve the chain (one row
-  // read 5-7 % faster; AMD EPYC Zen 5, docs/performance-history.md). Several rows are
-  // several chains already.
-  constexpr int S = R == 1 ? 2 : 1;
+  // the one before (4 cycles): two sums of 16 lanes, over alternate vectors, halve the
+  // chain (one row read 5-7 % faster; AMD EPYC Zen 5, docs/performance-history.md).
+  // Several rows are several chains already. With 8 lanes, twice the sums: the same
+  // floats a step.
+  constexpr int S = (R == 1 ? 2 : 1) * (16 / L);
   const bool nta = weights_non_temporal();
   for (int n = n0; n < n1; ++n) {
-    const WT* wn = w + static_cast<size_t>(n) * K;
-    f32x16 acc[S][R] = {};
+    const float* wn = w + static_cast<size_t>(n) * K;
+    V acc[S][R] = {};
     int k = 0;
-    for (; k + 16 * S <= K; k += 16 * S) {
-#pragma GCC unroll 2
+    for (; k + L * S <= K; k += L * S) {
+#pragma GCC unroll 4
       for (int s = 0; s < S; ++s) {
-        prefetch_weights(wn + k + 16 * s + kPrefetch, nta);
-        const f32x16 wv = load16(wn + k + 16 * s);
+        if (L * s % 16 == 0) {
+          prefetch_weights(wn + k + L * s + kPrefetch, nta);
+        }
+        const V wv = Lanes<L>::load(wn + k + L * s);
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-          acc[s][r] += wv * load16(x + static_cast<size_t>(r) * K + k + 16 * s);
+          acc[s][r] += wv * Lanes<L>::load(x + static_cast<size_t>(r) * K + k + L * s);
         }
       }
     }
-    for (; k + 16 <= K; k += 16) {
-      const f32x16 wv = load16(wn + k);
+    for (; k + L <= K; k += L) {
+      const V wv = Lanes<L>::load(wn + k);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        acc[0][r] += wv * load16(x + static_cast<size_t>(r) * K + k);
+        acc[0][r] += wv * Lanes<L>::load(x + static_cast<size_t>(r) * K + k);
       }
     }
     for (int r = 0; r < R; ++r) {
       float tail = 0.0f;
       for (int kk = k; kk < K; ++kk) {
-        tail += widen(wn[kk]) * x[static_cast<size_t>(r) * K + kk];
+        tail += wn[kk] * x[static_cast<size_t>(r) * K + kk];
       }
-      f32x16 sum = acc[0][r];
+      V sum = acc[0][r];
       for (int s = 1; s < S; ++s) {
         sum += acc[s][r];
       }
-      y[static_cast<size_t>(r) * N + n] = (bias ? bias[n] : 0.0f) + lane_sum(sum) + tail;
+      y[static_cast<size_t>(r) * N + n] = (bias ? bias[n] : 0.0f) + Lanes<L>::sum(sum) + tail;
     }
   }
 }
@@ -335,10 +383,13 @@ inline void split_pairs(const float* x, int rows, int K, float* xs) {
 }
 
 // rows_by_nk for bfloat16 W, with xs = x split by split_pairs: the even weights meet the
-// even values, the odd the odd.
-template <int R>
+// even values, the odd the odd; in vectors of L floats (see Lanes), each block of 32
+// weights as 16 / L loads of 2L.
+template <int L, int R>
 MLX_GPT_INLINE void rows_by_nk_bf16(const float* xs, int K, const uint16_t* w, int N, int n0, int n1,
                                     const float* bias, float* y) {
+  using V = typename Lanes<L>::V;
+  constexpr int H = 16 / L;
   auto tail = [&](int n, int r, int k) {
     float a = 0.0f;
     for (int kk = k; kk < K; ++kk) {
@@ -348,26 +399,35 @@ MLX_GPT_INLINE void rows_by_nk_bf16(const float* xs, int K, const uint16_t* w, i
   };
   // One output at a time, the even and the odd products in sums of their own: two
   // independent chains of multiply-adds per row. (Several outputs at a time, as
-  // rows_by_nk does, measured slower here.)
+  // rows_by_nk does, measured slower here.) With 8 lanes and one row, a pair of sums per
+  // half block: four chains, as the 16-lane loop's two chains do twice the work a step.
+  constexpr int A = R == 1 ? H : 1;
   const bool nta = weights_non_temporal();
   int n = n0;
   for (; n < n1; ++n) {
-    f32x16 even[R] = {}, odd[R] = {};
+    V even[A][R] = {}, odd[A][R] = {};
     const uint16_t* wn = w + static_cast<size_t>(n) * K;
     int k = 0;
     for (; k + 32 <= K; k += 32) {
-      f32x16 we, wo;
       prefetch_weights(wn + k + kPrefetch, nta);
-      load32_pairs(wn + k, we, wo);
+#pragma GCC unroll 2
+      for (int h = 0; h < H; ++h) {
+        V we, wo;
+        Lanes<L>::load_pairs(wn + k + 2 * L * h, we, wo);
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const float* xr = xs + static_cast<size_t>(r) * K + k;
-        even[r] += we * load16(xr);
-        odd[r] += wo * load16(xr + 16);
+        for (int r = 0; r < R; ++r) {
+          const float* xr = xs + static_cast<size_t>(r) * K + k;
+          even[h % A][r] += we * Lanes<L>::load(xr + L * h);
+          odd[h % A][r] += wo * Lanes<L>::load(xr + 16 + L * h);
+        }
       }
     }
     for (int r = 0; r < R; ++r) {
-      y[static_cast<size_t>(r) * N + n] = (bias ? bias[n] : 0.0f) + lane_sum(even[r] + odd[r]) + tail(n, r, k);
+      V sum = even[0][r] + odd[0][r];
+      for (int a = 1; a < A; ++a) {
+        sum += even[a][r] + odd[a][r];
+      }
+      y[static_cast<size_t>(r) * N + n] = (bias ? bias[n] : 0.0f) + Lanes<L>::sum(sum) + tail(n, r, k);
     }
   }
 }
@@ -398,23 +458,56 @@ MLX_GPT_INLINE void add_row(float* y, const float* wk, float xk, int N, bool nta
   }
 }
 
-// ... and in bfloat16: 32 columns at a time, their sums split into the even and the odd
-// columns around the multiply-adds (as in rows_by_kn_bf16).
-MLX_GPT_INLINE void add_row(float* y, const uint16_t* wk, float xk, int N, bool nta) {
-  const f32x16 xv = f32x16{} + xk;
+// ... and in bfloat16, in vectors of L floats (see Lanes). With 16: 32 columns at a time,
+// their sums split into the even and the odd columns around the multiply-adds (as in
+// rows_by_kn_bf16). With 8: 16 columns at a time, the even and the odd products
+// interleaved back into column order and added to y as it lies (two-input shuffles of
+// 16-float vectors compiled to code through the stack in the x86-64-v3 copy: bfloat16
+// decoding ran at 19 % of its floor on an AVX2 CPU). Either way each column gets
+// y + xk·w, so the results are the same.
+template <int L>
+MLX_GPT_INLINE void add_row_bf16(float* y, const uint16_t* wk, float xk, int N, bool nta) {
   int n = 0;
+  if constexpr (L == 16) {
+    const f32x16 xv = f32x16{} + xk;
 #pragma GCC unroll 2
-  for (; n + 32 <= N; n += 32) {
-    prefetch_weights(wk + n + kPrefetch, nta);
-    f32x16 we, wo;
-    load32_pairs(wk + n, we, wo);
-    const f32x16 a = load16(y + n), b = load16(y + n + 16);
-    const f32x16 ev = __builtin_shuffle(a, b, kEven) + xv * we, od = __builtin_shuffle(a, b, kOdd) + xv * wo;
-    store16(y + n, __builtin_shuffle(ev, od, kLow));
-    store16(y + n + 16, __builtin_shuffle(ev, od, kHigh));
+    for (; n + 32 <= N; n += 32) {
+      prefetch_weights(wk + n + kPrefetch, nta);
+      f32x16 we, wo;
+      load32_pairs(wk + n, we, wo);
+      const f32x16 a = load16(y + n), b = load16(y + n + 16);
+      const f32x16 ev = __builtin_shuffle(a, b, kEven) + xv * we, od = __builtin_shuffle(a, b, kOdd) + xv * wo;
+      store16(y + n, __builtin_shuffle(ev, od, kLow));
+      store16(y + n + 16, __builtin_shuffle(ev, od, kHigh));
+    }
+  } else {
+    using V = typename Lanes<8>::V;
+    using Index = typename Lanes<8>::Index;
+    const V xv = V{} + xk;
+#pragma GCC unroll 2
+    for (; n + 16 <= N; n += 16) {
+      if (n % 32 == 0) {
+        prefetch_weights(wk + n + kPrefetch, nta);
+      }
+      V we, wo;
+      Lanes<8>::load_pairs(wk + n, we, wo);
+      const V pe = xv * we, po = xv * wo;
+      Lanes<8>::store(y + n, Lanes<8>::load(y + n) + __builtin_shuffle(pe, po, Index{0, 8, 1, 9, 2, 10, 3, 11}));
+      Lanes<8>::store(y + n + 8,
+                      Lanes<8>::load(y + n + 8) + __builtin_shuffle(pe, po, Index{4, 12, 5, 13, 6, 14, 7, 15}));
+    }
   }
   for (; n < N; ++n) {
     y[n] += xk * widen(wk[n]);
+  }
+}
+
+// y += Σ_{k in [k_begin, k_end)} x[k] · W[k, :] for bfloat16 W (K, N), row after row.
+template <int L>
+MLX_GPT_INLINE void add_rows_bf16(float* y, const uint16_t* w, const float* x, int N, int k_begin, int k_end,
+                                  bool nta) {
+  for (int k = k_begin; k < k_end; ++k) {
+    add_row_bf16<L>(y, w + static_cast<size_t>(k) * N, x[k], N, nta);
   }
 }
 
@@ -433,8 +526,17 @@ MLX_GPT_INLINE void row_by_kn(const float* x, const WT* w, int N, int k_begin, i
     y[n] = bias ? bias[n] : 0.0f;
   }
   const bool nta = weights_non_temporal();
-  for (int k = k_begin; k < k_end; ++k) {
-    add_row(y, w + static_cast<size_t>(k) * N, x[k], N, nta);
+  if constexpr (std::is_same_v<WT, uint16_t>) {
+    // Both widths built into every copy; the CPU picks (see add_row_bf16).
+    if (mlx_gpt::cpu_has_avx512()) {
+      add_rows_bf16<16>(y, w, x, N, k_begin, k_end, nta);
+    } else {
+      add_rows_bf16<8>(y, w, x, N, k_begin, k_end, nta);
+    }
+  } else {
+    for (int k = k_begin; k < k_end; ++k) {
+      add_row(y, w + static_cast<size_t>(k) * N, x[k], N, nta);
+    }
   }
 }
 
@@ -443,9 +545,19 @@ MLX_GPT_INLINE void rows_group(bool w_transposed, const float* x, int K, const W
                                const float* bias, float* y) {
   if (w_transposed) {
     if constexpr (std::is_same_v<WT, uint16_t>) {
-      rows_by_nk_bf16<R>(x, K, w, N, n0, n1, bias, y);  // x split by split_pairs
+      // x split by split_pairs; both widths built into every copy, the CPU picks.
+      if (mlx_gpt::cpu_has_avx512()) {
+        rows_by_nk_bf16<16, R>(x, K, w, N, n0, n1, bias, y);
+      } else {
+        rows_by_nk_bf16<8, R>(x, K, w, N, n0, n1, bias, y);
+      }
     } else {
-      rows_by_nk<WT, R>(x, K, w, N, n0, n1, bias, y);
+      // Both widths are built into every copy of rows_by_f32; the CPU picks.
+      if (mlx_gpt::cpu_has_avx512()) {
+        rows_by_nk<16, R>(x, K, w, N, n0, n1, bias, y);
+      } else {
+        rows_by_nk<8, R>(x, K, w, N, n0, n1, bias, y);
+      }
     }
   } else if constexpr (R == 1) {
     row_by_kn(x, w, N, n0, n1, bias, y);
@@ -622,7 +734,87 @@ void mlx_gpt::decode_product(bool tr, const float* xp, int rows, int k, const vo
   }
 }
 
+namespace {
+
+// rows_by_nk (float32 W) or rows_by_nk_bf16 (bfloat16 W, x split by split_pairs first)
+// over `rows` rows, in groups of 8, 4, 2 and 1 as rows_by, in vectors of `lanes` (8 or
+// 16) floats, whichever this CPU would take: for the tests, so that an AVX-512 CPU checks
+// the 8-float path too.
+MLX_GPT_CLONES void rows_by_nk_lanes(int lanes, const float* x, int rows, int K, const void* w, bool bf16, int N,
+                                     const float* bias, float* y) {
+  std::vector<float> split;
+  if (bf16) {
+    split.resize(static_cast<size_t>(rows) * K);
+    split_pairs(x, rows, K, split.data());
+    x = split.data();
+  }
+  for (int r = 0; r < rows;) {
+    const float* xr = x + static_cast<size_t>(r) * K;
+    float* yr = y + static_cast<size_t>(r) * N;
+    const int left = rows - r;
+    const int group = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+    const auto run = [&]<int R>() {
+      const auto* w32 = static_cast<const float*>(w);
+      const auto* w16 = static_cast<const uint16_t*>(w);
+      if (lanes == 16) {
+        bf16 ? rows_by_nk_bf16<16, R>(xr, K, w16, N, 0, N, bias, yr) : rows_by_nk<16, R>(xr, K, w32, N, 0, N, bias, yr);
+      } else {
+        bf16 ? rows_by_nk_bf16<8, R>(xr, K, w16, N, 0, N, bias, yr) : rows_by_nk<8, R>(xr, K, w32, N, 0, N, bias, yr);
+      }
+    };
+    if (group == 8) {
+      run.template operator()<8>();
+    } else if (group == 4) {
+      run.template operator()<4>();
+    } else if (group == 2) {
+      run.template operator()<2>();
+    } else {
+      run.template operator()<1>();
+    }
+    r += group;
+  }
+}
+
+// y (N) = bias + x (K) · W for one row and bfloat16 W (K, N), through add_rows_bf16 in
+// vectors of `lanes` (8 or 16) floats: for the tests.
+MLX_GPT_CLONES void add_rows_bf16_lanes(int lanes, const float* x, int K, const uint16_t* w, int N, const float* bias,
+                                        float* y) {
+  for (int n = 0; n < N; ++n) {
+    y[n] = bias ? bias[n] : 0.0f;
+  }
+  if (lanes == 16) {
+    add_rows_bf16<16>(y, w, x, N, 0, K, false);
+  } else {
+    add_rows_bf16<8>(y, w, x, N, 0, K, false);
+  }
+}
+
+}  // namespace
+
 extern "C" {
+
+// y (N) = x (K) · W + bias for one row and bfloat16 W (K, N), row after row, in vectors
+// of `lanes` floats (8 or 16; false for any other); bias may be null. For the tests.
+bool mlx_gpt_decode_add_rows_bf16_for_test(int lanes, const float* x, int K, const uint16_t* w, int N,
+                                           const float* bias, float* y) {
+  if (lanes != 8 && lanes != 16) {
+    return false;
+  }
+  add_rows_bf16_lanes(lanes, x, K, w, N, bias, y);
+  return true;
+}
+
+// y (rows, N) = x (rows, K) · Wᵀ + bias for W (N, K), float32 or (bf16) bfloat16, with
+// the output-by-output kernels in vectors of `lanes` floats (8 or 16; false for any
+// other); bias may be null. For the tests.
+bool mlx_gpt_decode_rows_by_nk_for_test(int lanes, const float* x, int rows, int K, const void* w, bool bf16, int N,
+                                        const float* bias, float* y) {
+  if (lanes != 8 && lanes != 16) {
+    return false;
+  }
+  rows_by_nk_lanes(lanes, x, rows, K, w, bf16, N, bias, y);
+  return true;
+}
 
 // Whether the decoding product asks for weights ahead as non-temporal here (see
 // weights_non_temporal above).

@@ -20,6 +20,33 @@ extern "C" {
         w_transposed: bool,
         threads: libc::c_int,
     ) -> libc::c_int;
+    /// `y = x · Wᵀ + bias` for W (N, K), float32 or (`bf16`) bfloat16, with the decoding
+    /// product's output-by-output kernels in vectors of `lanes` (8 or 16) floats
+    /// (csrc/decode_product.cpp); false for other lane counts. `bias` may be null.
+    #[cfg(test)]
+    pub(crate) fn mlx_gpt_decode_rows_by_nk_for_test(
+        lanes: libc::c_int,
+        x: *const f32,
+        rows: libc::c_int,
+        k: libc::c_int,
+        w: *const libc::c_void,
+        bf16: bool,
+        n: libc::c_int,
+        bias: *const f32,
+        y: *mut f32,
+    ) -> bool;
+    /// `y = x · W + bias` for one row and bfloat16 W (K, N), row after row, in vectors of
+    /// `lanes` (8 or 16) floats (csrc/decode_product.cpp); false for other lane counts.
+    #[cfg(test)]
+    pub(crate) fn mlx_gpt_decode_add_rows_bf16_for_test(
+        lanes: libc::c_int,
+        x: *const f32,
+        k: libc::c_int,
+        w: *const u16,
+        n: libc::c_int,
+        bias: *const f32,
+        y: *mut f32,
+    ) -> bool;
     /// Whether the decoding product asks for weights ahead as non-temporal (an AMD CPU).
     pub(crate) fn mlx_gpt_decode_weights_non_temporal() -> bool;
     /// `*res = x·W + bias` (`x·Wᵀ + bias` when `w_transposed`) as a `Linear` primitive

@@ -141,6 +141,82 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// The output-by-output kernels (W (N, K), decoding's layout; float32 and bfloat16)
+        /// and the row-after-row bfloat16 one (W (K, N), one row), in vectors of 8 floats
+        /// (CPUs without AVX-512) and of 16 (with it), whichever this CPU has: both equal a
+        /// float64 product of the same values, for every group of rows (8, 4, 2, 1) and
+        /// every tail of K and N.
+        #[test]
+        fn both_vector_widths_equal_float64(
+            rows in 1usize..=MAX_ROWS, k in 1usize..200, n in 1usize..40, with_bias in any::<bool>(),
+            bf16 in any::<bool>(), seed in 0u64..1000,
+        ) {
+            let values = |len: usize, salt: u64| -> Vec<f32> {
+                (0..len).map(|i| (((i as u64 * 2654435761 + seed * 97 + salt) % 2001) as f32 - 1000.0) / 1000.0).collect()
+            };
+            let (x, mut w, b) = (values(rows * k, 1), values(n * k, 2), values(n, 3));
+            // bfloat16 weights: the upper halves of float32 values, so that float64 can
+            // compute with exactly the weights the kernel reads.
+            let w16: Vec<u16> = w.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+            if bf16 {
+                w = w16.iter().map(|&h| f32::from_bits((h as u32) << 16)).collect();
+            }
+            let w_ptr: *const libc::c_void = if bf16 { w16.as_ptr().cast() } else { w.as_ptr().cast() };
+            let want = |r: usize, j: usize, w_at: &dyn Fn(usize, usize) -> f32| {
+                let (mut sum, mut size) = (if with_bias { b[j] as f64 } else { 0.0 }, 0.0f64);
+                for kk in 0..k {
+                    let p = x[r * k + kk] as f64 * w_at(kk, j) as f64;
+                    sum += p;
+                    size += p.abs();
+                }
+                (sum, size)
+            };
+            for lanes in [8, 16] {
+                let mut y = vec![f32::NAN; rows * n];
+                let bias = if with_bias { b.as_ptr() } else { std::ptr::null() };
+                // SAFETY: x is rows × k, the weights n × k, b has n values, y rows × n.
+                let ran = unsafe {
+                    crate::cpu::ffi::mlx_gpt_decode_rows_by_nk_for_test(
+                        lanes, x.as_ptr(), rows as i32, k as i32, w_ptr, bf16, n as i32, bias, y.as_mut_ptr(),
+                    )
+                };
+                prop_assert!(ran);
+                for r in 0..rows {
+                    for j in 0..n {
+                        let (want, size) = want(r, j, &|kk, j| w[j * k + kk]);
+                        let got = y[r * n + j] as f64;
+                        prop_assert!(
+                            (got - want).abs() <= 1e-6 * (size + 1.0),
+                            "{} lanes, bf16 {}, row {}, output {}: {} against {}", lanes, bf16, r, j, got, want
+                        );
+                    }
+                }
+                // The same weights laid out (K, N), one row (the bfloat16 row-after-row kernel).
+                if bf16 {
+                    let wkn: Vec<u16> = (0..k * n).map(|i| w16[(i % n) * k + i / n]).collect();
+                    let mut y1 = vec![f32::NAN; n];
+                    // SAFETY: x's first row has k values, wkn is k × n, b has n values, y1 n.
+                    let ran = unsafe {
+                        crate::cpu::ffi::mlx_gpt_decode_add_rows_bf16_for_test(
+                            lanes, x.as_ptr(), k as i32, wkn.as_ptr(), n as i32, bias, y1.as_mut_ptr(),
+                        )
+                    };
+                    prop_assert!(ran);
+                    for j in 0..n {
+                        let (want, size) = want(0, j, &|kk, j| w[j * k + kk]);
+                        let got = y1[j] as f64;
+                        prop_assert!(
+                            (got - want).abs() <= 1e-6 * (size + 1.0),
+                            "{} lanes, (K, N) bfloat16, output {}: {} against {}", lanes, j, got, want
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn declines_beyond_its_limits() {
         let w = random::normal::<f32>(&[8, 3], None, None, None).unwrap();
