@@ -220,6 +220,18 @@ MLX_GPT_INLINE void rows_by_kn(const float* x, int K, const WT* w, int N, int k_
 // unaligned 32-byte loads) also sent through the stack.
 template <int L>
 struct Lanes;
+
+// Whether the one-row kernels take 16 floats: on x86 where the CPU has AVX-512; on other
+// CPUs (Arm's NEON, built with Clang, which keeps wide vectors in registers) as they did
+// before the width became a choice.
+bool wide_lanes() {
+#if defined(__x86_64__)
+  return mlx_gpt::cpu_has_avx512();
+#else
+  return true;
+#endif
+}
+
 template <>
 struct Lanes<16> {
   using V = f32x16;
@@ -528,7 +540,7 @@ MLX_GPT_INLINE void row_by_kn(const float* x, const WT* w, int N, int k_begin, i
   const bool nta = weights_non_temporal();
   if constexpr (std::is_same_v<WT, uint16_t>) {
     // Both widths built into every copy; the CPU picks (see add_row_bf16).
-    if (mlx_gpt::cpu_has_avx512()) {
+    if (wide_lanes()) {
       add_rows_bf16<16>(y, w, x, N, k_begin, k_end, nta);
     } else {
       add_rows_bf16<8>(y, w, x, N, k_begin, k_end, nta);
@@ -546,14 +558,14 @@ MLX_GPT_INLINE void rows_group(bool w_transposed, const float* x, int K, const W
   if (w_transposed) {
     if constexpr (std::is_same_v<WT, uint16_t>) {
       // x split by split_pairs; both widths built into every copy, the CPU picks.
-      if (mlx_gpt::cpu_has_avx512()) {
+      if (wide_lanes()) {
         rows_by_nk_bf16<16, R>(x, K, w, N, n0, n1, bias, y);
       } else {
         rows_by_nk_bf16<8, R>(x, K, w, N, n0, n1, bias, y);
       }
     } else {
       // Both widths are built into every copy of rows_by_f32; the CPU picks.
-      if (mlx_gpt::cpu_has_avx512()) {
+      if (wide_lanes()) {
         rows_by_nk<16, R>(x, K, w, N, n0, n1, bias, y);
       } else {
         rows_by_nk<8, R>(x, K, w, N, n0, n1, bias, y);

@@ -17,17 +17,6 @@ pub enum GemmPath {
     Avx512,
 }
 
-impl GemmPath {
-    /// How `mlx-gpt info` names it.
-    pub fn describe(self) -> &'static str {
-        match self {
-            GemmPath::Blas => "the BLAS",
-            GemmPath::Avx2 => "mlx-gpt's GEMM, AVX2 kernel",
-            GemmPath::Avx512 => "mlx-gpt's GEMM, AVX-512 kernel",
-        }
-    }
-}
-
 /// The kernel that runs the primitives' products on this CPU and build.
 pub fn gemm_path() -> GemmPath {
     // SAFETY: reads a value computed once on the C++ side.
