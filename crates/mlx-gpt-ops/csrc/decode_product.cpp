@@ -587,29 +587,37 @@ inline void add_to(float* y, const float* a, size_t n) {
   }
 }
 
+// Calls group.template operator()<R>(r) for rows [r, r + R) in groups of R = 8, 4, 2
+// and 1, largest first.
+template <typename F>
+MLX_GPT_INLINE void for_row_groups(int rows, F&& group) {
+  for (int r = 0; r < rows;) {
+    const int left = rows - r;
+    if (left >= 8) {
+      group.template operator()<8>(r);
+      r += 8;
+    } else if (left >= 4) {
+      group.template operator()<4>(r);
+      r += 4;
+    } else if (left >= 2) {
+      group.template operator()<2>(r);
+      r += 2;
+    } else {
+      group.template operator()<1>(r);
+      r += 1;
+    }
+  }
+}
+
 // The rows in groups of 8, 4, 2 and 1 (each group reads W once). [p0, p1) is the range
 // this call covers: of K (W's rows) for W (K, N), of N (the outputs) for W (N, K).
 template <typename WT>
 MLX_GPT_INLINE void rows_by(bool w_transposed, const float* x, int rows, int K, const WT* w, int N, int n0, int n1,
                             const float* bias, float* y) {
-  for (int r = 0; r < rows;) {
-    const float* xr = x + static_cast<size_t>(r) * K;
-    float* yr = y + static_cast<size_t>(r) * N;
-    const int left = rows - r;
-    if (left >= 8) {
-      rows_group<WT, 8>(w_transposed, xr, K, w, N, n0, n1, bias, yr);
-      r += 8;
-    } else if (left >= 4) {
-      rows_group<WT, 4>(w_transposed, xr, K, w, N, n0, n1, bias, yr);
-      r += 4;
-    } else if (left >= 2) {
-      rows_group<WT, 2>(w_transposed, xr, K, w, N, n0, n1, bias, yr);
-      r += 2;
-    } else {
-      rows_group<WT, 1>(w_transposed, xr, K, w, N, n0, n1, bias, yr);
-      r += 1;
-    }
-  }
+  for_row_groups(rows, [&]<int R>(int r) {
+    rows_group<WT, R>(w_transposed, x + static_cast<size_t>(r) * K, K, w, N, n0, n1, bias,
+                      y + static_cast<size_t>(r) * N);
+  });
 }
 
 // One copy per CPU feature level (csrc/vector.h), the templates above inlined into each.
@@ -749,7 +757,7 @@ void mlx_gpt::decode_product(bool tr, const float* xp, int rows, int k, const vo
 namespace {
 
 // rows_by_nk (float32 W) or rows_by_nk_bf16 (bfloat16 W, x split by split_pairs first)
-// over `rows` rows, in groups of 8, 4, 2 and 1 as rows_by, in vectors of `lanes` (8 or
+// over `rows` rows, in groups of 8, 4, 2 and 1 (for_row_groups), in vectors of `lanes` (8 or
 // 16) floats, whichever this CPU would take: for the tests, so that an AVX-512 CPU checks
 // the 8-float path too.
 MLX_GPT_CLONES void rows_by_nk_lanes(int lanes, const float* x, int rows, int K, const void* w, bool bf16, int N,
@@ -760,31 +768,17 @@ MLX_GPT_CLONES void rows_by_nk_lanes(int lanes, const float* x, int rows, int K,
     split_pairs(x, rows, K, split.data());
     x = split.data();
   }
-  for (int r = 0; r < rows;) {
+  const auto* w32 = static_cast<const float*>(w);
+  const auto* w16 = static_cast<const uint16_t*>(w);
+  for_row_groups(rows, [&]<int R>(int r) {
     const float* xr = x + static_cast<size_t>(r) * K;
     float* yr = y + static_cast<size_t>(r) * N;
-    const int left = rows - r;
-    const int group = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-    const auto run = [&]<int R>() {
-      const auto* w32 = static_cast<const float*>(w);
-      const auto* w16 = static_cast<const uint16_t*>(w);
-      if (lanes == 16) {
-        bf16 ? rows_by_nk_bf16<16, R>(xr, K, w16, N, 0, N, bias, yr) : rows_by_nk<16, R>(xr, K, w32, N, 0, N, bias, yr);
-      } else {
-        bf16 ? rows_by_nk_bf16<8, R>(xr, K, w16, N, 0, N, bias, yr) : rows_by_nk<8, R>(xr, K, w32, N, 0, N, bias, yr);
-      }
-    };
-    if (group == 8) {
-      run.template operator()<8>();
-    } else if (group == 4) {
-      run.template operator()<4>();
-    } else if (group == 2) {
-      run.template operator()<2>();
+    if (lanes == 16) {
+      bf16 ? rows_by_nk_bf16<16, R>(xr, K, w16, N, 0, N, bias, yr) : rows_by_nk<16, R>(xr, K, w32, N, 0, N, bias, yr);
     } else {
-      run.template operator()<1>();
+      bf16 ? rows_by_nk_bf16<8, R>(xr, K, w16, N, 0, N, bias, yr) : rows_by_nk<8, R>(xr, K, w32, N, 0, N, bias, yr);
     }
-    r += group;
-  }
+  });
 }
 
 // y (N) = bias + x (K) · W for one row and bfloat16 W (K, N), through add_rows_bf16 in

@@ -260,6 +260,18 @@ void split_gemm(int threads, bool ta, bool tb, size_t m, size_t n, size_t k, flo
   });
 }
 
+// The product on kernel K: split over `threads` threads where it pays (split_gemm), else
+// on the calling thread.
+template <class K>
+void run_own(bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, const float* a, size_t lda, const float* b,
+             size_t ldb, float* c, size_t ldc, GemmInit init, const float* bias, Structure structure, int threads) {
+  if (threads > 1 && structure == Structure::General && m * n * k >= kMinSplitWork) {
+    split_gemm<K>(threads, ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias);
+  } else {
+    own_gemm<K>(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias, structure);
+  }
+}
+
 #endif  // MLX_GPT_OWN_GEMM
 
 }  // namespace
@@ -292,21 +304,12 @@ void gemm_on(GemmPath path, bool ta, bool tb, size_t m, size_t n, size_t k, floa
     return;
   }
 #if MLX_GPT_OWN_GEMM
-  const bool split = threads > 1 && structure == Structure::General && m * n * k >= kMinSplitWork;
   if (path == GemmPath::Avx512) {
-    if (split) {
-      split_gemm<gemm_avx512::Kernel>(threads, ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias);
-    } else {
-      own_gemm<gemm_avx512::Kernel>(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias, structure);
-    }
+    run_own<gemm_avx512::Kernel>(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias, structure, threads);
     return;
   }
   if (path == GemmPath::Avx2) {
-    if (split) {
-      split_gemm<gemm_avx2::Kernel>(threads, ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias);
-    } else {
-      own_gemm<gemm_avx2::Kernel>(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias, structure);
-    }
+    run_own<gemm_avx2::Kernel>(ta, tb, m, n, k, alpha, a, lda, b, ldb, c, ldc, init, bias, structure, threads);
     return;
   }
 #endif
